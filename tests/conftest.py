@@ -1,0 +1,22 @@
+"""Test-wide setup: CPU only, a persistent XLA compilation cache, optional emulated devices.
+
+Set VLAMBPO_TEST_DEVICES=N to emulate N CPU devices (sharding tests spawn their own subprocesses
+with this set, so the default run keeps one device).
+"""
+import os
+import tempfile
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_n = int(os.environ.get("VLAMBPO_TEST_DEVICES", "1"))
+if _n > 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={_n}").strip()
+
+import jax  # noqa: E402  (must come after the environment above)
+
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("VLAMBPO_TEST_JAX_CACHE",
+                                 os.path.join(tempfile.gettempdir(), "vlambpo_jax_test_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
