@@ -4,7 +4,11 @@ Set VLAMBPO_TEST_DEVICES=N to emulate N CPU devices (sharding tests spawn their 
 with this set, so the default run keeps one device).
 """
 import os
+import sys
 import tempfile
+
+# The repository root, so tests can `import configs.*` like the CLI run from the root does.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
