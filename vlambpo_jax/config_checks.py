@@ -1,0 +1,121 @@
+"""Config validation that runs before any compute.
+
+Each rule names the key it checks and what is allowed; `validate` raises ConfigError on the first
+violation so the CLI can stop with one line. Rules skip keys a config does not have (bridge has no
+simulator section, for example), so every config file shares one rule list.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ml_collections
+
+from vlambpo_jax import pipeline
+
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work. str() is one line: `config.<key>=<value>: <what is allowed>`."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"config.{key}={value!r}: {allowed}")
+        self.key = key
+
+
+def get(config: ml_collections.ConfigDict, key: str) -> Any:
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _int_range(lo: int, hi: int | None = None) -> Callable[[Any], str | None]:
+    def check(v):
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+            return f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+        return None
+    return check
+
+
+def _positive_float(v):
+    return None if isinstance(v, (int, float)) and v > 0 else "must be a number > 0"
+
+
+def _unit_interval(v):
+    return None if isinstance(v, (int, float)) and 0 <= v <= 1 else "must be a number in [0, 1]"
+
+
+def _one_of(*choices) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else "must be one of " + ", ".join(map(repr, choices))
+
+
+def _stages(v):
+    unknown = [s for s in v if s not in pipeline.STAGES]
+    if unknown:
+        return f"unknown stage {unknown[0]!r}; known stages: {', '.join(pipeline.STAGES)}"
+    if len(set(v)) != len(v):
+        return "lists a stage twice"
+    order = list(pipeline.STAGES)
+    if [order.index(s) for s in v] != sorted(order.index(s) for s in v):
+        return "stages must follow the pipeline order " + " -> ".join(order)
+    return None
+
+
+def _image_size(v):
+    return None if isinstance(v, int) and 8 <= v <= 1024 and v % 8 == 0 else \
+        "must be a multiple of 8 between 8 and 1024"
+
+
+# (key, check) pairs; a check returns None when fine, else what is allowed.
+RULES: list[tuple[str, Callable[[Any], str | None]]] = [
+    ("seed", _int_range(0)),
+    ("stages", _stages),
+    ("chunk_size", _int_range(1, 64)),
+    ("action_dim", _int_range(7, 32)),
+    ("views", lambda v: None if 1 <= len(v) <= 4 else "must name 1 to 4 camera views"),
+    ("image_size", _image_size),
+    ("checkpoint.keep", _int_range(1)),
+    ("checkpoint.every_steps", _int_range(1)),
+    ("log.every_steps", _int_range(1)),
+    ("log.progress", _one_of("auto", "bar", "lines", "off")),
+    ("data.norm_mode", _one_of("zscore", "percentile")),
+    ("data.batch_size", _int_range(1)),
+    ("data.max_text_len", _int_range(3, 4096)),
+    ("policy.num_denoise_steps", _int_range(1, 100)),
+    ("policy.noise_level", _positive_float),
+    ("policy.stochastic_step", _one_of("per_call", "per_sample")),
+    ("sft.steps", _int_range(0)),
+    ("sft.lr", _positive_float),
+    ("wm.view_decoding", _one_of("interleaved", "independent", "joint")),
+    ("wm.action_encoding", _one_of("bins", "continuous")),
+    ("eval.instruction_split", _one_of("seen", "unseen")),
+    ("rl.gamma", _unit_interval),
+    ("rl.gae_lambda", _unit_interval),
+    ("rl.branch_chunks", _int_range(1)),
+]
+
+
+def _horizons(config) -> dict[str, int]:
+    """Per-task episode horizons (env steps) the env section declares, if any."""
+    horizons = get(config, "env.horizons")
+    if horizons is _MISSING:
+        return {}
+    return dict(horizons.items()) if hasattr(horizons, "items") else {}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first bad key; returns None when the config can run."""
+    for key, check in RULES:
+        value = get(config, key)
+        if value is _MISSING:
+            continue
+        problem = check(value)
+        if problem:
+            raise ConfigError(key, value, problem)
+    for task, horizon in _horizons(config).items():
+        if config.chunk_size > horizon:
+            raise ConfigError("chunk_size", config.chunk_size,
+                              f"must be <= the episode horizon of every task (task {task!r}: {horizon})")
