@@ -1,0 +1,95 @@
+"""Who sees whom in each world-model layout; RoPE ids; expert routing."""
+import numpy as np
+import pytest
+
+from vlambpo_jax.models import sequence_layout as sl
+
+L, V, N, A = 5, 4, 4, 3  # text, ViT tokens per view, latent tokens per view, action tokens
+
+
+def seg_sees(layout, a, b):
+    """Does any token of segment a see any token of segment b (and do all of them)?"""
+    off = layout.offsets()
+    m = layout.attention_mask()[slice(*off[a]), slice(*off[b])]
+    return bool(m.any()), bool(m.all())
+
+
+def layout(kind):
+    return sl.dynamics_layout(kind, L, V, N, A)
+
+
+def test_interleaved_visibility():
+    lay = layout("interleaved")
+    ctx = ["text", "head_vit", "head_vae", "wrist_vit", "wrist_vae", "action"]
+    for c in ctx:  # the next head sees the whole context
+        assert seg_sees(lay, "head_next", c) == (True, True)
+        assert seg_sees(lay, "head_next_clean", c) == (True, True)
+    # IVD: the wrist sees instruction, its own current view and the clean next head only.
+    for c in ["text", "wrist_vit", "wrist_vae", "head_next_clean"]:
+        assert seg_sees(lay, "wrist_next", c) == (True, True), c
+    for c in ["head_vit", "head_vae", "action", "head_next"]:
+        assert seg_sees(lay, "wrist_next", c) == (False, False), c
+    # noisy copies are invisible to every later token, including their own clean twin
+    for s in lay.segments:
+        if s.name != "head_next":
+            assert not seg_sees(lay, s.name, "head_next")[0], s.name
+    # nothing in the context looks ahead
+    for i, a in enumerate(ctx):
+        for b in ctx[i + 1:]:
+            assert not seg_sees(lay, a, b)[0], (a, b)
+
+
+def test_independent_and_joint_visibility():
+    ind, joint = layout("independent"), layout("joint")
+    assert seg_sees(ind, "wrist_next", "head_next") == (False, False)
+    assert seg_sees(ind, "head_next", "wrist_next") == (False, False)
+    assert seg_sees(ind, "wrist_next", "action") == (True, True)
+    assert seg_sees(ind, "wrist_next", "head_vae") == (True, True)
+    assert seg_sees(joint, "wrist_next", "head_next") == (True, True)
+    assert seg_sees(joint, "head_next", "wrist_next") == (True, True)
+    assert [op for op, _ in joint.generation_plan()] == ["prefill", "generate"]
+    assert [op for op, _ in layout("interleaved").generation_plan()] == [
+        "prefill", "generate", "prefill", "generate"]
+    assert [op for op, _ in ind.generation_plan()] == ["prefill", "generate", "generate"]
+
+
+def test_inside_segments():
+    lay = layout("interleaved")
+    off, m = lay.offsets(), lay.attention_mask()
+    t0, t1 = off["text"]
+    assert np.array_equal(m[t0:t1, t0:t1], np.tril(np.ones((L, L), bool)))  # causal text
+    a0, a1 = off["action"]
+    assert np.array_equal(m[a0:a1, a0:a1], np.tril(np.ones((A, A), bool)))
+    for name in ["head_vit", "head_vae", "head_next", "head_next_clean", "wrist_next"]:
+        s0, s1 = off[name]
+        assert m[s0:s1, s0:s1].all(), name  # bidirectional inside an image block
+
+
+def test_rope_ids_and_experts():
+    lay = layout("interleaved")
+    off, pos, ex = lay.offsets(), lay.rope_ids(), lay.expert_ids()
+    assert list(pos[slice(*off["text"])]) == list(range(L))
+    blocks = ["head_vit", "head_vae", "wrist_vit", "wrist_vae"]
+    for i, b in enumerate(blocks):  # one id per image block, consecutive after the text
+        assert set(pos[slice(*off[b])]) == {L + i}
+    assert list(pos[slice(*off["action"])]) == list(range(L + 4, L + 4 + A))
+    head_id = pos[off["head_next"][0]]
+    assert set(pos[slice(*off["head_next"])]) == {head_id} == {L + 4 + A}
+    assert set(pos[slice(*off["head_next_clean"])]) == {head_id}  # clean copy shares its twin's id
+    assert set(pos[slice(*off["wrist_next"])]) == {head_id + 1}
+    for name, e in [("text", 0), ("head_vit", 0), ("action", 0), ("head_vae", 1), ("head_next", 1),
+                    ("head_next_clean", 1), ("wrist_next", 1)]:
+        assert set(ex[slice(*off[name])]) == {e}, name
+    drops = lay.drop_categories()
+    assert drops["text"][slice(*off["action"])].all() and not drops["text"][slice(*off["head_vit"])].any()
+    assert drops["vae"][slice(*off["head_next_clean"])].all() and not drops["vae"][slice(*off["head_next"])].any()
+
+
+def test_reward_layout_and_errors():
+    r = sl.reward_layout(V, 3, L, 2)
+    assert r.attention_mask()[-1].all()  # the answer token sees the image and the whole question
+    assert set(r.expert_ids()) == {0}
+    with pytest.raises(ValueError, match="view_decoding"):
+        layout("bogus")
+    with pytest.raises(ValueError, match="not an earlier segment"):
+        sl.Layout((sl.Segment("a", "full", 1, 0, sees=("b",)), sl.Segment("b", "full", 1, 0)))

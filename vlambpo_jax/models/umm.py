@@ -1,0 +1,195 @@
+"""Mixture-of-Transformers (MoT) decoder backbone, BAGEL layout, Qwen2 numerics.
+
+Each layer holds two experts with identical Qwen2 decoder-block shapes: the understanding expert (text
+and ViT tokens) and the generation expert (VAE latent tokens). An expert owns its pre-attention RMSNorm,
+q/k/v projections (with bias), o projection (no bias), optional per-head q/k RMSNorms (QK-norm, before
+RoPE), pre-MLP RMSNorm and SwiGLU MLP; the final norm is per expert too. Token embedding, lm_head and
+RoPE are shared, and attention is one softmax over the whole packed sequence (plus an optional KV cache
+of earlier tokens). Tokens are routed by a static (numpy) expert-id array, so the split is a fixed
+gather under jit, and each expert's matmuls only run over its own tokens.
+
+With `qk_norm=False` an expert is exactly a Hugging Face Qwen2 decoder layer (see qwen2_import.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlambpo_jax.models.layers import RMSNorm, apply_rope
+
+_MASKED = -2.3819763e38  # finite: a fully masked query row gives a uniform softmax, not NaNs
+
+
+def dot_product_attention(q, k, v, mask):
+    """Grouped-query attention with a boolean mask, softmax in float32.
+
+    q [B, T, H, D] (pre-scaled), k, v [B, S, KV, D], mask bool[B, T, S] -> [B, T, H, D].
+    (The policy adds the same helper to layers.py; switch to it once that is committed.)
+    """
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, None, None], logits, _MASKED)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
+
+KVCache = tuple  # tuple over layers of (k, v), each [B, S, kv_heads, head_dim]
+
+
+@dataclasses.dataclass(frozen=True)
+class UMMConfig:
+    """Backbone shape. vocab_size: shared embedding / lm_head rows; width: residual width; depth: layers;
+    heads / kv_heads / head_dim: grouped-query attention; mlp: SwiGLU hidden size; rope_theta: RoPE base;
+    rms_eps: RMSNorm epsilon; qk_norm: per-head q/k RMSNorm in both experts (BAGEL; off for exact Qwen2);
+    tie_embeddings: lm_head = embedding^T; dtype: compute dtype (params stay float32)."""
+    vocab_size: int
+    width: int
+    depth: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    mlp: int
+    rope_theta: float = 10_000.0
+    rms_eps: float = 1e-6
+    qk_norm: bool = True
+    tie_embeddings: bool = False
+    dtype: str = "float32"
+
+
+def _take(x: jax.Array, idx: np.ndarray, axis: int = 1) -> jax.Array:
+    """x[:, idx] with a static index array; a contiguous run becomes a slice."""
+    if len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
+        return jax.lax.slice_in_dim(x, int(idx[0]), int(idx[0]) + len(idx), axis=axis)
+    return jnp.take(x, jnp.asarray(idx), axis=axis)
+
+
+class Expert(nn.Module):
+    """One expert's weights in one decoder layer (a Qwen2 decoder block, optionally with QK-norm)."""
+    cfg: UMMConfig
+
+    def setup(self):
+        c, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+        self.input_norm = RMSNorm(c.rms_eps)
+        self.q_proj = nn.Dense(c.heads * c.head_dim, use_bias=True, dtype=dt)
+        self.k_proj = nn.Dense(c.kv_heads * c.head_dim, use_bias=True, dtype=dt)
+        self.v_proj = nn.Dense(c.kv_heads * c.head_dim, use_bias=True, dtype=dt)
+        self.o_proj = nn.Dense(c.width, use_bias=False, dtype=dt)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.rms_eps)
+            self.k_norm = RMSNorm(c.rms_eps)
+        self.post_attention_norm = RMSNorm(c.rms_eps)
+        self.gate_proj = nn.Dense(c.mlp, use_bias=False, dtype=dt)
+        self.up_proj = nn.Dense(c.mlp, use_bias=False, dtype=dt)
+        self.down_proj = nn.Dense(c.width, use_bias=False, dtype=dt)
+
+    def qkv(self, x: jax.Array):
+        """x [B, T, W] -> q [B, T, H, D], k, v [B, T, KV, D] (before RoPE)."""
+        c = self.cfg
+        b, t, _ = x.shape
+        h = self.input_norm(x)
+        q = self.q_proj(h).reshape(b, t, c.heads, c.head_dim)
+        k = self.k_proj(h).reshape(b, t, c.kv_heads, c.head_dim)
+        v = self.v_proj(h).reshape(b, t, c.kv_heads, c.head_dim)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    def attn_out(self, x: jax.Array, o: jax.Array) -> jax.Array:
+        """Residual after attention: x [B, T, W], o [B, T, H*D] -> [B, T, W]."""
+        return x + self.o_proj(o)
+
+    def mlp(self, x: jax.Array) -> jax.Array:
+        """Residual SwiGLU MLP: [B, T, W] -> [B, T, W]."""
+        h = self.post_attention_norm(x)
+        return x + self.down_proj(nn.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class MoTLayer(nn.Module):
+    cfg: UMMConfig
+
+    def setup(self):
+        self.und = Expert(self.cfg)
+        self.gen = Expert(self.cfg)
+
+    def __call__(self, x, experts: np.ndarray, positions, mask, cache=None):
+        """x [B, T, W]; experts static int[T]; positions int[B, T]; mask bool[B, T, S + T] over
+        (cached keys, own keys); cache (k, v) [B, S, KV, D] or None -> (x [B, T, W], (k, v) of own
+        tokens [B, T, KV, D], RoPE applied)."""
+        c = self.cfg
+        groups = [(e, np.nonzero(experts == i)[0]) for i, e in enumerate((self.und, self.gen))]
+        groups = [(e, idx) for e, idx in groups if len(idx)]
+        order = np.concatenate([idx for _, idx in groups])
+        inv = np.argsort(order)
+        qkv = [e.qkv(_take(x, idx)) for e, idx in groups]
+        q, k, v = (_take(jnp.concatenate([p[j] for p in qkv], axis=1), inv) for j in range(3))
+        q = apply_rope(q, positions, c.rope_theta)
+        k = apply_rope(k, positions, c.rope_theta)
+        if cache is not None:
+            k_all = jnp.concatenate([cache[0].astype(k.dtype), k], axis=1)
+            v_all = jnp.concatenate([cache[1].astype(v.dtype), v], axis=1)
+        else:
+            k_all, v_all = k, v
+        o = dot_product_attention(q * (c.head_dim ** -0.5), k_all, v_all, mask)
+        o = o.reshape(*o.shape[:2], c.heads * c.head_dim)
+        outs = [e.mlp(e.attn_out(_take(x, idx), _take(o, idx))) for e, idx in groups]
+        return _take(jnp.concatenate(outs, axis=1), inv), (k, v)
+
+
+class MoTBackbone(nn.Module):
+    """The UMM decoder. Methods (call with `apply(..., method=...)`):
+
+    embed(ids int[B, T]) -> [B, T, W]
+    __call__(x [B, T, W], experts, positions, mask, cache) -> (h [B, T, W] after the per-expert final
+        norm, new_cache: tuple over layers of (k, v) [B, T, KV, D] for these tokens)
+    logits(h [B, T, W]) -> float32[B, T, vocab]
+    """
+    cfg: UMMConfig
+
+    def setup(self):
+        c = self.cfg
+        self.embedder = nn.Embed(c.vocab_size, c.width, embedding_init=nn.initializers.normal(0.02))
+        self.layers = [MoTLayer(c) for _ in range(c.depth)]  # params: layers_0, layers_1, ...
+        self.final_norm_und = RMSNorm(c.rms_eps)
+        self.final_norm_gen = RMSNorm(c.rms_eps)
+        if not c.tie_embeddings:
+            self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.dtype(c.dtype))
+
+    def embed(self, ids: jax.Array) -> jax.Array:
+        return self.embedder(ids).astype(jnp.dtype(self.cfg.dtype))
+
+    def __call__(self, x, experts, positions, mask, cache: KVCache | None = None):
+        experts = np.asarray(experts)
+        positions = jnp.broadcast_to(jnp.asarray(positions), x.shape[:2])
+        mask = jnp.broadcast_to(jnp.asarray(mask), (x.shape[0],) + tuple(np.shape(mask))[-2:])
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer(x, experts, positions, mask, None if cache is None else cache[i])
+            new_cache.append(kv)
+        und, gen = np.nonzero(experts == 0)[0], np.nonzero(experts == 1)[0]
+        parts, order = [], []
+        if len(und):
+            parts.append(self.final_norm_und(_take(x, und)))
+            order.append(und)
+        if len(gen):
+            parts.append(self.final_norm_gen(_take(x, gen)))
+            order.append(gen)
+        h = _take(jnp.concatenate(parts, axis=1), np.argsort(np.concatenate(order)))
+        return h, tuple(new_cache)
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        if self.cfg.tie_embeddings:
+            return self.embedder.attend(h).astype(jnp.float32)
+        return self.lm_head(h).astype(jnp.float32)
+
+
+def concat_cache(a: KVCache | None, b: KVCache) -> KVCache:
+    """Appends cache b's tokens after a's (axis 1)."""
+    if a is None:
+        return b
+    return tuple((jnp.concatenate([ka, kb], 1), jnp.concatenate([va, vb], 1))
+                 for (ka, va), (kb, vb) in zip(a, b))
