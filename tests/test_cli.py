@@ -1,0 +1,70 @@
+"""CLI: --help, one-line errors for bad configs before any compute, config file arguments."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configs import bridge, common, tabletop
+from vlambpo_jax.config_checks import ConfigError, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _main(*args, workdir):
+    return subprocess.run([sys.executable, "-m", "vlambpo_jax.main", *args, f"--workdir={workdir}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.chunk_sizee=3", "config.chunk_sizee: unknown key"),
+    ("--config.chunk_size=abc", "invalid literal"),
+    ("--config.chunk_size=0", "config.chunk_size=0: must be an integer >= 1"),
+    ("--config.log.progress=fancy", "config.log.progress='fancy': must be one of"),
+    ("--config.stages=('sft','demos')", "config.stages="),
+])
+def test_bad_config_one_line_before_compute(tmp_path, override, expected):
+    workdir = tmp_path / "wd"
+    r = _main("--config=configs/tabletop.py:smoke", override, workdir=workdir)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert expected in lines[0]
+    assert not workdir.exists()
+
+
+def test_bad_config_argument_and_missing_file(tmp_path):
+    r = _main("--config=configs/tabletop.py:huge", workdir=tmp_path)
+    assert r.returncode == 2 and "config argument 'huge' is unknown; allowed: smoke" in r.stderr
+    r = _main("--config=configs/nothing.py", workdir=tmp_path)
+    assert r.returncode == 2 and "no config file" in r.stderr
+
+
+def test_help_documents_flags(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vlambpo_jax.main", "--help"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    for flag in ("--config", "--workdir", "--stages", "print_config", "jax_cache_dir"):
+        assert flag in r.stdout
+
+
+@pytest.mark.parametrize("module", [tabletop, bridge])
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_shipped_configs_validate(module, arg):
+    validate(module.get_config(arg))
+
+
+def test_chunk_longer_than_horizon_is_rejected():
+    config = tabletop.get_config("smoke")
+    with config.unlocked():
+        config.env.horizons = {"pick": 8}
+    with pytest.raises(ConfigError, match="chunk_size=10: must be <= the episode horizon"):
+        validate(config)
+
+
+def test_parse_arg_types():
+    args = common.parse_arg("smoke,res=64", smoke=False, res=32)
+    assert args.smoke is True and args.res == 64
+    with pytest.raises(ValueError, match="allowed: smoke, res"):
+        common.parse_arg("size=3", smoke=False, res=32)
