@@ -1,0 +1,47 @@
+"""Mesh and parameter sharding rules; a sharded train step equals the single-device one."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from vlambpo_jax.train import sharding
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("data, fsdp", [(2, 2), (1, 4)])
+def test_sharded_step_matches_single_device(data, fsdp):
+    out = subprocess.run([sys.executable, str(ROOT / "tests/helpers/sharded_toy_check.py"),
+                          str(data), str(fsdp)], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 4
+    assert result["max_abs_diff"] < 1e-5
+    assert result["sharded"] == {"big": True, "small": False}
+
+
+def test_specs_threshold_and_rules():
+    mesh = sharding.make_mesh(1, 1)
+    params = {"a": jnp.zeros((8, 6)), "emb": jnp.zeros((12, 4))}
+    assert sharding.param_specs(params, mesh, min_size=1) == {"a": P(), "emb": P()}  # fsdp = 1
+    assert sharding._fsdp_spec((6, 8), 4, 1) == P(None, "fsdp")
+    assert sharding._fsdp_spec((6, 8), 4, 100) == P()          # below the size threshold
+    assert sharding._fsdp_spec((6, 10), 4, 1) == P()            # nothing divisible
+    specs = sharding.param_specs(params, mesh, rules=[("emb", (None, "fsdp"))])
+    assert specs["emb"] == P(None, "fsdp") and specs["a"] == P()
+
+
+def test_mesh_sizes_checked():
+    n = jax.device_count()
+    assert sharding.make_mesh(-1, 1).shape == {"data": n, "fsdp": 1}
+    with pytest.raises(ValueError, match="must multiply"):
+        sharding.make_mesh(n + 1, 1)
+    with pytest.raises(ValueError, match="at most one"):
+        sharding.make_mesh(-1, -1)

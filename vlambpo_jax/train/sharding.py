@@ -1,0 +1,146 @@
+"""Device mesh, parameter sharding rules (FSDP), batch sharding and multi-host start-up.
+
+The mesh has two axes: `data` (pure data parallelism) and `fsdp` (data parallel too, but parameters
+and optimizer state are also split over it). Batches are split over both axes together.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+log = logging.getLogger(__name__)
+
+DATA_AXES = ("data", "fsdp")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'fsdp') mesh over `devices` (default all); one size may be -1 for "the rest"."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    if data == -1 and fsdp == -1:
+        raise ValueError("config.mesh: at most one of data, fsdp may be -1")
+    if data == -1:
+        data = n // fsdp
+    if fsdp == -1:
+        fsdp = n // data
+    if data * fsdp != n or data < 1 or fsdp < 1:
+        raise ValueError(f"config.mesh: data={data} x fsdp={fsdp} must multiply to the {n} devices")
+    # Auto axis types: shardings are hints to XLA, so ordinary jnp code runs unchanged on the mesh.
+    return Mesh(np.asarray(devices).reshape(data, fsdp), DATA_AXES,
+                axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
+    """Splits the largest axis that `fsdp` divides, for arrays of at least `min_size` elements."""
+    if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % fsdp == 0:
+            spec = [None] * len(shape)
+            spec[axis] = "fsdp"
+            return P(*spec)
+    return P()
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def param_specs(params: Any, mesh: Mesh, min_size: int = 2 ** 16,
+                rules: Sequence[tuple[str, tuple]] = ()) -> Any:
+    """PartitionSpecs for a parameter (or optimizer-state) tree.
+
+    rules: (regex, spec) pairs tried first, in order, against the '/'-joined path of each leaf,
+    e.g. ("vlm/.*embedding", (None, "fsdp")) or (".*", ()) to replicate everything.
+    """
+    fsdp = mesh.shape["fsdp"]
+    compiled = [(re.compile(pattern), spec) for pattern, spec in rules]
+
+    def spec_for(path, leaf):
+        shape = tuple(np.shape(leaf))
+        name = _path_name(path)
+        for pattern, spec in compiled:
+            if pattern.fullmatch(name) or pattern.search(name):
+                return P(*spec)
+        return _fsdp_spec(shape, fsdp, min_size)
+
+    return jax.tree_util.tree_map_with_path(spec_for, params)
+
+
+def param_shardings(params: Any, mesh: Mesh, min_size: int = 2 ** 16,
+                    rules: Sequence[tuple[str, tuple]] = ()) -> Any:
+    """NamedShardings matching `param_specs`."""
+    return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s),
+                                  param_specs(params, mesh, min_size, rules))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over every device."""
+    return NamedSharding(mesh, P(DATA_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def shard_batch(local_batch: Any, mesh: Mesh) -> Any:
+    """Assembles global arrays from this process's part of the batch (leading axis)."""
+    sharding = batch_sharding(mesh)
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def maybe_initialize_distributed(enabled: str = "auto", coordinator: str = "",
+                                 num_processes: int = 0, process_id: int = -1) -> bool:
+    """Starts jax.distributed when asked (or automatically on a multi-host TPU VM).
+
+    enabled: 'auto' (TPU pod slices and JAX_COORDINATOR_ADDRESS in the environment), 'yes', 'no'.
+    Returns whether the runtime is multi-process.
+    """
+    if enabled == "no":
+        return False
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    on_tpu_pod = bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
+    if enabled == "auto" and not (coordinator or on_tpu_pod):
+        return False
+    kwargs = {}
+    if coordinator:
+        kwargs["coordinator_address"] = coordinator
+    num_processes = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0"))
+    process_id = process_id if process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "-1"))
+    if num_processes:
+        kwargs["num_processes"] = num_processes
+    if process_id >= 0:
+        kwargs["process_id"] = process_id
+    jax.distributed.initialize(**kwargs)
+    log.warning("jax.distributed: process %d of %d, %d local / %d global devices",
+                jax.process_index(), jax.process_count(), jax.local_device_count(),
+                jax.device_count())
+    return jax.process_count() > 1
+
+
+def check_processes_agree(fingerprint: str) -> None:
+    """Raises when the processes run different configs or see different device counts."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+    import hashlib
+    digest = hashlib.sha256(f"{fingerprint}|{jax.local_device_count()}".encode()).digest()[:8]
+    mine = np.frombuffer(digest, np.int32)
+    everyone = np.asarray(multihost_utils.process_allgather(mine))
+    if not (everyone == everyone[0]).all():
+        bad = [i for i in range(len(everyone)) if not (everyone[i] == everyone[0]).all()]
+        raise RuntimeError(f"processes {bad} disagree with process 0 on the config or the local device "
+                           "count; start every process with the same command and config")
+
+
+def barrier(name: str = "exit") -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
