@@ -5,7 +5,7 @@ ARG (comma separated): `smoke` reads the tiny Bridge-format fixture shipped in t
 shrinks every size. Point at the real release with --config.data.builder_dir=/path/bridge_dataset/1.0.0.
 
 Top-level fields: seed, stages, chunk_size, action_dim, views, image_size as in configs/tabletop.py.
-Sections: data, policy, sft, wm, rl, checkpoint, log.
+Sections: data, policy, sft, wm, rl, mesh, distributed, checkpoint, log.
 """
 import os
 
@@ -29,6 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --- data: how RLDS episodes become training batches (vlambpo_jax/data) ---
     c.data = ml_collections.ConfigDict()
 
+    c.mesh = common.mesh_config()
+    c.distributed = common.distributed_config()
     c.checkpoint = common.checkpoint_config()
     c.log = common.log_config()
     if args.smoke:

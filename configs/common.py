@@ -42,3 +42,27 @@ def log_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         every_steps=10, tensorboard=True, wandb=False, wandb_project="vlambpo_jax", wandb_entity="",
         progress="auto"))
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+    """config.mesh: how devices are arranged (vlambpo_jax/train/sharding.py).
+
+    data: devices for pure data parallelism (-1 = all that fsdp leaves).
+    fsdp: devices that also split parameters and optimizer state (FSDP); 1 = replicate parameters.
+    fsdp_min_size: arrays with fewer elements stay replicated.
+    rules: (regex, partition spec) pairs matched against '/'-joined parameter paths before the
+      default rule, e.g. (("vlm/.*embedding", (None, "fsdp")),).
+    """
+    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2 ** 16, rules=()))
+
+
+def distributed_config() -> ml_collections.ConfigDict:
+    """config.distributed: multi-host start-up through jax.distributed.
+
+    enabled: 'auto' (on multi-host TPU VMs or when JAX_COORDINATOR_ADDRESS is set), 'yes', 'no'.
+    coordinator: 'host:port' of process 0 (default from JAX_COORDINATOR_ADDRESS).
+    num_processes, process_id: 0 / -1 = from the environment (JAX_NUM_PROCESSES, JAX_PROCESS_ID)
+      or detected by JAX on TPU.
+    """
+    return ml_collections.ConfigDict(dict(enabled="auto", coordinator="", num_processes=0,
+                                          process_id=-1))

@@ -115,11 +115,18 @@ def main(argv: list[str]) -> None:
     from vlambpo_jax.train.metrics import MetricWriter
     from vlambpo_jax.train.preemption import PreemptionGuard
 
+    from vlambpo_jax.train import sharding
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    d = config.distributed
+    sharding.maybe_initialize_distributed(d.enabled, d.coordinator, d.num_processes, d.process_id)
+    sharding.check_processes_agree(config.to_json_best_effort(sort_keys=True))
     workdir = Path(FLAGS.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _setup_jax(FLAGS.jax_cache_dir or str(workdir / "jax_cache"))
-    _note_config(workdir, config)
+    import jax
+    if jax.process_index() == 0:
+        _note_config(workdir, config)
 
     guard = PreemptionGuard()
     start = time.time()
@@ -127,6 +134,9 @@ def main(argv: list[str]) -> None:
         config, workdir,
         make_writer=lambda stage: MetricWriter(workdir / stage, stage, config.log, config),
         preemption=guard)
+    sharding.barrier("vlambpo_jax_exit")
+    if jax.process_index() != 0:
+        return
     if guard.requested:
         print(f"stopped by {guard.signal_name} after {time.time() - start:.1f} s; rerun the same "
               "command to resume")
