@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -76,13 +75,19 @@ def parse_flags(argv: list[str]) -> list[str]:
         _fail(f"bad config: {type(e).__name__}: {' '.join(str(e).split())}")
 
 
+def workdir_path(path: str):
+    """A local path made absolute, or a remote one (gs://...) as is, both as etils.epath.Path."""
+    from etils import epath
+    return epath.Path(path) if "://" in path else epath.Path(os.path.abspath(path))
+
+
 def _setup_jax(cache_dir: str) -> None:
     import jax
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _note_config(workdir: Path, config) -> None:
+def _note_config(workdir, config) -> None:
     """Saves the config; warns when a rerun in the same workdir uses a different one."""
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
@@ -121,9 +126,10 @@ def main(argv: list[str]) -> None:
     d = config.distributed
     sharding.maybe_initialize_distributed(d.enabled, d.coordinator, d.num_processes, d.process_id)
     sharding.check_processes_agree(config.to_json_best_effort(sort_keys=True))
-    workdir = Path(FLAGS.workdir).absolute()
+    workdir = workdir_path(FLAGS.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _setup_jax(FLAGS.jax_cache_dir or str(workdir / "jax_cache"))
+    local_cache = os.path.join(os.path.expanduser("~"), ".cache", "vlambpo_jax", "jax_cache")
+    _setup_jax(FLAGS.jax_cache_dir or (local_cache if "://" in str(workdir) else str(workdir / "jax_cache")))
     import jax
     if jax.process_index() == 0:
         _note_config(workdir, config)

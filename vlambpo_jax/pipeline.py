@@ -12,10 +12,10 @@ import dataclasses
 import importlib
 import json
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import ml_collections
+from etils import epath
 
 # Stage name -> "module:function". Order here is the canonical pipeline order.
 STAGES: dict[str, str] = {
@@ -37,16 +37,16 @@ DONE_FILE = "DONE.json"
 class StageContext:
     """What a stage gets: the validated config, where to write, and shared services."""
     config: ml_collections.ConfigDict
-    workdir: Path
+    workdir: epath.Path
     stage: str
     writer: Any            # vlambpo_jax.train.metrics.MetricWriter for this stage
     preemption: Any        # vlambpo_jax.train.preemption.PreemptionGuard; poll `.requested`
 
     @property
-    def stage_dir(self) -> Path:
+    def stage_dir(self) -> epath.Path:
         return self.workdir / self.stage
 
-    def stage_output(self, name: str) -> Path:
+    def stage_output(self, name: str) -> epath.Path:
         """Directory of another stage, which must have finished."""
         path = self.workdir / name
         if not (path / DONE_FILE).exists():
@@ -62,21 +62,22 @@ def resolve(stage: str) -> Callable[[StageContext], dict]:
     return getattr(importlib.import_module(module), fn)
 
 
-def is_done(workdir: Path, stage: str) -> bool:
+def is_done(workdir: epath.Path, stage: str) -> bool:
     return (workdir / stage / DONE_FILE).exists()
 
 
-def mark_done(workdir: Path, stage: str, summary: dict, seconds: float) -> None:
+def mark_done(workdir: epath.Path, stage: str, summary: dict, seconds: float) -> None:
     path = workdir / stage / DONE_FILE
-    tmp = path.with_suffix(".tmp")
+    tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(json.dumps({"stage": stage, "seconds": seconds, "summary": summary}, indent=2,
                               default=str))
-    tmp.replace(path)  # atomic: a crash never leaves a half-written marker
+    tmp.rename(path)  # a crash never leaves a half-written marker
 
 
-def run_stages(config: ml_collections.ConfigDict, workdir: Path, make_writer, preemption,
+def run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, make_writer, preemption,
                log=print) -> dict[str, dict]:
     """Runs config.stages in order, skipping finished ones. Returns {stage: summary}."""
+    workdir = epath.Path(workdir)
     results = {}
     for stage in config.stages:
         if is_done(workdir, stage):

@@ -8,12 +8,12 @@ restore it as an empty result).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,11 @@ ITEMS = ("train_state", "params", "assets")
 
 class CheckpointError(RuntimeError):
     pass
+
+
+def _dir(path) -> epath.Path:
+    """Local paths made absolute (orbax requires it); remote ones (gs://...) kept as they are."""
+    return epath.Path(path) if "://" in str(path) else epath.Path(str(path)).resolve()
 
 
 def _same_structure(restored: Any, target: Any) -> bool:
@@ -38,8 +43,8 @@ class Checkpointer:
     assets is a JSON-able dict (config, normalization stats, tokenizer description).
     """
 
-    def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+    def __init__(self, directory, keep: int = 3, async_save: bool = True):
+        self.directory = _dir(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
@@ -82,13 +87,13 @@ class Checkpointer:
         self._manager.close()
 
 
-def load_params(directory: str | Path, params_target: Any | None = None,
+def load_params(directory, params_target: Any | None = None,
                 step: int | None = None) -> tuple[Any, dict]:
     """Loads (params, assets) for inference from the newest intact step (or `step`).
 
     Without a target the arrays come back as numpy in the saved tree structure.
     """
-    directory = Path(directory).absolute()
+    directory = _dir(directory)
     manager = ocp.CheckpointManager(directory, item_names=ITEMS)
     steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
     errors = []
