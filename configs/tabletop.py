@@ -38,7 +38,34 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
 
     # --- policy: the pi0.5-style VLA (vlambpo_jax/models/policy.py) ---
-    c.policy = ml_collections.ConfigDict()
+    c.policy = ml_collections.ConfigDict(dict(
+        # ViT (shared across views): patch size in px, width, blocks, heads, MLP hidden size.
+        vit_patch=8, vit_width=64, vit_depth=2, vit_heads=4, vit_mlp=128,
+        # Prefix (VLM) transformer: width, layers, query heads, key/value heads (1 = multi-query),
+        # head size, gated-MLP hidden size, RoPE base.
+        width=128, depth=2, num_heads=4, num_kv_heads=1, head_dim=32, mlp_dim=256, rope_theta=10_000.0,
+        # Action expert: width and gated-MLP size; its depth must equal `depth` (one joint attention per
+        # layer; heads and head_dim are shared with the prefix).
+        expert_width=64, expert_depth=2, expert_mlp_dim=128,
+        # Sampling: Euler/Flow-SDE denoising steps; Flow-SDE noise level; whether the one stochastic step
+        # is drawn once per sampling call ('per_call', authors' code) or per sample ('per_sample');
+        # noise_method: 'flow_sde' only (the learned-noise 'flow_noise' variant is not implemented).
+        num_denoise_steps=3, noise_level=0.5, stochastic_step="per_call", noise_method="flow_sde",
+        # Proprio state as one extra prefix token (off, as in the paper); its size.
+        use_state=False, state_dim=7,
+        # Value head MLP hidden sizes (ReLU) on the mean-pooled stop-gradient prefix outputs.
+        value_hidden=(128, 64),
+        # Text: tokens per instruction (pad/cut) and tokenizer: 'byte' or a local Hugging Face dir.
+        max_text_len=32, tokenizer="byte",
+        # Actions padded to this many dims inside the model (>= action_dim; only action_dim are real).
+        action_pad_dim=7,
+        # Compute dtype ('float32' | 'bfloat16'; bf16 is far slower on CPU); params stay float32.
+        dtype="float32",
+    ))
+    if args.smoke:
+        c.policy.update(dict(vit_width=32, vit_depth=1, vit_mlp=64, width=64, depth=1, num_heads=2,
+                             head_dim=16, mlp_dim=128, expert_width=32, expert_depth=1, expert_mlp_dim=64,
+                             value_hidden=(32,), max_text_len=16))
 
     # --- eval: evaluation in the simulator (vlambpo_jax/envs/evaluation.py) ---
     c.eval = ml_collections.ConfigDict()

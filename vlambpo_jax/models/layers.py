@@ -1,4 +1,4 @@
-"""Layers shared by the policy and the world model: RMSNorm, rotary position embeddings.
+"""Layers shared by the policy and the world model: RMSNorm, rotary embeddings, attention, gated MLP.
 
 Conventions follow Hugging Face Qwen2/Gemma so ported weights load unchanged: RoPE rotates the two
 halves of each head dimension ("rotate_half"), and RMSNorm computes in float32.
@@ -40,3 +40,41 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10_000.0) -> j
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+# Large finite negative instead of -inf: a query row whose keys are all masked (a padding token) then
+# gets a uniform softmax rather than NaNs; its output is never used.
+_MASKED_LOGIT = -2.3819763e38
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention with an explicit boolean mask (softmax in float32).
+
+    q [B, T, H, D] (already scaled), k and v [B, S, KV, D] with H a multiple of KV (KV = 1 is
+    multi-query), mask bool[B, T, S] (True = query t may attend to key s) -> [B, T, H, D].
+    Written out by hand because the masks here (prefix / action-chunk blocks, KV caches of another
+    expert) are arbitrary booleans and jax.nn.dot_product_attention's GQA path wants equal head counts.
+    """
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    if h % kv:
+        raise ValueError(f"attention: {h} query heads is not a multiple of {kv} key/value heads")
+    qg = q.reshape(b, t, kv, h // kv, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED_LOGIT)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+class GatedMLP(nn.Module):
+    """Gemma feed-forward: down(gelu_tanh(gate(x)) * up(x)); [..., W] -> [..., W] (no biases)."""
+    hidden: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name="gate")(x)
+        up = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name="up")(x)
+        return nn.Dense(x.shape[-1], use_bias=False, dtype=self.dtype, name="down")(
+            nn.gelu(gate, approximate=True) * up)
