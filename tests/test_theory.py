@@ -8,8 +8,8 @@ def test_paper_example_coefficients():
     full = theory.full_horizon_step_model_bound(0.99, 10, eps_pi=0.0, eps_m=1.0)
     branched = theory.branched_chunk_model_bound(0.99, 10, 2, eps_pi=0.0, eps_m=1.0)
     g = 0.99 ** 10
-    assert full["model_coef"] == pytest.approx(200 * 10 * g / (1 - g))          # 1891.7
-    assert full["model_coef_per_chunk"] == pytest.approx(18916, abs=1)            # the paper's figure
+    assert full["model_coef"] == pytest.approx(200 * 10 * g / (1 - g))
+    assert full["model_coef"] == pytest.approx(18916, abs=1)                      # the paper's figure
     assert branched["model_coef"] == pytest.approx(400)
     assert branched["bound"] == pytest.approx(400)
 
