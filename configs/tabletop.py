@@ -88,8 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         use_state=False, state_dim=7,
         # Value head MLP hidden sizes (ReLU) on the mean-pooled stop-gradient prefix outputs.
         value_hidden=(128, 64),
-        # Text: tokens per instruction (pad/cut) and tokenizer: 'byte' or a local Hugging Face dir.
-        max_text_len=32, tokenizer="byte",
+        # Text: tokens per instruction (pad/cut; a reference to data.max_text_len, which the reader
+        # uses) and tokenizer: 'byte' or a local Hugging Face tokenizer directory.
+        max_text_len=c.data.get_ref("max_text_len") if "max_text_len" in c.data else 32, tokenizer="byte",
         # Actions padded to this many dims inside the model (>= action_dim; only action_dim are real).
         action_pad_dim=7,
         # Compute dtype ('float32' | 'bfloat16'; bf16 is far slower on CPU); params stay float32.
@@ -98,7 +99,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.smoke:
         c.policy.update(dict(vit_width=32, vit_depth=1, vit_mlp=64, width=64, depth=1, num_heads=2,
                              head_dim=16, mlp_dim=128, expert_width=32, expert_depth=1, expert_mlp_dim=64,
-                             value_hidden=(32,), max_text_len=16))
+                             value_hidden=(32,)))
+
+    # --- sft: behaviour cloning of the policy on the demos (vlambpo_jax/models/sft.py) ---
+    # steps: optimizer steps; batch_size: global batch (a reference to data.batch_size, which the reader
+    # uses); lr / min_lr_ratio / warmup: AdamW peak lr, cosine decay to lr * min_lr_ratio after linear
+    # warmup steps; b1, b2, weight_decay: AdamW; clip: global grad-norm clip; ema: EMA decay of the
+    # params used for evaluation and saved as 'params' (0 = off); eval_every: steps between simulator
+    # evaluations (0 = only at the end); eval_episodes: episodes per task in each periodic evaluation;
+    # init_from: '' or a checkpoint dir whose params start the run. Metrics every config.log.every_steps.
+    c.sft = ml_collections.ConfigDict(dict(
+        steps=3000, batch_size=c.data.get_ref("batch_size") if "batch_size" in c.data else 32,
+        lr=5e-4, min_lr_ratio=0.1, warmup=100,
+        b1=0.9, b2=0.95, weight_decay=1e-4, clip=1.0, ema=0.999, eval_every=1000, eval_episodes=16,
+        init_from="",
+    ))
+    if args.smoke:
+        c.sft.update(dict(steps=20, warmup=5, eval_every=0, eval_episodes=2, ema=0.9))
 
     # --- eval: evaluation in the simulator (vlambpo_jax/envs/evaluation.py) ---
     c.eval = ml_collections.ConfigDict()

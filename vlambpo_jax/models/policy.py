@@ -567,12 +567,16 @@ class Policy:
         return (actions, info) if return_info else actions
 
 
-def make_unnormalizer(stats: Mapping[str, Any], mode: str = "zscore") -> Callable[[jax.Array], jax.Array]:
+def make_unnormalizer(stats, mode: str = "zscore") -> Callable[[jax.Array], jax.Array]:
     """Inverse of the action normalization, from per-dim statistics (arrays of shape [action_dim]).
 
-    mode 'zscore': a * std + mean; 'percentile': (a + 1) / 2 * (q99 - q01) + q01 (a in [-1, 1]).
-    An optional bool 'mask' entry marks the normalized dims; the others pass through (e.g. gripper).
+    stats: a vlambpo_jax.data.normalization.ArrayStats (delegates to normalization.unnormalize), or a
+      plain mapping of arrays: mode 'zscore': a * std + mean; 'percentile': (a + 1) / 2 * (q99 - q01) + q01.
+      An optional bool 'mask' entry marks the normalized dims; the others pass through (e.g. gripper).
     """
+    if not isinstance(stats, Mapping):
+        from vlambpo_jax.data import normalization
+        return lambda a: normalization.unnormalize(a, stats, mode)
     get = lambda name: jnp.asarray(np.asarray(stats[name], np.float32))
     if mode == "zscore":
         lo, scale = get("mean"), get("std")

@@ -32,3 +32,78 @@ class ByteTokenizer:
         """Returns (ids int32[B, max_len], mask bool[B, max_len])."""
         pairs = [self.encode(t, max_len) for t in texts]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+class HFTokenizer:
+    """Adapter for a Hugging Face tokenizer saved in a local directory (no network access).
+
+    The directory is what `save_pretrained` writes (tokenizer.json, tokenizer_config.json, ...). Ids are
+    the tokenizer's own (special tokens added as it is configured to); padding uses its pad token, or id
+    0 when it has none (padding is masked out anyway).
+    """
+
+    def __init__(self, path: str):
+        import os
+
+        from transformers import AutoTokenizer  # imported lazily: transformers takes seconds to import
+
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"tokenizer directory {path!r} does not exist (config.policy.tokenizer "
+                                    "is 'byte' or a local Hugging Face tokenizer directory)")
+        self.path = path
+        self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.pad_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
+        self.vocab_size = len(self._tok)
+
+    def encode(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (ids int32[max_len], mask bool[max_len]); text longer than fits is cut."""
+        ids = self._tok(text)["input_ids"][:max_len]
+        out = np.full((max_len,), self.pad_id, np.int32)
+        out[: len(ids)] = ids
+        mask = np.zeros((max_len,), bool)
+        mask[: len(ids)] = True
+        return out, mask
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def encode_batch(self, texts, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (ids int32[B, max_len], mask bool[B, max_len])."""
+        pairs = [self.encode(t, max_len) for t in texts]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def save(self, directory: str) -> None:
+        """Writes the tokenizer files into `directory` (checkpoint assets)."""
+        self._tok.save_pretrained(directory)
+
+
+def load_tokenizer(spec: str):
+    """config.policy.tokenizer -> tokenizer: 'byte' = ByteTokenizer, otherwise a local HF directory."""
+    if spec == "byte":
+        return ByteTokenizer()
+    return HFTokenizer(spec)
+
+
+def save_tokenizer(tokenizer, directory: str) -> None:
+    """Writes what `load_tokenizer_from_assets` needs into `directory` (created)."""
+    import json
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    if isinstance(tokenizer, ByteTokenizer):
+        kind = "byte"
+    else:
+        kind = "hf"
+        tokenizer.save(os.path.join(directory, "hf"))
+    with open(os.path.join(directory, "tokenizer_kind.json"), "w") as f:
+        json.dump({"kind": kind}, f)
+
+
+def load_tokenizer_from_assets(directory: str):
+    """Inverse of save_tokenizer."""
+    import json
+    import os
+
+    with open(os.path.join(directory, "tokenizer_kind.json")) as f:
+        kind = json.load(f)["kind"]
+    return ByteTokenizer() if kind == "byte" else HFTokenizer(os.path.join(directory, "hf"))

@@ -1,0 +1,50 @@
+"""Tokenizers: the built-in byte tokenizer and the adapter for a local Hugging Face tokenizer directory
+(built here offline with `tokenizers`)."""
+import numpy as np
+import pytest
+
+from vlambpo_jax.models import tokenizer as tok_lib
+
+
+def test_byte_tokenizer_round_trip_and_padding():
+    tok = tok_lib.load_tokenizer("byte")
+    ids, mask = tok.encode_batch(["pick up the red cube", "go"], 16)
+    assert ids.shape == (2, 16) and ids.dtype == np.int32 and mask.dtype == bool
+    assert mask[1].sum() == 4 and ids[1, 0] == tok.bos_id and ids[1, 3] == tok.eos_id
+    assert np.all(ids[~mask] == tok.pad_id)
+    assert tok.decode(ids[1]) == "go"
+    assert mask[0].all()  # cut to 16
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["pick", "up", "the", "red", "blue", "cube", "put", "in", "bowl"]
+    vocab = {"<pad>": 0, "<unk>": 1, "<bos>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<bos>")
+    path = tmp_path_factory.mktemp("hf_tok")
+    fast.save_pretrained(str(path))
+    return str(path), vocab
+
+
+def test_hf_tokenizer_from_local_dir(hf_dir, tmp_path):
+    path, vocab = hf_dir
+    tok = tok_lib.load_tokenizer(path)
+    assert tok.vocab_size == len(vocab)
+    ids, mask = tok.encode_batch(["pick up the red cube", "put the zebra"], 8)
+    np.testing.assert_array_equal(ids[0, :5], [vocab[w] for w in "pick up the red cube".split()])
+    np.testing.assert_array_equal(mask.sum(1), [5, 3])
+    assert ids[1, 2] == vocab["<unk>"] and np.all(ids[~mask] == vocab["<pad>"])
+    assert tok.decode(ids[0][mask[0]]) == "pick up the red cube"
+    # Round trip through checkpoint assets.
+    tok_lib.save_tokenizer(tok, str(tmp_path / "assets"))
+    again = tok_lib.load_tokenizer_from_assets(str(tmp_path / "assets"))
+    np.testing.assert_array_equal(again.encode("put the blue cube in the bowl", 8)[0],
+                                  tok.encode("put the blue cube in the bowl", 8)[0])
+    with pytest.raises(FileNotFoundError, match="config.policy.tokenizer"):
+        tok_lib.load_tokenizer(str(tmp_path / "missing"))
