@@ -103,6 +103,9 @@ def _note_config(workdir, config) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        from absl import logging as absl_logging
+        absl_logging.set_verbosity(absl_logging.WARNING)  # tfds/orbax INFO lines drown the progress
     config = FLAGS.config
     if FLAGS.stages:
         with config.unlocked():
@@ -154,7 +157,9 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+    # TensorFlow (used only to read tfrecord RLDS) is chatty at start-up; keep its logs to errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     app.run(main, flags_parser=parse_flags)
 
 
