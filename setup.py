@@ -35,6 +35,9 @@ EXTRAS["test"] = EXTRAS["bridge"] + [
     "pytest>=9.2.0",
     "pytest-xdist>=3.8.0",
     "scipy>=1.13",
+    # Reference implementation for the Qwen2 port's parity test. Pinned exactly: 2.13.0 is the CPU
+    # build this project's machines carry; an open range would pull a multi-GB CUDA build from PyPI.
+    "torch==2.13.0",
 ]
 
 setuptools.setup(
