@@ -112,7 +112,8 @@ def _empty_like_spec(feature) -> Any:
     def make(node):
         if isinstance(node, Mapping):
             return {k: make(v) for k, v in node.items()}
-        dtype = np.dtype(object) if np.dtype(node.dtype).kind in "OSU" else np.dtype(node.dtype)
+        dtype = np.dtype(node.np_dtype)
+        dtype = np.dtype(object) if dtype.kind in "OSU" else dtype
         return np.zeros((0,) + tuple(0 if s is None else s for s in node.shape), dtype)
     return make(info)
 
@@ -244,15 +245,12 @@ class EpisodeReader:
                                                                     decoders=self._decoders())
                 record = sources[file_idx][index - a]
                 steps = record["steps"]
-                n = len(steps)
-                steps = _stack([steps[i] for i in range(n)]) if n else _empty_like_spec(
-                    self.builder.info.features["steps"].feature)
-            except DataError:
-                raise
+                step_list = [steps[i] for i in range(len(steps))]
             except Exception as e:  # noqa: BLE001  (any reader failure becomes one clear DataError)
                 lost.add(file_idx)
                 self._bad(self._read_error(file_idx, index, b, e), b - index)
                 continue
+            steps = _stack(step_list) if step_list else _empty_like_spec(self.builder.info.features["steps"].feature)
             yield index, {"steps": steps, "episode_metadata": record.get("episode_metadata", {})}
 
     # tfrecord: sequential reads per file (file order shuffled), then a seeded episode shuffle buffer.
