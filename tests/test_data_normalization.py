@@ -108,3 +108,18 @@ def test_loader_fingerprint_tracks_transforms():
     c.data.binarize_gripper = False
     assert RLDSLoader(c, **kw).fingerprint() != f1
     assert os.path.isdir(c.data.builder_dir)
+
+
+def test_config_rules_accept_shipped_configs_and_name_bad_keys():
+    from configs import bridge, tabletop
+    from vlambpo_jax.data import config_rules
+
+    for mod in (bridge, tabletop):
+        for arg in ("", "smoke"):
+            assert config_rules.problems(mod.get_config(arg)) == []
+    c = bridge.get_config("smoke")
+    c.data.layout = "lerobot"
+    assert [p[0] for p in config_rules.problems(c)] == ["data.layout"]
+    c = bridge.get_config("smoke")
+    c.data.image_keys = ("image_0",)
+    assert [p[0] for p in config_rules.problems(c)] == ["data.image_keys"]

@@ -445,6 +445,10 @@ class RLDSLoader:
                  process_count: int | None = None, log: Callable[[str], None] = print):
         self.config = config
         d = config.data
+        from vlambpo_jax.data.config_rules import problems  # noqa: PLC0415  (imports this module)
+
+        for key, value, allowed in problems(config):
+            raise ValueError(f"config.{key}={value!r}: {allowed}")
         if process_index is None or process_count is None:
             import jax  # noqa: PLC0415
 
