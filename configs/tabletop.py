@@ -117,6 +117,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.smoke:
         c.sft.update(dict(steps=20, warmup=5, eval_every=0, eval_episodes=2, ema=0.9))
 
+    # --- wm: the UMM world model (documented in wm_config below) ---
+    c.wm = wm_config(args.smoke)
+
     # --- eval: evaluation in the simulator (vlambpo_jax/envs/evaluation.py) ---
     c.eval = ml_collections.ConfigDict()
 
@@ -126,3 +129,61 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.checkpoint.every_steps = 20
         c.log.every_steps = 5
     return c
+
+
+def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
+    """config.wm: the UMM world model (vlambpo_jax/models/world_model.py, stages in wm_train.py).
+
+    Sizing (32x32 views): VAE 4x down -> 8x8x4 latents -> 2x2 patches = 16 generation tokens per view;
+    ViT 8 px patches = 16 understanding tokens per view. One IVD transition sequence = instruction (L)
+    + 2 x (16 ViT + 16 VAE) + actions (70 as bins) + 3 x 16 latent blocks (~200 tokens at L = 24).
+
+    vae.downsample: spatial factor (= 2 ** len(vae.widths)); vae.widths: conv channels per stride-2
+      stage; vae.latent_channels: C; vae.kl_weight: KL weight of the VAE loss; vae.steps / batch_size /
+      lr: the VAE phase (first phase of wm_pretrain, or of wm_finetune when pretraining is off).
+    vit.*: the understanding ViT (patch px, width, blocks, heads, MLP size; output projected to umm.width).
+    umm.*: MoT backbone per expert: width, depth (layers), heads, kv_heads (GQA), head_dim, mlp (SwiGLU
+      hidden), rope_theta, qk_norm (BAGEL's per-head q/k RMSNorm).
+    latent_patch: latent patch size (tokens are patch^2 * C wide).
+    num_sample_steps: Euler rectified-flow steps per generated view (paper 50; small on CPU).
+    timestep_shift: s in t' = s t / (1 + (s - 1) t), for training and sampling (paper 4.0 at 256 px;
+      tiny 8x8 latents need less of the schedule spent near pure noise).
+    cfg_text_scale / cfg_image_scale / cfg_interval: 3-branch classifier-free guidance, applied for
+      t in (lo, hi] (paper 6 / 2 / (0.4, 1.0)); both scales 1.0 disable CFG (no extra branches). Off
+      by default on CPU: it triples the sampling cost inside the interval.
+    view_decoding: 'interleaved' (IVD) | 'independent' | 'joint' (see models/sequence_layout.py).
+    action_encoding: 'bins' (k x 7 text tokens, 257 min-max bins per dim, as the paper) | 'continuous'
+      (one linear token per action step).
+    dropout.text / vit / vae: conditioning dropout probabilities (text also drops the actions).
+    loss_image / loss_text: weights of the rectified-flow MSE and the Yes/No CE (paper 1.0 / 0.01; the
+      tiny reward head trains from scratch, so the CE gets more weight here).
+    reward_balance: weight Yes and No samples to equal total weight in each batch.
+    pretrain_enabled: run wm_pretrain on broad data (False = the "w/o pretraining" ablation).
+    pretrain_steps / finetune_steps / batch_size: dynamics + reward training.
+    lr / weight_decay / b1 / b2 / grad_clip / warmup_steps: AdamW with linear warm-up, cosine decay.
+    ema: EMA decay of the sampled weights (0 = off).
+    eval_batches: held-out batches for PSNR / SSIM / reward accuracy after each stage.
+    dtype: compute dtype ('float32' on CPU).
+    """
+    w = ml_collections.ConfigDict(dict(
+        vae=dict(downsample=4, widths=(32, 64), latent_channels=4, kl_weight=1e-4, steps=1500,
+                 batch_size=64, lr=2e-3),
+        vit=dict(patch=8, width=64, depth=1, heads=4, mlp=128),
+        umm=dict(width=96, depth=3, heads=4, kv_heads=2, head_dim=24, mlp=256, rope_theta=10_000.0,
+                 qk_norm=True),
+        latent_patch=2, num_sample_steps=8, timestep_shift=2.0,
+        cfg_text_scale=1.0, cfg_image_scale=1.0, cfg_interval=(0.4, 1.0),
+        view_decoding="interleaved", action_encoding="bins",
+        dropout=dict(text=0.1, vit=0.3, vae=0.3),
+        loss_image=1.0, loss_text=0.1, reward_balance=True,
+        pretrain_enabled=True, pretrain_steps=1500, finetune_steps=1000, batch_size=32,
+        lr=1e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=100, ema=0.999,
+        eval_batches=4, dtype="float32",
+    ))
+    if smoke:
+        w.vae.update(dict(widths=(16, 16), steps=20, batch_size=16))
+        w.vit.update(dict(width=32, mlp=64, heads=2))
+        w.umm.update(dict(width=32, depth=1, heads=2, kv_heads=1, head_dim=16, mlp=64))
+        w.update(dict(num_sample_steps=2, pretrain_steps=10, finetune_steps=10, batch_size=8,
+                      warmup_steps=2, eval_batches=1, action_encoding="continuous"))
+    return w

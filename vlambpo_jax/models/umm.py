@@ -19,24 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlambpo_jax.models.layers import RMSNorm, apply_rope
-
-_MASKED = -2.3819763e38  # finite: a fully masked query row gives a uniform softmax, not NaNs
-
-
-def dot_product_attention(q, k, v, mask):
-    """Grouped-query attention with a boolean mask, softmax in float32.
-
-    q [B, T, H, D] (pre-scaled), k, v [B, S, KV, D], mask bool[B, T, S] -> [B, T, H, D].
-    (The policy adds the same helper to layers.py; switch to it once that is committed.)
-    """
-    b, t, h, d = q.shape
-    kv = k.shape[2]
-    qg = q.reshape(b, t, kv, h // kv, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-    logits = jnp.where(mask[:, None, None], logits, _MASKED)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
+from vlambpo_jax.models.layers import RMSNorm, apply_rope, dot_product_attention
 
 KVCache = tuple  # tuple over layers of (k, v), each [B, S, kv_heads, head_dim]
 

@@ -1,0 +1,532 @@
+"""UMM-World: the pixel-level world model (dynamics with interleaved view decoding + Yes/No reward).
+
+Pieces (BAGEL layout, see sequence_layout.py for the masks):
+- VAE (vae.py, frozen here): frames -> normalized latents [h, w, C]; 2x2 latent patches are the
+  generation tokens: token = vae2llm(patch) + TimeEmb(t) + PosEmb(row, col).
+- ViT (vit.py): frames -> understanding tokens.
+- MoT backbone (umm.py): one sequence, two experts.
+- Dynamics: from the instruction, both current views (ViT + clean VAE tokens) and the action chunk as
+  text tokens (per-dim min-max bins, action_tokens.py) - or a continuous embedding - predict both views
+  k steps ahead by rectified flow. `view_decoding` picks the layout (interleaved = IVD).
+- Reward: "Is the task '<instruction>' completed?" about one image, answered by the Yes / No logits.
+
+Public functions (pure in `params`; jit / vmap / scan friendly; shapes static):
+  wm = WorldModel(config)
+  params = wm.init(key, action_min, action_max)
+  wm.predict(params, images uint8[B,V,H,W,3], tokens int32[B,L], token_mask bool[B,L],
+             actions f32[B,k,7], key) -> next_images uint8[B,V,H,W,3]
+  wm.reward(params, image uint8[B,H,W,3], tokens, token_mask) -> p_success f32[B]
+  wm.loss(params, batch, key) -> (loss, metrics)
+params = {'net': WMNet params, 'vae': VAE params, 'stats': {latent_shift, latent_scale [C],
+action_min, action_max [7]}}; only 'net' is trained here ('vae' in its own phase, 'stats' are data).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlambpo_jax.models import action_tokens as at
+from vlambpo_jax.models import sequence_layout as sl
+from vlambpo_jax.models.umm import MoTBackbone, UMMConfig, concat_cache
+from vlambpo_jax.models.vae import VAE, to_float, to_uint8
+from vlambpo_jax.models.vit import ViT
+
+
+@dataclasses.dataclass(frozen=True)
+class WMSpec:
+    """Static (hashable) shape and behaviour of the world model, read from config (see configs/)."""
+    image_size: int
+    chunk: int
+    action_dim: int
+    vae_widths: tuple
+    latent_channels: int
+    latent_patch: int
+    umm: UMMConfig
+    vit_patch: int
+    vit_width: int
+    vit_depth: int
+    vit_heads: int
+    vit_mlp: int
+    action_encoding: str
+    view_decoding: str
+    num_sample_steps: int
+    timestep_shift: float
+    cfg_text_scale: float
+    cfg_image_scale: float
+    cfg_interval: tuple
+    drop_text: float
+    drop_vit: float
+    drop_vae: float
+    loss_image: float
+    loss_text: float
+    reward_balance: bool
+    num_views: int = 2
+
+    @property
+    def latent_hw(self) -> int:
+        return self.image_size // 2 ** len(self.vae_widths)
+
+    @property
+    def grid(self) -> int:
+        return self.latent_hw // self.latent_patch
+
+    @property
+    def latent_tokens(self) -> int:
+        return self.grid ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.latent_patch ** 2 * self.latent_channels
+
+    @property
+    def vit_tokens(self) -> int:
+        return (self.image_size // self.vit_patch) ** 2
+
+    @property
+    def action_tokens(self) -> int:
+        return self.chunk * (self.action_dim if self.action_encoding == "bins" else 1)
+
+    @property
+    def cfg_enabled(self) -> bool:
+        return self.cfg_text_scale != 1.0 or self.cfg_image_scale != 1.0
+
+
+def spec_from_config(config) -> WMSpec:
+    """config: the full ConfigDict (image_size, chunk_size, action_dim and the `wm` section)."""
+    w = config.wm
+    if w.action_encoding not in ("bins", "continuous"):
+        raise ValueError(f"config.wm.action_encoding={w.action_encoding!r}; expected bins | continuous")
+    down = 2 ** len(w.vae.widths)
+    if config.image_size % (down * w.latent_patch):
+        raise ValueError(f"config.image_size={config.image_size} is not divisible by the VAE downsample "
+                         f"({down}, config.wm.vae.widths) x config.wm.latent_patch={w.latent_patch}")
+    if w.vae.downsample != down:
+        raise ValueError(f"config.wm.vae.downsample={w.vae.downsample} but config.wm.vae.widths has "
+                         f"{len(w.vae.widths)} stride-2 stages (= {down}x)")
+    u = w.umm
+    umm = UMMConfig(vocab_size=at.VOCAB_SIZE, width=u.width, depth=u.depth, heads=u.heads,
+                    kv_heads=u.kv_heads, head_dim=u.head_dim, mlp=u.mlp, rope_theta=u.rope_theta,
+                    qk_norm=u.qk_norm, dtype=w.dtype)
+    return WMSpec(
+        image_size=config.image_size, chunk=config.chunk_size, action_dim=config.action_dim,
+        vae_widths=tuple(w.vae.widths), latent_channels=w.vae.latent_channels,
+        latent_patch=w.latent_patch, umm=umm, vit_patch=w.vit.patch, vit_width=w.vit.width,
+        vit_depth=w.vit.depth, vit_heads=w.vit.heads, vit_mlp=w.vit.mlp,
+        action_encoding=w.action_encoding, view_decoding=w.view_decoding,
+        num_sample_steps=w.num_sample_steps, timestep_shift=w.timestep_shift,
+        cfg_text_scale=w.cfg_text_scale, cfg_image_scale=w.cfg_image_scale,
+        cfg_interval=tuple(w.cfg_interval), drop_text=w.dropout.text, drop_vit=w.dropout.vit,
+        drop_vae=w.dropout.vae, loss_image=w.loss_image, loss_text=w.loss_text,
+        reward_balance=w.reward_balance)
+
+
+def sincos_2d(grid: int, width: int) -> np.ndarray:
+    """Fixed 2-D sin-cos position table float32[grid * grid, width] (row-major patches)."""
+    def one_d(pos, dim):
+        omega = 1.0 / 10_000 ** (np.arange(dim // 2, dtype=np.float64) / (dim // 2))
+        out = pos[:, None] * omega[None]
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    half = width // 2
+    emb = np.concatenate([one_d(rows.reshape(-1).astype(np.float64), half),
+                          one_d(cols.reshape(-1).astype(np.float64), width - half)], axis=1)
+    return emb.astype(np.float32)
+
+
+def timestep_embedding(t, dim: int = 256):
+    """DiT sinusoid of t in [0, 1] (scaled by 1000 like DiT's integer steps): [N] -> [N, dim]."""
+    half = dim // 2
+    freqs = jnp.exp(-np.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = (1000.0 * t.astype(jnp.float32))[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def shift_timesteps(t, shift: float):
+    """t' = s t / (1 + (s - 1) t): spends more of training / sampling near t = 1 (noise)."""
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+class WMNet(nn.Module):
+    """All trainable world-model weights except the VAE: backbone, ViT, latent adapters, time MLP."""
+    spec: WMSpec
+
+    def setup(self):
+        s = self.spec
+        width = s.umm.width
+        self.backbone = MoTBackbone(s.umm)
+        self.vit = ViT(patch=s.vit_patch, width=s.vit_width, depth=s.vit_depth, heads=s.vit_heads,
+                       mlp=s.vit_mlp, out_width=width)
+        self.vae2llm = nn.Dense(width)
+        # llm2vae starts at zero (BAGEL): the first predicted velocity is zero.
+        self.llm2vae = nn.Dense(s.patch_dim, kernel_init=nn.initializers.zeros)
+        self.time_in = nn.Dense(width)
+        self.time_out = nn.Dense(width)
+        if s.action_encoding == "continuous":
+            self.action_in = nn.Dense(width)
+            self.action_pos = self.param("action_pos", nn.initializers.normal(0.02), (s.chunk, width))
+        self.latent_pos = jnp.asarray(sincos_2d(s.grid, width))
+
+    def embed_ids(self, ids):
+        """int[N, T] -> [N, T, W]."""
+        return self.backbone.embed(ids)
+
+    def vit_tokens(self, images):
+        """uint8[N, H, W, 3] -> [N, n_vit, W]."""
+        return self.vit(to_float(images))
+
+    def latent_tokens(self, x, t):
+        """x [N, n, patch_dim] latent patches, t [N] in [0, 1] -> [N, n, W]."""
+        temb = self.time_out(nn.silu(self.time_in(timestep_embedding(t))))
+        return self.vae2llm(x) + temb[:, None, :] + self.latent_pos[None]
+
+    def continuous_actions(self, a):
+        """a [N, k, D] normalized to [-1, 1] -> [N, k, W]."""
+        return self.action_in(a) + self.action_pos[None]
+
+    def run(self, x, experts, positions, mask, cache=None):
+        return self.backbone(x, experts, positions, mask, cache)
+
+    def velocity(self, h):
+        """[N, n, W] -> [N, n, patch_dim]."""
+        return self.llm2vae(h).astype(jnp.float32)
+
+    def logits(self, h):
+        return self.backbone.logits(h)
+
+    def init_all(self, images, ids):
+        """Touches every parameter (for init). images uint8[N, H, W, 3], ids int[N, T]."""
+        s = self.spec
+        n = images.shape[0]
+        tok = jnp.concatenate([self.embed_ids(ids), self.vit_tokens(images),
+                               self.latent_tokens(jnp.zeros((n, s.latent_tokens, s.patch_dim)),
+                                                  jnp.zeros((n,)))], axis=1)
+        if s.action_encoding == "continuous":
+            tok = jnp.concatenate([tok, self.continuous_actions(
+                jnp.zeros((n, s.chunk, s.action_dim)))], axis=1)
+        t = tok.shape[1]
+        experts = np.zeros(t, np.int32)
+        experts[ids.shape[1] + s.vit_tokens:ids.shape[1] + s.vit_tokens + s.latent_tokens] = 1
+        h, _ = self.run(tok, experts, jnp.arange(t)[None], jnp.ones((1, t, t), bool))
+        return self.velocity(h), self.logits(h)
+
+
+def _tile(x, n):
+    return x if n == 1 else jnp.concatenate([x] * n, axis=0)
+
+
+class WorldModel:
+    """The world model's pure functions, closed over a static WMSpec (see module docstring)."""
+
+    def __init__(self, config):
+        self.spec = spec_from_config(config)
+        self.net = WMNet(self.spec)
+        self.vae = VAE(self.spec.vae_widths, self.spec.latent_channels)
+        self.prefix_ids = at.text_ids(at.QUESTION_PREFIX)
+        self.suffix_ids = at.text_ids(at.QUESTION_SUFFIX)
+
+    # ------------------------------------------------------------------ params
+    def init(self, key, action_min=None, action_max=None):
+        s = self.spec
+        k_net, k_vae = jax.random.split(key)
+        img = jnp.zeros((1, s.image_size, s.image_size, 3), jnp.uint8)
+        net = self.net.init(k_net, img, jnp.zeros((1, 4), jnp.int32), method=WMNet.init_all)
+        vae = self.vae.init(k_vae, to_float(img), k_vae)
+        d = s.action_dim
+        stats = {
+            "latent_shift": jnp.zeros((s.latent_channels,), jnp.float32),
+            "latent_scale": jnp.ones((s.latent_channels,), jnp.float32),
+            "action_min": jnp.asarray(-np.ones(d) if action_min is None else action_min, jnp.float32),
+            "action_max": jnp.asarray(np.ones(d) if action_max is None else action_max, jnp.float32),
+        }
+        return {"net": net, "vae": vae, "stats": stats}
+
+    # ------------------------------------------------------------------ latents
+    def encode_latents(self, params, images):
+        """uint8[N, H, W, 3] -> normalized latent patches float32[N, n, patch_dim] (VAE mean)."""
+        s = self.spec
+        mean, _ = self.vae.apply(params["vae"], to_float(images), method=VAE.encode)
+        z = (mean - params["stats"]["latent_shift"]) / params["stats"]["latent_scale"]
+        n, g, p, c = z.shape[0], s.grid, s.latent_patch, s.latent_channels
+        z = z.reshape(n, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5)
+        return z.reshape(n, g * g, p * p * c)
+
+    def decode_latents(self, params, x):
+        """float[N, n, patch_dim] -> uint8[N, H, W, 3]."""
+        s = self.spec
+        n, g, p, c = x.shape[0], s.grid, s.latent_patch, s.latent_channels
+        z = x.reshape(n, g, g, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, g * p, g * p, c)
+        z = z * params["stats"]["latent_scale"] + params["stats"]["latent_shift"]
+        return to_uint8(self.vae.apply(params["vae"], z, method=VAE.decode))
+
+    # ------------------------------------------------------------------ sequences
+    @functools.lru_cache(maxsize=None)
+    def dynamics_layout(self, text_len: int) -> sl.Layout:
+        s = self.spec
+        return sl.dynamics_layout(s.view_decoding, text_len, s.vit_tokens, s.latent_tokens,
+                                  s.action_tokens)
+
+    @functools.lru_cache(maxsize=None)
+    def reward_layout(self, text_len: int) -> sl.Layout:
+        return sl.reward_layout(self.spec.vit_tokens, len(self.prefix_ids), text_len,
+                                len(self.suffix_ids))
+
+    @staticmethod
+    def _key_valid(layout, token_mask):
+        """bool[B, T]: padding text tokens are invisible as keys."""
+        b = token_mask.shape[0]
+        parts = [token_mask.astype(bool) if s.source == ("text",) else jnp.ones((b, s.length), bool)
+                 for s in layout.segments]
+        return jnp.concatenate(parts, axis=1)
+
+    @staticmethod
+    def _mask(layout, rows, cols, key_valid, drops):
+        """Static layout mask restricted to rows x cols, with padding and per-sample dropped
+        categories (drops: {category: bool[B]}) hidden from other segments -> bool[B, r, c]."""
+        static = layout.attention_mask()[np.ix_(rows, cols)]
+        seg = layout.segment_ids()
+        same = jnp.asarray(seg[rows][:, None] == seg[cols][None, :])
+        cats = layout.drop_categories()
+        hidden = jnp.zeros((key_valid.shape[0], len(cols)), bool)
+        for cat, flag in drops.items():
+            hidden = hidden | (flag[:, None] & jnp.asarray(cats[cat][cols])[None])
+        valid = key_valid[:, cols]
+        return jnp.asarray(static)[None] & valid[:, None, :] & (~hidden[:, None, :] | same[None])
+
+    def _segments(self, layout, names, src):
+        return jnp.concatenate([src[layout.segment(n).source] for n in names], axis=1)
+
+    def _action_embedding(self, params, actions=None, action_bins=None):
+        """-> [B, n_action_tokens, W] from env-unit actions f32[B,k,D] or bins int[B,k,D]."""
+        st = params["stats"]
+        if self.spec.action_encoding == "bins":
+            if action_bins is None:
+                action_bins = at.actions_to_bins(actions, st["action_min"], st["action_max"])
+            return self.net.apply(params["net"], at.bins_to_token_ids(action_bins),
+                                  method=WMNet.embed_ids)
+        if actions is None:
+            actions = at.bins_to_actions(action_bins, st["action_min"], st["action_max"])
+        a = at.normalize_actions(actions, st["action_min"], st["action_max"])
+        return self.net.apply(params["net"], a, method=WMNet.continuous_actions)
+
+    def _context(self, params, images, tokens, actions=None, action_bins=None):
+        """Embeddings of the known inputs: {source: [B, n, W]} plus current latents [B, V, n, pd]."""
+        s, net = self.spec, params["net"]
+        b, v = images.shape[:2]
+        flat = images.reshape((b * v,) + images.shape[2:])
+        vit = self.net.apply(net, flat, method=WMNet.vit_tokens).reshape(b, v, s.vit_tokens, -1)
+        lat = jax.lax.stop_gradient(self.encode_latents(params, flat))
+        vae = self.net.apply(net, lat, jnp.zeros((b * v,)), method=WMNet.latent_tokens)
+        vae = vae.reshape(b, v, s.latent_tokens, -1)
+        src = {("text",): self.net.apply(net, tokens, method=WMNet.embed_ids),
+               ("action",): self._action_embedding(params, actions, action_bins)}
+        for i in range(v):
+            src[("vit", i)] = vit[:, i]
+            src[("vae", i)] = vae[:, i]
+        return src
+
+    # ------------------------------------------------------------------ dynamics sampling
+    def predict(self, params, images, tokens, token_mask, actions, key, use_cache: bool = True,
+                return_latents: bool = False):
+        """One chunk transition: images uint8[B, V, H, W, 3], tokens int32[B, L], token_mask
+        bool[B, L], actions f32[B, k, 7] (env units), key -> next images uint8[B, V, H, W, 3].
+
+        Follows the layout's generation plan: prefill the context into a KV cache once, generate the
+        next head view by `num_sample_steps` Euler steps attending to the cache, append its clean copy
+        to the cache, generate the next wrist view (IVD); CFG branches are extra batch rows with their
+        own cache. use_cache=False recomputes the whole prefix at every step (reference for tests).
+        """
+        s = self.spec
+        b = images.shape[0]
+        layout = self.dynamics_layout(tokens.shape[1])
+        experts, pos = layout.expert_ids(), layout.rope_ids()
+        src = self._context(params, images, tokens, actions=actions)
+        nb = 3 if s.cfg_enabled else 1
+        key_valid = _tile(self._key_valid(layout, token_mask), nb)
+        branch = np.repeat(np.arange(nb), b)
+        drops = {"text": jnp.asarray(branch == 1), "vit": jnp.asarray(branch == 2),
+                 "vae": jnp.asarray(branch == 2)}
+        cache, known, cols = None, None, np.zeros((0,), np.int32)
+        out = {}
+        for i, (op, names) in enumerate(layout.generation_plan()):
+            rows = layout.indices(names)
+            if op == "prefill":
+                emb = _tile(self._segments(layout, names, src), nb)
+                if use_cache:
+                    mask = self._mask(layout, rows, np.concatenate([cols, rows]), key_valid, drops)
+                    _, kv = self.net.apply(params["net"], emb, experts[rows], pos[rows][None], mask,
+                                           cache, method=WMNet.run)
+                    cache = concat_cache(cache, kv)
+                else:
+                    known = emb if known is None else jnp.concatenate([known, emb], axis=1)
+                cols = np.concatenate([cols, rows])
+                continue
+            views = [layout.segment(n).source[1] for n in names]
+            z = self._denoise(params, layout, rows, cols, len(views), cache, known, key_valid, drops,
+                              jax.random.fold_in(key, i), b, nb, use_cache)
+            for j, v in enumerate(views):
+                out[v] = z[:, j]
+                src[("clean_next", v)] = self.net.apply(params["net"], z[:, j], jnp.zeros((b,)),
+                                                        method=WMNet.latent_tokens)
+        lat = jnp.stack([out[v] for v in sorted(out)], axis=1)  # [B, V, n, pd]
+        if return_latents:
+            return lat
+        imgs = self.decode_latents(params, lat.reshape((-1,) + lat.shape[2:]))
+        return imgs.reshape((b, len(out)) + imgs.shape[1:])
+
+    def _denoise(self, params, layout, rows, cols, nviews, cache, known, key_valid, drops, key, b,
+                 nb, use_cache):
+        """Euler rectified-flow sampling of `rows` (nviews noise segments) -> [B, nviews, n, pd]."""
+        s = self.spec
+        n, pd = s.latent_tokens, s.patch_dim
+        experts, pos = layout.expert_ids(), layout.rope_ids()
+        all_cols = np.concatenate([cols, rows])
+        if use_cache:
+            mask = self._mask(layout, rows, all_cols, key_valid, drops)
+        else:
+            mask = self._mask(layout, all_cols, all_cols, key_valid, drops)
+        ts = shift_timesteps(jnp.linspace(1.0, 0.0, s.num_sample_steps + 1), s.timestep_shift)
+
+        def velocity(x, t, nrows):
+            xt = x.reshape(b * nviews, n, pd)
+            emb = self.net.apply(params["net"], xt, jnp.full((b * nviews,), t), method=WMNet.latent_tokens)
+            emb = _tile(emb.reshape(b, nviews, n, -1).reshape(b, nviews * n, -1), nrows // b)
+            if use_cache:
+                c = jax.tree_util.tree_map(lambda a: a[:nrows], cache)
+                h, _ = self.net.apply(params["net"], emb, experts[rows], pos[rows][None], mask[:nrows],
+                                      c, method=WMNet.run)
+            else:
+                full = jnp.concatenate([known[:nrows], emb], axis=1)
+                h, _ = self.net.apply(params["net"], full, experts[all_cols], pos[all_cols][None],
+                                      mask[:nrows], method=WMNet.run)
+                h = h[:, -len(rows):]
+            return self.net.apply(params["net"], h, method=WMNet.velocity).reshape(nrows, nviews, n, pd)
+
+        lo, hi = s.cfg_interval
+
+        def step(x, tt):
+            t, t_next = tt
+            if nb == 1:
+                v = velocity(x, t, b)
+            else:
+                def guided():
+                    v_full, v_no_text, v_no_img = jnp.split(velocity(x, t, 3 * b), 3, axis=0)
+                    v_t = v_no_text + s.cfg_text_scale * (v_full - v_no_text)
+                    return v_no_img + s.cfg_image_scale * (v_t - v_no_img)
+                v = jax.lax.cond((t > lo) & (t <= hi), guided, lambda: velocity(x, t, b))
+            return x - v * (t - t_next), None
+
+        x = jax.random.normal(key, (b, nviews, n, pd))
+        x, _ = jax.lax.scan(step, x, (ts[:-1], ts[1:]))
+        return x
+
+    # ------------------------------------------------------------------ reward
+    def reward_logits(self, params, image, tokens, token_mask):
+        """image uint8[B, H, W, 3] -> float32[B, vocab]: next-token logits after the question."""
+        b = image.shape[0]
+        layout = self.reward_layout(tokens.shape[1])
+        net = params["net"]
+        src = {("vit", 0): self.net.apply(net, image, method=WMNet.vit_tokens),
+               ("text",): self.net.apply(net, tokens, method=WMNet.embed_ids),
+               ("question_prefix",): self.net.apply(
+                   net, jnp.broadcast_to(self.prefix_ids, (b, len(self.prefix_ids))), method=WMNet.embed_ids),
+               ("question_suffix",): self.net.apply(
+                   net, jnp.broadcast_to(self.suffix_ids, (b, len(self.suffix_ids))), method=WMNet.embed_ids)}
+        all_rows = np.arange(layout.length)
+        emb = self._segments(layout, [s.name for s in layout.segments], src)
+        mask = self._mask(layout, all_rows, all_rows, self._key_valid(layout, token_mask), {})
+        h, _ = self.net.apply(net, emb, layout.expert_ids(), layout.rope_ids()[None], mask,
+                              method=WMNet.run)
+        return self.net.apply(net, h[:, -1:], method=WMNet.logits)[:, 0]
+
+    def reward(self, params, image, tokens, token_mask):
+        """image uint8[B, H, W, 3] -> p_success float32[B] = softmax([Yes, No] logits)[Yes]."""
+        logits = self.reward_logits(params, image, tokens, token_mask)
+        return jax.nn.sigmoid(logits[:, at.YES_ID] - logits[:, at.NO_ID])
+
+    # ------------------------------------------------------------------ training loss
+    def loss(self, params, batch, key, train: bool = True):
+        """Rectified-flow image MSE on the generated views + Yes/No CE on the current head frame.
+
+        batch: images, next_images uint8[B, V, H, W, 3] (next = frame t + k); actions f32[B, k, 7] in
+        env units or action_bins int[B, k, 7]; tokens int32[B, L], token_mask bool[B, L];
+        episode_success bool[B], steps_to_end int32[B] (steps from frame t to the episode's last
+        frame, 0 = last). Reward labels: Yes on the last 5 frames of successful episodes, No on frames
+        of failed episodes and on frames before the last 10; the window between is dropped; Yes / No
+        are weighted to equal total weight when reward_balance. Returns (loss, metrics).
+        """
+        s = self.spec
+        images, nxt = batch["images"], batch["next_images"]
+        b, v = images.shape[:2]
+        tokens, token_mask = batch["tokens"], batch["token_mask"]
+        k_t, k_n, k_d = jax.random.split(key, 3)
+        layout = self.dynamics_layout(tokens.shape[1])
+        src = self._context(params, images, tokens, actions=batch.get("actions"),
+                            action_bins=batch.get("action_bins"))
+        x0 = jax.lax.stop_gradient(self.encode_latents(params, nxt.reshape((b * v,) + nxt.shape[2:])))
+        x0 = x0.reshape(b, v, s.latent_tokens, s.patch_dim)
+        t = shift_timesteps(jax.nn.sigmoid(jax.random.normal(k_t, (b, v))), s.timestep_shift)
+        eps = jax.random.normal(k_n, x0.shape)
+        xt = (1.0 - t[..., None, None]) * x0 + t[..., None, None] * eps
+        net = params["net"]
+        for i in range(v):
+            src[("noisy", i)] = self.net.apply(net, xt[:, i], t[:, i], method=WMNet.latent_tokens)
+            src[("clean_next", i)] = self.net.apply(net, x0[:, i], jnp.zeros((b,)),
+                                                    method=WMNet.latent_tokens)
+        kd = jax.random.split(k_d, 3)
+        if train:
+            drops = {"text": jax.random.bernoulli(kd[0], s.drop_text, (b,)),
+                     "vit": jax.random.bernoulli(kd[1], s.drop_vit, (b,)),
+                     "vae": jax.random.bernoulli(kd[2], s.drop_vae, (b,))}
+        else:
+            drops = {}
+        rows = np.arange(layout.length)
+        emb = self._segments(layout, [sg.name for sg in layout.segments], src)
+        mask = self._mask(layout, rows, rows, self._key_valid(layout, token_mask), drops)
+        h, _ = self.net.apply(net, emb, layout.expert_ids(), layout.rope_ids()[None], mask,
+                              method=WMNet.run)
+        metrics = {}
+        mse = 0.0
+        names = {0: "head", 1: "wrist"}
+        for i in range(v):
+            seg = [sg.name for sg in layout.segments if sg.source == ("noisy", i)][0]
+            pred = self.net.apply(net, h[:, slice(*layout.offsets()[seg])], method=WMNet.velocity)
+            m = jnp.mean((pred - (eps[:, i] - x0[:, i])) ** 2)
+            metrics[f"mse_{names.get(i, i)}"] = m
+            mse = mse + m / v
+        ce, rmetrics = self._reward_ce(params, batch)
+        metrics.update(rmetrics)
+        loss = s.loss_image * mse + s.loss_text * ce
+        metrics.update(loss=loss, image_mse=mse, reward_ce=ce)
+        return loss, metrics
+
+    def reward_labels(self, batch):
+        """-> (label_yes bool[B], valid bool[B]) from episode_success and steps_to_end."""
+        success = batch["episode_success"].astype(bool)
+        to_end = batch["steps_to_end"]
+        yes = success & (to_end < 5)
+        no = ~success | (to_end >= 10)
+        return yes, yes | no
+
+    def _reward_ce(self, params, batch):
+        yes, valid = self.reward_labels(batch)
+        logits = self.reward_logits(params, batch["images"][:, 0], batch["tokens"], batch["token_mask"])
+        target = jnp.where(yes, at.YES_ID, at.NO_ID)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        nll = -jnp.take_along_axis(logp, target[:, None], axis=-1)[:, 0]
+        w = valid.astype(jnp.float32)
+        if self.spec.reward_balance:  # equal total weight for the Yes and No samples present
+            n_yes = jnp.sum(w * yes)
+            n_no = jnp.sum(w * ~yes)
+            w = w * jnp.where(yes, 0.5 / jnp.maximum(n_yes, 1.0), 0.5 / jnp.maximum(n_no, 1.0))
+            w = w * jnp.where((n_yes > 0) & (n_no > 0), 1.0, 2.0)
+        else:
+            w = w / jnp.maximum(jnp.sum(w), 1.0)
+        ce = jnp.sum(w * nll)
+        pred_yes = logits[:, at.YES_ID] > logits[:, at.NO_ID]
+        acc = jnp.sum(valid * (pred_yes == yes)) / jnp.maximum(jnp.sum(valid), 1.0)
+        return ce, {"reward_acc": acc, "reward_valid": jnp.mean(valid)}
