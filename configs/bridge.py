@@ -50,13 +50,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     #   action_pad: padding of action chunks past the episode end, 'repeat_last' or 'zeros' (masked).
     #   skip_bad_episodes: skip and count bad episodes instead of stopping with an error.
     #   inspect_batches: batches the 'data' stage reads and summarizes.
+    #   prefetch: batches prepared ahead in a background thread (0 = none).
     c.data.update(dict(
         builder_dir="", name="bridge_dataset", data_dir="", version="1.0.0", split="train",
         layout="rail_bridge", image_keys=("image_0", "image_1"), empty_view_rule="pixels", state_dim=7,
         drop_first_zero_action=True, binarize_gripper=True, gripper_dim=6,
         norm_mode="percentile", norm_skip_action_dims=(6,), norm_skip_state_dims=(),
         stats_cache_dir="", batch_size=32, shuffle_buffer=2000, episode_buffer=32, max_text_len=64,
-        action_pad="repeat_last", skip_bad_episodes=False, inspect_batches=2,
+        action_pad="repeat_last", skip_bad_episodes=False, inspect_batches=2, prefetch=2,
     ))
     if args.smoke:  # the tiny Bridge-format fixture shipped with the tests
         c.data.update(dict(builder_dir=os.path.join(_ROOT, "tests", "fixtures", "bridge_dataset", "1.0.0"),

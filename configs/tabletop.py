@@ -58,13 +58,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     #   action_pad: padding of action chunks past the episode end, 'repeat_last' or 'zeros' (masked).
     #   skip_bad_episodes: skip and count bad episodes instead of stopping with an error.
     #   inspect_batches: batches the 'data' stage reads and summarizes.
+    #   prefetch: batches prepared ahead in a background thread (0 = none).
     c.data.update(dict(
         builder_dir="", name="", data_dir="", version="", split="train",
         layout="generic", image_keys=("image_0", "image_1"), empty_view_rule="pixels", state_dim=7,
         drop_first_zero_action=False, binarize_gripper=False, gripper_dim=6,
         norm_mode="percentile", norm_skip_action_dims=(6,), norm_skip_state_dims=(),
         stats_cache_dir="", batch_size=32, shuffle_buffer=2000, episode_buffer=16, max_text_len=32,
-        action_pad="repeat_last", skip_bad_episodes=False, inspect_batches=2,
+        action_pad="repeat_last", skip_bad_episodes=False, inspect_batches=2, prefetch=2,
     ))
     # builder_dir '' (and no name) = the RLDS dataset the demos stage wrote under <workdir>/demos.
     if args.smoke:

@@ -223,3 +223,15 @@ def test_config_data_sections_are_complete():
     smoke = bridge.get_config("smoke")
     assert os.path.exists(os.path.join(smoke.data.builder_dir, "dataset_info.json"))
     assert isinstance(smoke, ml_collections.ConfigDict)
+
+
+def test_prefetch_keeps_order_and_raises_producer_errors():
+    assert list(rlds_reader.prefetch(iter(range(20)), 3)) == list(range(20))
+
+    def bad():
+        yield 1
+        raise rlds_reader.DataError("dataset 'x', episode #1: boom")
+    it = rlds_reader.prefetch(bad(), 2)
+    assert next(it) == 1
+    with pytest.raises(rlds_reader.DataError, match="boom"):
+        next(it)

@@ -42,6 +42,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("data.max_text_len", _int_at_least(3)),
     ("data.state_dim", _int_at_least(1)),
     ("data.inspect_batches", _int_at_least(0)),
+    ("data.prefetch", _int_at_least(0)),
     ("data.skip_bad_episodes", _bool),
     ("data.drop_first_zero_action", _bool),
     ("data.binarize_gripper", _bool),

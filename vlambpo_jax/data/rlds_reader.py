@@ -29,6 +29,8 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from vlambpo_jax.data.standardize import StandardizeConfig, standardize
 
 # Re-exported for users of the reader.
 __all__ = ["DataError", "StandardizeConfig", "open_builder", "resolve_builder_dir", "EpisodeReader",
-           "RLDSLoader", "host_range", "iter_samples", "make_batch", "iter_batches", "to_device"]
+           "RLDSLoader", "host_range", "iter_samples", "make_batch", "iter_batches", "to_device", "prefetch"]
 
 ACTION_PADS = ("repeat_last", "zeros")
 
@@ -413,6 +415,55 @@ def iter_batches(samples: Iterable[tuple[dict, int]], batch_size: int, *, drop_r
         yield make_batch(group, _tokens=cache, **batch_kwargs)
 
 
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetch(iterator: Iterable, size: int) -> Iterator:
+    """Runs `iterator` in a background thread, keeping up to `size` items ready (order unchanged).
+
+    An exception in the producer is re-raised in the consumer; closing the consumer stops the producer.
+    """
+    if size <= 0:
+        yield from iterator
+        return
+    q: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for item in iterator:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as e:  # noqa: BLE001  (handed to the consumer)
+            put(_Failure(e))
+
+    thread = threading.Thread(target=work, name="rlds-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+
+
 def to_device(batch: Mapping[str, np.ndarray], sharding) -> dict:
     """Per-host numpy batch -> global jax arrays sharded over the batch axis (strings stay numpy).
 
@@ -537,7 +588,8 @@ class RLDSLoader:
                     raise DataError(f"{where(self.name)}: every episode of host {self.process_index}'s "
                                     f"shard of split '{self.split}' was bad ({reader.bad_episodes} skipped)")
 
-        for batch in iter_batches(samples(), local_bs, drop_remainder=drop_remainder,
-                                  chunk_size=int(self.config.chunk_size), tokenizer=self.tokenizer,
-                                  max_text_len=int(d.max_text_len), future=future, action_pad=d.action_pad):
+        batches = iter_batches(samples(), local_bs, drop_remainder=drop_remainder,
+                               chunk_size=int(self.config.chunk_size), tokenizer=self.tokenizer,
+                               max_text_len=int(d.max_text_len), future=future, action_pad=d.action_pad)
+        for batch in prefetch(batches, int(d.get("prefetch", 0))):
             yield to_device(batch, sharding) if sharding is not None else batch
