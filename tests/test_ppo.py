@@ -1,0 +1,77 @@
+"""PPO update plumbing on a tiny policy: which parameter groups move, critic-only warm-up."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import tabletop
+from vlambpo_jax.models.policy import Policy
+from vlambpo_jax.rl import ppo
+from vlambpo_jax.rl.rollout import Transitions
+
+
+def rl_config(**kw):
+    c = ml_collections.ConfigDict(dict(
+        gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True, clip=0.1,
+        clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0, actor_lr=1e-3,
+        critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0, train_vlm=False,
+        minibatch_size=4))
+    c.update(kw)
+    return c
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = tabletop.get_config("smoke")
+    policy = Policy(config)
+    T, B, size = 2, 4, config.image_size
+    rng = np.random.default_rng(0)
+    obs = {"images": jnp.asarray(rng.integers(0, 255, (T * B, 2, size, size, 3), np.uint8)),
+           "tokens": jnp.ones((T * B, 8), jnp.int32), "token_mask": jnp.ones((T * B, 8), bool)}
+    params = policy.init(jax.random.PRNGKey(0), jax.tree.map(lambda x: x[:1], obs))
+    sample = policy.sample_sde(params, obs, jax.random.PRNGKey(1))
+    unflat = lambda x: x.reshape((T, B) + x.shape[1:])
+    rewards = np.zeros((T, B, config.chunk_size), np.float32)
+    rewards[1, :2, -1] = 1.0
+    traj = Transitions(obs=jax.tree.map(unflat, obs), chain=jax.tree.map(unflat, sample.chain),
+                       actions=unflat(sample.actions), log_prob=unflat(sample.log_prob),
+                       value=unflat(sample.value), step_rewards=jnp.asarray(rewards),
+                       terminal=jnp.asarray(rewards.sum(-1) > 0), mask=jnp.ones((T, B), bool))
+    return policy, params, traj
+
+
+def _changed(a, b):
+    return any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("train_vlm", [False, True])
+def test_epoch_moves_the_right_groups(setup, train_vlm):
+    policy, params, traj = setup
+    c = rl_config(train_vlm=train_vlm)
+    opt = ppo.make_optimizer(c, params)
+    buffer = ppo.make_buffer(traj, traj.value, jnp.zeros(traj.mask.shape[1]), c)
+    epoch, critic_epoch = ppo.make_update_fns(policy, c, opt)
+    state = ppo.PPOState(params, opt.init(params), jnp.zeros((), jnp.int32))
+    new, metrics = jax.jit(epoch)(state, buffer, jax.random.PRNGKey(2))
+    assert int(new.step) == 2 and np.isfinite(float(metrics["loss"]))
+    assert _changed(params["action_expert"], new.params["action_expert"])
+    assert _changed(params["value_head"], new.params["value_head"])
+    assert _changed(params["vlm"], new.params["vlm"]) == train_vlm
+
+    if train_vlm:
+        return
+    warm, _ = jax.jit(critic_epoch)(state, buffer, jax.random.PRNGKey(2))
+    assert _changed(params["value_head"], warm.params["value_head"])
+    assert not _changed(params["action_expert"], warm.params["action_expert"])
+    assert not _changed(params["vlm"], warm.params["vlm"])
+    # The actor's AdamW moments are untouched by critic-only steps.
+    assert not _changed(state.opt_state[1].inner_states["actor"], warm.opt_state[1].inner_states["actor"])
+
+
+def test_first_update_ratio_is_one(setup):
+    policy, params, traj = setup
+    c = rl_config()
+    buffer = ppo.make_buffer(traj, traj.value, jnp.zeros(traj.mask.shape[1]), c)
+    logp = policy.log_prob(params, buffer.obs, buffer.chain)
+    np.testing.assert_allclose(np.asarray(logp), np.asarray(buffer.old_log_prob), rtol=1e-4, atol=1e-3)

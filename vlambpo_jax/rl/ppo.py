@@ -1,0 +1,128 @@
+"""PPO for flow-matching VLA policies over a buffer of chunk transitions (imagined or real).
+
+The buffer is flattened over (chunk, branch); one epoch is a lax.scan over shuffled minibatches. The
+optimizer is optax.multi_transform with an actor group (the action expert, plus the VLM when
+`rl.train_vlm`) and a critic group (the value head), each AdamW with its own learning rate; the VLM
+is frozen by default. A critic-only step updates the critic group and leaves the actor's parameters
+and optimizer state untouched (used for the warm-up after each buffer refill).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from vlambpo_jax.rl import gae, ppo_loss
+from vlambpo_jax.rl.rollout import Transitions
+
+
+def param_groups(params: dict, train_vlm: bool) -> dict:
+    """multi_transform labels: 'actor' | 'critic' | 'frozen' per leaf of {'vlm', 'action_expert', 'value_head'}."""
+    group = {"vlm": "actor" if train_vlm else "frozen", "action_expert": "actor", "value_head": "critic"}
+    return {name: jax.tree.map(lambda _, g=group[name]: g, sub) for name, sub in params.items()}
+
+
+def make_optimizer(rl_config, params: dict) -> optax.GradientTransformation:
+    c = rl_config
+    adamw = lambda lr: optax.adamw(lr, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay)
+    return optax.chain(
+        optax.clip_by_global_norm(c.grad_clip),
+        optax.multi_transform({"actor": adamw(c.actor_lr), "critic": adamw(c.critic_lr),
+                               "frozen": optax.set_to_zero()},
+                              param_groups(params, c.train_vlm)))
+
+
+@flax.struct.dataclass
+class PPOState:
+    params: Any
+    opt_state: Any
+    step: jax.Array      # gradient steps taken
+
+
+@flax.struct.dataclass
+class Buffer:
+    """Flattened training samples [N, ...] (N = chunks x branches)."""
+    obs: dict
+    chain: dict
+    old_log_prob: jax.Array
+    old_value: jax.Array
+    advantages: jax.Array
+    returns: jax.Array
+    mask: jax.Array
+
+
+def compute_targets(transitions: Transitions, values: jax.Array, bootstrap: jax.Array,
+                    rl_config) -> tuple[jax.Array, jax.Array]:
+    """Chunk-level GAE with the configured variant; returns (normalized advantages, returns) [T, B]."""
+    rewards, discount = gae.chunk_rewards_and_discount(transitions.step_rewards, rl_config.gamma,
+                                                       rl_config.gae_variant)
+    adv, ret = gae.chunk_gae(rewards, values, bootstrap, transitions.terminal, transitions.mask,
+                             discount, rl_config.gae_lambda)
+    if rl_config.normalize_advantages:
+        adv = gae.normalize_advantages(adv, transitions.mask)
+    return adv, ret
+
+
+def make_buffer(transitions: Transitions, values: jax.Array, bootstrap: jax.Array, rl_config) -> Buffer:
+    adv, ret = compute_targets(transitions, values, bootstrap, rl_config)
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])
+    return Buffer(obs=jax.tree.map(flat, transitions.obs), chain=jax.tree.map(flat, transitions.chain),
+                  old_log_prob=flat(transitions.log_prob), old_value=flat(values),
+                  advantages=flat(adv), returns=flat(ret), mask=flat(transitions.mask))
+
+
+def recompute_values(policy, params, transitions: Transitions, final_obs: dict,
+                     final_alive: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Values [T, B] of every stored observation and the bootstrap [B] under the current critic."""
+    t, b = transitions.mask.shape
+    flat_obs = jax.tree.map(lambda x: x.reshape((t * b,) + x.shape[2:]), transitions.obs)
+    values = policy.value(params, flat_obs).reshape(t, b)
+    return values, policy.value(params, final_obs) * final_alive
+
+
+def make_update_fns(policy, rl_config, optimizer: optax.GradientTransformation):
+    """Returns (epoch, critic_epoch): each runs one pass of minibatch updates as a lax.scan.
+
+    epoch(state, buffer, key) -> (state, metrics averaged over minibatches);
+    critic_epoch: the same with the value loss only (actor frozen).
+    """
+    c = rl_config
+
+    def losses(params, mb: Buffer, critic_only: bool):
+        logp, value = policy.log_prob_and_value(params, mb.obs, mb.chain, train_vlm=c.train_vlm)
+        v_loss = ppo_loss.value_loss(value, mb.old_value, mb.returns, mb.mask, c.value_clip,
+                                     c.huber_delta)
+        if critic_only:
+            return c.value_coef * v_loss, {"value_loss": v_loss}
+        p_loss, stats = ppo_loss.policy_loss(logp, mb.old_log_prob, mb.advantages, mb.mask, c.clip,
+                                            c.clip_negative)
+        return p_loss + c.value_coef * v_loss, {"policy_loss": p_loss, "value_loss": v_loss, **stats}
+
+    def update(state: PPOState, mb: Buffer, critic_only: bool):
+        (loss, metrics), grads = jax.value_and_grad(losses, has_aux=True)(state.params, mb, critic_only)
+        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        if critic_only:
+            # Keep the actor (and VLM) exactly as they were, parameters and AdamW moments both.
+            clip_state, part = new_opt
+            old_part = state.opt_state[1]
+            inner = dict(part.inner_states)
+            inner["actor"] = old_part.inner_states["actor"]
+            new_opt = (clip_state, part._replace(inner_states=inner))
+            new_params = {**new_params, "vlm": state.params["vlm"],
+                          "action_expert": state.params["action_expert"]}
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "loss": loss}
+        return PPOState(new_params, new_opt, state.step + 1), metrics
+
+    def run_epoch(state: PPOState, buffer: Buffer, key: jax.Array, critic_only: bool):
+        n = buffer.mask.shape[0]
+        num_mb = max(1, n // c.minibatch_size)
+        perm = jax.random.permutation(key, n)[: num_mb * (n // num_mb)]
+        batches = jax.tree.map(lambda x: x[perm].reshape((num_mb, -1) + x.shape[1:]), buffer)
+        state, metrics = jax.lax.scan(lambda s, mb: update(s, mb, critic_only), state, batches)
+        return state, jax.tree.map(jnp.mean, metrics)
+
+    return (lambda s, b, k: run_epoch(s, b, k, False)), (lambda s, b, k: run_epoch(s, b, k, True))

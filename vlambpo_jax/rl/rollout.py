@@ -1,0 +1,130 @@
+"""Chunk-level rollouts as one lax.scan over chunks, batched over branches.
+
+The same scan body runs inside the world model (imagined branches for MBPO) and inside the MJX
+simulator (real rollouts for collection, online PPO and evaluation): only the `World` differs.
+Per chunk the policy samples an action chunk with the Flow-SDE sampler (chain, log-prob, value), the
+world advances k steps and reports per-step rewards and success; termination is latched at the first
+success, later chunks are masked, and the value of the final observation is the bootstrap.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class World(Protocol):
+    """What a rollout needs from a simulator or a world model (all batched over branches)."""
+
+    def observe(self, state) -> dict:
+        """Policy observation: images uint8[B, V, H, W, 3], tokens int32[B, L], token_mask bool[B, L]."""
+
+    def step(self, params, state, actions: jax.Array, key: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+        """actions f32[B, k, 7] in env units -> (state, step_rewards f32[B, k], success bool[B])."""
+
+
+@flax.struct.dataclass
+class Transitions:
+    """One rollout, time-major: every leaf [T, B, ...] (T chunks, B branches)."""
+    obs: dict               # the observation the chunk was sampled from
+    chain: dict             # Flow-SDE chain: x f32[T, B, K+1, k, D], step int32[T, B]
+    actions: jax.Array      # f32[T, B, k, 7] env units
+    log_prob: jax.Array     # f32[T, B] at sampling time
+    value: jax.Array        # f32[T, B] at sampling time
+    step_rewards: jax.Array  # f32[T, B, k] (zero after termination)
+    terminal: jax.Array     # bool[T, B] success inside this chunk (the branch ends here)
+    mask: jax.Array         # bool[T, B] the chunk was taken (False after termination)
+
+
+def _where(cond: jax.Array, a, b):
+    """Per-branch select over a pytree whose leaves have a leading batch axis."""
+    def pick(x, y):
+        c = cond.reshape(cond.shape + (1,) * (x.ndim - cond.ndim))
+        return jnp.where(c, x, y)
+    return jax.tree.map(pick, a, b)
+
+
+def rollout(policy, policy_params, world: World, world_params, state, key: jax.Array,
+            num_chunks: int) -> tuple[Transitions, jax.Array, Any]:
+    """Rolls `num_chunks` chunks from `state` (B branches).
+
+    Returns (transitions [T, B, ...], bootstrap value f32[B] of the final observation (zero for
+    terminated branches), final world state). Pure: jit it with the policy and world closed over.
+    """
+    b = jax.tree.leaves(world.observe(state))[0].shape[0]
+
+    def body(carry, chunk_key):
+        state, alive = carry
+        obs = world.observe(state)
+        policy_key, world_key = jax.random.split(chunk_key)
+        sample = policy.sample_sde(policy_params, obs, policy_key)
+        actions = policy.unnormalize(sample.actions)
+        next_state, step_rewards, success = world.step(world_params, state, actions, world_key)
+        success = success & alive
+        out = Transitions(obs=obs, chain=sample.chain, actions=actions, log_prob=sample.log_prob,
+                          value=sample.value, step_rewards=step_rewards * alive[:, None],
+                          terminal=success, mask=alive)
+        return (_where(alive, next_state, state), alive & ~success), out
+
+    keys = jax.random.split(key, num_chunks)
+    (state, alive), traj = jax.lax.scan(body, (state, jnp.ones((b,), bool)), keys)
+    bootstrap = policy.value(policy_params, world.observe(state)) * alive
+    return traj, bootstrap, state
+
+
+class SimWorld:
+    """The MJX tabletop as a World: state = a batch of env States.
+
+    tokens: int32[num_instructions, L] and token_mask bool[num_instructions, L], the tokenized
+    env.instructions, looked up by each state's instruction_id.
+    """
+
+    def __init__(self, env, tokens: np.ndarray, token_mask: np.ndarray):
+        self.env = env
+        self.tokens = jnp.asarray(tokens)
+        self.token_mask = jnp.asarray(token_mask)
+
+    def observe(self, state) -> dict:
+        ids = state.obs["instruction_id"]
+        return {"images": state.obs["images"], "tokens": self.tokens[ids],
+                "token_mask": self.token_mask[ids]}
+
+    def step(self, params, state, actions, key):
+        del params, key  # the simulator is deterministic given the state
+        state, rewards, success = jax.vmap(self.env.step_chunk)(state, actions)
+        return state, rewards, success[:, -1]
+
+
+@flax.struct.dataclass
+class ImaginedState:
+    """World-model branch state: the current views and the instruction."""
+    images: jax.Array       # uint8[B, V, H, W, 3]
+    tokens: jax.Array       # int32[B, L]
+    token_mask: jax.Array   # bool[B, L]
+
+
+class ModelWorld:
+    """The world model as a World: predicts both views k steps ahead, then answers Yes/No.
+
+    The model's reward is one success probability per chunk, placed on the chunk's last step
+    (binary with `threshold`), so both GAE variants apply.
+    """
+
+    def __init__(self, world_model, threshold: float = 0.5):
+        self.wm = world_model
+        self.threshold = threshold
+
+    def observe(self, state: ImaginedState) -> dict:
+        return {"images": state.images, "tokens": state.tokens, "token_mask": state.token_mask}
+
+    def step(self, params, state: ImaginedState, actions, key):
+        images = self.wm.predict(params, state.images, state.tokens, state.token_mask, actions, key)
+        p_success = self.wm.reward(params, images[:, 0], state.tokens, state.token_mask)
+        success = p_success > self.threshold
+        k = actions.shape[1]
+        step_rewards = jnp.zeros((images.shape[0], k), jnp.float32).at[:, -1].set(
+            success.astype(jnp.float32))
+        return state.replace(images=images), step_rewards, success
