@@ -55,6 +55,11 @@ class StageContext:
         return path
 
 
+    def stage_summary(self, name: str) -> dict:
+        """The summary another (finished) stage returned, e.g. its checkpoint directory."""
+        return json.loads((self.stage_output(name) / DONE_FILE).read_text())["summary"]
+
+
 def resolve(stage: str) -> Callable[[StageContext], dict]:
     if stage not in STAGES:
         raise KeyError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
