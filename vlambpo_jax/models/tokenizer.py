@@ -107,3 +107,32 @@ def load_tokenizer_from_assets(directory: str):
     with open(os.path.join(directory, "tokenizer_kind.json")) as f:
         kind = json.load(f)["kind"]
     return ByteTokenizer() if kind == "byte" else HFTokenizer(os.path.join(directory, "hf"))
+
+
+def tokenizer_assets(tokenizer) -> dict:
+    """A JSON-able description of the tokenizer for checkpoint assets (HF files embedded as text)."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return {"kind": "byte"}
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(tmp)
+        files = {}
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), encoding="utf-8") as f:
+                files[name] = f.read()
+    return {"kind": "hf", "files": files}
+
+
+def tokenizer_from_assets(assets: dict, directory: str):
+    """Inverse of tokenizer_assets; HF files are written into `directory` (created) and loaded from it."""
+    if assets.get("kind", "byte") == "byte":
+        return ByteTokenizer()
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    for name, text in assets["files"].items():
+        with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+            f.write(text)
+    return HFTokenizer(directory)

@@ -1,0 +1,239 @@
+"""Pipeline stage `sft`: behaviour cloning of the VLA policy by flow matching on RLDS demonstrations.
+
+AdamW with linear warmup + cosine decay, global grad-norm clipping, an EMA of the parameters (used for
+evaluation and saved as the inference `params` item), periodic evaluation in the simulator, orbax
+checkpoints (vlambpo_jax.train.checkpoints) whose assets carry the config, the action/state
+normalization statistics and the tokenizer, and exact resumption (the batch of step s and the training
+noise of step s depend only on s).
+
+Data: config.data describes the dataset (default: the RLDS episodes the `demos` stage wrote). With
+config.sft.in_memory (default True) every episode is read once into memory and batch s is a slice of a
+seeded per-epoch permutation of all (episode, step) samples; otherwise batches stream from the reader
+and a resumed run skips the batches already consumed.
+
+Other stages load the result with `load_policy(ctx.stage_output('sft') / 'policy')`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vlambpo_jax.models import policy as policy_lib
+from vlambpo_jax.models import tokenizer as tok_lib
+
+CKPT_NAME = "policy"
+MODEL_KEYS = ("images", "image_mask", "tokens", "token_mask", "actions", "action_mask", "state")
+
+
+@flax.struct.dataclass
+class SFTState:
+    """step int32[]; params / ema_params {'vlm', 'action_expert', 'value_head'}; opt_state of optax."""
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+def make_optimizer(sft, num_steps: int):
+    """AdamW (decay on matrices only) after global-norm clipping; lr warmup + cosine. -> (tx, schedule)."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=float(sft.lr), warmup_steps=int(sft.warmup),
+        decay_steps=max(int(num_steps), int(sft.warmup) + 1), end_value=float(sft.lr) * float(sft.min_lr_ratio))
+    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+    tx = optax.chain(optax.clip_by_global_norm(float(sft.clip)),
+                     optax.adamw(schedule, b1=float(sft.b1), b2=float(sft.b2),
+                                 weight_decay=float(sft.weight_decay), mask=decay_mask))
+    return tx, schedule
+
+
+def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: int):
+    """Returns a jitted step(state, batch) -> (state, metrics); the flow noise of step s is fold_in(key, s)."""
+    base_key = jax.random.key(seed)
+
+    def step(state: SFTState, batch):
+        key = jax.random.fold_in(base_key, state.step)
+        (loss, metrics), grads = jax.value_and_grad(policy.flow_matching_loss, has_aux=True)(
+            state.params, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = (jax.tree.map(lambda e, p: ema * e + (1.0 - ema) * p, state.ema_params, params)
+                      if ema > 0 else params)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step),
+                       param_norm=optax.tree.norm(params))
+        return SFTState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state), metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def model_batch(batch: dict, use_state: bool) -> dict:
+    """Numpy batch from the data reader -> the jnp arrays the model reads."""
+    keys = [k for k in MODEL_KEYS if k in batch and (k != "state" or use_state)]
+    return {k: jnp.asarray(batch[k]) for k in keys}
+
+
+class InMemoryBatches:
+    """batch(step): samples step*B .. step*B + B - 1 of an endless sequence of seeded epoch permutations."""
+
+    def __init__(self, episodes: list[dict], batch_size: int, seed: int, make_batch):
+        self.pairs = [(ep, t) for ep in episodes for t in range(ep["length"])]
+        if not self.pairs:
+            raise ValueError("sft: the dataset has no steps (config.data points at an empty split?)")
+        self.batch_size, self.seed, self.make_batch = batch_size, seed, make_batch
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch, 17]).permutation(len(self.pairs))
+        return self._perms[epoch]
+
+    def __call__(self, step: int) -> dict:
+        n = len(self.pairs)
+        idx = [self._perm(s // n)[s % n] for s in range(step * self.batch_size, (step + 1) * self.batch_size)]
+        return self.make_batch([self.pairs[i] for i in idx])
+
+
+class StreamBatches:
+    """batch(step) from a deterministic stream; asking for a later step skips the batches in between."""
+
+    def __init__(self, iterator):
+        self.it, self.next_step = iterator, 0
+
+    def __call__(self, step: int) -> dict:
+        if step < self.next_step:
+            raise RuntimeError(f"sft: stream batches go forward only (asked for {step}, at {self.next_step})")
+        while self.next_step < step:
+            next(self.it)
+            self.next_step += 1
+        self.next_step += 1
+        return next(self.it)
+
+
+def _evaluator(ctx, policy, tokenizer, key):
+    """eval_fn(state, step) -> metrics using vlambpo_jax.envs.evaluation.evaluate, or None if absent."""
+    try:
+        from vlambpo_jax.envs import evaluation
+    except ImportError as e:
+        print(f"[{ctx.stage}] simulator evaluation unavailable ({e}); training without it")
+        return None
+    episodes = int(ctx.config.sft.eval_episodes)
+
+    def eval_fn(state: SFTState, step: int) -> dict:
+        start = time.time()
+        metrics = evaluation.evaluate(ctx.config, policy, state.ema_params, jax.random.fold_in(key, step),
+                                      episodes_per_task=episodes, tokenizer=tokenizer)
+        metrics = {f"eval/{k}": float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+        metrics["eval/seconds"] = time.time() - start
+        print(f"[{ctx.stage}] step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+        return metrics
+
+    return eval_fn
+
+
+def run(ctx) -> dict:
+    """The `sft` stage. Returns a JSON-able summary (steps, losses, timing, last evaluation)."""
+    from vlambpo_jax.data import rlds_reader
+    from vlambpo_jax.train import checkpoints
+    from vlambpo_jax.train.loop import train_loop
+
+    config, sft = ctx.config, ctx.config.sft
+    stage_dir = Path(ctx.stage_dir)
+    tokenizer = tok_lib.load_tokenizer(config.policy.tokenizer)
+    loader = rlds_reader.RLDSLoader(config, workdir=ctx.workdir, tokenizer=tokenizer)
+    stats_dir = config.data.stats_cache_dir or str(Path(ctx.workdir) / "norm_stats")
+    stats = loader.norm_stats(stats_dir)
+    policy = policy_lib.Policy(config, unnormalize=policy_lib.make_unnormalizer(stats["action"],
+                                                                               config.data.norm_mode),
+                               vocab_size=tokenizer.vocab_size)
+    use_state = policy.dims.use_state
+    batch_size = int(sft.batch_size)
+    max_len = int(config.data.max_text_len)
+    if int(config.policy.max_text_len) != max_len:
+        raise ValueError(f"config.policy.max_text_len ({config.policy.max_text_len}) must equal "
+                         f"config.data.max_text_len ({max_len})")
+
+    if sft.get("in_memory", True):
+        t0 = time.time()
+        episodes = list(loader.episodes())
+        print(f"[{ctx.stage}] {len(episodes)} episodes, {sum(e['length'] for e in episodes)} steps in memory "
+              f"({time.time() - t0:.1f} s)")
+        make = lambda samples: model_batch(rlds_reader.make_batch(
+            samples, chunk_size=int(config.chunk_size), tokenizer=tokenizer, max_text_len=max_len,
+            action_pad=config.data.action_pad), use_state)
+        batch_fn = InMemoryBatches(episodes, batch_size, int(config.seed), make)
+    else:
+        stream = (model_batch(b, use_state) for b in loader.batches(batch_size=batch_size))
+        batch_fn = StreamBatches(stream)
+
+    example = batch_fn(0)
+    obs = {k: v[:1] for k, v in example.items() if k not in ("actions", "action_mask")}
+    params = policy.init(jax.random.key(int(config.seed)), obs)
+    if sft.init_from:
+        params, _ = checkpoints.load_params(Path(sft.init_from), params)
+        print(f"[{ctx.stage}] initialised from {sft.init_from}")
+    counts = {g: policy_lib.count_params(p) for g, p in params.items()}
+    print(f"[{ctx.stage}] params: " + ", ".join(f"{g} {n / 1e6:.2f}M" for g, n in counts.items()))
+    num_steps = int(sft.steps)
+    tx, schedule = make_optimizer(sft, num_steps)
+    state = SFTState(step=jnp.zeros((), jnp.int32), params=params,
+                     ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+    step_fn = make_train_step(policy, tx, schedule, float(sft.ema), int(config.seed) + 1)
+    assets = {"config": json.loads(config.to_json_best_effort()), "norm_stats": stats.to_dict(),
+              "norm_mode": config.data.norm_mode, "tokenizer": tok_lib.tokenizer_assets(tokenizer),
+              "vocab_size": int(tokenizer.vocab_size)}
+    eval_fn = _evaluator(ctx, policy, tokenizer, jax.random.key(int(config.seed) + 2))
+
+    start = time.time()
+    losses = []
+
+    def logged_step(state, batch):
+        state, metrics = step_fn(state, batch)
+        losses.append(metrics["loss"])
+        return state, metrics
+
+    result = train_loop(ctx, name=CKPT_NAME, state=state, step_fn=logged_step, batch_fn=batch_fn,
+                        num_steps=num_steps, params_fn=lambda s: s.ema_params, assets=assets,
+                        eval_fn=eval_fn, eval_every=int(sft.eval_every))
+    seconds = time.time() - start
+    losses = [float(x) for x in jax.device_get(losses)]
+    summary = {"steps": result.step, "interrupted": result.interrupted, "seconds": seconds,
+               "steps_run": len(losses), "sec_per_step": seconds / max(len(losses), 1),
+               "first_loss": losses[0] if losses else None,
+               "final_loss": float(np.mean(losses[-20:])) if losses else None,
+               "params": counts, "checkpoint_dir": str(stage_dir / CKPT_NAME)}
+    print(f"[{ctx.stage}] " + json.dumps({k: v for k, v in summary.items() if k != "params"}))
+    return summary
+
+
+def load_policy(directory, config=None, step: int | None = None):
+    """Loads an SFT (or later) checkpoint for inference -> (Policy, params, tokenizer, assets).
+
+    directory: the checkpoint dir (e.g. workdir/sft/policy). config: defaults to the one saved in the
+    assets (pass the live config to override sizes consistently). The Policy unnormalizes actions with
+    the saved statistics.
+    """
+    import ml_collections
+
+    from vlambpo_jax.data import normalization
+    from vlambpo_jax.train import checkpoints
+
+    directory = Path(directory)
+    raw, assets = checkpoints.load_params(directory, step=step)
+    if config is None:
+        config = ml_collections.ConfigDict(assets["config"])
+    tokenizer = tok_lib.tokenizer_from_assets(assets.get("tokenizer", {"kind": "byte"}),
+                                              str(directory / "tokenizer_files"))
+    stats = normalization.NormStats.from_dict(assets["norm_stats"])
+    policy = policy_lib.Policy(config, unnormalize=policy_lib.make_unnormalizer(
+        stats["action"], assets.get("norm_mode", config.data.norm_mode)), vocab_size=tokenizer.vocab_size)
+    params = jax.tree.map(jnp.asarray, raw)
+    return policy, params, tokenizer, assets
