@@ -11,7 +11,7 @@ Top-level fields:
   views: camera names in observation order; index 0 is the head view, 1 the wrist view.
   image_size: square resolution (pixels) of every view the models see.
 Sections (each documented where it is built below): env, demos, data, policy, sft, wm, rl, eval,
-checkpoint, log.
+mesh, distributed, checkpoint, log.
 """
 import ml_collections
 
@@ -121,9 +121,40 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --- wm: the UMM world model (documented in wm_config below) ---
     c.wm = wm_config(args.smoke)
 
+    # --- rl: collect, MBPO / online PPO (vlambpo_jax/rl) ---
+    # collect_episodes_per_task / collect_mode / collect_batch: real rollouts of the SFT policy per
+    #   task ('train' = Flow-SDE sampling, 'eval' = deterministic), envs stepped at once.
+    # world: 'model' (VLA-MBPO: branches in the world model from collected roots) or 'sim' (the
+    #   online-PPO baseline: full episodes in the simulator, real env steps counted).
+    # num_branches: M branches per refill; branch_chunks: n chunks per branch (0 = full horizon);
+    #   reward_threshold: world-model P(Yes) above which a chunk counts as success.
+    # iterations: buffer refills; epochs: PPO epochs per refill (each a scan over minibatches of
+    #   minibatch_size transitions); critic_warmup_epochs: critic-only epochs after each refill;
+    #   recompute_values: re-compute values and advantages with the current critic before each epoch.
+    # gamma, gae_lambda, gae_variant ('paper' Eq. 4 | 'code' the authors' per-chunk form),
+    #   normalize_advantages; clip / clip_negative: surrogate clip for positive / negative advantages;
+    #   value_clip, huber_delta, value_coef: the clipped-value Huber critic loss.
+    # actor_lr / critic_lr, b1, b2, weight_decay, grad_clip: AdamW per group; train_vlm: also train
+    #   the VLM prefix (default: action expert + value head only, as the paper's code).
+    # eval_every / eval_episodes: periodic simulator evaluation (iterations; 0 = off).
+    c.rl = ml_collections.ConfigDict(dict(
+        collect_episodes_per_task=50, collect_mode="train", collect_batch=100,
+        world="model", num_branches=256, branch_chunks=2, reward_threshold=0.5,
+        iterations=30, epochs=4, critic_warmup_epochs=1, recompute_values=True, minibatch_size=128,
+        gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
+        clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,
+        actor_lr=1e-4, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,
+        train_vlm=False, eval_every=0, eval_episodes=16,
+    ))
+    if args.smoke:
+        c.rl.update(dict(collect_episodes_per_task=2, collect_batch=8, num_branches=8, iterations=2,
+                         epochs=1, minibatch_size=8, eval_episodes=2))
+
     # --- eval: evaluation in the simulator (vlambpo_jax/envs/evaluation.py) ---
     c.eval = ml_collections.ConfigDict()
 
+    c.mesh = common.mesh_config()
+    c.distributed = common.distributed_config()
     c.checkpoint = common.checkpoint_config()
     c.log = common.log_config()
     if args.smoke:
@@ -160,6 +191,8 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       tiny reward head trains from scratch, so the CE gets more weight here).
     reward_balance: weight Yes and No samples to equal total weight in each batch.
     pretrain_enabled: run wm_pretrain on broad data (False = the "w/o pretraining" ablation).
+    pretrain_data / finetune_data: TFDS builder dirs of each stage's RLDS data; '' = config.data's
+      dataset (fine-tuning first looks for the collect stage's RLDS output under <workdir>/collect).
     pretrain_steps / finetune_steps / batch_size: dynamics + reward training.
     lr / weight_decay / b1 / b2 / grad_clip / warmup_steps: AdamW with linear warm-up, cosine decay.
     ema: EMA decay of the sampled weights (0 = off).
@@ -177,7 +210,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         view_decoding="interleaved", action_encoding="bins",
         dropout=dict(text=0.1, vit=0.3, vae=0.3),
         loss_image=1.0, loss_text=0.1, reward_balance=True,
-        pretrain_enabled=True, pretrain_steps=1500, finetune_steps=1000, batch_size=32,
+        pretrain_enabled=True, pretrain_data="", finetune_data="", pretrain_steps=1500, finetune_steps=1000, batch_size=32,
         lr=1e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=100, ema=0.999,
         eval_batches=4, dtype="float32",
     ))

@@ -97,7 +97,16 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("eval.instruction_split", _one_of("seen", "unseen")),
     ("rl.gamma", _unit_interval),
     ("rl.gae_lambda", _unit_interval),
-    ("rl.branch_chunks", _int_range(1)),
+    ("rl.branch_chunks", _int_range(0)),
+    ("rl.world", _one_of("model", "sim")),
+    ("rl.gae_variant", _one_of("paper", "code")),
+    ("rl.collect_mode", _one_of("train", "eval")),
+    ("rl.num_branches", _int_range(1)),
+    ("rl.minibatch_size", _int_range(1)),
+    ("rl.iterations", _int_range(0)),
+    ("rl.actor_lr", lambda v: None if isinstance(v, (int, float)) and v >= 0 else "must be a number >= 0"),
+    ("rl.critic_lr", _positive_float),
+    ("rl.reward_threshold", _unit_interval),
 ]
 
 

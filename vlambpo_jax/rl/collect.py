@@ -1,0 +1,146 @@
+"""The `collect` stage: the SFT policy acts in the simulator; its episodes become RLDS data for the
+world model and chunk-aligned branch roots for MBPO.
+
+Episodes are recorded step by step (the world model learns frame t -> t + k for every t), in the
+Bridge schema the rest of the project reads: image_0 = head, image_1 = wrist, state[7], action[7],
+language_instruction, reward, is_first/is_last/is_terminal, plus a final step holding the observation
+after the last action. Successes and failures are both kept.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlambpo_jax.train.metrics import progress
+
+
+def make_episode_runner(env, policy, params, tokens: np.ndarray, token_mask: np.ndarray, mode: str):
+    """A jitted function (keys [B, 2], task_ids [B]) -> (final states, records [T, k, B, ...]).
+
+    Each record holds the observation before the step, the action, and the reward / success / done
+    after it; `done_before` marks steps taken after the episode had ended.
+    """
+    k = policy.dims.chunk_size
+    num_chunks = math.ceil(env.max_horizon / k)
+    tokens, token_mask = jnp.asarray(tokens), jnp.asarray(token_mask)
+
+    def run(keys, task_ids):
+        states = jax.vmap(env.reset)(keys, task_ids)
+        chunk_keys = jax.random.split(jax.random.fold_in(keys[0], 1), num_chunks)
+
+        def chunk(states, key):
+            ids = states.obs["instruction_id"]
+            obs = {"images": states.obs["images"], "tokens": tokens[ids], "token_mask": token_mask[ids]}
+            actions = policy.sample(params, obs, key, mode=mode)
+
+            def step(s, a):
+                new = jax.vmap(env.step)(s, a)
+                return new, {"images": s.obs["images"], "state": s.obs["state"], "action": a,
+                             "reward": new.reward, "success": new.success, "done": new.done,
+                             "done_before": s.done}
+
+            return jax.lax.scan(step, states, jnp.swapaxes(actions, 0, 1))
+
+        return jax.lax.scan(chunk, states, chunk_keys)
+
+    return jax.jit(run)
+
+
+def episodes_from_records(records: dict, final_obs: dict, task_ids: np.ndarray, instructions: list[str],
+                          task_names: tuple[str, ...], first_id: int) -> list[dict]:
+    """Converts batched records [T, k, B, ...] into RLDS episode dicts (numpy), one per branch."""
+    rec = {key: np.asarray(v).reshape((-1,) + np.asarray(v).shape[2:]) for key, v in records.items()}
+    episodes = []
+    for b in range(rec["action"].shape[1]):
+        valid = ~rec["done_before"][:, b]
+        n = int(valid.sum())                      # steps actually taken
+        images = np.concatenate([rec["images"][:n, b], np.asarray(final_obs["images"])[b][None]], 0)
+        state = np.concatenate([rec["state"][:n, b], np.asarray(final_obs["state"])[b][None]], 0)
+        action = np.concatenate([rec["action"][:n, b], np.zeros((1, rec["action"].shape[-1]))], 0)
+        reward = np.concatenate([rec["reward"][:n, b], [0.0]]).astype(np.float32)
+        success = bool(rec["success"][:n, b].any())
+        steps = n + 1
+        is_last = np.zeros(steps, bool)
+        is_last[-1] = True
+        is_first = np.zeros(steps, bool)
+        is_first[0] = True
+        instruction = instructions[int(np.asarray(final_obs["instruction_id"])[b])]
+        episodes.append({
+            "steps": {
+                "observation": {"image_0": images[:, 0], "image_1": images[:, 1],
+                                "state": state.astype(np.float32)},
+                "action": action.astype(np.float32), "language_instruction": instruction,
+                "reward": reward, "discount": np.ones(steps, np.float32), "is_first": is_first,
+                "is_last": is_last, "is_terminal": is_last & success},
+            "episode_metadata": {"episode_id": first_id + b, "task": task_names[int(task_ids[b])],
+                                 "success": success, "length": n},
+        })
+    return episodes
+
+
+def branch_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int,
+                 task_names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Chunk-aligned start states (frames 0, k, 2k, ... of every episode, before its end)."""
+    images, texts, task, success, episode, t_index = [], [], [], [], [], []
+    for ep in episodes:
+        obs = ep["steps"]["observation"]
+        n = ep["episode_metadata"]["length"]
+        for t in range(0, n, chunk_size):
+            images.append(np.stack([obs["image_0"][t], obs["image_1"][t]]))
+            texts.append(ep["steps"]["language_instruction"])
+            task.append(task_names.index(ep["episode_metadata"]["task"]))
+            success.append(ep["episode_metadata"]["success"])
+            episode.append(ep["episode_metadata"]["episode_id"])
+            t_index.append(t)
+    tokens, token_mask = tokenizer.encode_batch(texts, max_text_len)
+    return {"images": np.stack(images).astype(np.uint8), "tokens": tokens, "token_mask": token_mask,
+            "instruction": np.asarray(texts), "task_id": np.asarray(task, np.int32),
+            "episode_success": np.asarray(success), "episode_id": np.asarray(episode, np.int32),
+            "t": np.asarray(t_index, np.int32)}
+
+
+def collect(env, policy, params, tokenizer, key, episodes_per_task: int, mode: str, batch_size: int,
+            max_text_len: int, progress_mode: str = "auto") -> list[dict]:
+    """Runs `episodes_per_task` episodes of every task; returns RLDS episode dicts."""
+    tokens, token_mask = tokenizer.encode_batch(list(env.instructions), max_text_len)
+    runner = make_episode_runner(env, policy, params, tokens, token_mask, mode)
+    task_ids = np.repeat(np.arange(env.num_tasks, dtype=np.int32), episodes_per_task)
+    episodes = []
+    starts = range(0, len(task_ids), batch_size)
+    for i, start in enumerate(progress(starts, total=len(starts), desc="collect", mode=progress_mode)):
+        ids = task_ids[start:start + batch_size]
+        keys = jax.random.split(jax.random.fold_in(key, i), len(ids))
+        final, records = runner(keys, jnp.asarray(ids))
+        episodes += episodes_from_records(jax.device_get(records), jax.device_get(final.obs), ids,
+                                          list(env.instructions), env.task_names, start)
+    return episodes
+
+
+def run(ctx) -> dict:
+    from vlambpo_jax.data.rlds_writer import write_rlds
+    from vlambpo_jax.envs.tabletop import make_env
+    from vlambpo_jax.models.sft import load_policy
+
+    config = ctx.config
+    policy, params, tokenizer, _ = load_policy(ctx.stage_summary("sft")["checkpoint_dir"], config)
+    env = make_env(config)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xC011EC7)
+    episodes = collect(env, policy, params, tokenizer, key, config.rl.collect_episodes_per_task,
+                       config.rl.collect_mode, config.rl.collect_batch, config.data.max_text_len,
+                       config.log.progress)
+    builder_dir = write_rlds(ctx.stage_dir / "rlds", episodes, dataset_name="tabletop_rollouts",
+                             image_shape=(config.image_size, config.image_size, 3), overwrite=True)
+    roots = branch_roots(episodes, config.chunk_size, tokenizer, config.data.max_text_len, env.task_names)
+    np.savez_compressed(ctx.stage_dir / "roots.npz", **roots)
+    per_task = {name: float(np.mean([e["episode_metadata"]["success"] for e in episodes
+                                     if e["episode_metadata"]["task"] == name])) for name in env.task_names}
+    steps = int(sum(e["episode_metadata"]["length"] for e in episodes))
+    print(f"[collect] {len(episodes)} episodes, {steps} env steps, success "
+          + ", ".join(f"{k} {v:.2f}" for k, v in per_task.items()) + f"; {len(roots['t'])} branch roots")
+    return {"builder_dir": str(builder_dir), "roots": str(ctx.stage_dir / "roots.npz"),
+            "episodes": len(episodes), "env_steps": steps, "num_roots": int(len(roots["t"])),
+            "success_rate": float(np.mean([e["episode_metadata"]["success"] for e in episodes])),
+            "success_by_task": per_task}

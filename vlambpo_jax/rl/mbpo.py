@@ -1,0 +1,144 @@
+"""The `mbpo` stage: PPO on chunk-level branches imagined by the world model (VLA-MBPO).
+
+One iteration: draw M branch roots from the collected real rollouts, roll n chunks in the world model
+(one jitted lax.scan), compute chunk-level GAE, run critic-only warm-up epochs, then PPO epochs (each
+a lax.scan over minibatches, values re-computed before each epoch when configured). With
+`rl.world = 'sim'` the same loop runs in the MJX simulator from fresh episodes instead (the online-PPO
+baseline, piRL-style); the real env steps it uses are counted.
+Resuming continues with identical numbers: every random draw is keyed by the iteration index.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlambpo_jax.rl import ppo
+from vlambpo_jax.rl.rollout import ImaginedState, ModelWorld, SimWorld, rollout
+
+
+def branch_sampler(roots: dict, num_branches: int, seed: int):
+    """iteration -> ImaginedState of `num_branches` roots drawn uniformly (deterministic per iteration)."""
+    n = len(roots["t"])
+
+    def draw(i: int) -> ImaginedState:
+        idx = np.random.default_rng([seed, i]).integers(0, n, num_branches)
+        return ImaginedState(images=jnp.asarray(roots["images"][idx]),
+                             tokens=jnp.asarray(roots["tokens"][idx]),
+                             token_mask=jnp.asarray(roots["token_mask"][idx]))
+    return draw
+
+
+def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, seed: int, optimizer):
+    """Returns iteration(state: PPOState, i) -> (state, metrics): one refill + PPO update.
+
+    start_fn(i) gives the branch start states of iteration i (roots or fresh episodes).
+    """
+    roll = jax.jit(lambda params, start, key: rollout(policy, params, world, world_params, start, key,
+                                                      num_chunks))
+    epoch, critic_epoch = ppo.make_update_fns(policy, rl, optimizer)
+    epoch, critic_epoch = jax.jit(epoch, donate_argnums=0), jax.jit(critic_epoch, donate_argnums=0)
+    values_fn = jax.jit(lambda p, traj, final_obs, alive: ppo.recompute_values(
+        policy, p, traj, final_obs, alive))
+    buffer_fn = jax.jit(lambda traj, v, b: ppo.make_buffer(traj, v, b, rl))
+
+    def iteration(state: ppo.PPOState, i: int):
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+        roll_key, warm_key, epoch_key = jax.random.split(key, 3)
+        traj, bootstrap, final = roll(state.params, start_fn(i), roll_key)
+        alive = ~traj.terminal.any(axis=0)
+        buffer = buffer_fn(traj, traj.value, bootstrap)
+        metrics = {}
+        for e in range(rl.critic_warmup_epochs):
+            state, m = critic_epoch(state, buffer, jax.random.fold_in(warm_key, e))
+            metrics["warmup_value_loss"] = m["value_loss"]
+        for e in range(rl.epochs):
+            if rl.recompute_values and (e > 0 or rl.critic_warmup_epochs > 0):
+                values, boot = values_fn(state.params, traj, world.observe(final), alive)
+                buffer = buffer_fn(traj, values, boot)
+            state, m = epoch(state, buffer, jax.random.fold_in(epoch_key, e))
+            metrics.update(m)
+        metrics.update({
+            "branch_success": jnp.mean(traj.terminal.any(axis=0)),
+            "branch_return": jnp.mean(traj.step_rewards.sum(axis=(0, 2))),
+            "chunks_taken": jnp.mean(traj.mask.sum(axis=0)),
+            "value_mean": jnp.mean(traj.value),
+        })
+        return state, metrics
+
+    return iteration
+
+
+def run(ctx) -> dict:
+    from vlambpo_jax.envs.tabletop import make_env
+    from vlambpo_jax.models import wm_train
+    from vlambpo_jax.models.sft import load_policy
+    from vlambpo_jax.train.loop import train_loop
+
+    config, rl = ctx.config, ctx.config.rl
+    sft_dir = ctx.stage_summary("sft")["checkpoint_dir"]
+    policy, params, tokenizer, assets = load_policy(sft_dir, config)
+    seed = int(config.seed) * 7919 + 17
+    k = config.chunk_size
+
+    if rl.world == "model":
+        wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
+                                                     config)
+        world = ModelWorld(wm, rl.reward_threshold)
+        roots = dict(np.load(ctx.stage_summary("collect")["roots"]))
+        start_fn = branch_sampler(roots, rl.num_branches, seed)
+        num_chunks = rl.branch_chunks if rl.branch_chunks > 0 else math.ceil(
+            max(make_env(config).horizons) / k)
+        env_steps_per_iteration = 0
+    else:
+        env = make_env(config)
+        tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
+        world, wm_params = SimWorld(env, tokens, token_mask), None
+        reset = jax.jit(jax.vmap(env.reset))
+        start_fn = lambda i: reset(jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), i),  # noqa: E731
+                                                   rl.num_branches))
+        num_chunks = math.ceil(env.max_horizon / k)
+        env_steps_per_iteration = rl.num_branches * num_chunks * k
+
+    optimizer = ppo.make_optimizer(rl, params)
+    iteration = make_iteration(policy, rl, world, wm_params, start_fn, num_chunks, seed, optimizer)
+    state = ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    eval_fn = _sim_evaluator(ctx, policy, tokenizer) if rl.eval_every else None
+    result = train_loop(ctx, name="ppo", state=state, step_fn=iteration, batch_fn=lambda i: i,
+                        num_steps=rl.iterations, params_fn=lambda s: s.params, assets=assets,
+                        eval_fn=eval_fn, eval_every=rl.eval_every)
+    summary = {"checkpoint_dir": str(Path(ctx.stage_dir) / "ppo"), "iterations": result.step,
+               "world": rl.world, "branch_chunks": num_chunks,
+               "env_steps": env_steps_per_iteration * result.step,
+               "imagined_transitions": (rl.num_branches * num_chunks * result.step
+                                        if rl.world == "model" else 0),
+               **{k: v for k, v in ctx.writer.last.items()}}
+    (Path(ctx.stage_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def _sim_evaluator(ctx, policy, tokenizer):
+    """Periodic success-rate check in the simulator with deterministic sampling."""
+    from vlambpo_jax.envs.evaluation import evaluate
+    from vlambpo_jax.envs.tabletop import make_env
+
+    config = ctx.config
+    env = make_env(config, instruction_split=config.eval.instruction_split)
+    tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
+    tokens, token_mask = jnp.asarray(tokens), jnp.asarray(token_mask)
+
+    def policy_fn(params, obs, key):
+        ids = obs["instruction_id"]
+        batch = {"images": obs["images"][None], "tokens": tokens[ids][None],
+                 "token_mask": token_mask[ids][None]}
+        return policy.sample(params, batch, key, mode="eval")[0]
+
+    def eval_fn(state, step):
+        out = evaluate(env, policy_fn, state.params, jax.random.PRNGKey(step),
+                       episodes_per_task=config.rl.eval_episodes)
+        return {"eval/success": out["overall"]["success_rate"]}
+    return eval_fn
