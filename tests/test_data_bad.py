@@ -123,6 +123,11 @@ def test_truncated_record_file(tmp_path, file_format):
     got = [e["index"] for e in reader]
     assert reader.bad_episodes == 4 - len(got) >= 1
     assert got == list(range(len(got)))
+    # Shuffled order: still every episode either read or counted as lost, once.
+    reader = EpisodeReader(open_builder(path), "train", STD, skip_bad=True, shuffle=True, seed=1,
+                           log=lambda s: None)
+    got = [e["index"] for e in reader]
+    assert reader.bad_episodes == 4 - len(got) >= 1
 
 
 def test_writer_rejects_inconsistent_steps(tmp_path):

@@ -223,12 +223,12 @@ class EpisodeReader:
                 if isinstance(obs[k], tfds.features.Image)}
         return {"steps": {"observation": skip}} if skip else None
 
-    def _read_error(self, file_idx: int, index: int, end: int, e: Exception) -> DataError:
+    def _read_error(self, file_idx: int, index: int, lost: int, e: Exception) -> DataError:
         fname = self._filenames[file_idx] if file_idx < len(self._filenames) else f"file {file_idx}"
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         return DataError(f"{where(self.name, index)}: cannot read record file {fname} of split "
-                         f"'{self.split}' (truncated or corrupt; episodes #{index}..#{end - 1} are lost): "
-                         f"{type(e).__name__}: {msg}")
+                         f"'{self.split}' (truncated or corrupt; {lost} unread episode(s) of this host in it "
+                         f"are lost): {type(e).__name__}: {msg}")
 
     # array_record: random access, a full permutation of the host's episodes per epoch.
     def _raw_array_record(self, epoch: int):
@@ -237,6 +237,7 @@ class EpisodeReader:
         if self.shuffle:
             order = self._rng(epoch, 0).permutation(order)
         lost: set[int] = set()
+        done_per_file: collections.Counter = collections.Counter()
         for index in order.tolist():
             file_idx, a, b = next(r for r in self._ranges if r[1] <= index < r[2])
             if file_idx in lost:
@@ -250,8 +251,10 @@ class EpisodeReader:
                 step_list = [steps[i] for i in range(len(steps))]
             except Exception as e:  # noqa: BLE001  (any reader failure becomes one clear DataError)
                 lost.add(file_idx)
-                self._bad(self._read_error(file_idx, index, b, e), b - index)
+                n_lost = (b - a) - done_per_file[file_idx]
+                self._bad(self._read_error(file_idx, index, n_lost, e), n_lost)
                 continue
+            done_per_file[file_idx] += 1
             steps = _stack(step_list) if step_list else _empty_like_spec(self.builder.info.features["steps"].feature)
             yield index, {"steps": steps, "episode_metadata": record.get("episode_metadata", {})}
 
@@ -277,7 +280,7 @@ class EpisodeReader:
                     except StopIteration:
                         break
                     except Exception as e:  # noqa: BLE001  (tf DataLossError etc. -> one clear DataError)
-                        self._bad(self._read_error(file_idx, index, b, e), b - index)
+                        self._bad(self._read_error(file_idx, index, b - index, e), b - index)
                         break
                     steps = batches[0] if batches else _empty_like_spec(self.builder.info.features["steps"].feature)
                     yield index, {"steps": steps, "episode_metadata": ep.get("episode_metadata", {})}
