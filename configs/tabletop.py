@@ -109,11 +109,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # params used for evaluation and saved as 'params' (0 = off); eval_every: steps between simulator
     # evaluations (0 = only at the end); eval_episodes: episodes per task in each periodic evaluation;
     # init_from: '' or a checkpoint dir whose params start the run. Metrics every config.log.every_steps.
+    # in_memory: read every episode once into memory and draw batches from seeded epoch permutations
+    # (small demo sets); False streams batches from the reader (the real Bridge release).
     c.sft = ml_collections.ConfigDict(dict(
         steps=3000, batch_size=c.data.get_ref("batch_size") if "batch_size" in c.data else 32,
         lr=5e-4, min_lr_ratio=0.1, warmup=100,
         b1=0.9, b2=0.95, weight_decay=1e-4, clip=1.0, ema=0.999, eval_every=1000, eval_episodes=16,
-        init_from="",
+        init_from="", in_memory=True,
     ))
     if args.smoke:
         c.sft.update(dict(steps=20, warmup=5, eval_every=0, eval_episodes=2, ema=0.9))

@@ -161,7 +161,7 @@ def run(ctx) -> dict:
         raise ValueError(f"config.policy.max_text_len ({config.policy.max_text_len}) must equal "
                          f"config.data.max_text_len ({max_len})")
 
-    if sft.get("in_memory", True):
+    if sft.in_memory:
         t0 = time.time()
         episodes = list(loader.episodes())
         print(f"[{ctx.stage}] {len(episodes)} episodes, {sum(e['length'] for e in episodes)} steps in memory "
