@@ -127,6 +127,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         problem = check(value)
         if problem:
             raise ConfigError(key, value, problem)
+    if get(config, "data") is not _MISSING and len(config.data):
+        from vlambpo_jax.data import config_rules as data_rules
+        for key, value, problem in data_rules.problems(config):
+            raise ConfigError(key, value, problem)
     for task, horizon in _horizons(config).items():
         if config.chunk_size > horizon:
             raise ConfigError("chunk_size", config.chunk_size,
