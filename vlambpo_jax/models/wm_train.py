@@ -1,0 +1,342 @@
+"""World-model stages: `wm_pretrain` (broad data) and `wm_finetune` (target rollouts).
+
+Each stage: (1) a VAE phase (checkpoint `vae/`) when the VAE is not inherited - reconstruction + KL on
+both views' frames, then per-channel latent statistics; (2) dynamics + reward training (checkpoint
+`world_model/`): AdamW with warm-up + cosine decay, grad clip, EMA; the saved `params` item is the
+whole inference tree {'net': EMA weights, 'vae', 'stats'} with the config and normalization statistics
+as assets. Fine-tuning starts from wm_pretrain's output with the ViT and the VAE frozen; with
+config.wm.pretrain_enabled False, wm_pretrain does nothing and wm_finetune trains from scratch (the
+"w/o pretraining" ablation). After training, held-out transitions give PSNR / SSIM per view (and for
+the copy-current-frame baseline), reward accuracy / F1, and a side-by-side PNG `samples.png`.
+
+Data: config.data's RLDS dataset (the demos stage output by default), overridden per stage by
+config.wm.pretrain_data / finetune_data (a TFDS builder dir; '' = config.data's, and for fine-tuning
+the collect stage's RLDS output under <workdir>/collect when it exists).
+
+Other stages load the result with `load_world_model(ctx.stage_output('wm_finetune') / 'world_model')`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vlambpo_jax.models.vae import VAE, vae_loss
+from vlambpo_jax.models.world_model import WorldModel
+
+CKPT_VAE = "vae"
+CKPT_WM = "world_model"
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict          # the trained tree (VAE params or the WMNet params)
+    ema_params: dict
+    opt_state: optax.OptState
+
+
+# ------------------------------------------------------------------------------------------- data
+
+class Batches:
+    """batch(step): samples step*B .. step*B + B - 1 of seeded epoch permutations (deterministic, so
+    a resumed run sees the same batches)."""
+
+    def __init__(self, episodes, batch_size, seed, make):
+        self.pairs = [(ep, t) for ep in episodes for t in range(ep["length"])]
+        if not self.pairs:
+            raise ValueError("world model: the dataset has no steps (config.data / config.wm.*_data)")
+        self.batch_size, self.seed, self.make = batch_size, seed, make
+
+    def __call__(self, step: int) -> dict:
+        n = len(self.pairs)
+        idx = []
+        for s in range(step * self.batch_size, (step + 1) * self.batch_size):
+            perm = np.random.default_rng([self.seed, s // n, 23]).permutation(n)
+            idx.append(perm[s % n])
+        return self.make([self.pairs[i] for i in idx])
+
+
+def _find_rlds(directory: Path) -> str:
+    found = sorted(p.parent for p in directory.rglob("dataset_info.json")) if directory.exists() else []
+    return str(found[0]) if found else ""
+
+
+def _open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None):
+    """-> (train batch_fn, held-out batches list, NormStats)."""
+    from vlambpo_jax.data import normalization, rlds_reader
+
+    config = copy.deepcopy(ctx.config)
+    if builder_dir:
+        config.data.builder_dir = builder_dir
+    loader = rlds_reader.RLDSLoader(config, workdir=ctx.workdir)
+    if stats is None:
+        stats = loader.norm_stats(config.data.stats_cache_dir or str(Path(ctx.workdir) / "norm_stats"))
+    loader.stats = stats
+    episodes = list(loader.episodes())
+    mode = config.data.norm_mode
+
+    def make(samples):
+        b = rlds_reader.make_batch(samples, chunk_size=int(config.chunk_size),
+                                   max_text_len=int(config.data.max_text_len), future=True,
+                                   action_pad=config.data.action_pad)
+        actions = normalization.unnormalize(b["actions"], stats["action"], mode)  # env units
+        return {"images": b["images"], "next_images": b["next_images"], "actions": actions,
+                "tokens": b["tokens"], "token_mask": b["token_mask"],
+                "episode_success": b["episode_success"], "steps_to_end": b["steps_to_end"]}
+
+    n_eval = max(1, len(episodes) // 10) if len(episodes) > 1 else 0
+    train_eps, eval_eps = episodes[:len(episodes) - n_eval], episodes[len(episodes) - n_eval:]
+    heldout = Batches(eval_eps or train_eps, batch_size, seed + 1, make)
+    n_eval_batches = int(ctx.config.wm.eval_batches)
+    return Batches(train_eps, batch_size, seed, make), [heldout(i) for i in range(n_eval_batches)], stats
+
+
+# -------------------------------------------------------------------------------------- optimizer
+
+def make_optimizer(w, num_steps: int, lr: float | None = None, frozen=()):
+    """AdamW (b1, b2, weight decay) with linear warm-up + cosine decay and global-norm clipping;
+    top-level param groups named in `frozen` get no updates."""
+    lr = float(lr if lr is not None else w.lr)
+    warm = max(1, min(int(w.warmup_steps), num_steps // 2))
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(num_steps, warm + 1), lr * 0.1)
+    tx = optax.chain(optax.clip_by_global_norm(float(w.grad_clip)),
+                     optax.adamw(sched, b1=float(w.b1), b2=float(w.b2), weight_decay=float(w.weight_decay)))
+    if not frozen:
+        return tx
+
+    def labels(params):
+        inner = params["params"]
+        return {"params": {k: jax.tree.map(lambda _: "frozen" if k in frozen else "train", v)
+                           for k, v in inner.items()}}
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+# ----------------------------------------------------------------------------------------- phases
+
+def _train_vae(ctx, wm: WorldModel, params, batch_fn, log):
+    """VAE phase; returns params with 'vae' trained and 'stats' latent shift / scale measured."""
+    from vlambpo_jax.train.loop import train_loop
+
+    v = ctx.config.wm.vae
+    steps = int(v.steps)
+    tx = make_optimizer(ctx.config.wm, steps, lr=float(v.lr))
+    state = TrainState(jnp.zeros((), jnp.int32), params["vae"], params["vae"], tx.init(params["vae"]))
+    base = jax.random.key(int(ctx.config.seed) + 11)
+    kl = float(v.kl_weight)
+
+    @jax.jit
+    def step_fn(state, batch):
+        imgs = jnp.concatenate([batch["images"], batch["next_images"]], axis=1)
+        imgs = imgs.reshape((-1,) + imgs.shape[2:])
+        key = jax.random.fold_in(base, state.step)
+        (loss, m), g = jax.value_and_grad(lambda p: vae_loss(wm.vae, p, imgs, key, kl), has_aux=True)(
+            state.params)
+        upd, opt = tx.update(g, state.opt_state, state.params)
+        p = optax.apply_updates(state.params, upd)
+        return TrainState(state.step + 1, p, p, opt), dict(m, loss=loss)
+
+    def batch_fn_v(step):
+        b = batch_fn(step)
+        return {"images": b["images"], "next_images": b["next_images"]}
+
+    t0 = time.time()
+    res = train_loop(ctx, name=CKPT_VAE, state=state, step_fn=step_fn, batch_fn=batch_fn_v,
+                     num_steps=steps, assets={"config": json.loads(ctx.config.to_json_best_effort())})
+    params = dict(params, vae=res.state.params)
+    # latent statistics -> normalized latents of about unit scale
+    enc = jax.jit(lambda p, x: wm.vae.apply(p, x, method=VAE.encode)[0])
+    from vlambpo_jax.models.vae import to_float
+    zs = []
+    for i in range(4):
+        b = batch_fn(10 ** 6 + i)
+        zs.append(np.asarray(enc(params["vae"], to_float(b["images"].reshape((-1,) + b["images"].shape[2:])))))
+    z = np.concatenate(zs).reshape(-1, zs[0].shape[-1])
+    params["stats"] = dict(params["stats"], latent_shift=jnp.asarray(z.mean(0)),
+                           latent_scale=jnp.asarray(np.maximum(z.std(0), 1e-3)))
+    log(f"VAE phase: {res.step} steps, {time.time() - t0:.1f} s; latent std {z.std(0).round(3).tolist()}")
+    return params, res.interrupted
+
+
+def _train_dynamics(ctx, wm: WorldModel, params, batch_fn, heldout, num_steps, frozen, assets, log):
+    from vlambpo_jax.train.loop import train_loop
+
+    w = ctx.config.wm
+    tx = make_optimizer(w, num_steps, frozen=frozen)
+    ema = float(w.ema)
+    fixed = {"vae": params["vae"], "stats": params["stats"]}
+    state = TrainState(jnp.zeros((), jnp.int32), params["net"], params["net"], tx.init(params["net"]))
+    base = jax.random.key(int(ctx.config.seed) + 13)
+
+    @jax.jit
+    def step_fn(state, batch):
+        key = jax.random.fold_in(base, state.step)
+        (loss, m), g = jax.value_and_grad(lambda n: wm.loss({**fixed, "net": n}, batch, key),
+                                          has_aux=True)(state.params)
+        upd, opt = tx.update(g, state.opt_state, state.params)
+        p = optax.apply_updates(state.params, upd)
+        # EMA with the usual warm-up (decay min(ema, (1 + n) / (10 + n))) so short runs are not
+        # dominated by the initial weights
+        d = jnp.minimum(ema, (1.0 + state.step) / (10.0 + state.step))
+        e = jax.tree.map(lambda a, b: a + (1 - d) * (b - a), state.ema_params, p) if ema > 0 else p
+        return TrainState(state.step + 1, p, e, opt), dict(m, grad_norm=optax.tree.norm(g))
+
+    evaluator = make_evaluator(wm, heldout, jax.random.key(int(ctx.config.seed) + 17))
+    last_eval = {}
+
+    def eval_fn(state, step):
+        last_eval.clear()
+        last_eval.update(evaluator({**fixed, "net": state.ema_params},
+                                   png=Path(ctx.stage_dir) / "samples.png"))
+        return {f"eval/{k}": v for k, v in last_eval.items()}
+
+    losses = []
+
+    def logged(state, batch):
+        state, m = step_fn(state, batch)
+        losses.append(m["loss"])
+        return state, m
+
+    t0 = time.time()
+    res = train_loop(ctx, name=CKPT_WM, state=state, step_fn=logged, batch_fn=batch_fn,
+                     num_steps=num_steps, params_fn=lambda s: {**fixed, "net": s.ema_params},
+                     assets=assets, eval_fn=eval_fn)
+    seconds = time.time() - t0
+    losses = [float(x) for x in jax.device_get(losses)]
+    summary = {"steps": res.step, "interrupted": res.interrupted, "steps_run": len(losses),
+               "seconds": seconds, "sec_per_step": seconds / max(len(losses), 1),
+               "first_loss": losses[0] if losses else None,
+               "final_loss": float(np.mean(losses[-20:])) if losses else None,
+               "eval": dict(last_eval), "checkpoint_dir": str(Path(ctx.stage_dir) / CKPT_WM)}
+    log(json.dumps({k: v for k, v in summary.items()}, default=float))
+    return summary
+
+
+# ------------------------------------------------------------------------------------------- eval
+
+def make_evaluator(wm: WorldModel, batches, key):
+    """-> fn(params, png=None) -> {psnr_head, ssim_head, psnr_wrist, ssim_wrist, copy_psnr_*, copy_ssim_*,
+    reward_acc, reward_f1} over the held-out batches (one prediction per transition)."""
+    import dm_pix
+
+    predict = jax.jit(wm.predict)
+    reward = jax.jit(wm.reward)
+
+    def fn(params, png=None):
+        sums, n, tp, fp, fn_, correct, valid_n = {}, 0, 0, 0, 0, 0, 0
+        first = None
+        for i, b in enumerate(batches):
+            pred = predict(params, b["images"], b["tokens"], b["token_mask"], b["actions"],
+                           jax.random.fold_in(key, i))
+            real = jnp.asarray(b["next_images"]).astype(jnp.float32) / 255.0
+            for name, p in (("", pred), ("copy_", b["images"])):
+                p = jnp.asarray(p).astype(jnp.float32) / 255.0
+                for v, view in enumerate(("head", "wrist")):
+                    sums[f"{name}psnr_{view}"] = sums.get(f"{name}psnr_{view}", 0.0) + float(
+                        jnp.sum(dm_pix.psnr(real[:, v], p[:, v])))
+                    sums[f"{name}ssim_{view}"] = sums.get(f"{name}ssim_{view}", 0.0) + float(
+                        jnp.sum(dm_pix.ssim(real[:, v], p[:, v])))
+            n += real.shape[0]
+            yes, valid = (np.asarray(x) for x in wm.reward_labels(b))
+            p_yes = np.asarray(reward(params, b["images"][:, 0], b["tokens"], b["token_mask"])) > 0.5
+            correct += int(np.sum(valid & (p_yes == yes)))
+            valid_n += int(valid.sum())
+            tp += int(np.sum(valid & p_yes & yes))
+            fp += int(np.sum(valid & p_yes & ~yes))
+            fn_ += int(np.sum(valid & ~p_yes & yes))
+            if first is None:
+                first = (np.asarray(b["images"]), np.asarray(b["next_images"]), np.asarray(pred))
+        out = {k: v / max(n, 1) for k, v in sums.items()}
+        out["reward_acc"] = correct / max(valid_n, 1)
+        out["reward_f1"] = 2 * tp / max(2 * tp + fp + fn_, 1)
+        if png is not None and first is not None:
+            save_side_by_side(png, *first)
+        return out
+    return fn
+
+
+def save_side_by_side(path, current, real_next, pred_next, max_rows: int = 8):
+    """PNG: one row per transition: head (current | real next | predicted), then wrist likewise."""
+    from PIL import Image
+
+    rows = []
+    for i in range(min(max_rows, current.shape[0])):
+        cells = []
+        for v in range(current.shape[1]):
+            cells += [current[i, v], real_next[i, v], pred_next[i, v]]
+        rows.append(np.concatenate(cells, axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+# ----------------------------------------------------------------------------------------- stages
+
+def _assets(config, stats):
+    return {"config": json.loads(config.to_json_best_effort()), "norm_stats": stats.to_dict(),
+            "norm_mode": config.data.norm_mode}
+
+
+def run_pretrain(ctx) -> dict:
+    """The `wm_pretrain` stage (see the module docstring)."""
+    config, w = ctx.config, ctx.config.wm
+    log = lambda s: print(f"[{ctx.stage}] {s}")  # noqa: E731
+    if not w.pretrain_enabled:
+        log("config.wm.pretrain_enabled is False: skipping (wm_finetune trains from scratch)")
+        return {"skipped": True}
+    wm = WorldModel(config)
+    batch_fn, heldout, stats = _open_data(ctx, w.pretrain_data, int(w.batch_size), int(config.seed))
+    params = wm.init(jax.random.key(int(config.seed)), stats["action"].min, stats["action"].max)
+    params, interrupted = _train_vae(ctx, wm, params, batch_fn, log)
+    if interrupted:
+        return {"interrupted": True, "phase": "vae"}
+    summary = _train_dynamics(ctx, wm, params, batch_fn, heldout, int(w.pretrain_steps), (),
+                              _assets(config, stats), log)
+    return summary
+
+
+def run_finetune(ctx) -> dict:
+    """The `wm_finetune` stage (see the module docstring)."""
+    from vlambpo_jax.data import normalization
+
+    config, w = ctx.config, ctx.config.wm
+    log = lambda s: print(f"[{ctx.stage}] {s}")  # noqa: E731
+    wm = WorldModel(config)
+    data = w.finetune_data or _find_rlds(Path(ctx.workdir) / "collect")
+    if w.pretrain_enabled:
+        src = Path(ctx.stage_output("wm_pretrain")) / CKPT_WM
+        _, params, assets = load_world_model(src, config)
+        stats = normalization.NormStats.from_dict(assets["norm_stats"])  # keep the action bins' meaning
+        batch_fn, heldout, _ = _open_data(ctx, data, int(w.batch_size), int(config.seed) + 1, stats)
+        log(f"initialised from {src}; fine-tuning with the ViT and VAE frozen")
+        frozen = ("vit",)
+    else:
+        batch_fn, heldout, stats = _open_data(ctx, data, int(w.batch_size), int(config.seed) + 1)
+        params = wm.init(jax.random.key(int(config.seed)), stats["action"].min, stats["action"].max)
+        params, interrupted = _train_vae(ctx, wm, params, batch_fn, log)
+        if interrupted:
+            return {"interrupted": True, "phase": "vae"}
+        frozen = ()
+    return _train_dynamics(ctx, wm, params, batch_fn, heldout, int(w.finetune_steps), frozen,
+                           _assets(config, stats), log)
+
+
+def load_world_model(directory, config=None):
+    """Checkpoint dir (a stage's `world_model/`) -> (WorldModel, params, assets). The config saved in
+    the assets is used unless one is given."""
+    from vlambpo_jax.train import checkpoints
+
+    raw, assets = checkpoints.load_params(Path(directory))
+    if config is None:
+        config = ml_collections.ConfigDict(assets["config"])
+    wm = WorldModel(config)
+    target = jax.eval_shape(lambda: wm.init(jax.random.key(0)))
+    params, _ = checkpoints.load_params(Path(directory), jax.tree.map(
+        lambda s: np.zeros(s.shape, s.dtype), target))
+    return wm, params, assets
