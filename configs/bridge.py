@@ -12,6 +12,7 @@ import os
 import ml_collections
 
 from configs import common
+from configs.tabletop import wm_config
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,6 +113,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     if args.smoke:
         c.sft.update(dict(steps=20, warmup=5, eval_every=0, eval_episodes=2, ema=0.9))
+
+    # --- wm: the UMM world model (fields documented in configs/tabletop.py:wm_config) ---
+    c.wm = wm_config(args.smoke)
+    if not args.smoke:  # 64 px views: an 8x-down VAE and 16 px ViT patches keep 16 tokens per view
+        c.wm.vae.update(dict(downsample=8, widths=(32, 64, 64)))
+        c.wm.vit.patch = 16
 
     c.mesh = common.mesh_config()
     c.distributed = common.distributed_config()
