@@ -191,3 +191,16 @@ def test_tiny_model_overfits_tiny_dataset():
     sampled = jax.jit(pol.sample_actions)(params, obs, jax.random.key(2))
     err = float(jnp.mean((sampled - actions) ** 2))
     assert err < 0.05, err
+
+
+def test_env_policy_fn_adapter(setup):
+    from vlambpo_jax.models.tokenizer import ByteTokenizer
+
+    pol, params, obs = setup
+    fn = policy_lib.make_env_policy_fn(pol, ByteTokenizer(), ["pick up the red cube", "push it"],
+                                       max_text_len=16)
+    env_obs = dict(images=obs["images"], instruction_id=jnp.array([1, 0], jnp.int32),
+                   state=jnp.zeros((B, 7)))
+    keys = jax.random.split(jax.random.key(0), B)
+    actions = jax.jit(jax.vmap(fn, in_axes=(None, 0, 0)))(params, env_obs, keys)
+    assert actions.shape == (B, pol.dims.chunk_size, pol.dims.action_dim)

@@ -50,6 +50,7 @@ def _config(dataset):
     c.data.batch_size = 4
     c.sft.steps = 6
     c.sft.eval_every = 0
+    c.sft.eval_episodes = 0  # the simulator is tested by its own suite
     c.checkpoint.every_steps = 100
     c.checkpoint.async_save = False
     c.log.every_steps = 2

@@ -592,6 +592,29 @@ def make_unnormalizer(stats, mode: str = "zscore") -> Callable[[jax.Array], jax.
     return fn
 
 
+def make_env_policy_fn(policy: Policy, tokenizer, instructions, max_text_len: int, mode: str = "eval",
+                       normalize_state: Callable[[jax.Array], jax.Array] | None = None):
+    """Adapter to the simulator's per-episode interface: (params, obs, key) -> actions f32[k, action_dim].
+
+    obs is one unbatched env observation {images uint8[V, H, W, 3], instruction_id int32[], state f32[S]}
+    (vmapped by the caller). Every instruction string is tokenized once here into a constant table.
+    normalize_state: raw state -> normalized (needed only when config.policy.use_state).
+    """
+    ids, mask = tokenizer.encode_batch(list(instructions), max_text_len)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+
+    def policy_fn(params, obs, key):
+        images = obs["images"][None]
+        batch = dict(images=images, image_mask=jnp.ones(images.shape[:2], bool),
+                     tokens=ids[obs["instruction_id"]][None], token_mask=mask[obs["instruction_id"]][None])
+        if policy.dims.use_state:
+            state = obs["state"][None]
+            batch["state"] = normalize_state(state) if normalize_state is not None else state
+        return policy.sample(params, batch, key, mode=mode)[0]
+
+    return policy_fn
+
+
 def param_labels(params: Mapping[str, Any]) -> dict:
     """optax.multi_transform labels: every leaf labelled by its top-level group ('vlm', ...)."""
     return {group: jax.tree.map(lambda _: group, sub) for group, sub in params.items()}

@@ -118,24 +118,41 @@ class StreamBatches:
         return next(self.it)
 
 
-def _evaluator(ctx, policy, tokenizer, key):
-    """eval_fn(state, step) -> metrics using vlambpo_jax.envs.evaluation.evaluate, or None if absent."""
-    try:
-        from vlambpo_jax.envs import evaluation
-    except ImportError as e:
-        print(f"[{ctx.stage}] simulator evaluation unavailable ({e}); training without it")
+def _evaluator(ctx, policy, tokenizer, stats, key):
+    """eval_fn(state, step) -> metrics: success rates of the EMA policy in the simulator, or None when
+    the config has no simulator (Bridge) or config.sft.eval_episodes is 0."""
+    config = ctx.config
+    episodes = int(config.sft.eval_episodes)
+    if episodes <= 0 or "env" not in config:
         return None
-    episodes = int(ctx.config.sft.eval_episodes)
+    from vlambpo_jax.data import normalization
+    from vlambpo_jax.envs import evaluation
+    from vlambpo_jax.envs import tabletop
+
+    env = tabletop.make_env(config)
+    policy_fn = policy_lib.make_env_policy_fn(
+        policy, tokenizer, env.instructions, int(config.data.max_text_len), mode="eval",
+        normalize_state=lambda x: normalization.normalize(x, stats["state"], config.data.norm_mode))
 
     def eval_fn(state: SFTState, step: int) -> dict:
         start = time.time()
-        metrics = evaluation.evaluate(ctx.config, policy, state.ema_params, jax.random.fold_in(key, step),
-                                      episodes_per_task=episodes, tokenizer=tokenizer)
-        metrics = {f"eval/{k}": float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+        res = evaluation.evaluate(env, policy_fn, state.ema_params, jax.random.fold_in(key, step), episodes)
+        metrics = {"eval/success_rate": res["success_rate"], "eval/ci95_lo": res["ci95"][0],
+                   "eval/ci95_hi": res["ci95"][1], "eval/mean_length": res["mean_length"],
+                   "eval/episodes": res["episodes"]}
+        for name, r in res["per_task"].items():
+            metrics[f"eval/{name}/success_rate"] = r["success_rate"]
         metrics["eval/seconds"] = time.time() - start
-        print(f"[{ctx.stage}] step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+        print(f"[{ctx.stage}] step {step}: success {res['success_rate']:.3f} "
+              f"(95% CI {res['ci95'][0]:.3f}-{res['ci95'][1]:.3f}, {res['episodes']} episodes) " +
+              " ".join(f"{n}={r['success_rate']:.2f}" for n, r in res["per_task"].items()) +
+              f" [{metrics['eval/seconds']:.0f} s]")
+        last_eval.clear()
+        last_eval.update(metrics)
         return metrics
 
+    last_eval: dict = {}
+    eval_fn.last = last_eval
     return eval_fn
 
 
@@ -190,7 +207,7 @@ def run(ctx) -> dict:
     assets = {"config": json.loads(config.to_json_best_effort()), "norm_stats": stats.to_dict(),
               "norm_mode": config.data.norm_mode, "tokenizer": tok_lib.tokenizer_assets(tokenizer),
               "vocab_size": int(tokenizer.vocab_size)}
-    eval_fn = _evaluator(ctx, policy, tokenizer, jax.random.key(int(config.seed) + 2))
+    eval_fn = _evaluator(ctx, policy, tokenizer, stats, jax.random.key(int(config.seed) + 2))
 
     start = time.time()
     losses = []
@@ -209,7 +226,8 @@ def run(ctx) -> dict:
                "steps_run": len(losses), "sec_per_step": seconds / max(len(losses), 1),
                "first_loss": losses[0] if losses else None,
                "final_loss": float(np.mean(losses[-20:])) if losses else None,
-               "params": counts, "checkpoint_dir": str(stage_dir / CKPT_NAME)}
+               "params": counts, "checkpoint_dir": str(stage_dir / CKPT_NAME),
+               "eval": dict(getattr(eval_fn, "last", {}) or {})}
     print(f"[{ctx.stage}] " + json.dumps({k: v for k, v in summary.items() if k != "params"}))
     return summary
 
