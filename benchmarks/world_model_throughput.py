@@ -1,0 +1,157 @@
+"""Imagined chunk transitions per second of the world model (both views + reward), and where time goes.
+
+Usage: python benchmarks/world_model_throughput.py [--config=configs/tabletop.py[:ARG]] [--batch=64]
+       [--repeats=3] [--out=wm_throughput.json] [--set wm.view_decoding=independent ...]
+
+Random weights (throughput does not depend on training). Measures, at the given batch:
+  predict (IVD: context prefill + head denoising + clean copy + wrist denoising + VAE decode),
+  reward (ViT + question), and the parts: predict with 1 sampling step (fixed cost), VAE decode.
+FLOPs: backbone matmuls and attention counted analytically from the layout (every backbone call of the
+sampling plan); ViT / VAE convolutions from XLA's cost analysis of those loop-free functions. Achieved
+FLOP/s is compared with a float32 matmul peak measured in the same run. Writes one JSON file.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vlambpo_jax.models.world_model import WorldModel  # noqa: E402
+
+
+def load_config(spec: str):
+    path, _, arg = spec.partition(":")
+    mod_spec = importlib.util.spec_from_file_location("cfg", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod.get_config(arg or None)
+
+
+def timed(fn, *args, repeats=3):
+    jax.block_until_ready(fn(*args))  # compile + warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def matmul_peak(n=512, repeats=5):
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x @ x @ x)
+    t = timed(f, a, repeats=repeats)
+    return 3 * 2 * n ** 3 / t
+
+
+def backbone_flops(spec, layout, text_len, batch):
+    """Analytic FLOPs of every backbone call predict() makes (per batch)."""
+    u = spec.umm
+    per_token = 2 * (u.width * u.heads * u.head_dim + 2 * u.width * u.kv_heads * u.head_dim
+                     + u.heads * u.head_dim * u.width + 3 * u.width * u.mlp)
+    nb = 3 if spec.cfg_enabled else 1
+    total, keys = 0.0, 0
+    for op, names in layout.generation_plan():
+        t = sum(layout.segment(n).length for n in names)
+        calls = 1 if op == "prefill" else spec.num_sample_steps  # CFG branches: upper bound nb
+        attn = 2 * 2 * t * (keys + t) * u.heads * u.head_dim
+        total += calls * nb * batch * u.depth * (per_token * t + attn)
+        total += calls * nb * batch * t * 2 * u.width * spec.patch_dim * (op == "generate")
+        if op == "prefill":
+            keys += t
+    return total
+
+
+def xla_flops(fn, *args):
+    try:
+        ca = jax.jit(fn).lower(*args).compile().cost_analysis()
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        return float(ca.get("flops", 0.0))
+    except Exception:  # noqa: BLE001
+        return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="configs/tabletop.py")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--text_len", type=int, default=0, help="0 = config.data.max_text_len")
+    ap.add_argument("--set", nargs="*", default=[], help="overrides like wm.view_decoding=independent")
+    ap.add_argument("--out", default="wm_throughput.json")
+    a = ap.parse_args()
+    config = load_config(a.config)
+    for item in a.set:
+        k, _, v = item.partition("=")
+        node = config
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = type(node[last])(v) if not isinstance(node[last], bool) else v.lower() == "true"
+    b = a.batch
+    L = a.text_len or int(config.data.get("max_text_len", 32))
+    wm = WorldModel(config)
+    s = wm.spec
+    params = wm.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    S = config.image_size
+    images = jnp.asarray(rng.integers(0, 256, (b, 2, S, S, 3), dtype=np.uint8))
+    tokens = jnp.asarray(rng.integers(3, 259, (b, L)).astype(np.int32))
+    mask = jnp.ones((b, L), bool)
+    actions = jnp.asarray(rng.uniform(-1, 1, (b, s.chunk, s.action_dim)).astype(np.float32))
+    key = jax.random.key(1)
+
+    peak = matmul_peak()
+    step = jax.jit(lambda p, k: (wm.predict(p, images, tokens, mask, actions, k),))
+    t_predict = timed(step, params, key, repeats=a.repeats)
+    t_reward = timed(jax.jit(lambda p: wm.reward(p, images[:, 0], tokens, mask)), params, repeats=a.repeats)
+    lat = jnp.zeros((b * 2, s.latent_tokens, s.patch_dim))
+    t_decode = timed(jax.jit(lambda p: wm.decode_latents(p, lat)), params, repeats=a.repeats)
+    import copy
+    c1 = copy.deepcopy(config)
+    c1.wm.num_sample_steps = 1
+    wm1 = WorldModel(c1)
+    t_one = timed(jax.jit(lambda p, k: wm1.predict(p, images, tokens, mask, actions, k)), params, key,
+                  repeats=a.repeats)
+    per_step = (t_predict - t_one) / max(s.num_sample_steps - 1, 1)
+
+    layout = wm.dynamics_layout(L)
+    f_backbone = backbone_flops(s, layout, L, b)
+    f_decode = xla_flops(lambda p: wm.decode_latents(p, lat), params)
+    f_encode = xla_flops(lambda p: wm.encode_latents(p, images.reshape(-1, S, S, 3)), params)
+    from vlambpo_jax.models.world_model import WMNet
+    f_vit = xla_flops(lambda p: wm.net.apply(p["net"], images.reshape(-1, S, S, 3), method=WMNet.vit_tokens),
+                      params)
+    f_reward = xla_flops(lambda p: wm.reward(p, images[:, 0], tokens, mask), params)
+    f_predict = f_backbone + f_decode + f_encode + f_vit
+    total_t = t_predict + t_reward
+    out = {
+        "device": jax.devices()[0].device_kind, "config": a.config, "batch": b, "text_len": L,
+        "view_decoding": s.view_decoding, "action_encoding": s.action_encoding,
+        "num_sample_steps": s.num_sample_steps, "cfg": s.cfg_enabled,
+        "sequence_tokens": layout.length,
+        "transitions_per_s": b / total_t,
+        "seconds": {"predict": t_predict, "reward": t_reward, "predict_1_step": t_one,
+                    "per_denoise_step": per_step, "vae_decode": t_decode},
+        "gflop_per_batch": {"backbone": f_backbone / 1e9, "vae_decode": f_decode / 1e9,
+                            "vae_encode": f_encode / 1e9, "vit": f_vit / 1e9, "reward": f_reward / 1e9},
+        "achieved_gflops": (f_predict + f_reward) / total_t / 1e9,
+        "matmul_peak_gflops": peak / 1e9,
+    }
+    out["fraction_of_peak"] = out["achieved_gflops"] / out["matmul_peak_gflops"]
+    print(json.dumps(out, indent=2))
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
