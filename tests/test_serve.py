@@ -285,3 +285,28 @@ def test_cli_serves_a_checkpoint(checkpoint, direct, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_inference_failure_is_reported_and_the_server_goes_on(served):
+    """A failure inside the policy reaches the client as an error; the connection keeps working."""
+    from vlambpo_jax.serve.batcher import Result
+
+    class FlakySampler:
+        calls = 0
+
+        def submit(self, obs, seed, callback):
+            FlakySampler.calls += 1
+            if FlakySampler.calls == 1:
+                callback(Result(actions=None, seed=0, error=FloatingPointError("NaN in the action expert")))
+            else:
+                callback(Result(actions=np.zeros((10, 7), np.float32), seed=seed or 0, batch_size=1))
+
+        def stop(self):
+            pass
+
+    flaky = server_lib.PolicyServer(FlakySampler(), served.server.mapper, {"server": "stub"}, port=0)
+    with server_lib.ServerThread(flaky) as thread:
+        client = _client(thread)
+        with pytest.raises(RuntimeError, match="inference failed: FloatingPointError: NaN in the action expert"):
+            client.infer(_obs(6))
+        assert client.infer({**_obs(6), "seed": 3})["actions"].shape == (10, 7)

@@ -26,9 +26,10 @@ def _stats(dim: int, rng: np.random.Generator, skip_last: bool) -> normalization
                                     min=mean - 3 * std, max=mean + 3 * std, mask=mask, count=100)
 
 
-def make_checkpoint(directory, *, use_state: bool = False, seed: int = 0) -> Path:
-    """Writes a checkpoint to `directory` and returns it (load with sft.load_policy)."""
-    config = tabletop.get_config("smoke")
+def make_checkpoint(directory, *, use_state: bool = False, seed: int = 0, config_arg: str = "smoke") -> Path:
+    """Writes a checkpoint to `directory` and returns it (load with sft.load_policy). config_arg: the
+    tabletop config's argument ('smoke' sizes by default; '' = the default, full tabletop sizes)."""
+    config = tabletop.get_config(config_arg)
     config.policy.use_state = use_state
     rng = np.random.default_rng(seed)
     stats = normalization.NormStats({"action": _stats(config.action_dim, rng, True),
