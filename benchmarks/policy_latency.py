@@ -32,14 +32,14 @@ import optax  # noqa: E402
 from vlambpo_jax.models import policy as policy_lib  # noqa: E402
 
 
-def fake_obs(config, b, seed=0):
+def fake_obs(config, b, vocab_size, seed=0):
     rng = np.random.default_rng(seed)
     n, s = config.policy.max_text_len, config.image_size
     mask = np.zeros((b, n), bool)
     mask[:, : min(n, 24)] = True
     return dict(images=jnp.asarray(rng.integers(0, 256, (b, len(config.views), s, s, 3)), jnp.uint8),
                 image_mask=jnp.ones((b, len(config.views)), bool),
-                tokens=jnp.asarray(rng.integers(3, 259, (b, n)) * mask, jnp.int32), token_mask=jnp.asarray(mask))
+                tokens=jnp.asarray(rng.integers(3, vocab_size, (b, n)) * mask, jnp.int32), token_mask=jnp.asarray(mask))
 
 
 def timed(fn, *args, repeats):
@@ -72,7 +72,7 @@ def main():
     a = ap.parse_args()
     config = importlib.import_module(f"configs.{a.config}").get_config(a.arg)
     pol = policy_lib.Policy(config)
-    params = pol.init(jax.random.key(0), fake_obs(config, 1))
+    params = pol.init(jax.random.key(0), fake_obs(config, 1, pol.dims.vocab_size))
     key = jax.random.key(1)
     result = dict(config=a.config, arg=a.arg, backend=jax.default_backend(), devices=str(jax.devices()),
                   machine=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
@@ -89,7 +89,7 @@ def main():
               f"(first call {first:.1f} s)", flush=True)
 
     for b in (1, 64):
-        obs = fake_obs(config, b)
+        obs = fake_obs(config, b, pol.dims.vocab_size)
         cache = jax.jit(pol.encode_prefix)(params, obs)
         x = jnp.zeros((b, pol.dims.chunk_size, pol.dims.action_pad_dim))
         t = jnp.full((b,), 0.5)
@@ -101,7 +101,7 @@ def main():
         record("log_prob", b, jax.grad(lambda p, o, c: pol.log_prob(p, o, c).sum()), params, obs, chain)
 
     b = a.train_batch
-    obs = fake_obs(config, b)
+    obs = fake_obs(config, b, pol.dims.vocab_size)
     batch = dict(obs, actions=jnp.zeros((b, config.chunk_size, config.action_dim)),
                  action_mask=jnp.ones((b, config.chunk_size), bool))
     opt = optax.adamw(1e-4)

@@ -84,7 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Value head MLP hidden sizes (ReLU) on the mean-pooled stop-gradient prefix outputs.
         value_hidden=(128, 64),
         # Text: tokens per instruction (pad/cut; a reference to data.max_text_len, which the reader
-        # uses) and tokenizer: 'byte' or a local Hugging Face tokenizer directory.
+        # uses) and tokenizer: 'byte' (UTF-8 bytes), 'words:tabletop' (tabletop instruction words) or a
+        # local Hugging Face tokenizer directory.
         max_text_len=c.data.get_ref("max_text_len") if "max_text_len" in c.data else 32, tokenizer="byte",
         # Actions padded to this many dims inside the model (>= action_dim; only action_dim are real).
         action_pad_dim=7,

@@ -29,10 +29,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.image_size = 32
 
     # --- env: the MJX tabletop simulator (vlambpo_jax/envs) ---
+    # tasks: registry names (vlambpo_jax/envs/tasks.py: pick, push, place, stack).
+    # horizons: control steps per episode, per task name (chunk_size must be <= each).
+    # instruction_split: paraphrase set reset() samples for training/demos ('seen' | 'unseen').
+    # substeps: physics steps per control step (control period = substeps x physics.timestep).
+    # max_delta_pos / max_delta_rot: action scale: metres / radians per control step (actions are
+    #   clipped to +-these); max_tilt: roll/pitch limit (rad). shadows: renderer hard shadows.
+    # physics: MJCF settings (see vlambpo_jax/envs/scene.py; the defaults are what grasped reliably).
     c.env = ml_collections.ConfigDict()
+    c.env.tasks = ("pick", "push", "place", "stack")
+    c.env.horizons = ml_collections.ConfigDict(dict(pick=50, push=80, place=80, stack=80))
+    c.env.instruction_split = "seen"
+    c.env.substeps = 4
+    c.env.max_delta_pos = 0.015
+    c.env.max_delta_rot = 0.1
+    c.env.max_tilt = 0.5
+    c.env.shadows = True
+    c.env.physics = ml_collections.ConfigDict(dict(
+        timestep=0.005, solver_iterations=4, ls_iterations=4, friction=1.5, solref_timeconst=0.01,
+        grip_kp=500.0, grip_force=20.0, weld_timeconst=0.01))
 
     # --- demos: scripted expert episodes written as RLDS (vlambpo_jax/envs/demos.py) ---
+    # episodes_per_task: expert episodes run per task; noise: Gaussian action noise in units of the
+    # action scale (0 = the clean expert); batch_size: episodes per vmapped batch; keep_failures:
+    # also write failed episodes; dataset_name: RLDS dataset name under <workdir>/demos/rlds.
     c.demos = ml_collections.ConfigDict()
+    c.demos.episodes_per_task = 50
+    c.demos.noise = 0.1
+    c.demos.batch_size = 64
+    c.demos.keep_failures = False
+    c.demos.dataset_name = "tabletop_demos"
 
     # --- data: how RLDS episodes become training batches (vlambpo_jax/data) ---
     c.data = ml_collections.ConfigDict()
@@ -90,8 +116,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Value head MLP hidden sizes (ReLU) on the mean-pooled stop-gradient prefix outputs.
         value_hidden=(128, 64),
         # Text: tokens per instruction (pad/cut; a reference to data.max_text_len, which the reader
-        # uses) and tokenizer: 'byte' or a local Hugging Face tokenizer directory.
-        max_text_len=c.data.get_ref("max_text_len") if "max_text_len" in c.data else 32, tokenizer="byte",
+        # uses) and tokenizer: 'byte' (UTF-8 bytes), 'words:tabletop' (whole words of the tabletop
+        # instructions: <= 14 tokens vs up to 56 bytes) or a local Hugging Face tokenizer directory.
+        max_text_len=c.data.get_ref("max_text_len") if "max_text_len" in c.data else 16,
+        tokenizer="words:tabletop",
         # Actions padded to this many dims inside the model (>= action_dim; only action_dim are real).
         action_pad_dim=7,
         # Compute dtype ('float32' | 'bfloat16'; bf16 is far slower on CPU); params stay float32.
@@ -153,7 +181,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          epochs=1, minibatch_size=8, eval_episodes=2))
 
     # --- eval: evaluation in the simulator (vlambpo_jax/envs/evaluation.py) ---
+    # episodes_per_task: episodes per task in one evaluation (one vmapped batch of tasks x episodes);
+    # instruction_split: 'seen' or 'unseen' paraphrases; num_videos: episodes written as GIFs (head |
+    # wrist); video_size: their render resolution (px); policies: finished stages whose policies the
+    # 'evaluate' stage compares.
     c.eval = ml_collections.ConfigDict()
+    c.eval.episodes_per_task = 100
+    c.eval.instruction_split = "seen"
+    c.eval.num_videos = 8
+    c.eval.video_size = 128
+    c.eval.policies = ("sft", "mbpo")
+    if args.smoke:
+        c.demos.update(dict(episodes_per_task=4, batch_size=16))
+        c.eval.update(dict(episodes_per_task=4, num_videos=4, video_size=96))
 
     c.mesh = common.mesh_config()
     c.distributed = common.distributed_config()

@@ -18,6 +18,12 @@ from vlambpo_jax.models import policy as policy_lib
 B = 2
 
 
+def _config():
+    config = tabletop.get_config("smoke")
+    config.policy.tokenizer = "byte"  # _obs draws byte-tokenizer ids
+    return config
+
+
 def _obs(seed=0, b=B, text_len=16):
     rng = np.random.default_rng(seed)
     mask = np.zeros((b, text_len), bool)
@@ -37,7 +43,7 @@ def _perturb(params, key, scale=0.2):
 
 @pytest.fixture(scope="module")
 def setup():
-    config = tabletop.get_config("smoke")
+    config = _config()
     pol = policy_lib.Policy(config)
     obs = _obs()
     params = pol.init(jax.random.key(0), obs)
@@ -164,7 +170,7 @@ def test_policy_sample_unnormalizes(setup):
 
 
 def test_tiny_model_overfits_tiny_dataset():
-    config = tabletop.get_config("smoke")
+    config = _config()
     pol = policy_lib.Policy(config)
     n = 4
     obs = _obs(seed=11, b=n)

@@ -79,7 +79,7 @@ def test_sft_trains_checkpoints_resumes_and_loads(dataset, tmp_path):
     _, params_b, _, _ = sft.load_policy(tmp_path / "b" / "sft" / sft.CKPT_NAME)
     for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-    assert set(assets) >= {"config", "norm_stats", "tokenizer"} and assets["tokenizer"]["kind"] == "byte"
+    assert set(assets) >= {"config", "norm_stats", "tokenizer"} and assets["tokenizer"]["kind"] == "words"
 
     # The loaded policy samples environment-unit actions (unnormalized with the saved statistics).
     ids, mask = tok.encode_batch(["pick up the red cube"], config.data.max_text_len)

@@ -48,3 +48,16 @@ def test_hf_tokenizer_from_local_dir(hf_dir, tmp_path):
                                   tok.encode("put the blue cube in the bowl", 8)[0])
     with pytest.raises(FileNotFoundError, match="config.policy.tokenizer"):
         tok_lib.load_tokenizer(str(tmp_path / "missing"))
+
+
+def test_word_tokenizer_for_tabletop_instructions(tmp_path):
+    tok = tok_lib.load_tokenizer("words:tabletop")
+    ids, mask = tok.encode_batch(["Put the RED cube on the blue square!", "dance wildly"], 16)
+    assert mask[0].sum() == 2 + 8 and tok.decode(ids[0]) == "put the red cube on the blue square"
+    assert ids[1, 1] == tok.unk_id and ids[1, 2] == tok.unk_id
+    assert ids[0, 3] != ids[0, 7]  # red vs blue: different ids
+    tok_lib.save_tokenizer(tok, str(tmp_path))
+    again = tok_lib.load_tokenizer_from_assets(str(tmp_path))
+    np.testing.assert_array_equal(again.encode("stack the green cube", 8)[0], tok.encode("stack the green cube", 8)[0])
+    again = tok_lib.tokenizer_from_assets(tok_lib.tokenizer_assets(tok), str(tmp_path / "x"))
+    assert again.vocab == tok.vocab

@@ -373,14 +373,14 @@ class Policy:
     config: the full ConfigDict (uses chunk_size, action_dim, image_size, views and section policy).
     unnormalize: maps normalized actions [B, k, action_dim] to environment units; None = identity.
       Build it from saved statistics with `make_unnormalizer`.
-    vocab_size: the tokenizer's vocabulary size (default: the byte tokenizer's).
+    vocab_size: the tokenizer's vocabulary size (default: that of config.policy.tokenizer).
     """
 
     def __init__(self, config, unnormalize: Callable[[jax.Array], jax.Array] | None = None,
                  vocab_size: int | None = None):
         if vocab_size is None:
-            from vlambpo_jax.models.tokenizer import ByteTokenizer
-            vocab_size = ByteTokenizer.vocab_size
+            from vlambpo_jax.models.tokenizer import load_tokenizer
+            vocab_size = load_tokenizer(config.policy.tokenizer).vocab_size
         self.config = config
         self.dims = ModelDims.from_config(config, vocab_size)
         self.model = VLAModel(self.dims)
