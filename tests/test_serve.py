@@ -288,7 +288,8 @@ def test_cli_serves_a_checkpoint(checkpoint, direct, tmp_path):
 
 
 def test_inference_failure_is_reported_and_the_server_goes_on(served):
-    """A failure inside the policy reaches the client as an error; the connection keeps working."""
+    """A failure inside the policy, or an unexpected one while reading a request, reaches the client as
+    an error; the connection keeps working."""
     from vlambpo_jax.serve.batcher import Result
 
     class FlakySampler:
@@ -304,9 +305,16 @@ def test_inference_failure_is_reported_and_the_server_goes_on(served):
         def stop(self):
             pass
 
-    flaky = server_lib.PolicyServer(FlakySampler(), served.server.mapper, {"server": "stub"}, port=0)
+    def mapper(obs):          # an input no check foresaw: an unexpected exception while reading it
+        if obs.get("prompt") == "boom":
+            raise ZeroDivisionError("unforeseen")
+        return served.server.mapper(obs)
+
+    flaky = server_lib.PolicyServer(FlakySampler(), mapper, {"server": "stub"}, port=0)
     with server_lib.ServerThread(flaky) as thread:
         client = _client(thread)
+        with pytest.raises(RuntimeError, match=r"bad request: .*ZeroDivisionError: unforeseen"):
+            client.infer({**_obs(6), "prompt": "boom"})
         with pytest.raises(RuntimeError, match="inference failed: FloatingPointError: NaN in the action expert"):
             client.infer(_obs(6))
         assert client.infer({**_obs(6), "seed": 3})["actions"].shape == (10, 7)

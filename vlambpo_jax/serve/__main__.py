@@ -55,6 +55,7 @@ def main(argv):
         jax.config.update("jax_compilation_cache_dir", FLAGS.jax_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     from vlambpo_jax.serve import server as server_lib
+    from vlambpo_jax.train.checkpoints import CheckpointError
 
     if not os.path.isdir(FLAGS.checkpoint):
         print(f"error: --checkpoint: no directory {FLAGS.checkpoint!r}", file=sys.stderr)
@@ -71,7 +72,7 @@ def main(argv):
             seed=FLAGS.seed, batch_wait_s=FLAGS.batch_wait_ms / 1e3, step=FLAGS.step, host=FLAGS.host,
             port=FLAGS.port, api_key=api_key, max_request_bytes=FLAGS.max_request_bytes,
             log_fn=lambda m: print(m, flush=True))
-    except ValueError as e:
+    except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -83,8 +84,13 @@ def main(argv):
             f"serving on ws://{FLAGS.host}:{port} (health: http://{FLAGS.host}:{port}{server_lib.HEALTH_PATH}"
             f"; API key {'required' if server.api_key else 'not required'})", flush=True))
 
-    asyncio.run(run())
-    server.sampler.stop()
+    try:
+        asyncio.run(run())
+    except OSError as e:                     # e.g. the port is taken
+        print(f"error: cannot listen on {FLAGS.host}:{FLAGS.port}: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        server.sampler.stop()
     print(f"stopped after {server.requests_served} requests ({server.requests_refused} refused)", flush=True)
 
 

@@ -104,6 +104,10 @@ class PolicyServer:
             self.requests_refused += 1
             log.warning("bad request: %s", e)
             return f"bad request: {e}"
+        except Exception as e:  # noqa: BLE001 - input no check foresaw: still this client's error only
+            self.requests_refused += 1
+            log.exception("unreadable request")
+            return f"bad request: the observation could not be read ({type(e).__name__}: {e})"
 
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
