@@ -95,3 +95,13 @@ def test_robot_config_files_and_errors(tmp_path):
         load_robot_config(str(path), 2)
     with pytest.raises(ValueError, match="neither a preset"):
         load_robot_config("no-such-robot", 2)
+
+
+def test_openpi_client_is_installed():
+    """The serving tests (tests/test_serve.py) run the real robot-side client; without it they skip, and
+    this test says how to install it (it pins numpy<2, yet works on numpy 2: install without its pins)."""
+    try:
+        import openpi_client.websocket_client_policy  # noqa: F401
+    except ImportError:
+        pytest.fail("openpi-client is not installed, so tests/test_serve.py was skipped; install it with "
+                    "`pip install --no-deps openpi-client==0.1.2` (README: Serving a policy to a robot)")
