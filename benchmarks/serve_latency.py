@@ -8,8 +8,11 @@ Without --checkpoint, a tabletop policy with random weights (sizes: configs/tabl
 tests' checkpoint maker). The server runs in this process on 127.0.0.1 (ServerThread);
 each client is openpi_client.WebsocketClientPolicy in its own thread, sending `--requests` requests
 back to back (after 5 warm-up requests). Latency = client-side time of one infer() call (encode, send,
-queue, batch, policy, reply, decode). Also reported: the policy alone at batch 1 (jit call, no server),
-so the serving overhead can be read off, and how requests were batched. Prints JSON.
+queue, batch, policy, reply, decode); queue_plus_infer = the part spent waiting for and running the
+policy (the server's own timing). Also reported: the policy alone at batch 1 (jit call, no server), so
+the serving overhead can be read off, and how requests were batched. Prints JSON.
+The clients share this process (and its GIL) and the machine's cores with the server, so on a small
+machine the 8-client numbers include that contention; robots on other machines see less.
 --client_image_size=224 sends 224x224 camera images (resized by the server, as for a real robot).
 """
 from __future__ import annotations
@@ -101,14 +104,17 @@ def main():
                 for _ in range(5):
                     c.infer(o)
             lat: list[list[float]] = [[] for _ in range(n)]
+            in_server: list[list[float]] = [[] for _ in range(n)]
             barrier = threading.Barrier(n + 1)
 
             def work(j):
                 barrier.wait()
                 for _ in range(a.requests):
                     t0 = time.perf_counter()
-                    clients[j].infer(requests[j])
+                    reply = clients[j].infer(requests[j])
                     lat[j].append((time.perf_counter() - t0) * 1e3)
+                    timing = reply["server_timing"]
+                    in_server[j].append(timing["queue_ms"] + timing["infer_ms"])
 
             server.sampler.batch_histogram.clear()
             threads = [threading.Thread(target=work, args=(j,)) for j in range(n)]
@@ -122,6 +128,7 @@ def main():
             hist = dict(sorted(server.sampler.batch_histogram.items()))
             result["clients"][str(n)] = {
                 **_stats([x for row in lat for x in row]), "requests_per_s": n * a.requests / wall,
+                "queue_plus_infer": _stats([x for row in in_server for x in row]),
                 "batches_by_size": {str(k): v for k, v in hist.items()},
                 "mean_batch": sum(k * v for k, v in hist.items()) / max(sum(hist.values()), 1)}
             for c in clients:
