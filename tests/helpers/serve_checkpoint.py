@@ -1,5 +1,5 @@
 """A tiny policy checkpoint for the serving tests and benchmark: the smoke-sized tabletop policy with
-random (untrained) parameters, non-trivial action/state statistics and the byte tokenizer, saved the
+random (untrained) parameters, non-trivial action/state statistics and the config's tokenizer, saved the
 way the sft stage saves (vlambpo_jax.train.checkpoints: params + assets), in about a second."""
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def make_checkpoint(directory, *, use_state: bool = False, seed: int = 0, config
     stats = normalization.NormStats({"action": _stats(config.action_dim, rng, True),
                                      "state": _stats(config.policy.state_dim, rng, True)},
                                     fingerprint="serve-test", num_episodes=1)
-    tokenizer = tok_lib.ByteTokenizer()
+    tokenizer = tok_lib.load_tokenizer(config.policy.tokenizer)
     policy = policy_lib.Policy(config, vocab_size=tokenizer.vocab_size)
     n, s, v = config.policy.max_text_len, config.image_size, len(config.views)
     example = {"images": np.zeros((1, v, s, s, 3), np.uint8), "image_mask": np.ones((1, v), bool),
