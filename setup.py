@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6.5",
     "tqdm>=4.70.1",
     "dm-pix>=0.4.5",
+    "websockets>=17.4",  # vlambpo_jax.serve (openpi websocket protocol)
+    "msgpack>=1.2.4",
 ]
 
 EXTRAS = {
@@ -38,6 +40,8 @@ EXTRAS["test"] = EXTRAS["bridge"] + [
     # Reference implementation for the Qwen2 port's parity test. Pinned exactly: 2.13.0 is the CPU
     # build this project's machines carry; an open range would pull a multi-GB CUDA build from PyPI.
     "torch==2.13.0",
+    # openpi-client's dependency; openpi-client itself is installed with --no-deps (README, Install).
+    "dm-tree>=0.1.10",
 ]
 
 setuptools.setup(
