@@ -82,8 +82,11 @@ def episodes_from_records(records: dict, final_obs: dict, task_ids: np.ndarray, 
 
 
 def branch_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int,
-                 task_names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Chunk-aligned start states (frames 0, k, 2k, ... of every episode, before its end)."""
+                 task_names: tuple[str, ...], wm_max_text_len: int) -> dict[str, np.ndarray]:
+    """Chunk-aligned start states (frames 0, k, 2k, ... of every episode, before its end), with the
+    instruction tokenized for the policy and (byte tokens) for the world model."""
+    from vlambpo_jax.models.tokenizer import ByteTokenizer
+
     images, texts, task, success, episode, t_index = [], [], [], [], [], []
     for ep in episodes:
         obs = ep["steps"]["observation"]
@@ -96,7 +99,9 @@ def branch_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len:
             episode.append(ep["episode_metadata"]["episode_id"])
             t_index.append(t)
     tokens, token_mask = tokenizer.encode_batch(texts, max_text_len)
+    wm_tokens, wm_token_mask = ByteTokenizer().encode_batch(texts, wm_max_text_len)
     return {"images": np.stack(images).astype(np.uint8), "tokens": tokens, "token_mask": token_mask,
+            "wm_tokens": wm_tokens, "wm_token_mask": wm_token_mask,
             "instruction": np.asarray(texts), "task_id": np.asarray(task, np.int32),
             "episode_success": np.asarray(success), "episode_id": np.asarray(episode, np.int32),
             "t": np.asarray(t_index, np.int32)}
@@ -133,7 +138,8 @@ def run(ctx) -> dict:
                        config.log.progress)
     builder_dir = write_rlds(ctx.stage_dir / "rlds", episodes, dataset_name="tabletop_rollouts",
                              image_shape=(config.image_size, config.image_size, 3), overwrite=True)
-    roots = branch_roots(episodes, config.chunk_size, tokenizer, config.data.max_text_len, env.task_names)
+    roots = branch_roots(episodes, config.chunk_size, tokenizer, config.data.max_text_len, env.task_names,
+                         config.wm.max_text_len)
     np.savez_compressed(ctx.stage_dir / "roots.npz", **roots)
     per_task = {name: float(np.mean([e["episode_metadata"]["success"] for e in episodes
                                      if e["episode_metadata"]["task"] == name])) for name in env.task_names}

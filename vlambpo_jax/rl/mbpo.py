@@ -27,9 +27,8 @@ def branch_sampler(roots: dict, num_branches: int, seed: int):
 
     def draw(i: int) -> ImaginedState:
         idx = np.random.default_rng([seed, i]).integers(0, n, num_branches)
-        return ImaginedState(images=jnp.asarray(roots["images"][idx]),
-                             tokens=jnp.asarray(roots["tokens"][idx]),
-                             token_mask=jnp.asarray(roots["token_mask"][idx]))
+        return ImaginedState(**{key: jnp.asarray(roots[key][idx]) for key in (
+            "images", "tokens", "token_mask", "wm_tokens", "wm_token_mask")})
     return draw
 
 
@@ -125,20 +124,14 @@ def _sim_evaluator(ctx, policy, tokenizer):
     """Periodic success-rate check in the simulator with deterministic sampling."""
     from vlambpo_jax.envs.evaluation import evaluate
     from vlambpo_jax.envs.tabletop import make_env
+    from vlambpo_jax.models.policy import make_env_policy_fn
 
     config = ctx.config
     env = make_env(config, instruction_split=config.eval.instruction_split)
-    tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
-    tokens, token_mask = jnp.asarray(tokens), jnp.asarray(token_mask)
-
-    def policy_fn(params, obs, key):
-        ids = obs["instruction_id"]
-        batch = {"images": obs["images"][None], "tokens": tokens[ids][None],
-                 "token_mask": token_mask[ids][None]}
-        return policy.sample(params, batch, key, mode="eval")[0]
+    policy_fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len)
 
     def eval_fn(state, step):
         out = evaluate(env, policy_fn, state.params, jax.random.PRNGKey(step),
                        episodes_per_task=config.rl.eval_episodes)
-        return {"eval/success": out["overall"]["success_rate"]}
+        return {"eval/success": out["success_rate"]}
     return eval_fn

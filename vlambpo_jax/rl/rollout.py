@@ -100,10 +100,13 @@ class SimWorld:
 
 @flax.struct.dataclass
 class ImaginedState:
-    """World-model branch state: the current views and the instruction."""
-    images: jax.Array       # uint8[B, V, H, W, 3]
-    tokens: jax.Array       # int32[B, L]
-    token_mask: jax.Array   # bool[B, L]
+    """World-model branch state: the current views and the instruction, tokenized twice: for the
+    policy (its own tokenizer) and for the world model (byte tokens of its vocabulary)."""
+    images: jax.Array         # uint8[B, V, H, W, 3]
+    tokens: jax.Array         # int32[B, L] policy tokens
+    token_mask: jax.Array     # bool[B, L]
+    wm_tokens: jax.Array      # int32[B, Lw] world-model tokens
+    wm_token_mask: jax.Array  # bool[B, Lw]
 
 
 class ModelWorld:
@@ -121,8 +124,8 @@ class ModelWorld:
         return {"images": state.images, "tokens": state.tokens, "token_mask": state.token_mask}
 
     def step(self, params, state: ImaginedState, actions, key):
-        images = self.wm.predict(params, state.images, state.tokens, state.token_mask, actions, key)
-        p_success = self.wm.reward(params, images[:, 0], state.tokens, state.token_mask)
+        images = self.wm.predict(params, state.images, state.wm_tokens, state.wm_token_mask, actions, key)
+        p_success = self.wm.reward(params, images[:, 0], state.wm_tokens, state.wm_token_mask)
         success = p_success > self.threshold
         k = actions.shape[1]
         step_rewards = jnp.zeros((images.shape[0], k), jnp.float32).at[:, -1].set(

@@ -1,0 +1,154 @@
+"""The `report` stage: a markdown summary, learning curves and imagined-vs-real videos in the workdir.
+
+<workdir>/report/report.md   success rates with 95% intervals, real env steps, wall time per stage
+<workdir>/report/curves.png  SFT loss, world-model losses, MBPO branch success and losses
+<workdir>/report/imagined_vs_real_<i>.gif   the policy's actions played in the simulator (left)
+                                           and in the world model from the same start (right)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v2 as imageio
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlambpo_jax import pipeline
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def stage_times(workdir: Path) -> dict[str, float]:
+    out = {}
+    for stage in pipeline.STAGES:
+        done = workdir / stage / pipeline.DONE_FILE
+        if done.exists():
+            out[stage] = json.loads(done.read_text())["seconds"]
+    return out
+
+
+def real_env_steps(workdir: Path) -> dict[str, int]:
+    """Real simulator steps each method consumed (demos count for every method)."""
+    def summary(stage):
+        done = workdir / stage / pipeline.DONE_FILE
+        return json.loads(done.read_text())["summary"] if done.exists() else {}
+    demos = int(summary("demos").get("env_steps", 0))
+    collect = int(summary("collect").get("env_steps", 0))
+    mbpo = summary("mbpo")
+    steps = {"sft": demos}
+    if mbpo:
+        steps["mbpo"] = demos + (collect if mbpo.get("world") == "model" else 0) + int(mbpo.get("env_steps", 0))
+    return steps
+
+
+def results_table(results: dict, env_steps: dict) -> str:
+    tasks = sorted({t for r in results.values() for t in r.get("per_task", {})})
+    head = "| policy | success (95% CI) | " + " | ".join(tasks) + " | real env steps |"
+    rows = [head, "|" + "---|" * (len(tasks) + 3)]
+    for name, r in results.items():
+        lo, hi = r["ci95"]
+        cells = [f"{r['per_task'][t]['success_rate']:.2f}" for t in tasks]
+        rows.append(f"| {name} | {r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] (n={r['episodes']}) | "
+                    + " | ".join(cells) + f" | {env_steps.get(name, '')} |")
+    return "\n".join(rows)
+
+
+def plot_curves(workdir: Path, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("sft", ["flow_loss", "loss"]), ("wm_finetune", ["image_loss", "text_loss", "loss"]),
+              ("mbpo", ["branch_success", "eval/success"]), ("mbpo", ["policy_loss", "value_loss"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
+    for ax, (stage, keys) in zip(axes, panels):
+        rows = _read_jsonl(workdir / stage / "metrics.jsonl")
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=key)
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def imagined_vs_real(ctx, num_videos: int, num_chunks: int, upscale: int = 4) -> tuple[list[str], list[str]]:
+    """Plays the final policy in the simulator, then the same actions in the world model."""
+    from vlambpo_jax.envs.tabletop import make_env
+    from vlambpo_jax.models import wm_train
+    from vlambpo_jax.models.sft import load_policy
+    from vlambpo_jax.rl.evaluate import checkpoint_of
+
+    config = ctx.config
+    name = "mbpo" if (ctx.workdir / "mbpo" / pipeline.DONE_FILE).exists() else "sft"
+    policy, params, tokenizer, _ = load_policy(checkpoint_of(ctx, name), config)
+    wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
+                                                 config)
+    env = make_env(config)
+    from vlambpo_jax.models.tokenizer import ByteTokenizer
+
+    key = jax.random.PRNGKey(config.seed + 4242)
+    states = jax.vmap(env.reset)(jax.random.split(key, num_videos))
+    ids = np.asarray(states.obs["instruction_id"])
+    texts = [env.instructions[i] for i in ids]
+    tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
+    wm_tok, wm_tmask = map(jnp.asarray, ByteTokenizer().encode_batch(texts, config.wm.max_text_len))
+    real = [np.asarray(states.obs["images"])]
+    imagined = [real[0]]
+    step_chunk = jax.jit(jax.vmap(env.step_chunk))
+    predict = jax.jit(wm.predict)
+    for c in range(num_chunks):
+        obs = {"images": states.obs["images"], "tokens": tok, "token_mask": tmask}
+        actions = policy.sample(params, obs, jax.random.fold_in(key, c), mode="eval")
+        states, _, _ = step_chunk(states, actions)
+        real.append(np.asarray(states.obs["images"]))
+        imagined.append(np.asarray(predict(wm_params, jnp.asarray(imagined[-1]), wm_tok, wm_tmask, actions,
+                                           jax.random.fold_in(key, 1000 + c))))
+    paths = []
+    for b in range(num_videos):
+        frames = []
+        for r, m in zip(real, imagined):
+            row = np.concatenate([r[b, 0], r[b, 1], np.full_like(r[b, 0][:, :2], 255), m[b, 0], m[b, 1]], 1)
+            frames.append(np.kron(row, np.ones((upscale, upscale, 1), np.uint8)))
+        path = Path(ctx.stage_dir) / f"imagined_vs_real_{b}.gif"
+        imageio.mimsave(path, frames, duration=0.6, loop=0)
+        paths.append(str(path))
+    return paths, texts
+
+
+def run(ctx) -> dict:
+    workdir = Path(ctx.workdir)
+    out = Path(ctx.stage_dir)
+    times = stage_times(workdir)
+    steps = real_env_steps(workdir)
+    results_path = workdir / "evaluate" / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    plot_curves(workdir, out / "curves.png")
+    lines = ["# VLA-MBPO run report", "",
+             f"Config: `{ctx.config.get('name', 'see config.json')}`; workdir `{workdir}`.", ""]
+    if results:
+        lines += ["## Success rates (simulator, deterministic sampling)", "",
+                  results_table(results, steps), ""]
+    lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {s} | {t:.1f} |" for s, t in times.items()]
+    lines += ["", f"Total: {sum(times.values()):.1f} s", "", "![curves](curves.png)", ""]
+    videos = []
+    if (workdir / "wm_finetune" / pipeline.DONE_FILE).exists():
+        videos, instructions = imagined_vs_real(ctx, ctx.config.report.num_videos,
+                                                ctx.config.report.video_chunks)
+        lines += ["## Imagined vs real", "", "Each GIF: simulator head | wrist, then world model "
+                  "head | wrist, driven by the same action chunks from the same start.", ""]
+        lines += [f"- `{Path(v).name}`: {text}" for v, text in zip(videos, instructions)]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print(f"[report] wrote {out / 'report.md'}")
+    return {"report": str(out / "report.md"), "videos": len(videos), "total_seconds": sum(times.values())}
