@@ -80,7 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     #   stats_cache_dir: where normalization statistics are cached ('' = <workdir>/norm_stats).
     #   batch_size: global batch (split over hosts); shuffle_buffer: samples in the shuffle buffer;
     #   episode_buffer: episodes in the shuffle buffer of tfrecord data (array_record is permuted).
-    #   max_text_len: instruction tokens per sample (keep equal to policy.max_text_len).
+    #   max_text_len: policy-tokenizer tokens per instruction (= policy.max_text_len; the word tokenizer
+    #     needs <= 14 for every tabletop instruction; the world model has its own wm.max_text_len).
     #   action_pad: padding of action chunks past the episode end, 'repeat_last' or 'zeros' (masked).
     #   skip_bad_episodes: skip and count bad episodes instead of stopping with an error.
     #   inspect_batches: batches the 'data' stage reads and summarizes.
@@ -90,7 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         layout="generic", image_keys=("image_0", "image_1"), empty_view_rule="pixels", state_dim=7,
         drop_first_zero_action=False, binarize_gripper=False, gripper_dim=6,
         norm_mode="percentile", norm_skip_action_dims=(6,), norm_skip_state_dims=(),
-        stats_cache_dir="", batch_size=32, shuffle_buffer=2000, episode_buffer=16, max_text_len=32,
+        stats_cache_dir="", batch_size=32, shuffle_buffer=2000, episode_buffer=16, max_text_len=16,
         action_pad="repeat_last", skip_bad_episodes=False, inspect_batches=2, prefetch=2,
     ))
     # builder_dir '' (and no name) = the RLDS dataset the demos stage wrote under <workdir>/demos.
@@ -245,6 +246,8 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     pretrain_steps / finetune_steps / batch_size: dynamics + reward training.
     lr / weight_decay / b1 / b2 / grad_clip / warmup_steps: AdamW with linear warm-up, cosine decay.
     ema: EMA decay of the sampled weights (0 = off).
+    max_text_len: byte tokens of the instruction the world model reads (its vocabulary is byte-level,
+      independent of the policy's tokenizer).
     eval_batches: held-out batches for PSNR / SSIM / reward accuracy after each stage.
     dtype: compute dtype ('float32' on CPU).
     """
@@ -261,7 +264,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         loss_image=1.0, loss_text=0.1, reward_balance=True,
         pretrain_enabled=True, pretrain_data="", finetune_data="", pretrain_steps=600, finetune_steps=400, batch_size=32,
         lr=1e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=100, ema=0.999,
-        eval_batches=4, dtype="float32",
+        eval_batches=4, dtype="float32", max_text_len=64,
     ))
     if smoke:
         w.vae.update(dict(widths=(16, 16), steps=20, batch_size=16))

@@ -86,7 +86,7 @@ def _open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None):
 
     def make(samples):
         b = rlds_reader.make_batch(samples, chunk_size=int(config.chunk_size),
-                                   max_text_len=int(config.data.max_text_len), future=True,
+                                   max_text_len=int(config.wm.max_text_len), future=True,
                                    action_pad=config.data.action_pad)
         actions = normalization.unnormalize(b["actions"], stats["action"], mode)  # env units
         return {"images": b["images"], "next_images": b["next_images"], "actions": actions,
