@@ -46,8 +46,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.env.max_tilt = 0.5
     c.env.shadows = True
     c.env.physics = ml_collections.ConfigDict(dict(
-        timestep=0.005, solver_iterations=4, ls_iterations=4, friction=1.5, solref_timeconst=0.01,
-        grip_kp=500.0, grip_force=20.0, weld_timeconst=0.01))
+        timestep=0.005, solver="Newton", solver_iterations=4, ls_iterations=4, friction=1.5,
+        solref_timeconst=0.01, grip_kp=1000.0, grip_force=40.0, finger_damping=20.0, weld_timeconst=0.01))
 
     # --- demos: scripted expert episodes written as RLDS (vlambpo_jax/envs/demos.py) ---
     # episodes_per_task: expert episodes run per task; noise: Gaussian action noise in units of the

@@ -1,0 +1,152 @@
+"""The `demos` pipeline stage: scripted-expert episodes written as RLDS, plus an expert evaluation.
+
+Runs the experts (vlambpo_jax.envs.experts) with config.demos.noise for config.demos.episodes_per_task
+episodes of every task (vmapped batches, one jitted scan over steps each, rendering every step), and
+writes them through vlambpo_jax.data.rlds_writer.write_rlds in the Bridge schema:
+
+  steps/observation/image_0: head view uint8 [T, H, W, 3]; image_1: wrist view; state f32 [T, 7]
+  steps/action f32 [T, 7]; language_instruction; reward, discount, is_first, is_last, is_terminal.
+  episode_metadata: task, success, episode_id, instruction_id, length (actions taken), noise.
+
+An episode of L actions has T = L + 1 steps: step t < L holds observation t, the action taken there and
+the reward that action earned; the last step holds the final observation (the success frame when the
+episode succeeded) with a no-op action (zero motion, gripper unchanged), reward 0, is_last = True and
+is_terminal = success. The dataset goes to <stage_dir>/rlds; the summary's 'builder_dir' names it.
+The expert is then evaluated with the harness (config.eval.episodes_per_task per task, zero noise) and
+config.eval.num_videos GIFs go to <stage_dir>/videos.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlambpo_jax.envs import evaluation, experts
+from vlambpo_jax.envs.tabletop import TabletopEnv, make_env
+
+
+def make_collector(env: TabletopEnv, noise: float):
+    """jit(keys [B], task_ids [B]) -> dict of per-step arrays for B expert episodes of max_horizon."""
+    def one(key, task_id):
+        k_reset, k_run = jax.random.split(key)
+        state = env.reset(k_reset, task_id)
+
+        def body(s, k):
+            a = experts.expert_action(env, s, k, noise)
+            nxt = env.step(s, a)
+            return nxt, dict(images=s.obs["images"], state=s.obs["state"], action=a, reward=nxt.reward)
+
+        final, rec = jax.lax.scan(body, state, jax.random.split(k_run, env.max_horizon))
+        rec["final_images"] = final.obs["images"]
+        rec["final_state"] = final.obs["state"]
+        rec.update(success=final.success, length=final.info["step"],
+                   instruction_id=final.info["instruction_id"])
+        return rec
+
+    return jax.jit(jax.vmap(one))
+
+
+def episodes_from_batch(env: TabletopEnv, rec: dict, task_ids: np.ndarray, first_id: int, noise: float):
+    """Host-side cut of a collected batch into RLDS episode dicts (see the module docstring)."""
+    out = []
+    for b in range(len(task_ids)):
+        n = int(rec["length"][b])
+        images = np.concatenate([rec["images"][b, :n], rec["final_images"][b][None]], 0)
+        state = np.concatenate([rec["state"][b, :n], rec["final_state"][b][None]], 0)
+        noop = np.zeros((1, 7), np.float32)
+        noop[0, 6] = rec["action"][b, n - 1, 6] if n else 1.0
+        action = np.concatenate([rec["action"][b, :n], noop], 0).astype(np.float32)
+        reward = np.concatenate([rec["reward"][b, :n], [0.0]]).astype(np.float32)
+        success = bool(rec["success"][b])
+        t = n + 1
+        is_last = np.zeros(t, bool)
+        is_last[-1] = True
+        is_terminal = is_last & success
+        out.append({
+            "steps": {
+                "observation": {"image_0": images[:, 0], "image_1": images[:, 1],
+                                "state": state.astype(np.float32)},
+                "action": action,
+                "language_instruction": env.instructions[int(rec["instruction_id"][b])],
+                "reward": reward,
+                "discount": np.where(is_terminal, 0.0, 1.0).astype(np.float32),
+                "is_first": np.arange(t) == 0,
+                "is_last": is_last,
+                "is_terminal": is_terminal,
+            },
+            "episode_metadata": {"task": env.task_names[int(task_ids[b])], "success": success,
+                                 "episode_id": first_id + b, "instruction_id": int(rec["instruction_id"][b]),
+                                 "length": n, "noise": float(noise)},
+        })
+    return out
+
+
+def collect(env: TabletopEnv, key: jax.Array, episodes_per_task: int, noise: float, batch_size: int,
+            keep_failures: bool = False, preemption=None, log=print):
+    """All demo episodes (a list of RLDS episode dicts) and per-task success counts."""
+    task_ids = np.repeat(np.arange(env.num_tasks, dtype=np.int32), episodes_per_task)
+    run = make_collector(env, noise)
+    episodes, stats = [], {name: [0, 0] for name in env.task_names}
+    for i, start in enumerate(range(0, len(task_ids), batch_size)):
+        if preemption is not None and getattr(preemption, "requested", False):
+            return None, stats
+        ids = task_ids[start:start + batch_size]
+        pad = batch_size - len(ids)   # keep one compiled batch shape
+        keys = jax.random.split(jax.random.fold_in(key, i), batch_size)
+        rec = jax.device_get(run(keys, jnp.asarray(np.concatenate([ids, ids[:1].repeat(pad)]))))
+        rec = {k: v[:len(ids)] for k, v in rec.items()}
+        for ep in episodes_from_batch(env, rec, ids, start, noise):
+            meta = ep["episode_metadata"]
+            stats[meta["task"]][0] += int(meta["success"])
+            stats[meta["task"]][1] += 1
+            if meta["success"] or keep_failures:
+                episodes.append(ep)
+        log(f"[demos] {min(start + batch_size, len(task_ids))}/{len(task_ids)} episodes")
+    return episodes, stats
+
+
+def run(ctx) -> dict:
+    from vlambpo_jax.data.rlds_writer import write_rlds
+
+    config, d = ctx.config, ctx.config.demos
+    stage_dir = Path(ctx.stage_dir)
+    env = make_env(config)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xDE30)
+    start = time.time()
+    episodes, stats = collect(env, key, int(d.episodes_per_task), float(d.noise), int(d.batch_size),
+                              bool(d.keep_failures), ctx.preemption)
+    if episodes is None:
+        return {}
+    if not episodes:
+        raise RuntimeError("demos: no successful expert episode to write; check config.demos.noise "
+                           "or set config.demos.keep_failures=True")
+    collect_s = time.time() - start
+    builder_dir = write_rlds(stage_dir / "rlds", episodes, dataset_name=d.dataset_name,
+                             image_keys=("image_0", "image_1"),
+                             image_shape=(env.image_size, env.image_size, 3), overwrite=True)
+    steps = int(sum(len(e["steps"]["action"]) for e in episodes))
+    rates = {k: v[0] / max(v[1], 1) for k, v in stats.items()}
+    ctx.writer.scalars(0, {f"demos/success_{k}": v for k, v in rates.items()})
+
+    eval_env = make_env(config, instruction_split=config.eval.instruction_split)
+    result = evaluation.evaluate(eval_env, experts.expert_policy(eval_env, 0.0), None,
+                                 jax.random.fold_in(key, 1), int(config.eval.episodes_per_task),
+                                 privileged=True, video_dir=stage_dir / "videos",
+                                 num_videos=int(config.eval.num_videos),
+                                 video_size=int(config.eval.video_size))
+    ctx.writer.scalars(0, {"expert_eval/success_rate": result["success_rate"],
+                           **{f"expert_eval/success_{k}": v["success_rate"]
+                              for k, v in result["per_task"].items()}})
+    summary = {"builder_dir": str(builder_dir), "episodes": len(episodes), "steps": steps,
+               "noise": float(d.noise), "demo_success_by_task": rates, "collect_seconds": collect_s,
+               "expert_eval": {k: v for k, v in result.items() if k != "videos"},
+               "videos": result["videos"]}
+    (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    print(f"[demos] wrote {len(episodes)} episodes ({steps} steps) to {builder_dir}; demo success "
+          + ", ".join(f"{k} {v:.2f}" for k, v in rates.items())
+          + f"; expert eval {result['success_rate']:.3f}")
+    return summary

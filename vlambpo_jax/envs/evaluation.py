@@ -1,0 +1,142 @@
+"""Evaluation harness: any chunk policy, M episodes per task, one jitted scan over chunks.
+
+`evaluate(env, policy_fn, params, key, episodes_per_task)` resets M episodes of every task of the env
+(vmapped), then runs `lax.scan` over ceil(max_horizon / k) chunks; in each, the policy sees the
+(unbatched, vmapped) observation and returns an action chunk f32[k, 7] that `env.rollout_chunk`
+executes. Episodes end at success or at their task's horizon (the env freezes done states).
+Returns success rates per task and overall with Wilson 95% intervals and mean episode lengths, and
+writes a few episodes as GIFs (head | wrist side by side, rendered at `video_size` px).
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default); (0, 1) when n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _slug(text: str, n: int = 60) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:n]
+
+
+def rollout(env, policy_fn: Callable, params: Any, key: jax.Array, task_ids: jax.Array, *,
+            privileged: bool = False, record: int = 0, chunk_size: int | None = None):
+    """Runs one episode per entry of task_ids (vmapped) to the longest horizon.
+
+    policy_fn(params, obs, key) -> f32[k, 7] (or (params, state, key) when privileged: it then sees
+    the whole env State and the env skips rendering). record: the first `record` episodes also return
+    their per-step render poses. Returns (final State, per-chunk rewards [B, n, k], poses or None).
+    """
+    k_reset, k_run = jax.random.split(key)
+    b = task_ids.shape[0]
+    state = jax.vmap(env.reset)(jax.random.split(k_reset, b), task_ids)
+    first = jax.tree.map(lambda x: x[:record, None], env.render_poses(state.data)) if record else None
+    if chunk_size is None:
+        probe = jax.tree.map(lambda x: x[0], state)
+        out = jax.eval_shape(policy_fn, params, probe if privileged else probe.obs, k_reset)
+        if out.ndim != 2 or out.shape[1] != 7:
+            raise ValueError(f"policy_fn must return actions f32[k, 7], got shape {out.shape}")
+        chunk_size = out.shape[0]
+    n_chunks = -(-env.max_horizon // chunk_size)
+    pol = jax.vmap(policy_fn, in_axes=(None, 0, 0))
+    step = jax.vmap(lambda s, a: env.rollout_chunk(s, a, render=not privileged, record=record > 0))
+
+    def body(s, k):
+        actions = pol(params, s if privileged else s.obs, jax.random.split(k, b))
+        s, rewards, _, poses = step(s, actions)
+        if record:
+            poses = jax.tree.map(lambda x: x[:record], poses)
+        return s, (rewards, poses)
+
+    state, (rewards, poses) = jax.lax.scan(body, state, jax.random.split(k_run, n_chunks))
+    rewards = jnp.swapaxes(rewards, 0, 1)
+    if record:   # [n, R, k, ...] -> [R, n * k, ...]
+        poses = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(
+            (x.shape[1], n_chunks * chunk_size) + x.shape[3:]), poses)
+        poses = jax.tree.map(lambda a, b: jnp.concatenate([a, b], 1), first, poses)
+    return state, rewards, poses
+
+
+def write_gif(path: Path, frames: np.ndarray, fps: int = 10) -> None:
+    """frames uint8 [T, V, H, W, 3] -> GIF with the views side by side (2 px white gap)."""
+    import imageio.v2 as imageio
+    t, v, h, w, _ = frames.shape
+    gap = np.full((t, h, 2, 3), 255, np.uint8)
+    parts = []
+    for i in range(v):
+        parts += [frames[:, i]] + ([gap] if i < v - 1 else [])
+    imageio.mimsave(path, list(np.concatenate(parts, axis=2)), duration=1.0 / fps, loop=0)
+
+
+def evaluate(env, policy_fn: Callable, params: Any, key: jax.Array, episodes_per_task: int, *,
+             privileged: bool = False, video_dir: str | Path | None = None, num_videos: int = 0,
+             video_size: int = 128, chunk_size: int | None = None) -> dict:
+    """Evaluates a policy on every task of `env` (its instruction_split decides seen/unseen wording).
+
+    Args:
+      env: a TabletopEnv (not AutoReset).
+      policy_fn: (params, obs, key) -> actions f32[k, 7]; obs unbatched as the env documents.
+        With privileged=True: (params, state, key), state an unbatched env State (scripted experts).
+      episodes_per_task: M; the batch is M x num_tasks episodes, all in one jitted scan.
+      video_dir, num_videos: write this many episodes (spread over tasks) as GIFs there.
+    Returns:
+      dict with per_task {name: {success_rate, ci95, mean_length, episodes}}, success_rate, ci95,
+      mean_length, episodes, instruction_split, videos (paths).
+    """
+    t = env.num_tasks
+    m = int(episodes_per_task)
+    if m < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    task_ids = jnp.repeat(jnp.arange(t, dtype=jnp.int32), m)
+    n_video = int(num_videos) if video_dir is not None else 0
+    # Order episodes so that the recorded (first) ones cycle through the tasks.
+    order = np.argsort(np.tile(np.arange(m), t) * t + np.repeat(np.arange(t), m), kind="stable")
+    task_ids = task_ids[order]
+    n_video = min(n_video, t * m)
+    run = jax.jit(lambda p, k: rollout(env, policy_fn, p, k, task_ids, privileged=privileged,
+                                       record=n_video, chunk_size=chunk_size))
+    state, _, poses = run(params, key)
+    success = np.asarray(state.success)
+    length = np.asarray(state.info["step"])
+    tids = np.asarray(task_ids)
+    per_task = {}
+    for i, name in enumerate(env.task_names):
+        s = success[tids == i]
+        per_task[name] = dict(success_rate=float(s.mean()), ci95=wilson_interval(int(s.sum()), len(s)),
+                              mean_length=float(length[tids == i].mean()), episodes=int(len(s)))
+    result = dict(per_task=per_task, success_rate=float(success.mean()),
+                  ci95=wilson_interval(int(success.sum()), len(success)), mean_length=float(length.mean()),
+                  episodes=int(len(success)), instruction_split=env.instruction_split, videos=[])
+    if n_video:
+        video_dir = Path(video_dir)
+        video_dir.mkdir(parents=True, exist_ok=True)
+        renderer = env.make_renderer(video_size)
+        rgb = state.info["rgb"][:n_video]
+        draw = jax.jit(jax.vmap(jax.vmap(lambda p, c: env.render(p, c, renderer), in_axes=(0, None))))
+        frames = np.asarray(draw(poses, rgb))                     # [R, 1 + T, V, H, W, 3]
+        for r in range(n_video):
+            clip = frames[r, :int(length[r]) + 1]
+            name = env.task_names[int(tids[r])]
+            text = env.instructions[int(state.info["instruction_id"][r])]
+            tag = "success" if success[r] else "fail"
+            path = video_dir / f"{r:02d}_{name}_{tag}_{_slug(text)}.gif"
+            write_gif(path, clip)
+            result["videos"].append(str(path))
+    return result

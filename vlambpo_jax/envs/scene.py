@@ -1,0 +1,143 @@
+"""The tabletop scene: our own MJCF (no third-party assets), built as a string from a few constants.
+
+Layout (metres, world z up, table top at z = 0):
+  - table: a collision plane (not rendered) plus a visual box (rendered, no collisions);
+  - three free cubes (half size CUBE_HALF) that the tasks refer to by colour;
+  - two flat target squares ("zones", half size ZONE_HALF), visual only, moved per episode (mocap);
+  - a floating two-finger gripper: a free body "ee" whose origin is the tool centre point (the grasp
+    point between the fingertips), welded to the mocap body "ee_target" that the actions move; two
+    fingers on slide joints, driven by position actuators;
+  - cameras: "head" fixed in the world, "wrist" fixed on the gripper (moves with it).
+
+Contact settings follow what made MJX grasping reliable on this machine (see DESIGN.md): sliding
+friction >= 1, solref time constant 0.01, pyramidal cone, 4 solver and 4 line-search iterations,
+zero contact margin. Newton solver with a sparse Jacobian: with dense matrices MJX factors the mass
+matrix (twice per Euler step, once for implicit damping) with the LAPACK Cholesky kernel, and two such
+batch-parallel calls running at once deadlocked this jaxlib's CPU runtime at batch >= 64; sparse
+matrices use MJX's own factorization, leaving one Cholesky (Newton's) at a time. CG avoids Cholesky
+altogether but needed 8 iterations to keep resting cubes still and then differed from native MuJoCo
+by ~1e-2 in 50 steps (Newton: ~1e-7). Only the collision pairs the tasks need exist (contype/conaffinity bits):
+cube-cube, cube-table, finger-cube.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+CUBE_HALF = 0.025          # cubes are 5 cm
+CUBE_MASS = 0.05           # kg
+ZONE_HALF = 0.045          # target squares are 9 cm
+NUM_CUBES = 3
+NUM_ZONES = 2
+FINGER_OPEN_HALF_GAP = 0.045   # inner finger faces at +-4.5 cm when fully open (9 cm gap)
+FINGER_TRAVEL = 0.04           # each finger slides this far inward when fully closed (1 cm gap)
+FINGER_HALF = (0.012, 0.006, 0.025)   # finger box half sizes (x along the gripper, y across, z)
+FINGER_CENTER_Z = 0.015        # finger centre above the tool centre point: tips 1 cm below it
+PALM_HALF = (0.018, 0.06, 0.008)
+PALM_CENTER_Z = 0.048
+
+CUBE_COLOURS = {"red": (0.85, 0.12, 0.10), "green": (0.10, 0.70, 0.15), "blue": (0.12, 0.25, 0.90)}
+ZONE_COLOURS = {"yellow": (0.95, 0.85, 0.10), "purple": (0.60, 0.20, 0.75)}
+TABLE_RGB = (0.72, 0.60, 0.45)
+GRIPPER_RGB = (0.30, 0.30, 0.33)
+FINGER_RGB = (0.45, 0.45, 0.50)
+
+HEAD_CAMERA = dict(pos=(0.42, 0.0, 0.40), target=(-0.02, 0.0, 0.0), fovy=50.0)
+# In the gripper frame: behind and above the fingers, looking forward-down past the fingertips.
+WRIST_CAMERA = dict(pos=(-0.085, 0.0, 0.11), target=(0.03, 0.0, -0.03), fovy=75.0)
+
+
+def _xyaxes(pos, target) -> str:
+    """MuJoCo camera frame (x right, y up, looking along -z) that looks from pos at target."""
+    f = np.asarray(target, float) - np.asarray(pos, float)
+    f /= np.linalg.norm(f)
+    up = np.array([0.0, 0.0, 1.0])
+    right = np.cross(f, up)
+    right /= np.linalg.norm(right)
+    cam_up = np.cross(right, f)
+    return " ".join(f"{v:.6f}" for v in (*right, *cam_up))
+
+
+def _v(values) -> str:
+    return " ".join(f"{float(v):.6g}" for v in values)
+
+
+def scene_xml(timestep: float = 0.005, solver_iterations: int = 4, ls_iterations: int = 4,
+              friction: float = 1.5, solref_timeconst: float = 0.01, grip_kp: float = 1000.0,
+              grip_force: float = 40.0, weld_timeconst: float = 0.01, solver: str = "Newton",
+              finger_damping: float = 20.0) -> str:
+    """The MJCF of the scene. Arguments are the physics settings exposed in config.env.physics."""
+    cubes = []
+    for i, name in enumerate(CUBE_COLOURS):
+        x = -0.1 + 0.1 * i
+        cubes.append(f"""
+    <body name="cube{i}" pos="{x} 0.1 {CUBE_HALF}">
+      <freejoint name="cube{i}"/>
+      <geom name="cube{i}" type="box" size="{_v([CUBE_HALF] * 3)}" mass="{CUBE_MASS}"
+            rgba="{_v(CUBE_COLOURS[name])} 1" contype="1" conaffinity="1"/>
+    </body>""")
+    zones = []
+    for i, name in enumerate(ZONE_COLOURS):
+        zones.append(f"""
+    <body name="zone{i}" mocap="true" pos="{-0.1 + 0.2 * i} -0.1 0">
+      <geom name="zone{i}" type="box" size="{ZONE_HALF} {ZONE_HALF} 0.001" pos="0 0 0.001"
+            rgba="{_v(ZONE_COLOURS[name])} 1" contype="0" conaffinity="0"/>
+    </body>""")
+    fy = FINGER_OPEN_HALF_GAP + FINGER_HALF[1]
+    head, wrist = HEAD_CAMERA, WRIST_CAMERA
+    return f"""
+<mujoco model="vlambpo_tabletop">
+  <compiler angle="radian" autolimits="true"/>
+  <option timestep="{timestep}" iterations="{solver_iterations}" ls_iterations="{ls_iterations}"
+          cone="pyramidal" integrator="Euler" solver="{solver}" jacobian="sparse"/>
+  <visual><global offwidth="256" offheight="256"/></visual>
+  <default>
+    <geom friction="{friction} 0.005 0.0001" solref="{solref_timeconst} 1" margin="0"/>
+  </default>
+  <asset>
+    <!-- mjx.ray needs at least one material in the model; harmless otherwise. -->
+    <material name="matte" rgba="1 1 1 1"/>
+  </asset>
+  <worldbody>
+    <light name="sun" pos="0.3 -0.3 1.0" dir="-0.3 0.3 -1" directional="true"/>
+    <camera name="head" pos="{_v(head['pos'])}" xyaxes="{_xyaxes(head['pos'], head['target'])}"
+            fovy="{head['fovy']}"/>
+    <geom name="table_plane" type="plane" size="0.5 0.5 0.01" rgba="0 0 0 0" group="3"
+          contype="0" conaffinity="1"/>
+    <geom name="table" type="box" size="0.3 0.3 0.02" pos="0 0 -0.02" rgba="{_v(TABLE_RGB)} 1"
+          contype="0" conaffinity="0" material="matte"/>
+    {''.join(zones)}
+    <!-- MJX places mocap bodies after the kinematic tree pass, so a mocap body's children would not
+         follow it: the gripper is a free body welded to the (leaf) mocap body "ee_target". -->
+    <body name="ee_target" mocap="true" pos="0 0 0.15"/>
+    <body name="ee" pos="0 0 0.15">
+      <freejoint name="ee"/>
+      <geom name="palm" type="box" size="{_v(PALM_HALF)}" pos="0 0 {PALM_CENTER_Z}" mass="0.2"
+            rgba="{_v(GRIPPER_RGB)} 1" contype="0" conaffinity="0"/>
+      <camera name="wrist" pos="{_v(wrist['pos'])}"
+              xyaxes="{_xyaxes(wrist['pos'], wrist['target'])}" fovy="{wrist['fovy']}"/>
+      <body name="finger_l" pos="0 0 0">
+        <joint name="finger_l" type="slide" axis="0 -1 0" range="0 {FINGER_TRAVEL}" damping="{finger_damping}"
+               armature="0.01"/>
+        <geom name="finger_l" type="box" size="{_v(FINGER_HALF)}" pos="0 {fy} {FINGER_CENTER_Z}"
+              mass="0.05" rgba="{_v(FINGER_RGB)} 1" contype="0" conaffinity="1"/>
+      </body>
+      <body name="finger_r" pos="0 0 0">
+        <joint name="finger_r" type="slide" axis="0 1 0" range="0 {FINGER_TRAVEL}" damping="{finger_damping}"
+               armature="0.01"/>
+        <geom name="finger_r" type="box" size="{_v(FINGER_HALF)}" pos="0 {-fy} {FINGER_CENTER_Z}"
+              mass="0.05" rgba="{_v(FINGER_RGB)} 1" contype="0" conaffinity="1"/>
+      </body>
+    </body>
+    {''.join(cubes)}
+  </worldbody>
+  <equality>
+    <weld name="ee_drive" body1="ee_target" body2="ee" solref="{weld_timeconst} 1"/>
+  </equality>
+  <actuator>
+    <position name="finger_l" joint="finger_l" kp="{grip_kp}" ctrlrange="0 {FINGER_TRAVEL}"
+              forcerange="-{grip_force} {grip_force}"/>
+    <position name="finger_r" joint="finger_r" kp="{grip_kp}" ctrlrange="0 {FINGER_TRAVEL}"
+              forcerange="-{grip_force} {grip_force}"/>
+  </actuator>
+</mujoco>
+"""
