@@ -14,8 +14,11 @@ import json
 import time
 from typing import Any, Callable
 
+import jax
 import ml_collections
 from etils import epath
+
+from vlambpo_jax.train import sharding
 
 # Stage name -> "module:function". Order here is the canonical pipeline order.
 STAGES: dict[str, str] = {
@@ -103,7 +106,9 @@ def run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, make_writ
             log(f"[{stage}] stopped by a termination signal; rerun to resume")
             break
         seconds = time.time() - start
-        mark_done(workdir, stage, summary, seconds)
+        if jax.process_index() == 0:
+            mark_done(workdir, stage, summary, seconds)
+        sharding.barrier(f"stage_{stage}_done")
         log(f"[{stage}] finished in {seconds:.1f} s")
         results[stage] = summary
     return results

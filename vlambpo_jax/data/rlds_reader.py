@@ -558,10 +558,11 @@ class RLDSLoader:
         self.stats = normalization.load_or_compute(cache_dir, self.fingerprint(), compute, log=self.log)
         return self.stats
 
-    def episodes(self, *, epoch: int = 0, shuffle: bool = False) -> Iterator[dict]:
-        """This host's standardized episodes (with state_norm/action_norm when stats are set)."""
+    def episodes(self, *, epoch: int = 0, shuffle: bool = False, all_hosts: bool = False) -> Iterator[dict]:
+        """This host's standardized episodes (every host's with all_hosts), with state_norm/action_norm
+        when stats are set."""
         mode = self.config.data.norm_mode
-        for ep in self.reader(shuffle=shuffle).epoch(epoch):
+        for ep in self.reader(shuffle=shuffle, all_hosts=all_hosts).epoch(epoch):
             yield add_normalized(ep, self.stats, mode)
 
     def batches(self, *, batch_size: int | None = None, future: bool = False, repeat: bool = True,

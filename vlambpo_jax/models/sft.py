@@ -28,6 +28,7 @@ import optax
 
 from vlambpo_jax.models import policy as policy_lib
 from vlambpo_jax.models import tokenizer as tok_lib
+from vlambpo_jax.train import sharding
 
 CKPT_NAME = "policy"
 MODEL_KEYS = ("images", "image_mask", "tokens", "token_mask", "actions", "action_mask", "state")
@@ -55,7 +56,8 @@ def make_optimizer(sft, num_steps: int):
 
 
 def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: int):
-    """Returns a jitted step(state, batch) -> (state, metrics); the flow noise of step s is fold_in(key, s)."""
+    """Returns step(state, batch) -> (state, metrics) (jit it on a mesh with
+    sharding.DataParallel.jit_step); the flow noise of step s is fold_in(key, s)."""
     base_key = jax.random.key(seed)
 
     def step(state: SFTState, batch):
@@ -70,7 +72,7 @@ def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: i
                        param_norm=optax.tree.norm(params))
         return SFTState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state), metrics
 
-    return jax.jit(step, donate_argnums=0)
+    return step
 
 
 def model_batch(batch: dict, use_state: bool) -> dict:
@@ -179,8 +181,10 @@ def run(ctx) -> dict:
                          f"config.data.max_text_len ({max_len})")
 
     if sft.in_memory:
+        # Every process holds every episode and builds the same global batch, then keeps its rows, so
+        # the numbers do not depend on how many processes share the work.
         t0 = time.time()
-        episodes = list(loader.episodes())
+        episodes = list(loader.episodes(all_hosts=True))
         print(f"[{ctx.stage}] {len(episodes)} episodes, {sum(e['length'] for e in episodes)} steps in memory "
               f"({time.time() - t0:.1f} s)")
         make = lambda samples: model_batch(rlds_reader.make_batch(
@@ -203,7 +207,12 @@ def run(ctx) -> dict:
     tx, schedule = make_optimizer(sft, num_steps)
     state = SFTState(step=jnp.zeros((), jnp.int32), params=params,
                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
-    step_fn = make_train_step(policy, tx, schedule, float(sft.ema), int(config.seed) + 1)
+    dp = sharding.DataParallel(config.mesh)
+    state, state_shardings = dp.place(state)
+    step_fn = dp.jit_step(make_train_step(policy, tx, schedule, float(sft.ema), int(config.seed) + 1),
+                          state_shardings)
+    global_batch_fn = batch_fn
+    batch_fn = lambda step: dp.shard(global_batch_fn(step), is_global=bool(sft.in_memory))  # noqa: E731
     assets = {"config": json.loads(config.to_json_best_effort()), "norm_stats": stats.to_dict(),
               "norm_mode": config.data.norm_mode, "tokenizer": tok_lib.tokenizer_assets(tokenizer),
               "vocab_size": int(tokenizer.vocab_size)}

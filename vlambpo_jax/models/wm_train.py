@@ -31,6 +31,7 @@ import optax
 
 from vlambpo_jax.models.vae import VAE, vae_loss
 from vlambpo_jax.models.world_model import WorldModel
+from vlambpo_jax.train import sharding
 
 CKPT_VAE = "vae"
 CKPT_WM = "world_model"
@@ -81,7 +82,8 @@ def _open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None):
     if stats is None:
         stats = loader.norm_stats(config.data.stats_cache_dir or str(Path(ctx.workdir) / "norm_stats"))
     loader.stats = stats
-    episodes = list(loader.episodes())
+    # Every process builds the same global batches and keeps its rows (sharding.DataParallel).
+    episodes = list(loader.episodes(all_hosts=True))
     mode = config.data.norm_mode
 
     def make(samples):
@@ -132,8 +134,9 @@ def _train_vae(ctx, wm: WorldModel, params, batch_fn, log):
     state = TrainState(jnp.zeros((), jnp.int32), params["vae"], params["vae"], tx.init(params["vae"]))
     base = jax.random.key(int(ctx.config.seed) + 11)
     kl = float(v.kl_weight)
+    dp = sharding.DataParallel(ctx.config.mesh)
+    state, state_shardings = dp.place(state)
 
-    @jax.jit
     def step_fn(state, batch):
         imgs = jnp.concatenate([batch["images"], batch["next_images"]], axis=1)
         imgs = imgs.reshape((-1,) + imgs.shape[2:])
@@ -146,10 +149,11 @@ def _train_vae(ctx, wm: WorldModel, params, batch_fn, log):
 
     def batch_fn_v(step):
         b = batch_fn(step)
-        return {"images": b["images"], "next_images": b["next_images"]}
+        return dp.shard({"images": b["images"], "next_images": b["next_images"]}, is_global=True)
 
     t0 = time.time()
-    res = train_loop(ctx, name=CKPT_VAE, state=state, step_fn=step_fn, batch_fn=batch_fn_v,
+    res = train_loop(ctx, name=CKPT_VAE, state=state, step_fn=dp.jit_step(step_fn, state_shardings),
+                     batch_fn=batch_fn_v,
                      num_steps=steps, assets={"config": json.loads(ctx.config.to_json_best_effort())})
     params = dict(params, vae=res.state.params)
     # latent statistics -> normalized latents of about unit scale
@@ -175,8 +179,9 @@ def _train_dynamics(ctx, wm: WorldModel, params, batch_fn, heldout, num_steps, f
     fixed = {"vae": params["vae"], "stats": params["stats"]}
     state = TrainState(jnp.zeros((), jnp.int32), params["net"], params["net"], tx.init(params["net"]))
     base = jax.random.key(int(ctx.config.seed) + 13)
+    dp = sharding.DataParallel(ctx.config.mesh)
+    state, state_shardings = dp.place(state)
 
-    @jax.jit
     def step_fn(state, batch):
         key = jax.random.fold_in(base, state.step)
         (loss, m), g = jax.value_and_grad(lambda n: wm.loss({**fixed, "net": n}, batch, key),
@@ -189,6 +194,7 @@ def _train_dynamics(ctx, wm: WorldModel, params, batch_fn, heldout, num_steps, f
         e = jax.tree.map(lambda a, b: a + (1 - d) * (b - a), state.ema_params, p) if ema > 0 else p
         return TrainState(state.step + 1, p, e, opt), dict(m, grad_norm=optax.tree.norm(g))
 
+    step_fn = dp.jit_step(step_fn, state_shardings)
     evaluator = make_evaluator(wm, heldout, jax.random.key(int(ctx.config.seed) + 17))
     last_eval = {}
 
@@ -206,7 +212,8 @@ def _train_dynamics(ctx, wm: WorldModel, params, batch_fn, heldout, num_steps, f
         return state, m
 
     t0 = time.time()
-    res = train_loop(ctx, name=CKPT_WM, state=state, step_fn=logged, batch_fn=batch_fn,
+    res = train_loop(ctx, name=CKPT_WM, state=state, step_fn=logged,
+                     batch_fn=lambda step: dp.shard(batch_fn(step), is_global=True),
                      num_steps=num_steps, params_fn=lambda s: {**fixed, "net": s.ema_params},
                      assets=assets, eval_fn=eval_fn)
     seconds = time.time() - t0

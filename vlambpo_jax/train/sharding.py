@@ -144,3 +144,44 @@ def barrier(name: str = "exit") -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
+
+
+class DataParallel:
+    """Runs a train step on the config's mesh: state sharded by the FSDP rules, batches split over all
+    devices of all processes, the step jitted with explicit shardings and a donated state.
+
+    With one device everything is a no-op placement, so single-device numbers are unchanged.
+    """
+
+    def __init__(self, mesh_config):
+        self.mesh = make_mesh(mesh_config.data, mesh_config.fsdp)
+        self.min_size = int(mesh_config.fsdp_min_size)
+        self.rules = tuple((str(r[0]), tuple(r[1])) for r in mesh_config.rules)
+        self.batch_sharding = batch_sharding(self.mesh)
+
+    def place(self, state: Any) -> tuple[Any, Any]:
+        """-> (state on the mesh, its shardings). Leaves are copied, so a state whose fields share
+        arrays (params and their EMA at step 0) can be donated."""
+        shardings = param_shardings(state, self.mesh, self.min_size, self.rules)
+        state = jax.tree.map(lambda x: jax.numpy.array(x, copy=True), state)
+        return jax.device_put(state, shardings), shardings
+
+    def local_rows(self, global_batch: Any) -> Any:
+        """This process's contiguous block of rows of a batch every process built identically."""
+        n, i = jax.process_count(), jax.process_index()
+        first = jax.tree.leaves(global_batch)[0].shape[0]
+        if first % self.mesh.size:
+            raise ValueError(f"the global batch ({first}) must be divisible by the number of devices "
+                             f"({self.mesh.size}); change the batch size or config.mesh")
+        rows = first // n
+        return jax.tree.map(lambda x: np.asarray(x)[i * rows:(i + 1) * rows], global_batch)
+
+    def shard(self, batch: Any, is_global: bool) -> Any:
+        """A batch (global: identical on every process; else this process's share) -> global arrays."""
+        local = self.local_rows(batch) if is_global else batch
+        return shard_batch(local, self.mesh)
+
+    def jit_step(self, step_fn, state_shardings: Any):
+        """step_fn(state, batch) -> (state, metrics), compiled for the mesh with the state donated."""
+        return jax.jit(step_fn, in_shardings=(state_shardings, self.batch_sharding),
+                       out_shardings=(state_shardings, replicated(self.mesh)), donate_argnums=0)
