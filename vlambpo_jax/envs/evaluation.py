@@ -97,8 +97,8 @@ def evaluate(env, policy_fn: Callable, params: Any, key: jax.Array, episodes_per
       episodes_per_task: M; the batch is M x num_tasks episodes, all in one jitted scan.
       video_dir, num_videos: write this many episodes (spread over tasks) as GIFs there.
     Returns:
-      dict with per_task {name: {success_rate, ci95, mean_length, episodes}}, success_rate, ci95,
-      mean_length, episodes, instruction_split, videos (paths).
+      dict with per_task {name: {success_rate, ci95, mean_length, episodes}}, overall (the same four
+      over all episodes; also repeated at the top level), instruction_split, videos (GIF paths).
     """
     t = env.num_tasks
     m = int(episodes_per_task)
@@ -121,7 +121,9 @@ def evaluate(env, policy_fn: Callable, params: Any, key: jax.Array, episodes_per
         s = success[tids == i]
         per_task[name] = dict(success_rate=float(s.mean()), ci95=wilson_interval(int(s.sum()), len(s)),
                               mean_length=float(length[tids == i].mean()), episodes=int(len(s)))
-    result = dict(per_task=per_task, success_rate=float(success.mean()),
+    overall = dict(success_rate=float(success.mean()), ci95=wilson_interval(int(success.sum()), len(success)),
+                   mean_length=float(length.mean()), episodes=int(len(success)))
+    result = dict(per_task=per_task, overall=overall, success_rate=float(success.mean()),
                   ci95=wilson_interval(int(success.sum()), len(success)), mean_length=float(length.mean()),
                   episodes=int(len(success)), instruction_split=env.instruction_split, videos=[])
     if n_video:

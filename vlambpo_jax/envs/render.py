@@ -78,6 +78,18 @@ class Renderer:
         self.shadows = bool(shadows)
 
     @staticmethod
+    def _rotate_t(mat, v):
+        """R^T v for 3x3 R, written as broadcast multiply-adds (not a dot) so XLA fuses it with the
+        surrounding elementwise work instead of materialising [.., 3] intermediates through a GEMM.
+        mat [..., 3, 3] and v [..., 3] broadcast against each other."""
+        return (mat[..., 0, :] * v[..., 0:1] + mat[..., 1, :] * v[..., 1:2] + mat[..., 2, :] * v[..., 2:3])
+
+    @staticmethod
+    def _rotate(mat, v):
+        """R v, as _rotate_t."""
+        return (mat[..., :, 0] * v[..., 0:1] + mat[..., :, 1] * v[..., 1:2] + mat[..., :, 2] * v[..., 2:3])
+
+    @staticmethod
     def _slab(origin_l, dirs_l, half):
         """Ray-box entry distance in box frames. origin_l [..., G, 3], dirs_l [..., G, P, 3],
         half [G, 3] -> t [..., G, P] (inf where the ray misses or starts inside the box)."""
@@ -110,10 +122,10 @@ class Renderer:
         cmat = cam_xmat.reshape(-1, 3, 3)[self.cam_ids]         # [C, 3, 3]
         rgb = jnp.asarray(self.default_rgb if rgb is None else rgb, jnp.float32)
         half = jnp.asarray(self.half)
-        dirs = jnp.einsum("cij,cpj->cpi", cmat, jnp.asarray(self.rays))            # [C, P, 3] world
+        dirs = self._rotate(cmat[:, None], jnp.asarray(self.rays))                    # [C, P, 3] world
         # Into each box frame: x_local = R^T (x - p).
-        origin_l = jnp.einsum("gji,cgj->cgi", mat, cpos[:, None, :] - pos[None])    # [C, G, 3]
-        dirs_l = jnp.einsum("gji,cpj->cgpi", mat, dirs)                             # [C, G, P, 3]
+        origin_l = self._rotate_t(mat[None], cpos[:, None, :] - pos[None])           # [C, G, 3]
+        dirs_l = self._rotate_t(mat[None, :, None], dirs[:, None])                    # [C, G, P, 3]
         t = self._slab(origin_l, dirs_l, half)                                       # [C, G, P]
         t_min = jnp.min(t, axis=1)                                                   # [C, P]
         idx = jnp.argmin(t, axis=1).astype(jnp.int32)
@@ -125,17 +137,17 @@ class Renderer:
         point = cpos[:, None, :] + t_safe[..., None] * dirs                          # [C, P, 3]
         # Face normal of the winning box: the local axis where the hit point is closest to the face.
         m_hit = mat[idx]                                                             # [C, P, 3, 3]
-        local = jnp.einsum("cpji,cpj->cpi", m_hit, point - pos[idx]) / half[idx]
+        local = self._rotate_t(m_hit, point - pos[idx]) / half[idx]
         axis = jnp.argmax(jnp.abs(local), axis=-1)
         n_local = jax.nn.one_hot(axis, 3, dtype=jnp.float32) * jnp.sign(local)
-        normal = jnp.einsum("cpij,cpj->cpi", m_hit, n_local)
+        normal = self._rotate(m_hit, n_local)
         light = jnp.asarray(self.light)
         lambert = jnp.maximum(normal @ light, 0.0)                                   # [C, P]
         if self.shadows:
             ci = self.caster_index
             start = point + 1e-3 * normal
-            origin_s = jnp.einsum("gji,cpgj->cpgi", mat[ci], start[:, :, None, :] - pos[ci])
-            dir_s = light @ mat[ci]                                                  # [Gs, 3] local
+            origin_s = self._rotate_t(mat[ci], start[:, :, None, :] - pos[ci])        # [C, P, Gs, 3]
+            dir_s = self._rotate_t(mat[ci], jnp.broadcast_to(light, (len(ci), 3)))    # [Gs, 3] local
             inv = 1.0 / jnp.where(jnp.abs(dir_s) < 1e-9, 1e-9, dir_s)
             h = half[ci]
             t1 = (-h - origin_s) * inv

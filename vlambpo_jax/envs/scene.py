@@ -41,9 +41,9 @@ TABLE_RGB = (0.72, 0.60, 0.45)
 GRIPPER_RGB = (0.30, 0.30, 0.33)
 FINGER_RGB = (0.45, 0.45, 0.50)
 
-HEAD_CAMERA = dict(pos=(0.42, 0.0, 0.40), target=(-0.02, 0.0, 0.0), fovy=50.0)
+HEAD_CAMERA = dict(pos=(0.36, 0.0, 0.36), target=(-0.03, 0.0, 0.0), fovy=52.0)
 # In the gripper frame: behind and above the fingers, looking forward-down past the fingertips.
-WRIST_CAMERA = dict(pos=(-0.085, 0.0, 0.11), target=(0.03, 0.0, -0.03), fovy=75.0)
+WRIST_CAMERA = dict(pos=(-0.075, 0.0, 0.03), target=(0.02, 0.0, -0.03), fovy=80.0)
 
 
 def _xyaxes(pos, target) -> str:
