@@ -135,13 +135,13 @@ def scripted_action(env, state) -> jax.Array:
 
 def expert_action(env, state, key, noise: float = 0.0) -> jax.Array:
     """Expert action with Gaussian noise (std = noise x action scale) on the 6 motion dims; the
-    gripper command is flipped with probability noise / 4. Returned clipped to the action scale."""
+    gripper command is flipped with probability noise / 10. Returned clipped to the action scale."""
     a = scripted_action(env, state)
     scale = jnp.array([env.max_delta_pos] * 3 + [env.max_delta_rot] * 3)
     move = jnp.clip(a[:6], -scale, scale)
     k1, k2 = jax.random.split(key)
     move = jnp.clip(move + noise * scale * jax.random.normal(k1, (6,)), -scale, scale)
-    flip = jax.random.uniform(k2) < noise / 4
+    flip = jax.random.uniform(k2) < noise / 10
     grip = jnp.where(flip, 1.0 - a[6], a[6])
     return jnp.concatenate([move, grip[None]]).astype(jnp.float32)
 
