@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, smoke=False)
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.stages = ("demos",)
+    c.stages = ("demos", "sft", "collect", "wm_pretrain", "wm_finetune", "mbpo", "evaluate", "report")
     c.chunk_size = 10
     c.action_dim = 7
     c.views = ("head", "wrist")
@@ -195,6 +195,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.smoke:
         c.demos.update(dict(episodes_per_task=4, batch_size=16))
         c.eval.update(dict(episodes_per_task=4, num_videos=4, video_size=96))
+
+    # --- report: <workdir>/report (vlambpo_jax/rl/report.py) ---
+    # num_videos: imagined-vs-real GIFs; video_chunks: chunks each one plays.
+    c.report = ml_collections.ConfigDict(dict(num_videos=4, video_chunks=4))
 
     c.mesh = common.mesh_config()
     c.distributed = common.distributed_config()
