@@ -26,6 +26,7 @@ Batch (B = per-host batch size, V views, S = image_size, k = chunk_size, L = max
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import itertools
 import os
@@ -454,6 +455,14 @@ def prefetch(iterator: Iterable, size: int) -> Iterator:
             put(_Failure(e))
 
     thread = threading.Thread(target=work, name="rlds-prefetch", daemon=True)
+
+    def shutdown():
+        # A daemon thread killed at interpreter exit while inside TensorFlow's C++ reader aborts the
+        # process ("terminate called ... exception not rethrown"): stop it and let it finish first.
+        stop.set()
+        thread.join(timeout=30)
+
+    atexit.register(shutdown)
     thread.start()
     try:
         while True:
@@ -465,6 +474,7 @@ def prefetch(iterator: Iterable, size: int) -> Iterator:
             yield item
     finally:
         stop.set()
+        atexit.unregister(shutdown)
 
 
 def to_device(batch: Mapping[str, np.ndarray], sharding) -> dict:
