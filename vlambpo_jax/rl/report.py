@@ -38,7 +38,7 @@ def real_env_steps(workdir: Path) -> dict[str, int]:
     def summary(stage):
         done = workdir / stage / pipeline.DONE_FILE
         return json.loads(done.read_text())["summary"] if done.exists() else {}
-    demos = int(summary("demos").get("env_steps", 0))
+    demos = int(summary("demos").get("steps", 0))
     collect = int(summary("collect").get("env_steps", 0))
     mbpo = summary("mbpo")
     steps = {"sft": demos}

@@ -1,0 +1,118 @@
+"""Baselines and ablations of one finished VLA-MBPO run, written as JSON + a markdown table.
+
+  python -m vlambpo_jax.rl.sweep --config=configs/tabletop.py --workdir=DIR [--variants=a,b] [-- overrides]
+
+DIR must hold a finished run of the config (at least demos, sft, collect, wm_pretrain, wm_finetune).
+Each variant gets DIR/variants/<name>/, in which the stages it shares with the base run are symlinks and
+the others run again with the variant's overrides; then its MBPO policy is evaluated. Variants:
+  online_ppo   PPO in the simulator with the same number of real env steps as the collect stage used
+  branch_1, branch_4, branch_full   branch length n (the base run is n = config.rl.branch_chunks)
+  no_ivd       world model with independent view decoding (retrains the world model)
+  no_pretrain  world model without the pretraining stage (retrains the world model)
+Results: DIR/sweep/results.json and DIR/sweep/results.md (with the base run's sft and mbpo rows).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SHARED = ("demos", "sft", "collect", "wm_pretrain", "wm_finetune")
+VARIANTS = {
+    "online_ppo": ("mbpo", ["--config.rl.world=sim"]),
+    "branch_1": ("mbpo", ["--config.rl.branch_chunks=1"]),
+    "branch_4": ("mbpo", ["--config.rl.branch_chunks=4"]),
+    "branch_full": ("mbpo", ["--config.rl.branch_chunks=0"]),
+    "no_ivd": ("wm_pretrain", ["--config.wm.view_decoding=independent"]),
+    "no_pretrain": ("wm_pretrain", ["--config.wm.pretrain_enabled=False"]),
+}
+ORDER = ("demos", "sft", "collect", "wm_pretrain", "wm_finetune", "mbpo", "evaluate")
+
+
+def _summary(workdir: Path, stage: str) -> dict:
+    return json.loads((workdir / stage / "DONE.json").read_text())["summary"]
+
+
+def online_iterations(base: Path, num_branches: int, horizon_chunks: int, chunk: int) -> int:
+    """Online-PPO iterations whose real env steps match the collect stage's."""
+    budget = int(_summary(base, "collect")["env_steps"])
+    return max(1, math.floor(budget / (num_branches * horizon_chunks * chunk)))
+
+
+def run_variant(name: str, args, extra: list[str]) -> dict:
+    base = Path(args.workdir).absolute()
+    first, overrides = VARIANTS[name]
+    out = base / "variants" / name
+    out.mkdir(parents=True, exist_ok=True)
+    for stage in ORDER[:ORDER.index(first)]:
+        link = out / stage
+        if not link.exists():
+            os.symlink(base / stage, link)
+    overrides = list(overrides)
+    if name == "online_ppo":
+        from vlambpo_jax.envs.tabletop import make_env
+        config = _load_config(args.config)
+        env = make_env(config)
+        chunks = math.ceil(env.max_horizon / config.chunk_size)
+        iters = online_iterations(base, config.rl.num_branches, chunks, config.chunk_size)
+        overrides.append(f"--config.rl.iterations={iters}")
+    cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={args.config}", f"--workdir={out}",
+           "--stages=" + ",".join(ORDER[ORDER.index(first):]), "--config.eval.policies=('mbpo',)",
+           *overrides, *extra]
+    print("+ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    results = json.loads((out / "evaluate" / "results.json").read_text())["mbpo"]
+    return {"overrides": overrides, "env_steps": _summary(out, "mbpo").get("env_steps", 0), **results}
+
+
+def _load_config(spec: str):
+    import importlib.util
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_sweep_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def markdown(rows: dict) -> str:
+    lines = ["| method | success (95% CI) | episodes | real env steps |", "|---|---|---|---|"]
+    for name, r in rows.items():
+        lo, hi = r["ci95"]
+        lines.append(f"| {name} | {r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] | {r['episodes']} | "
+                     f"{r.get('real_env_steps', '')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the base run's config file[:arg]")
+    parser.add_argument("--workdir", required=True, help="the base run's workdir")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every variant (after --)")
+    args = parser.parse_args(argv)
+    base = Path(args.workdir).absolute()
+    base_results = json.loads((base / "evaluate" / "results.json").read_text())
+    demos = int(_summary(base, "demos").get("steps", 0))
+    collect = int(_summary(base, "collect")["env_steps"])
+    rows = {"sft": {**base_results["sft"], "real_env_steps": demos},
+            "vla_mbpo": {**base_results["mbpo"], "real_env_steps": demos + collect}}
+    for name in filter(None, args.variants.split(",")):
+        if name not in VARIANTS:
+            parser.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        r = run_variant(name, args, args.overrides)
+        r["real_env_steps"] = demos + (int(r["env_steps"]) if name == "online_ppo" else collect)
+        rows[name] = r
+    out = base / "sweep"
+    out.mkdir(exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2, default=float))
+    (out / "results.md").write_text(markdown(rows) + "\n")
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
