@@ -19,6 +19,7 @@ import numpy as np
 
 from vlambpo_jax.rl import ppo
 from vlambpo_jax.rl.rollout import ImaginedState, ModelWorld, SimWorld, rollout
+from vlambpo_jax.train import sharding
 
 
 def branch_sampler(roots: dict, num_branches: int, seed: int):
@@ -32,15 +33,21 @@ def branch_sampler(roots: dict, num_branches: int, seed: int):
     return draw
 
 
-def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, seed: int, optimizer):
+def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, seed: int, optimizer,
+                   dp: sharding.DataParallel | None = None, state_shardings=None):
     """Returns iteration(state: PPOState, i) -> (state, metrics): one refill + PPO update.
 
-    start_fn(i) gives the branch start states of iteration i (roots or fresh episodes).
+    start_fn(i) gives the branch start states of iteration i (roots or fresh episodes). With a
+    DataParallel `dp` (and the PPO state placed by it), branches are split over the mesh and the update
+    epochs keep the state's shardings.
     """
     roll = jax.jit(lambda params, start, key: rollout(policy, params, world, world_params, start, key,
                                                       num_chunks))
     epoch, critic_epoch = ppo.make_update_fns(policy, rl, optimizer)
-    epoch, critic_epoch = jax.jit(epoch, donate_argnums=0), jax.jit(critic_epoch, donate_argnums=0)
+    shard_kw = ({} if state_shardings is None else
+                dict(in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, None)))
+    epoch = jax.jit(epoch, donate_argnums=0, **shard_kw)
+    critic_epoch = jax.jit(critic_epoch, donate_argnums=0, **shard_kw)
     values_fn = jax.jit(lambda p, traj, final_obs, alive: ppo.recompute_values(
         policy, p, traj, final_obs, alive))
     buffer_fn = jax.jit(lambda traj, v, b: ppo.make_buffer(traj, v, b, rl))
@@ -48,7 +55,10 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
     def iteration(state: ppo.PPOState, i: int):
         key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
         roll_key, warm_key, epoch_key = jax.random.split(key, 3)
-        traj, bootstrap, final = roll(state.params, start_fn(i), roll_key)
+        start = start_fn(i)
+        if dp is not None:
+            start = jax.device_put(start, dp.batch_sharding)
+        traj, bootstrap, final = roll(state.params, start, roll_key)
         alive = ~traj.terminal.any(axis=0)
         buffer = buffer_fn(traj, traj.value, bootstrap)
         metrics = {}
@@ -104,8 +114,10 @@ def run(ctx) -> dict:
         env_steps_per_iteration = rl.num_branches * num_chunks * k
 
     optimizer = ppo.make_optimizer(rl, params)
-    iteration = make_iteration(policy, rl, world, wm_params, start_fn, num_chunks, seed, optimizer)
-    state = ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    dp = sharding.DataParallel(config.mesh)
+    state, state_shardings = dp.place(ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32)))
+    iteration = make_iteration(policy, rl, world, wm_params, start_fn, num_chunks, seed, optimizer, dp,
+                               state_shardings)
     eval_fn = _sim_evaluator(ctx, policy, tokenizer) if rl.eval_every else None
     result = train_loop(ctx, name="ppo", state=state, step_fn=iteration, batch_fn=lambda i: i,
                         num_steps=rl.iterations, params_fn=lambda s: s.params, assets=assets,
