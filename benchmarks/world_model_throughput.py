@@ -13,7 +13,6 @@ FLOP/s is compared with a float32 matmul peak measured in the same run. Writes o
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -25,15 +24,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from vlambpo_jax.config_checks import load_config  # noqa: E402
 from vlambpo_jax.models.world_model import WorldModel  # noqa: E402
-
-
-def load_config(spec: str):
-    path, _, arg = spec.partition(":")
-    mod_spec = importlib.util.spec_from_file_location("cfg", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod.get_config(arg or None)
 
 
 def timed(fn, *args, repeats=3):

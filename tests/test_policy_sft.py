@@ -11,17 +11,7 @@ from vlambpo_jax import pipeline
 from vlambpo_jax.data.rlds_writer import write_rlds
 from vlambpo_jax.data.synthetic import synthetic_episode
 from vlambpo_jax.models import sft
-
-
-class _Writer:
-    def __init__(self):
-        self.rows = []
-
-    def scalars(self, step, metrics):
-        self.rows.append((step, dict(metrics)))
-
-    def close(self):
-        pass
+from tests.helpers.fakes import RecordingWriter
 
 
 class _StopAfter:
@@ -59,7 +49,7 @@ def _config(dataset):
 
 
 def _run(config, workdir: Path, preemption):
-    ctx = pipeline.StageContext(config, workdir, "sft", _Writer(), preemption)
+    ctx = pipeline.StageContext(config, workdir, "sft", RecordingWriter(), preemption)
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     return sft.run(ctx)
 

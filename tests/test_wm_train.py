@@ -8,21 +8,8 @@ from vlambpo_jax import pipeline
 from vlambpo_jax.data.rlds_writer import write_rlds
 from vlambpo_jax.data.synthetic import synthetic_episode
 from vlambpo_jax.models import wm_train
-
-
-class _Writer:
-    def __init__(self):
-        self.rows = []
-
-    def scalars(self, step, metrics):
-        self.rows.append((step, dict(metrics)))
-
-    def close(self):
-        pass
-
-
-class _Never:
-    requested = False
+from vlambpo_jax.train.preemption import NoPreemption
+from tests.helpers.fakes import RecordingWriter
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +33,8 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path):
     c.log.every_steps = 1
     summaries = {}
     for stage, fn in (("wm_pretrain", wm_train.run_pretrain), ("wm_finetune", wm_train.run_finetune)):
-        writer = _Writer()
-        ctx = pipeline.StageContext(c, tmp_path, stage, writer, _Never())
+        writer = RecordingWriter()
+        ctx = pipeline.StageContext(c, tmp_path, stage, writer, NoPreemption())
         ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         summaries[stage] = fn(ctx)
         pipeline.mark_done(tmp_path, stage, summaries[stage], 0.0)

@@ -23,6 +23,16 @@ class ConfigError(ValueError):
         self.key = key
 
 
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """'path/to/config.py[:arg]' -> the ConfigDict its get_config(arg) returns."""
+    import importlib.util
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_vlambpo_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
 def get(config: ml_collections.ConfigDict, key: str) -> Any:
     node = config
     for part in key.split("."):

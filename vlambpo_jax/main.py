@@ -7,7 +7,6 @@ SIGTERM (e.g. TPU preemption) or Ctrl-C makes the running stage checkpoint and e
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -43,12 +42,8 @@ def _unknown_override_keys(argv: list[str]) -> list[str]:
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if spec is None:
         return []
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_vlambpo_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
-    from vlambpo_jax.config_checks import _MISSING, get
+    from vlambpo_jax.config_checks import _MISSING, get, load_config
+    config = load_config(spec)
     keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
     return [k for k in keys if get(config, k) is _MISSING]
 

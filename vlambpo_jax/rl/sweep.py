@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vlambpo_jax.config_checks import load_config
+
 SHARED = ("demos", "sft", "collect", "wm_pretrain", "wm_finetune")
 VARIANTS = {
     "online_ppo": ("mbpo", ["--config.rl.world=sim"]),
@@ -55,7 +57,7 @@ def run_variant(name: str, args, extra: list[str]) -> dict:
     overrides = list(overrides)
     if name == "online_ppo":
         from vlambpo_jax.envs.tabletop import make_env
-        config = _load_config(args.config)
+        config = load_config(args.config)
         env = make_env(config)
         chunks = math.ceil(env.max_horizon / config.chunk_size)
         iters = online_iterations(base, config.rl.num_branches, chunks, config.chunk_size)
@@ -67,15 +69,6 @@ def run_variant(name: str, args, extra: list[str]) -> dict:
     subprocess.run(cmd, check=True)
     results = json.loads((out / "evaluate" / "results.json").read_text())["mbpo"]
     return {"overrides": overrides, "env_steps": _summary(out, "mbpo").get("env_steps", 0), **results}
-
-
-def _load_config(spec: str):
-    import importlib.util
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_sweep_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
 
 
 def markdown(rows: dict) -> str:
