@@ -31,3 +31,23 @@ def test_two_processes_match_one(tmp_path):
     assert len(a) == 3 and len(b) == 3
     np.testing.assert_allclose(a, b, rtol=1e-5)
     assert (tmp_path / "two" / "sft" / "DONE.json").exists()
+
+
+def test_processes_with_different_configs_stop_with_a_clear_error(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for i, seed in enumerate((0, 1)):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+               "JAX_PROCESS_ID": str(i)}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "vlambpo_jax.main", "--config=configs/bridge.py:smoke", "--stages=data",
+             f"--config.seed={seed}", f"--workdir={tmp_path / 'wd'}"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode != 0 for p in procs)
+    assert any("disagree with process 0 on the config" in err for _, err in outs), outs[0][1][-2000:]
+    assert not (tmp_path / "wd" / "data" / "DONE.json").exists()

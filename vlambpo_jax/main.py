@@ -123,7 +123,10 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     d = config.distributed
     sharding.maybe_initialize_distributed(d.enabled, d.coordinator, d.num_processes, d.process_id)
-    sharding.check_processes_agree(config.to_json_best_effort(sort_keys=True))
+    try:
+        sharding.check_processes_agree(config.to_json_best_effort(sort_keys=True))
+    except RuntimeError as e:
+        _fail(str(e))
     workdir = workdir_path(FLAGS.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     local_cache = os.path.join(os.path.expanduser("~"), ".cache", "vlambpo_jax", "jax_cache")

@@ -37,16 +37,20 @@ def _slug(text: str, n: int = 60) -> str:
 
 
 def rollout(env, policy_fn: Callable, params: Any, key: jax.Array, task_ids: jax.Array, *,
-            privileged: bool = False, record: int = 0, chunk_size: int | None = None):
+            privileged: bool = False, record: int = 0, chunk_size: int | None = None,
+            episode_sharding=None):
     """Runs one episode per entry of task_ids (vmapped) to the longest horizon.
 
     policy_fn(params, obs, key) -> f32[k, 7] (or (params, state, key) when privileged: it then sees
     the whole env State and the env skips rendering). record: the first `record` episodes also return
-    their per-step render poses. Returns (final State, per-chunk rewards [B, n, k], poses or None).
+    their per-step render poses. episode_sharding: a NamedSharding of the episode axis (splits the
+    episodes over a device mesh). Returns (final State, per-chunk rewards [B, n, k], poses or None).
     """
     k_reset, k_run = jax.random.split(key)
     b = task_ids.shape[0]
     state = jax.vmap(env.reset)(jax.random.split(k_reset, b), task_ids)
+    if episode_sharding is not None:
+        state = jax.lax.with_sharding_constraint(state, episode_sharding)
     first = jax.tree.map(lambda x: x[:record, None], env.render_poses(state.data)) if record else None
     if chunk_size is None:
         probe = jax.tree.map(lambda x: x[0], state)
@@ -87,7 +91,7 @@ def write_gif(path: Path, frames: np.ndarray, fps: int = 10) -> None:
 
 def evaluate(env, policy_fn: Callable, params: Any, key: jax.Array, episodes_per_task: int, *,
              privileged: bool = False, video_dir: str | Path | None = None, num_videos: int = 0,
-             video_size: int = 128, chunk_size: int | None = None) -> dict:
+             video_size: int = 128, chunk_size: int | None = None, mesh=None) -> dict:
     """Evaluates a policy on every task of `env` (its instruction_split decides seen/unseen wording).
 
     Args:
@@ -96,6 +100,7 @@ def evaluate(env, policy_fn: Callable, params: Any, key: jax.Array, episodes_per
         With privileged=True: (params, state, key), state an unbatched env State (scripted experts).
       episodes_per_task: M; the batch is M x num_tasks episodes, all in one jitted scan.
       video_dir, num_videos: write this many episodes (spread over tasks) as GIFs there.
+      mesh: a ('data', 'fsdp') device mesh to split the episodes over (when they divide evenly).
     Returns:
       dict with per_task {name: {success_rate, ci95, mean_length, episodes}}, overall (the same four
       over all episodes; also repeated at the top level), instruction_split, videos (GIF paths).
@@ -110,8 +115,14 @@ def evaluate(env, policy_fn: Callable, params: Any, key: jax.Array, episodes_per
     order = np.argsort(np.tile(np.arange(m), t) * t + np.repeat(np.arange(t), m), kind="stable")
     task_ids = task_ids[order]
     n_video = min(n_video, t * m)
+    shard_kw, episode_sharding = {}, None
+    if mesh is not None and len(task_ids) % mesh.size == 0:
+        from vlambpo_jax.train import sharding
+        episode_sharding = sharding.batch_sharding(mesh)
+        shard_kw = dict(in_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
     run = jax.jit(lambda p, k: rollout(env, policy_fn, p, k, task_ids, privileged=privileged,
-                                       record=n_video, chunk_size=chunk_size))
+                                       record=n_video, chunk_size=chunk_size,
+                                       episode_sharding=episode_sharding), **shard_kw)
     state, _, poses = run(params, key)
     success = np.asarray(state.success)
     length = np.asarray(state.info["step"])

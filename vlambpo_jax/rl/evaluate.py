@@ -12,6 +12,8 @@ from pathlib import Path
 
 import jax
 
+from vlambpo_jax.train import sharding
+
 
 def checkpoint_of(ctx, stage: str) -> str:
     summary = ctx.stage_summary(stage)
@@ -29,12 +31,14 @@ def run(ctx) -> dict:
     config = ctx.config
     env = make_env(config, instruction_split=config.eval.instruction_split)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     results = {}
     for name in config.eval.policies:
         policy, params, tokenizer, _ = load_policy(checkpoint_of(ctx, name), config)
         fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len)
         out = evaluate(env, fn, params, key, episodes_per_task=config.eval.episodes_per_task,
-                       video_dir=Path(ctx.stage_dir) / "videos" / name, num_videos=config.eval.num_videos)
+                       video_dir=Path(ctx.stage_dir) / "videos" / name, num_videos=config.eval.num_videos,
+                       video_size=config.eval.video_size, mesh=mesh)
         results[name] = out
         lo, hi = out["ci95"]
         print(f"[evaluate] {name}: success {out['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] over "
