@@ -41,8 +41,10 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
     DataParallel `dp` (and the PPO state placed by it), branches are split over the mesh and the update
     epochs keep the state's shardings.
     """
+    roll_kw = ({} if dp is None or state_shardings is None else
+               dict(in_shardings=(state_shardings.params, dp.batch_sharding, sharding.replicated(dp.mesh))))
     roll = jax.jit(lambda params, start, key: rollout(policy, params, world, world_params, start, key,
-                                                      num_chunks))
+                                                      num_chunks), **roll_kw)
     epoch, critic_epoch = ppo.make_update_fns(policy, rl, optimizer)
     shard_kw = ({} if state_shardings is None else
                 dict(in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, None)))
@@ -115,6 +117,9 @@ def run(ctx) -> dict:
 
     optimizer = ppo.make_optimizer(rl, params)
     dp = sharding.DataParallel(config.mesh)
+    if rl.num_branches % dp.mesh.size:
+        raise ValueError(f"config.rl.num_branches={rl.num_branches} must be divisible by the number of "
+                         f"devices ({dp.mesh.size}) the branches are split over")
     state, state_shardings = dp.place(ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32)))
     iteration = make_iteration(policy, rl, world, wm_params, start_fn, num_chunks, seed, optimizer, dp,
                                state_shardings)
