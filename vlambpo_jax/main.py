@@ -114,11 +114,12 @@ def main(argv: list[str]) -> None:
         print(config)
         return
 
+    import jax
+
     from vlambpo_jax import pipeline
+    from vlambpo_jax.train import sharding
     from vlambpo_jax.train.metrics import MetricWriter
     from vlambpo_jax.train.preemption import PreemptionGuard
-
-    from vlambpo_jax.train import sharding
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     d = config.distributed
@@ -131,7 +132,6 @@ def main(argv: list[str]) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     local_cache = os.path.join(os.path.expanduser("~"), ".cache", "vlambpo_jax", "jax_cache")
     _setup_jax(FLAGS.jax_cache_dir or (local_cache if "://" in str(workdir) else str(workdir / "jax_cache")))
-    import jax
     if jax.process_index() == 0:
         _note_config(workdir, config)
 
