@@ -89,6 +89,66 @@ def write_gif(path: Path, frames: np.ndarray, fps: int = 10) -> None:
     imageio.mimsave(path, list(np.concatenate(parts, axis=2)), duration=1.0 / fps, loop=0)
 
 
+def make_evaluator(env, policy_fn: Callable, episodes_per_task: int, *, privileged: bool = False,
+                   num_videos: int = 0, video_size: int = 128, chunk_size: int | None = None,
+                   mesh=None) -> Callable[..., dict]:
+    """Compiles the evaluation rollout once; returns run(params, key, video_dir=None) -> result dict.
+
+    Call it repeatedly (periodic evaluation during training) without recompiling. Arguments and the
+    result are those of `evaluate`; videos are written only when `video_dir` is given.
+    """
+    t = env.num_tasks
+    m = int(episodes_per_task)
+    if m < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    task_ids = jnp.repeat(jnp.arange(t, dtype=jnp.int32), m)
+    # Order episodes so that the recorded (first) ones cycle through the tasks.
+    order = np.argsort(np.tile(np.arange(m), t) * t + np.repeat(np.arange(t), m), kind="stable")
+    task_ids = task_ids[order]
+    tids = np.asarray(task_ids)
+    n_video = min(int(num_videos), t * m)
+    shard_kw, episode_sharding = {}, None
+    if mesh is not None and len(task_ids) % mesh.size == 0:
+        from vlambpo_jax.train import sharding
+        episode_sharding = sharding.batch_sharding(mesh)
+        shard_kw = dict(in_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
+    run = jax.jit(lambda p, k: rollout(env, policy_fn, p, k, task_ids, privileged=privileged,
+                                       record=n_video, chunk_size=chunk_size,
+                                       episode_sharding=episode_sharding), **shard_kw)
+    renderer = env.make_renderer(video_size) if n_video else None
+    draw = jax.jit(jax.vmap(jax.vmap(lambda p, c: env.render(p, c, renderer), in_axes=(0, None))))
+
+    def evaluate_once(params, key, video_dir: str | Path | None = None) -> dict:
+        state, _, poses = run(params, key)
+        success = np.asarray(state.success)
+        length = np.asarray(state.info["step"])
+        per_task = {}
+        for i, name in enumerate(env.task_names):
+            s = success[tids == i]
+            per_task[name] = dict(success_rate=float(s.mean()), ci95=wilson_interval(int(s.sum()), len(s)),
+                                  mean_length=float(length[tids == i].mean()), episodes=int(len(s)))
+        overall = dict(success_rate=float(success.mean()),
+                       ci95=wilson_interval(int(success.sum()), len(success)),
+                       mean_length=float(length.mean()), episodes=int(len(success)))
+        result = dict(per_task=per_task, overall=overall, **overall,
+                      instruction_split=env.instruction_split, videos=[])
+        if n_video and video_dir is not None:
+            video_dir = Path(video_dir)
+            video_dir.mkdir(parents=True, exist_ok=True)
+            frames = np.asarray(draw(poses, state.info["rgb"][:n_video]))   # [R, 1 + T, V, H, W, 3]
+            for r in range(n_video):
+                clip = frames[r, :int(length[r]) + 1]
+                name = env.task_names[int(tids[r])]
+                text = env.instructions[int(state.info["instruction_id"][r])]
+                tag = "success" if success[r] else "fail"
+                path = video_dir / f"{r:02d}_{name}_{tag}_{_slug(text)}.gif"
+                write_gif(path, clip)
+                result["videos"].append(str(path))
+        return result
+
+    return evaluate_once
+
+
 def evaluate(env, policy_fn: Callable, params: Any, key: jax.Array, episodes_per_task: int, *,
              privileged: bool = False, video_dir: str | Path | None = None, num_videos: int = 0,
              video_size: int = 128, chunk_size: int | None = None, mesh=None) -> dict:
@@ -104,52 +164,9 @@ def evaluate(env, policy_fn: Callable, params: Any, key: jax.Array, episodes_per
     Returns:
       dict with per_task {name: {success_rate, ci95, mean_length, episodes}}, overall (the same four
       over all episodes; also repeated at the top level), instruction_split, videos (GIF paths).
+    For repeated evaluations use `make_evaluator`, which compiles once.
     """
-    t = env.num_tasks
-    m = int(episodes_per_task)
-    if m < 1:
-        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
-    task_ids = jnp.repeat(jnp.arange(t, dtype=jnp.int32), m)
-    n_video = int(num_videos) if video_dir is not None else 0
-    # Order episodes so that the recorded (first) ones cycle through the tasks.
-    order = np.argsort(np.tile(np.arange(m), t) * t + np.repeat(np.arange(t), m), kind="stable")
-    task_ids = task_ids[order]
-    n_video = min(n_video, t * m)
-    shard_kw, episode_sharding = {}, None
-    if mesh is not None and len(task_ids) % mesh.size == 0:
-        from vlambpo_jax.train import sharding
-        episode_sharding = sharding.batch_sharding(mesh)
-        shard_kw = dict(in_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
-    run = jax.jit(lambda p, k: rollout(env, policy_fn, p, k, task_ids, privileged=privileged,
-                                       record=n_video, chunk_size=chunk_size,
-                                       episode_sharding=episode_sharding), **shard_kw)
-    state, _, poses = run(params, key)
-    success = np.asarray(state.success)
-    length = np.asarray(state.info["step"])
-    tids = np.asarray(task_ids)
-    per_task = {}
-    for i, name in enumerate(env.task_names):
-        s = success[tids == i]
-        per_task[name] = dict(success_rate=float(s.mean()), ci95=wilson_interval(int(s.sum()), len(s)),
-                              mean_length=float(length[tids == i].mean()), episodes=int(len(s)))
-    overall = dict(success_rate=float(success.mean()), ci95=wilson_interval(int(success.sum()), len(success)),
-                   mean_length=float(length.mean()), episodes=int(len(success)))
-    result = dict(per_task=per_task, overall=overall, success_rate=float(success.mean()),
-                  ci95=wilson_interval(int(success.sum()), len(success)), mean_length=float(length.mean()),
-                  episodes=int(len(success)), instruction_split=env.instruction_split, videos=[])
-    if n_video:
-        video_dir = Path(video_dir)
-        video_dir.mkdir(parents=True, exist_ok=True)
-        renderer = env.make_renderer(video_size)
-        rgb = state.info["rgb"][:n_video]
-        draw = jax.jit(jax.vmap(jax.vmap(lambda p, c: env.render(p, c, renderer), in_axes=(0, None))))
-        frames = np.asarray(draw(poses, rgb))                     # [R, 1 + T, V, H, W, 3]
-        for r in range(n_video):
-            clip = frames[r, :int(length[r]) + 1]
-            name = env.task_names[int(tids[r])]
-            text = env.instructions[int(state.info["instruction_id"][r])]
-            tag = "success" if success[r] else "fail"
-            path = video_dir / f"{r:02d}_{name}_{tag}_{_slug(text)}.gif"
-            write_gif(path, clip)
-            result["videos"].append(str(path))
-    return result
+    evaluator = make_evaluator(env, policy_fn, episodes_per_task, privileged=privileged,
+                               num_videos=num_videos if video_dir is not None else 0,
+                               video_size=video_size, chunk_size=chunk_size, mesh=mesh)
+    return evaluator(params, key, video_dir)

@@ -136,9 +136,11 @@ def _evaluator(ctx, policy, tokenizer, stats, key):
         policy, tokenizer, env.instructions, int(config.data.max_text_len), mode="eval",
         normalize_state=lambda x: normalization.normalize(x, stats["state"], config.data.norm_mode))
 
+    evaluator = evaluation.make_evaluator(env, policy_fn, episodes)  # compiled once, reused
+
     def eval_fn(state: SFTState, step: int) -> dict:
         start = time.time()
-        res = evaluation.evaluate(env, policy_fn, state.ema_params, jax.random.fold_in(key, step), episodes)
+        res = evaluator(state.ema_params, jax.random.fold_in(key, step))
         metrics = {"eval/success_rate": res["success_rate"], "eval/ci95_lo": res["ci95"][0],
                    "eval/ci95_hi": res["ci95"][1], "eval/mean_length": res["mean_length"],
                    "eval/episodes": res["episodes"]}

@@ -139,7 +139,7 @@ def run(ctx) -> dict:
 
 def _sim_evaluator(ctx, policy, tokenizer):
     """Periodic success-rate check in the simulator with deterministic sampling."""
-    from vlambpo_jax.envs.evaluation import evaluate
+    from vlambpo_jax.envs.evaluation import make_evaluator
     from vlambpo_jax.envs.tabletop import make_env
     from vlambpo_jax.models.policy import make_env_policy_fn
 
@@ -147,8 +147,9 @@ def _sim_evaluator(ctx, policy, tokenizer):
     env = make_env(config, instruction_split=config.eval.instruction_split)
     policy_fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len)
 
+    evaluator = make_evaluator(env, policy_fn, config.rl.eval_episodes)  # compiled once, reused
+
     def eval_fn(state, step):
-        out = evaluate(env, policy_fn, state.params, jax.random.PRNGKey(step),
-                       episodes_per_task=config.rl.eval_episodes)
+        out = evaluator(state.params, jax.random.PRNGKey(step))
         return {"eval/success": out["success_rate"]}
     return eval_fn
