@@ -105,3 +105,59 @@ def distributed_config() -> ml_collections.ConfigDict:
     """
     return ml_collections.ConfigDict(dict(enabled="auto", coordinator="", num_processes=0,
                                           process_id=-1))
+
+
+def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_collections.ConfigDict:
+    """config.policy: the pi0.5-style VLA (vlambpo_jax/models/policy.py); `data` is config.data.
+
+    vit_patch / vit_width / vit_depth / vit_heads / vit_mlp: the ViT shared across views (patch in px).
+    width, depth, num_heads, num_kv_heads (1 = multi-query), head_dim, mlp_dim, rope_theta: the prefix
+      (VLM) transformer.
+    expert_width, expert_depth (must equal depth: one joint attention per layer; heads and head_dim are
+      shared with the prefix), expert_mlp_dim: the action expert.
+    num_denoise_steps: Euler / Flow-SDE steps; noise_level: Flow-SDE noise; stochastic_step: the one
+      stochastic step drawn 'per_call' (authors' code) or 'per_sample'; noise_method: 'flow_sde' only
+      (the learned-noise 'flow_noise' variant is not implemented).
+    use_state, state_dim: proprio state as one extra prefix token (off, as in the paper).
+    value_hidden: value-head MLP sizes (ReLU) on the mean-pooled stop-gradient prefix outputs.
+    max_text_len: tokens per instruction (a reference to data.max_text_len, which the reader uses);
+      tokenizer: 'byte' (UTF-8 bytes), 'words:tabletop' (whole words of the tabletop instructions) or a
+      local Hugging Face tokenizer directory.
+    action_pad_dim: actions padded to this many dims inside the model (only action_dim are real).
+    dtype: compute dtype ('float32' | 'bfloat16'; bf16 is far slower on CPU); params stay float32.
+    """
+    c = ml_collections.ConfigDict(dict(
+        vit_patch=8, vit_width=64, vit_depth=2, vit_heads=4, vit_mlp=128,
+        width=128, depth=2, num_heads=4, num_kv_heads=1, head_dim=32, mlp_dim=256, rope_theta=10_000.0,
+        expert_width=64, expert_depth=2, expert_mlp_dim=128,
+        num_denoise_steps=3, noise_level=0.5, stochastic_step="per_call", noise_method="flow_sde",
+        use_state=False, state_dim=7, value_hidden=(128, 64),
+        max_text_len=data.get_ref("max_text_len"), tokenizer="byte", action_pad_dim=7, dtype="float32",
+    ))
+    c.update(overrides)
+    if smoke:
+        c.update(dict(vit_width=32, vit_depth=1, vit_mlp=64, width=64, depth=1, num_heads=2, head_dim=16,
+                      mlp_dim=128, expert_width=32, expert_depth=1, expert_mlp_dim=64, value_hidden=(32,)))
+    return c
+
+
+def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_collections.ConfigDict:
+    """config.sft: behaviour cloning of the policy (vlambpo_jax/models/sft.py); `data` is config.data.
+
+    steps: optimizer steps; batch_size: global batch (a reference to data.batch_size, which the reader
+    uses); lr / min_lr_ratio / warmup: AdamW peak lr, cosine decay to lr * min_lr_ratio after linear
+    warm-up steps; b1, b2, weight_decay: AdamW; clip: global grad-norm clip; ema: EMA decay of the params
+    used for evaluation and saved as 'params' (0 = off); eval_every: steps between simulator evaluations
+    (0 = only at the end); eval_episodes: episodes per task in each evaluation (0 = none); init_from: ''
+    or a checkpoint dir whose params start the run; in_memory: read every episode once into memory and
+    draw batches from seeded epoch permutations (small demo sets), or stream them from the reader.
+    """
+    c = ml_collections.ConfigDict(dict(
+        steps=3000, batch_size=data.get_ref("batch_size"), lr=5e-4, min_lr_ratio=0.1, warmup=100,
+        b1=0.9, b2=0.95, weight_decay=1e-4, clip=1.0, ema=0.999, eval_every=1000, eval_episodes=16,
+        init_from="", in_memory=True,
+    ))
+    c.update(overrides)
+    if smoke:
+        c.update(dict(steps=20, warmup=5, eval_every=0, eval_episodes=2, ema=0.9))
+    return c

@@ -7,7 +7,25 @@ from __future__ import annotations
 import numpy as np
 
 
-class ByteTokenizer:
+class _Tokenizer:
+    """What every tokenizer shares: fixed-length padding and batch encoding around `encode`."""
+    pad_id = 0
+
+    def _padded(self, ids, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """ids (at most max_len) -> (ids int32[max_len] padded with pad_id, mask bool[max_len])."""
+        out = np.full((max_len,), self.pad_id, np.int32)
+        out[: len(ids)] = ids
+        mask = np.zeros((max_len,), bool)
+        mask[: len(ids)] = True
+        return out, mask
+
+    def encode_batch(self, texts, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (ids int32[B, max_len], mask bool[B, max_len])."""
+        pairs = [self.encode(t, max_len) for t in texts]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+class ByteTokenizer(_Tokenizer):
     """UTF-8 bytes shifted by the special ids; needs no files.
 
     ids: 0 = pad, 1 = bos, 2 = eos, 3 + byte for each byte.
@@ -19,22 +37,13 @@ class ByteTokenizer:
         """Returns (ids int32[max_len], mask bool[max_len]); text longer than fits is cut."""
         body = [3 + b for b in text.encode("utf-8")][: max_len - 2]
         ids = [self.bos_id] + body + [self.eos_id]
-        out = np.full((max_len,), self.pad_id, np.int32)
-        out[: len(ids)] = ids
-        mask = np.zeros((max_len,), bool)
-        mask[: len(ids)] = True
-        return out, mask
+        return self._padded(ids, max_len)
 
     def decode(self, ids) -> str:
         return bytes(int(i) - 3 for i in ids if int(i) >= 3).decode("utf-8", errors="replace")
 
-    def encode_batch(self, texts, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (ids int32[B, max_len], mask bool[B, max_len])."""
-        pairs = [self.encode(t, max_len) for t in texts]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
-
-class WordTokenizer:
+class WordTokenizer(_Tokenizer):
     """Whole words from a fixed vocabulary; needs no files. Lower-cased, split on non-alphanumerics.
 
     ids: 0 = pad, 1 = bos, 2 = eos, 3 = unknown word, 4 + i for vocab[i]. A closed-vocabulary task set
@@ -61,22 +70,13 @@ class WordTokenizer:
         """Returns (ids int32[max_len], mask bool[max_len]); text longer than fits is cut."""
         body = [self._ids.get(w, self.unk_id) for w in self.words(text)][: max_len - 2]
         ids = [self.bos_id] + body + [self.eos_id]
-        out = np.full((max_len,), self.pad_id, np.int32)
-        out[: len(ids)] = ids
-        mask = np.zeros((max_len,), bool)
-        mask[: len(ids)] = True
-        return out, mask
+        return self._padded(ids, max_len)
 
     def decode(self, ids) -> str:
         return " ".join(self.vocab[int(i) - 4] if int(i) >= 4 else "<unk>" for i in ids if int(i) >= 3)
 
-    def encode_batch(self, texts, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (ids int32[B, max_len], mask bool[B, max_len])."""
-        pairs = [self.encode(t, max_len) for t in texts]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
-
-class HFTokenizer:
+class HFTokenizer(_Tokenizer):
     """Adapter for a Hugging Face tokenizer saved in a local directory (no network access).
 
     The directory is what `save_pretrained` writes (tokenizer.json, tokenizer_config.json, ...). Ids are
@@ -100,19 +100,10 @@ class HFTokenizer:
     def encode(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Returns (ids int32[max_len], mask bool[max_len]); text longer than fits is cut."""
         ids = self._tok(text)["input_ids"][:max_len]
-        out = np.full((max_len,), self.pad_id, np.int32)
-        out[: len(ids)] = ids
-        mask = np.zeros((max_len,), bool)
-        mask[: len(ids)] = True
-        return out, mask
+        return self._padded(ids, max_len)
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
-
-    def encode_batch(self, texts, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (ids int32[B, max_len], mask bool[B, max_len])."""
-        pairs = [self.encode(t, max_len) for t in texts]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
     def save(self, directory: str) -> None:
         """Writes the tokenizer files into `directory` (checkpoint assets)."""

@@ -49,36 +49,21 @@ def make_episode_runner(env, policy, params, tokens: np.ndarray, token_mask: np.
     return jax.jit(run)
 
 
-def episodes_from_records(records: dict, final_obs: dict, task_ids: np.ndarray, instructions: list[str],
-                          task_names: tuple[str, ...], first_id: int) -> list[dict]:
-    """Converts batched records [T, k, B, ...] into RLDS episode dicts (numpy), one per branch."""
-    rec = {key: np.asarray(v).reshape((-1,) + np.asarray(v).shape[2:]) for key, v in records.items()}
-    episodes = []
-    for b in range(rec["action"].shape[1]):
-        valid = ~rec["done_before"][:, b]
-        n = int(valid.sum())                      # steps actually taken
-        images = np.concatenate([rec["images"][:n, b], np.asarray(final_obs["images"])[b][None]], 0)
-        state = np.concatenate([rec["state"][:n, b], np.asarray(final_obs["state"])[b][None]], 0)
-        action = np.concatenate([rec["action"][:n, b], np.zeros((1, rec["action"].shape[-1]))], 0)
-        reward = np.concatenate([rec["reward"][:n, b], [0.0]]).astype(np.float32)
-        success = bool(rec["success"][:n, b].any())
-        steps = n + 1
-        is_last = np.zeros(steps, bool)
-        is_last[-1] = True
-        is_first = np.zeros(steps, bool)
-        is_first[0] = True
-        instruction = instructions[int(np.asarray(final_obs["instruction_id"])[b])]
-        episodes.append({
-            "steps": {
-                "observation": {"image_0": images[:, 0], "image_1": images[:, 1],
-                                "state": state.astype(np.float32)},
-                "action": action.astype(np.float32), "language_instruction": instruction,
-                "reward": reward, "discount": np.ones(steps, np.float32), "is_first": is_first,
-                "is_last": is_last, "is_terminal": is_last & success},
-            "episode_metadata": {"episode_id": first_id + b, "task": task_names[int(task_ids[b])],
-                                 "success": success, "length": n},
-        })
-    return episodes
+def episodes_from_records(env, records: dict, final_obs: dict, task_ids: np.ndarray,
+                          first_id: int) -> list[dict]:
+    """Batched records [T, k, B, ...] -> RLDS episode dicts, in the demos stage's exact layout
+    (envs.demos.episodes_from_batch: L actions -> L + 1 steps, the last one the final observation with
+    a no-op action). Expert noise is recorded as 0: these are policy rollouts."""
+    from vlambpo_jax.envs.demos import episodes_from_batch
+
+    rec = {key: np.swapaxes(np.asarray(v).reshape((-1,) + np.asarray(v).shape[2:]), 0, 1)
+           for key, v in records.items()}                                  # [B, T * k, ...]
+    batch = {"images": rec["images"], "state": rec["state"], "action": rec["action"],
+             "reward": rec["reward"], "length": (~rec["done_before"]).sum(axis=1),
+             "success": rec["success"].any(axis=1), "final_images": np.asarray(final_obs["images"]),
+             "final_state": np.asarray(final_obs["state"]),
+             "instruction_id": np.asarray(final_obs["instruction_id"])}
+    return episodes_from_batch(env, batch, task_ids, first_id, noise=0.0)
 
 
 def branch_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int,
@@ -119,8 +104,8 @@ def collect(env, policy, params, tokenizer, key, episodes_per_task: int, mode: s
         ids = task_ids[start:start + batch_size]
         keys = jax.random.split(jax.random.fold_in(key, i), len(ids))
         final, records = runner(keys, jnp.asarray(ids))
-        episodes += episodes_from_records(jax.device_get(records), jax.device_get(final.obs), ids,
-                                          list(env.instructions), env.task_names, start)
+        episodes += episodes_from_records(env, jax.device_get(records), jax.device_get(final.obs), ids,
+                                          start)
     return episodes
 
 
