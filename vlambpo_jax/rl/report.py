@@ -135,7 +135,7 @@ def run(ctx) -> dict:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     plot_curves(workdir, out / "curves.png")
     lines = ["# VLA-MBPO run report", "",
-             f"Config: `{ctx.config.get('name', 'see config.json')}`; workdir `{workdir}`.", ""]
+             f"Workdir `{workdir}`; the config is in config.json there.", ""]
     if results:
         lines += ["## Success rates (simulator, deterministic sampling)", "",
                   results_table(results, steps), ""]
