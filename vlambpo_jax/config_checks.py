@@ -117,6 +117,12 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.actor_lr", lambda v: None if isinstance(v, (int, float)) and v >= 0 else "must be a number >= 0"),
     ("rl.critic_lr", _positive_float),
     ("rl.reward_threshold", _unit_interval),
+    ("rl.bc_rounds", _int_range(0)),
+    ("rl.bc_branches", _int_range(1)),
+    ("rl.bc_steps", _int_range(0)),
+    ("rl.bc_lr", _positive_float),
+    ("rl.bc_batch_size", _int_range(1)),
+    ("rl.bc_initial_roots", lambda v: None if isinstance(v, bool) else "must be True or False"),
 ]
 
 

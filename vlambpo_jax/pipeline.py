@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "wm_pretrain": "vlambpo_jax.models.wm_train:run_pretrain",
     "wm_finetune": "vlambpo_jax.models.wm_train:run_finetune",
     "mbpo": "vlambpo_jax.rl.mbpo:run",
+    "wm_bc": "vlambpo_jax.rl.wm_bc:run",
     "evaluate": "vlambpo_jax.rl.evaluate:run",
     "report": "vlambpo_jax.rl.report:run",
 }
