@@ -188,3 +188,32 @@ def test_stage_run_loads_sft_collect_and_world_model(tmp_path, monkeypatch):
     assert np.isfinite(summary["final_loss"])
     _, trained, _, _ = sft.load_policy(summary["checkpoint_dir"], c)
     assert not _same(trained, params)
+
+
+def test_sweep_runs_wm_bc_on_the_base_world_model(tmp_path, monkeypatch):
+    from vlambpo_jax.rl import sweep
+
+    base = tmp_path / "base"
+    for stage in sweep.SHARED:
+        (base / stage).mkdir(parents=True)
+    calls = []
+
+    def fake_run(cmd, check):
+        calls.append(cmd)
+        out = base / "variants" / "wm_bc"
+        for stage, summary in (("wm_bc", {"rounds": [{"round": 0, "imagined_success": 0.5}]}),
+                               ("evaluate", {})):
+            (out / stage).mkdir(parents=True, exist_ok=True)
+            pipeline.mark_done(out, stage, summary, 0.0)
+        (out / "evaluate" / "results.json").write_text(json.dumps(
+            {"wm_bc": {"success_rate": 0.25, "ci95": [0.1, 0.4], "episodes": 8}}))
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    args = type("Args", (), {"workdir": str(base), "config": "configs/tabletop.py:smoke"})()
+    row = sweep.run_variant("wm_bc", args, [])
+    (cmd,) = calls
+    assert "--stages=wm_bc,evaluate" in cmd and "--config.eval.policies=('wm_bc',)" in cmd
+    for stage in sweep.SHARED:   # the base run's world model, roots and SFT policy are reused
+        assert (base / "variants" / "wm_bc" / stage).resolve() == (base / stage).resolve()
+    assert row["success_rate"] == 0.25 and row["env_steps"] == 0 and row["rounds"][0]["imagined_success"] == 0.5
+    assert sweep.variant_stages("no_ivd")[1] == ("wm_pretrain", "wm_finetune", "mbpo", "evaluate")

@@ -4,11 +4,14 @@
 
 DIR must hold a finished run of the config (at least demos, sft, collect, wm_pretrain, wm_finetune).
 Each variant gets DIR/variants/<name>/, in which the stages it shares with the base run are symlinks and
-the others run again with the variant's overrides; then its MBPO policy is evaluated. Variants:
+the others run again with the variant's overrides; then its policy (MBPO's, or the baseline stage's) is
+evaluated. Variants:
   online_ppo   PPO in the simulator with the same number of real env steps as the collect stage used
   branch_1, branch_4, branch_full   branch length n (the base run is n = config.rl.branch_chunks)
   no_ivd       world model with independent view decoding (retrains the world model)
   no_pretrain  world model without the pretraining stage (retrains the world model)
+  wm_bc        BC on world-model data: filtered behaviour cloning on the successful full-horizon branches
+               imagined by the base run's world model (the `wm_bc` stage, config.rl.bc_*), no RL
 Results: DIR/sweep/results.json and DIR/sweep/results.md (with the base run's sft and mbpo rows).
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from vlambpo_jax.config_checks import load_config
 
 SHARED = ("demos", "sft", "collect", "wm_pretrain", "wm_finetune")
+# name -> (first stage run again, overrides[, the stage whose policy is evaluated (default 'mbpo')])
 VARIANTS = {
     "online_ppo": ("mbpo", ["--config.rl.world=sim"]),
     "branch_1": ("mbpo", ["--config.rl.branch_chunks=1"]),
@@ -31,8 +35,18 @@ VARIANTS = {
     "branch_full": ("mbpo", ["--config.rl.branch_chunks=0"]),
     "no_ivd": ("wm_pretrain", ["--config.wm.view_decoding=independent"]),
     "no_pretrain": ("wm_pretrain", ["--config.wm.pretrain_enabled=False"]),
+    "wm_bc": ("wm_bc", [], "wm_bc"),
 }
 ORDER = ("demos", "sft", "collect", "wm_pretrain", "wm_finetune", "mbpo", "evaluate")
+
+
+def variant_stages(name: str) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """-> (stages linked from the base run, stages run again, the evaluated policy's stage)."""
+    first, _, *rest = VARIANTS[name]
+    policy = rest[0] if rest else "mbpo"
+    cut = ORDER.index(first) if first in ORDER else len(SHARED)
+    rerun = tuple(s for s in ORDER[cut:-1] if s in SHARED) + (policy, "evaluate")
+    return ORDER[:cut], rerun, policy
 
 
 def _summary(workdir: Path, stage: str) -> dict:
@@ -47,10 +61,11 @@ def online_iterations(base: Path, num_branches: int, horizon_chunks: int, chunk:
 
 def run_variant(name: str, args, extra: list[str]) -> dict:
     base = Path(args.workdir).absolute()
-    first, overrides = VARIANTS[name]
+    overrides = VARIANTS[name][1]
+    linked, stages, policy = variant_stages(name)
     out = base / "variants" / name
     out.mkdir(parents=True, exist_ok=True)
-    for stage in ORDER[:ORDER.index(first)]:
+    for stage in linked:
         link = out / stage
         if not link.exists():
             os.symlink(base / stage, link)
@@ -63,12 +78,16 @@ def run_variant(name: str, args, extra: list[str]) -> dict:
         iters = online_iterations(base, config.rl.num_branches, chunks, config.chunk_size)
         overrides.append(f"--config.rl.iterations={iters}")
     cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={args.config}", f"--workdir={out}",
-           "--stages=" + ",".join(ORDER[ORDER.index(first):]), "--config.eval.policies=('mbpo',)",
+           "--stages=" + ",".join(stages), f"--config.eval.policies=('{policy}',)",
            *overrides, *extra]
     print("+ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    results = json.loads((out / "evaluate" / "results.json").read_text())["mbpo"]
-    return {"overrides": overrides, "env_steps": _summary(out, "mbpo").get("env_steps", 0), **results}
+    results = json.loads((out / "evaluate" / "results.json").read_text())[policy]
+    summary = _summary(out, policy)
+    row = {"overrides": overrides, "env_steps": summary.get("env_steps", 0), **results}
+    if "rounds" in summary:  # wm_bc: imagined success and data kept per round
+        row["rounds"] = summary["rounds"]
+    return row
 
 
 def markdown(rows: dict) -> str:

@@ -242,5 +242,8 @@ def run(ctx) -> dict:
     policy, params, _, assets = load_policy(ctx.stage_summary("sft")["checkpoint_dir"], config)
     wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
                                                  config)
-    roots = dict(np.load(ctx.stage_summary("collect")["roots"]))
+    from vlambpo_jax.rl import mbpo
+    # the same roots MBPO draws from ('collect', or 'logged_roots' where the mbpo module knows it)
+    roots_stage = mbpo.roots_stage(ctx) if hasattr(mbpo, "roots_stage") else "collect"
+    roots = dict(np.load(ctx.stage_summary(roots_stage)["roots"]))
     return train(ctx, policy, params, assets, ModelWorld(wm, config.rl.reward_threshold), wm_params, roots)
