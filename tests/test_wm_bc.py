@@ -217,3 +217,33 @@ def test_sweep_runs_wm_bc_on_the_base_world_model(tmp_path, monkeypatch):
         assert (base / "variants" / "wm_bc" / stage).resolve() == (base / stage).resolve()
     assert row["success_rate"] == 0.25 and row["env_steps"] == 0 and row["rounds"][0]["imagined_success"] == 0.5
     assert sweep.variant_stages("no_ivd")[1] == ("wm_pretrain", "wm_finetune", "mbpo", "evaluate")
+
+
+class _StopAfterFirstStep:
+    """A termination signal that arrives once the first BC step has run (round 0's data is saved)."""
+
+    def __init__(self, stage_dir):
+        self.stage_dir = stage_dir
+
+    @property
+    def requested(self):
+        return (self.stage_dir / "data" / "round_000.npz").exists()
+
+
+def test_resume_between_rounds_is_identical(tmp_path):
+    c = _config(bc_rounds=2, bc_steps=1)
+    sft_dir = make_checkpoint(tmp_path / "sft" / sft.CKPT_NAME)
+    policy, params, tokenizer, assets = sft.load_policy(sft_dir, c)
+    roots = _roots(c, tokenizer, np.array([True, False, True, False]))
+    full = wm_bc.train(_ctx(c, tmp_path / "full"), policy, params, assets, WORLD, WM_PARAMS, roots)
+    ctx = pipeline.StageContext(c, tmp_path / "resumed", "wm_bc", RecordingWriter(),
+                                _StopAfterFirstStep(tmp_path / "resumed" / "wm_bc"))
+    ctx.stage_dir.mkdir(parents=True)
+    part = wm_bc.train(ctx, policy, params, assets, WORLD, WM_PARAMS, roots)
+    assert part["interrupted"] and part["steps"] == 1 and len(part["rounds"]) == 1
+    resumed = wm_bc.train(_ctx(c, tmp_path / "resumed"), policy, params, assets, WORLD, WM_PARAMS, roots)
+    assert resumed["steps"] == 2
+    assert [r["kept_pairs"] for r in resumed["rounds"]] == [r["kept_pairs"] for r in full["rounds"]]
+    _, a, _, _ = sft.load_policy(full["checkpoint_dir"], c)
+    _, b, _, _ = sft.load_policy(resumed["checkpoint_dir"], c)
+    assert _same(a, b)
