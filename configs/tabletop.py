@@ -144,7 +144,8 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     Sizing (32x32 views): VAE 4x down -> 8x8x4 latents -> 2x2 patches = 16 generation tokens per view;
     ViT 8 px patches = 16 understanding tokens per view. One IVD transition sequence = instruction (L)
     + 2 x (16 ViT + 16 VAE) + actions (10 continuous / 70 bins) + 3 x 16 latent blocks = 154 / 214
-    tokens at L = 32. Measured on the 2 shared cores (benchmarks/world_model_throughput.py and a timed
+    tokens at L = 32, plus 16 for the ViT copy of the next head (ivd_vit_copy; the timings below were
+    measured without it). Measured on the 2 shared cores (benchmarks/world_model_throughput.py and a timed
     train step, other jobs running): width 96 x 3 layers (0.8M params in WMNet, 0.18M VAE) trains at
     ~1.2 s / step at batch 32 with continuous actions (1.85 s with bins), so pretrain 600 + finetune 400
     steps take ~20 min; sampling (8 steps, no CFG, IVD) + reward runs ~160 transitions/s at batch 64
@@ -165,7 +166,14 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     cfg_text_scale / cfg_image_scale / cfg_interval: 3-branch classifier-free guidance, applied for
       t in (lo, hi] (paper 6 / 2 / (0.4, 1.0)); both scales 1.0 disable CFG (no extra branches). Off
       by default on CPU: it triples the sampling cost inside the interval.
+    cfg_renorm_type / cfg_renorm_min: BAGEL's CFG renormalization (models/flow_sampling.cfg_velocity):
+      the guided velocity is scaled by clamp(|v_full| / |v_guided|, cfg_renorm_min, 1) so its norm
+      does not exceed the conditional one's: 'none' | 'global' (per sample) | 'channel' (per token) |
+      'text_channel' (per token, on the text-guided velocity before image guidance; BAGEL's edit default).
     view_decoding: 'interleaved' (IVD) | 'independent' | 'joint' (see models/sequence_layout.py).
+    ivd_vit_copy: in IVD the wrist view also reads ViT tokens of the (predicted) next head image, not
+      only its clean VAE tokens (BAGEL's copies of a generated image; +16 tokens; training and sampling
+      use the same layout, so changing it needs retraining).
     action_encoding: 'bins' (k x 7 text tokens, 257 min-max bins per dim, as the paper) | 'continuous'
       (one linear token per action step; the CPU default: 1.5x cheaper training, see above).
     dropout.text / vit / vae: conditioning dropout probabilities (text also drops the actions).
@@ -181,6 +189,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     max_text_len: byte tokens of the instruction the world model reads (its vocabulary is byte-level,
       independent of the policy's tokenizer).
     eval_batches: held-out batches for PSNR / SSIM / reward accuracy after each stage.
+    probe.*: the multi-view consistency probe (models/state_probe.py): a tiny conv net per view trained
+      for probe.steps (batch probe.batch_size, Adam lr probe.lr) on the real frames of
+      probe.train_batches training batches to read the end-effector state; enabled False skips it.
     dtype: compute dtype ('float32' on CPU).
     """
     w = ml_collections.ConfigDict(dict(
@@ -191,12 +202,14 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
                  qk_norm=True),
         latent_patch=2, num_sample_steps=8, timestep_shift=2.0,
         cfg_text_scale=1.0, cfg_image_scale=1.0, cfg_interval=(0.4, 1.0),
-        view_decoding="interleaved", action_encoding="continuous",
+        cfg_renorm_type="none", cfg_renorm_min=0.0,
+        view_decoding="interleaved", ivd_vit_copy=True, action_encoding="continuous",
         dropout=dict(text=0.1, vit=0.3, vae=0.3),
         loss_image=1.0, loss_text=0.1, reward_balance=True,
         pretrain_enabled=True, pretrain_data="", finetune_data="", pretrain_steps=600, finetune_steps=400, batch_size=32,
         lr=1e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=100, ema=0.999,
         eval_batches=4, dtype="float32", max_text_len=64,
+        probe=dict(enabled=True, steps=400, batch_size=64, lr=2e-3, train_batches=8),
     ))
     if smoke:
         w.vae.update(dict(widths=(16, 16), steps=20, batch_size=16))
@@ -204,4 +217,5 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         w.umm.update(dict(width=32, depth=1, heads=2, kv_heads=1, head_dim=16, mlp=64))
         w.update(dict(num_sample_steps=2, pretrain_steps=10, finetune_steps=10, batch_size=8,
                       warmup_steps=2, eval_batches=1, action_encoding="continuous"))
+        w.probe.update(dict(steps=20, train_batches=2))
     return w

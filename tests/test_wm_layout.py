@@ -24,8 +24,12 @@ def test_interleaved_visibility():
     for c in ctx:  # the next head sees the whole context
         assert seg_sees(lay, "head_next", c) == (True, True)
         assert seg_sees(lay, "head_next_clean", c) == (True, True)
-    # IVD: the wrist sees instruction, its own current view and the clean next head only.
-    for c in ["text", "wrist_vit", "wrist_vae", "head_next_clean"]:
+        assert seg_sees(lay, "head_next_vit", c) == (True, True)
+    # the ViT copy of the next head sees its clean VAE copy (BAGEL order: noisy, clean VAE, ViT)
+    assert seg_sees(lay, "head_next_vit", "head_next_clean") == (True, True)
+    assert not seg_sees(lay, "head_next_clean", "head_next_vit")[0]
+    # IVD: the wrist sees instruction, its own current view and the clean copies of the next head only.
+    for c in ["text", "wrist_vit", "wrist_vae", "head_next_clean", "head_next_vit"]:
         assert seg_sees(lay, "wrist_next", c) == (True, True), c
     for c in ["head_vit", "head_vae", "action", "head_next"]:
         assert seg_sees(lay, "wrist_next", c) == (False, False), c
@@ -65,6 +69,16 @@ def test_inside_segments():
         assert m[s0:s1, s0:s1].all(), name  # bidirectional inside an image block
 
 
+def test_ivd_without_vit_copy():
+    """vit_copy=False: the older layout (VAE-only copy), kept for checkpoints trained with it."""
+    lay = sl.dynamics_layout("interleaved", L, V, N, A, vit_copy=False)
+    assert [s.name for s in lay.segments][-3:] == ["head_next", "head_next_clean", "wrist_next"]
+    assert lay.segment("wrist_next").sees == ("text", "wrist_vit", "wrist_vae", "head_next_clean")
+    pos, off = lay.rope_ids(), lay.offsets()
+    assert set(pos[slice(*off["wrist_next"])]) == {pos[off["head_next"][0]] + 1}
+    assert lay.length == layout("interleaved").length - V
+
+
 def test_rope_ids_and_experts():
     lay = layout("interleaved")
     off, pos, ex = lay.offsets(), lay.rope_ids(), lay.expert_ids()
@@ -76,13 +90,17 @@ def test_rope_ids_and_experts():
     head_id = pos[off["head_next"][0]]
     assert set(pos[slice(*off["head_next"])]) == {head_id} == {L + 4 + A}
     assert set(pos[slice(*off["head_next_clean"])]) == {head_id}  # clean copy shares its twin's id
-    assert set(pos[slice(*off["wrist_next"])]) == {head_id + 1}
+    assert set(pos[slice(*off["head_next_vit"])]) == {head_id + 1}  # the ViT copy takes the next id
+    assert set(pos[slice(*off["wrist_next"])]) == {head_id + 2}
     for name, e in [("text", 0), ("head_vit", 0), ("action", 0), ("head_vae", 1), ("head_next", 1),
-                    ("head_next_clean", 1), ("wrist_next", 1)]:
+                    ("head_next_clean", 1), ("head_next_vit", 0), ("wrist_next", 1)]:
         assert set(ex[slice(*off[name])]) == {e}, name
     drops = lay.drop_categories()
     assert drops["text"][slice(*off["action"])].all() and not drops["text"][slice(*off["head_vit"])].any()
     assert drops["vae"][slice(*off["head_next_clean"])].all() and not drops["vae"][slice(*off["head_next"])].any()
+    assert drops["vit"][slice(*off["head_next_vit"])].all()
+    assert [op for op, names in lay.generation_plan()][2:] == ["prefill", "generate"]
+    assert lay.generation_plan()[2][1] == ("head_next_clean", "head_next_vit")
 
 
 def test_reward_layout_and_errors():

@@ -48,7 +48,7 @@ def test_action_bins_round_trip():
 def test_cached_sampling_equals_uncached(view_decoding, cfg):
     c = tiny_config(view_decoding=view_decoding, action_encoding="bins",
                     cfg_text_scale=3.0 if cfg else 1.0, cfg_image_scale=2.0 if cfg else 1.0,
-                    cfg_interval=(0.4, 1.0))
+                    cfg_interval=(0.4, 1.0), cfg_renorm_type="text_channel" if cfg else "none")
     wm = WorldModel(c)
     params = wm.init(jax.random.key(0))
     # llm2vae starts at zero; randomize it so the velocities (and the test) are not trivially zero
@@ -112,3 +112,44 @@ def test_tiny_wm_overfits_one_transition():
     assert err_after < 0.2 * err_before, (err_before, err_after)
     p = wm.reward(trained, tr["images"][:, 0], tr["tokens"], tr["token_mask"])
     assert float(p[0]) > 0.8 and float(p[1]) < 0.2  # episode 0 ends in success 1 step later
+
+
+def _random_head(params):
+    params["net"]["params"]["llm2vae"]["kernel"] = 0.3 * jax.random.normal(
+        jax.random.key(1), params["net"]["params"]["llm2vae"]["kernel"].shape)
+    return params
+
+
+def test_ivd_wrist_reads_vit_tokens_of_the_decoded_predicted_head():
+    """Sampling: the wrist view is generated after the predicted head's clean copies, including ViT
+    tokens of its *decoded* image. With return_latents the VAE decoder is used only for that copy, so
+    perturbing the decoder must change the predicted wrist latent and leave the head latent unchanged."""
+    wm = WorldModel(tiny_config(view_decoding="interleaved", action_encoding="continuous"))
+    assert wm.spec.ivd_vit_copy and "head_next_vit" in [s.name for s in wm.dynamics_layout(6).segments]
+    params = _random_head(wm.init(jax.random.key(0)))
+    tr = transition()
+    pred = jax.jit(lambda p: wm.predict(p, tr["images"], tr["tokens"], tr["token_mask"], tr["actions"],
+                                        jax.random.key(2), return_latents=True))
+    base = np.asarray(pred(params))
+    vae = params["vae"]["params"]
+    dec = [k for k in vae if k.startswith("dec") or "decoder" in k]
+    assert dec, list(vae)
+    other = dict(params, vae={"params": {**vae, **{k: jax.tree.map(lambda a: a + 0.5, vae[k]) for k in dec}}})
+    moved = np.asarray(pred(other))
+    np.testing.assert_array_equal(moved[:, 0], base[:, 0])          # the head never sees its copies
+    assert np.abs(moved[:, 1] - base[:, 1]).max() > 1e-4            # the wrist reads the decoded head
+
+
+def test_ivd_vit_copy_in_training_layout():
+    """Teacher forcing with the same layout: the ViT copy of the real next head changes the wrist
+    loss only (same weights, layouts with and without the copy)."""
+    params = None
+    out = {}
+    for copy in (True, False):
+        wm = WorldModel(tiny_config(view_decoding="interleaved", action_encoding="continuous",
+                                    ivd_vit_copy=copy))
+        params = params or _random_head(wm.init(jax.random.key(0)))
+        out[copy] = jax.jit(lambda p, b, k: wm.loss(p, b, k, train=False)[1])(params, transition(),
+                                                                              jax.random.key(3))
+    assert float(out[True]["mse_head"]) == pytest.approx(float(out[False]["mse_head"]), abs=1e-6)
+    assert abs(float(out[True]["mse_wrist"]) - float(out[False]["mse_wrist"])) > 1e-5

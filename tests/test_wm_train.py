@@ -7,7 +7,7 @@ from configs import tabletop
 from vlambpo_jax import pipeline
 from vlambpo_jax.data.rlds_writer import write_rlds
 from vlambpo_jax.data.synthetic import synthetic_episode
-from vlambpo_jax.models import wm_train
+from vlambpo_jax.models import state_probe, wm_train
 from vlambpo_jax.train.preemption import NoPreemption
 from tests.helpers.fakes import RecordingWriter
 
@@ -50,3 +50,20 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path):
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params["net"]["params"]["backbone"]),
                                                         jax.tree.leaves(pre["net"]["params"]["backbone"])))
     assert "norm_stats" in assets
+    # multi-view consistency: a probe trained on real frames, numbers in the summary and the metrics
+    for stage in ("wm_pretrain", "wm_finetune"):
+        cons = summaries[stage]["consistency"]
+        assert cons["view_decoding"] == "interleaved"
+        for k in wm_train.CONSISTENCY_KEYS:
+            assert np.isfinite(cons[k]) and cons[k] >= 0, (stage, k, cons)
+        assert (tmp_path / stage / wm_train.PROBE_FILE).exists()
+    assert any("eval/consistency_pos" in m and "eval/real_consistency_pos" in m for _, m in writer.rows)
+    # the same probe and held-out batches evaluate another model (here: the pretrained weights)
+    probe = state_probe.load(tmp_path / "wm_finetune" / wm_train.PROBE_FILE)
+    ctx = pipeline.StageContext(c, tmp_path, "wm_finetune", RecordingWriter(), NoPreemption())
+    _, heldout, _ = wm_train._open_data(ctx, "", c.wm.batch_size, int(c.seed) + 1)  # the stage's
+    assert heldout[0]["next_state"].shape == (c.wm.batch_size, 7)
+    ev = wm_train.make_evaluator(wm, heldout, jax.random.key(0), probe=probe)
+    a, b = ev(params), ev(pre)
+    assert set(wm_train.CONSISTENCY_KEYS) <= set(a) and a["real_consistency_pos"] == b["real_consistency_pos"]
+    assert a["consistency_pos"] != b["consistency_pos"]

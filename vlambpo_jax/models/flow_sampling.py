@@ -64,3 +64,45 @@ def choose_stochastic_step(key: jax.Array, batch: int, num_steps: int, per_sampl
 def sample_flow_time(key: jax.Array, batch: int) -> jax.Array:
     """Training times t ~ Beta(1.5, 1) * 0.999 + 0.001 (openpi), float32[B]; t = 1 is pure noise."""
     return jax.random.beta(key, 1.5, 1.0, (batch,)) * 0.999 + 0.001
+
+
+# ---------------------------------------------------------------------------------------------------
+# Classifier-free guidance of the world model's image sampler (BAGEL's 3-branch rule + renorm)
+
+CFG_RENORM_TYPES = ("none", "global", "channel", "text_channel")
+
+
+def _norm(x: jax.Array, axes) -> jax.Array:
+    return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
+
+
+def cfg_velocity(v_full: jax.Array, v_no_text: jax.Array, v_no_image: jax.Array, text_scale: float,
+                 image_scale: float, renorm_type: str = "none", renorm_min: float = 0.0) -> jax.Array:
+    """Guided velocity from the three CFG branches (BAGEL), arrays [B, ..., C] (C = token channels).
+
+        v_t = v_no_text + s_text (v_full - v_no_text)
+        v   = v_no_image + s_image (v_t - v_no_image)
+
+    renorm_type rescales so the guided velocity's norm does not exceed the conditional (v_full) one's,
+    by scale = clamp(|v_full| / (|guided| + 1e-8), renorm_min, 1):
+      'none': no rescaling;
+      'global': one scale per sample, norms over all non-batch axes (BAGEL takes the norm over the
+        whole packed tensor, i.e. its one generated image);
+      'channel': one scale per token, norms over the last (channel) axis, applied to v;
+      'text_channel': per token as 'channel' but applied to v_t, before the image guidance.
+    """
+    if renorm_type not in CFG_RENORM_TYPES:
+        raise ValueError(f"config.wm.cfg_renorm_type={renorm_type!r}; expected one of {CFG_RENORM_TYPES}")
+
+    def scale(ref, guided, axes):
+        return jnp.clip(_norm(ref, axes) / (_norm(guided, axes) + 1e-8), renorm_min, 1.0)
+
+    v_t = v_no_text + text_scale * (v_full - v_no_text)
+    if renorm_type == "text_channel":
+        v_t = v_t * scale(v_full, v_t, -1)
+    v = v_no_image + image_scale * (v_t - v_no_image)
+    if renorm_type == "global":
+        v = v * scale(v_full, v, tuple(range(1, v.ndim)))
+    elif renorm_type == "channel":
+        v = v * scale(v_full, v, -1)
+    return v

@@ -42,7 +42,8 @@ class Segment:
     expert: UND (0) or GEN (1).
     source: what fills it, interpreted by the world model: ('text',), ('action',), ('vit', view),
       ('vae', view) (clean current latent), ('noisy', view) (x_t of the next view),
-      ('clean_next', view) (clean next latent), ('question_prefix',), ('question_suffix',).
+      ('clean_next', view) (clean next latent), ('vit_next', view) (ViT tokens of the next view's
+      image), ('question_prefix',), ('question_suffix',).
     drop: dropout / CFG category of its keys ('text' | 'vit' | 'vae' | None).
     sees: names of the earlier segments it may attend to; None = all earlier non-noise segments.
     group: noise segments with the same group see each other (joint generation).
@@ -187,13 +188,18 @@ def text_layout(length: int, expert: int = UND) -> Layout:
 
 
 def dynamics_layout(view_decoding: str, text_len: int, vit_tokens: int, latent_tokens: int,
-                    action_tokens: int) -> Layout:
+                    action_tokens: int, vit_copy: bool = True) -> Layout:
     """The world-model transition sequence for one chunk (views 0 = head, 1 = wrist).
 
     Context: instruction, head (ViT + clean VAE), wrist (ViT + clean VAE), action tokens. Then:
-      interleaved: head_next (noise) -> head_next clean copy -> wrist_next (noise), the wrist seeing only
-        the instruction, the current wrist view and the clean next head (not the action, not the current
-        head view), as IVD prescribes;
+      interleaved: head_next (noise) -> head_next clean VAE copy -> (vit_copy) head_next ViT copy ->
+        wrist_next (noise), the wrist seeing only the instruction, the current wrist view and the
+        clean copies of the next head (not the action, not the current head view), as IVD prescribes.
+        The copies are what BAGEL puts after a generated image that later tokens condition on: clean
+        VAE tokens (sharing the noisy twin's RoPE id, then advancing it) and ViT tokens (the next id).
+        In training they are the real next head (teacher forcing); at inference the predicted latent
+        and the ViT tokens of its decoded image. vit_copy=False is the older VAE-only layout (kept for
+        checkpoints trained with it);
       independent: head_next and wrist_next (noise), each from the whole context, invisible to each other;
       joint: head_next and wrist_next generated together (one noise group).
     """
@@ -206,12 +212,13 @@ def dynamics_layout(view_decoding: str, text_len: int, vit_tokens: int, latent_t
         Segment("action", "causal", action_tokens, UND, ("action",), "text"),
     ]
     if view_decoding == "interleaved":
-        gen = [
-            Segment("head_next", "noise", latent_tokens, GEN, ("noisy", 0)),
-            Segment("head_next_clean", "full", latent_tokens, GEN, ("clean_next", 0), "vae",
-                    rope_twin="head_next"),
+        copies = [Segment("head_next_clean", "full", latent_tokens, GEN, ("clean_next", 0), "vae",
+                          rope_twin="head_next")]
+        if vit_copy:
+            copies.append(Segment("head_next_vit", "full", vit_tokens, UND, ("vit_next", 0), "vit"))
+        gen = [Segment("head_next", "noise", latent_tokens, GEN, ("noisy", 0))] + copies + [
             Segment("wrist_next", "noise", latent_tokens, GEN, ("noisy", 1),
-                    sees=("text", "wrist_vit", "wrist_vae", "head_next_clean")),
+                    sees=("text", "wrist_vit", "wrist_vae") + tuple(c.name for c in copies)),
         ]
     elif view_decoding == "independent":
         gen = [Segment("head_next", "noise", latent_tokens, GEN, ("noisy", 0)),

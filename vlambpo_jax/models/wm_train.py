@@ -7,7 +7,10 @@ whole inference tree {'net': EMA weights, 'vae', 'stats'} with the config and no
 as assets. Fine-tuning starts from wm_pretrain's output with the ViT and the VAE frozen; with
 config.wm.pretrain_enabled False, wm_pretrain does nothing and wm_finetune trains from scratch (the
 "w/o pretraining" ablation). After training, held-out transitions give PSNR / SSIM per view (and for
-the copy-current-frame baseline), reward accuracy / F1, and a side-by-side PNG `samples.png`.
+the copy-current-frame baseline), reward accuracy / F1, a side-by-side PNG `samples.png`, and the
+multi-view consistency of the predicted views read by a state probe (models/state_probe.py; trained in
+seconds on training frames before the dynamics phase, saved as `state_probe.msgpack`; summary key
+'consistency', with the model's view_decoding).
 
 Data: config.data's RLDS dataset (the demos stage output by default), overridden per stage by
 config.wm.pretrain_data / finetune_data (a TFDS builder dir; '' = config.data's, and for fine-tuning
@@ -29,12 +32,18 @@ import ml_collections
 import numpy as np
 import optax
 
+from vlambpo_jax.models import state_probe
 from vlambpo_jax.models.vae import VAE, vae_loss
 from vlambpo_jax.models.world_model import WorldModel
 from vlambpo_jax.train import sharding
 
 CKPT_VAE = "vae"
 CKPT_WM = "world_model"
+PROBE_FILE = "state_probe.msgpack"
+CONSISTENCY_KEYS = ("consistency_pos", "consistency_grip", "real_consistency_pos",
+                    "real_consistency_grip", "probe_err_pos_head", "probe_err_pos_wrist",
+                    "real_probe_err_pos_head", "real_probe_err_pos_wrist", "copy_probe_err_pos_head",
+                    "copy_probe_err_pos_wrist")
 
 
 @flax.struct.dataclass
@@ -91,9 +100,14 @@ def _open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None):
                                    max_text_len=int(config.wm.max_text_len), future=True,
                                    action_pad=config.data.action_pad)
         actions = normalization.unnormalize(b["actions"], stats["action"], mode)  # env units
+        k = int(config.chunk_size)
+        # raw proprio state of frames t and t + k (targets of the consistency probe, state_probe.py)
+        state = np.stack([ep["state"][t] for ep, t in samples]).astype(np.float32)
+        next_state = np.stack([ep["state"][min(t + k, ep["length"] - 1)] for ep, t in samples])
         return {"images": b["images"], "next_images": b["next_images"], "actions": actions,
                 "tokens": b["tokens"], "token_mask": b["token_mask"],
-                "episode_success": b["episode_success"], "steps_to_end": b["steps_to_end"]}
+                "episode_success": b["episode_success"], "steps_to_end": b["steps_to_end"],
+                "state": state, "next_state": next_state.astype(np.float32)}
 
     n_eval = max(1, len(episodes) // 10) if len(episodes) > 1 else 0
     train_eps, eval_eps = episodes[:len(episodes) - n_eval], episodes[len(episodes) - n_eval:]
@@ -195,7 +209,12 @@ def _train_dynamics(ctx, wm: WorldModel, params, batch_fn, heldout, num_steps, f
         return TrainState(state.step + 1, p, e, opt), dict(m, grad_norm=optax.tree.norm(g))
 
     step_fn = dp.jit_step(step_fn, state_shardings)
-    evaluator = make_evaluator(wm, heldout, jax.random.key(int(ctx.config.seed) + 17))
+    probe, probe_info = None, {}
+    if w.get("probe") is not None and w.probe.enabled:
+        probe, probe_info = train_state_probe(w.probe, batch_fn, int(ctx.config.seed))
+        state_probe.save(Path(ctx.stage_dir) / PROBE_FILE, probe)
+        log(f"consistency probe: {json.dumps(probe_info)}")
+    evaluator = make_evaluator(wm, heldout, jax.random.key(int(ctx.config.seed) + 17), probe=probe)
     last_eval = {}
 
     def eval_fn(state, step):
@@ -222,20 +241,44 @@ def _train_dynamics(ctx, wm: WorldModel, params, batch_fn, heldout, num_steps, f
                "seconds": seconds, "sec_per_step": seconds / max(len(losses), 1),
                "first_loss": losses[0] if losses else None,
                "final_loss": float(np.mean(losses[-20:])) if losses else None,
-               "eval": dict(last_eval), "checkpoint_dir": str(Path(ctx.stage_dir) / CKPT_WM)}
+               "eval": dict(last_eval), "checkpoint_dir": str(Path(ctx.stage_dir) / CKPT_WM),
+               "view_decoding": wm.spec.view_decoding}
+    if probe is not None:
+        summary["consistency"] = {
+            "view_decoding": wm.spec.view_decoding, "probe": probe_info,
+            **{k: last_eval[k] for k in CONSISTENCY_KEYS if k in last_eval}}
     log(json.dumps({k: v for k, v in summary.items()}, default=float))
     return summary
 
 
 # ------------------------------------------------------------------------------------------- eval
 
-def make_evaluator(wm: WorldModel, batches, key):
+def train_state_probe(p, batch_fn, seed: int):
+    """The consistency probe (state_probe.py) fitted on the real frames t and t + k of
+    p.train_batches training batches (batch_fn(3_000_000 + i): deterministic, so every stage run on
+    the same data - e.g. an interleaved and an independent model - gets the same probe)."""
+    imgs, states = [], []
+    for i in range(int(p.train_batches)):
+        b = batch_fn(3_000_000 + i)
+        imgs += [np.asarray(b["images"]), np.asarray(b["next_images"])]
+        states += [np.asarray(b["state"]), np.asarray(b["next_state"])]
+    return state_probe.train(np.concatenate(imgs), np.concatenate(states), jax.random.key(seed + 19),
+                             steps=int(p.steps), batch_size=int(p.batch_size), lr=float(p.lr))
+
+
+def make_evaluator(wm: WorldModel, batches, key, probe=None):
     """-> fn(params, png=None) -> {psnr_head, ssim_head, psnr_wrist, ssim_wrist, copy_psnr_*, copy_ssim_*,
-    reward_acc, reward_f1} over the held-out batches (one prediction per transition)."""
+    reward_acc, reward_f1} over the held-out batches (one prediction per transition); with a state
+    probe (state_probe.py) also the multi-view consistency of the predicted next views
+    (consistency_pos [m] / consistency_grip), the same on the real next views (real_consistency_*),
+    and the probe's xyz error against the true next state on predicted, real and current (copy_)
+    frames (*probe_err_pos_head / _wrist). Same batches + key + probe -> comparable numbers across
+    models (e.g. view_decoding interleaved vs independent)."""
     import dm_pix
 
     predict = jax.jit(wm.predict)
     reward = jax.jit(wm.reward)
+    read = jax.jit(state_probe.read) if probe is not None else None
 
     def fn(params, png=None):
         sums, n, tp, fp, fn_, correct, valid_n = {}, 0, 0, 0, 0, 0, 0
@@ -259,6 +302,14 @@ def make_evaluator(wm: WorldModel, batches, key):
             tp += int(np.sum(valid & p_yes & yes))
             fp += int(np.sum(valid & p_yes & ~yes))
             fn_ += int(np.sum(valid & ~p_yes & yes))
+            if read is not None:
+                nxt_state = b.get("next_state")
+                for prefix, frames in (("", pred), ("real_", b["next_images"]), ("copy_", b["images"])):
+                    terms = state_probe.metrics(read(probe, frames), nxt_state, prefix)
+                    if prefix == "copy_":  # current frames are real: only the error vs the next state
+                        terms = {k: v for k, v in terms.items() if "probe_err" in k}
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + float(np.sum(v))
             if first is None:
                 first = (np.asarray(b["images"]), np.asarray(b["next_images"]), np.asarray(pred))
         out = {k: v / max(n, 1) for k, v in sums.items()}

@@ -7,7 +7,10 @@ Pieces (BAGEL layout, see sequence_layout.py for the masks):
 - MoT backbone (umm.py): one sequence, two experts.
 - Dynamics: from the instruction, both current views (ViT + clean VAE tokens) and the action chunk as
   text tokens (per-dim min-max bins, action_tokens.py) - or a continuous embedding - predict both views
-  k steps ahead by rectified flow. `view_decoding` picks the layout (interleaved = IVD).
+  k steps ahead by rectified flow. `view_decoding` picks the layout (interleaved = IVD; with
+  `ivd_vit_copy` the wrist reads the next head's clean VAE tokens and the ViT tokens of its image -
+  the real one in training, the decoded prediction when sampling, as BAGEL re-reads generated images).
+  CFG: 3 branches, optional BAGEL renorm (`cfg_renorm_type`, flow_sampling.cfg_velocity).
 - Reward: "Is the task '<instruction>' completed?" about one image, answered by the Yes / No logits.
 
 Public functions (pure in `params`; jit / vmap / scan friendly; shapes static):
@@ -31,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlambpo_jax.models import action_tokens as at
+from vlambpo_jax.models import flow_sampling as fs
 from vlambpo_jax.models import sequence_layout as sl
 from vlambpo_jax.models.umm import MoTBackbone, UMMConfig, concat_cache
 from vlambpo_jax.models.vae import VAE, to_float, to_uint8
@@ -66,6 +70,9 @@ class WMSpec:
     loss_text: float
     reward_balance: bool
     num_views: int = 2
+    ivd_vit_copy: bool = False
+    cfg_renorm_type: str = "none"
+    cfg_renorm_min: float = 0.0
 
     @property
     def latent_hw(self) -> int:
@@ -108,6 +115,9 @@ def spec_from_config(config) -> WMSpec:
     if w.vae.downsample != down:
         raise ValueError(f"config.wm.vae.downsample={w.vae.downsample} but config.wm.vae.widths has "
                          f"{len(w.vae.widths)} stride-2 stages (= {down}x)")
+    renorm = w.get("cfg_renorm_type", "none")
+    if renorm not in fs.CFG_RENORM_TYPES:
+        raise ValueError(f"config.wm.cfg_renorm_type={renorm!r}; expected one of {fs.CFG_RENORM_TYPES}")
     u = w.umm
     umm = UMMConfig(vocab_size=at.VOCAB_SIZE, width=u.width, depth=u.depth, heads=u.heads,
                     kv_heads=u.kv_heads, head_dim=u.head_dim, mlp=u.mlp, rope_theta=u.rope_theta,
@@ -122,7 +132,11 @@ def spec_from_config(config) -> WMSpec:
         cfg_text_scale=w.cfg_text_scale, cfg_image_scale=w.cfg_image_scale,
         cfg_interval=tuple(w.cfg_interval), drop_text=w.dropout.text, drop_vit=w.dropout.vit,
         drop_vae=w.dropout.vae, loss_image=w.loss_image, loss_text=w.loss_text,
-        reward_balance=w.reward_balance)
+        reward_balance=w.reward_balance,
+        # absent in configs saved before these options existed: their checkpoints were trained with
+        # the VAE-only copy of the predicted head and sampled without renorm
+        ivd_vit_copy=bool(w.get("ivd_vit_copy", False)), cfg_renorm_type=renorm,
+        cfg_renorm_min=float(w.get("cfg_renorm_min", 0.0)))
 
 
 def sincos_2d(grid: int, width: int) -> np.ndarray:
@@ -268,7 +282,7 @@ class WorldModel:
     def dynamics_layout(self, text_len: int) -> sl.Layout:
         s = self.spec
         return sl.dynamics_layout(s.view_decoding, text_len, s.vit_tokens, s.latent_tokens,
-                                  s.action_tokens)
+                                  s.action_tokens, vit_copy=s.ivd_vit_copy)
 
     @functools.lru_cache(maxsize=None)
     def reward_layout(self, text_len: int) -> sl.Layout:
@@ -336,9 +350,11 @@ class WorldModel:
         bool[B, L], actions f32[B, k, 7] (env units), key -> next images uint8[B, V, H, W, 3].
 
         Follows the layout's generation plan: prefill the context into a KV cache once, generate the
-        next head view by `num_sample_steps` Euler steps attending to the cache, append its clean copy
-        to the cache, generate the next wrist view (IVD); CFG branches are extra batch rows with their
-        own cache. use_cache=False recomputes the whole prefix at every step (reference for tests).
+        next head view by `num_sample_steps` Euler steps attending to the cache, append its clean copies
+        to the cache (VAE tokens of the predicted latent and, with ivd_vit_copy, ViT tokens of its
+        decoded image, as BAGEL re-reads a generated image), generate the next wrist view (IVD); CFG
+        branches are extra batch rows with their own cache. use_cache=False recomputes the whole
+        prefix at every step (reference for tests).
         """
         s = self.spec
         b = images.shape[0]
@@ -351,7 +367,8 @@ class WorldModel:
         drops = {"text": jnp.asarray(branch == 1), "vit": jnp.asarray(branch == 2),
                  "vae": jnp.asarray(branch == 2)}
         cache, known, cols = None, None, np.zeros((0,), np.int32)
-        out = {}
+        out, decoded = {}, {}
+        vit_next = {sg.source[1] for sg in layout.segments if sg.source[:1] == ("vit_next",)}
         for i, (op, names) in enumerate(layout.generation_plan()):
             rows = layout.indices(names)
             if op == "prefill":
@@ -372,11 +389,19 @@ class WorldModel:
                 out[v] = z[:, j]
                 src[("clean_next", v)] = self.net.apply(params["net"], z[:, j], jnp.zeros((b,)),
                                                         method=WMNet.latent_tokens)
+                if v in vit_next:
+                    decoded[v] = self.decode_latents(params, z[:, j])
+                    src[("vit_next", v)] = self.net.apply(params["net"], decoded[v],
+                                                          method=WMNet.vit_tokens)
         lat = jnp.stack([out[v] for v in sorted(out)], axis=1)  # [B, V, n, pd]
         if return_latents:
             return lat
-        imgs = self.decode_latents(params, lat.reshape((-1,) + lat.shape[2:]))
-        return imgs.reshape((b, len(out)) + imgs.shape[1:])
+        todo = [v for v in sorted(out) if v not in decoded]
+        if todo:
+            imgs = self.decode_latents(params, jnp.stack([out[v] for v in todo], 1).reshape(
+                (-1,) + lat.shape[2:])).reshape((b, len(todo)) + (s.image_size, s.image_size, 3))
+            decoded.update({v: imgs[:, i] for i, v in enumerate(todo)})
+        return jnp.stack([decoded[v] for v in sorted(out)], axis=1)
 
     def _denoise(self, params, layout, rows, cols, nviews, cache, known, key_valid, drops, key, b,
                  nb, use_cache):
@@ -415,8 +440,8 @@ class WorldModel:
             else:
                 def guided():
                     v_full, v_no_text, v_no_img = jnp.split(velocity(x, t, 3 * b), 3, axis=0)
-                    v_t = v_no_text + s.cfg_text_scale * (v_full - v_no_text)
-                    return v_no_img + s.cfg_image_scale * (v_t - v_no_img)
+                    return fs.cfg_velocity(v_full, v_no_text, v_no_img, s.cfg_text_scale,
+                                           s.cfg_image_scale, s.cfg_renorm_type, s.cfg_renorm_min)
                 v = jax.lax.cond((t > lo) & (t <= hi), guided, lambda: velocity(x, t, b))
             return x - v * (t - t_next), None
 
@@ -477,6 +502,9 @@ class WorldModel:
             src[("noisy", i)] = self.net.apply(net, xt[:, i], t[:, i], method=WMNet.latent_tokens)
             src[("clean_next", i)] = self.net.apply(net, x0[:, i], jnp.zeros((b,)),
                                                     method=WMNet.latent_tokens)
+        for sg in layout.segments:  # ViT copies of generated views: the real next frame (teacher forcing)
+            if sg.source[:1] == ("vit_next",):
+                src[sg.source] = self.net.apply(net, nxt[:, sg.source[1]], method=WMNet.vit_tokens)
         kd = jax.random.split(k_d, 3)
         if train:
             drops = {"text": jax.random.bernoulli(kd[0], s.drop_text, (b,)),
