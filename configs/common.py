@@ -150,12 +150,13 @@ def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_
     used for evaluation and saved as 'params' (0 = off); eval_every: steps between simulator evaluations
     (0 = only at the end); eval_episodes: episodes per task in each evaluation (0 = none); init_from: ''
     or a checkpoint dir whose params start the run; in_memory: read every episode once into memory and
-    draw batches from seeded epoch permutations (small demo sets), or stream them from the reader.
+    draw batches from seeded epoch permutations (small demo sets), or stream them from the reader;
+    noise_samples: flow-matching (time, noise) draws per observation, sharing one prefix pass.
     """
     c = ml_collections.ConfigDict(dict(
         steps=3000, batch_size=data.get_ref("batch_size"), lr=5e-4, min_lr_ratio=0.1, warmup=100,
         b1=0.9, b2=0.95, weight_decay=1e-4, clip=1.0, ema=0.999, eval_every=1000, eval_episodes=16,
-        init_from="", in_memory=True,
+        init_from="", in_memory=True, noise_samples=1,
     ))
     c.update(overrides)
     if smoke:

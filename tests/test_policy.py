@@ -169,6 +169,21 @@ def test_policy_sample_unnormalizes(setup):
         pol.check_obs(dict(obs, images=obs["images"][:, :1]))
 
 
+def test_noise_samples_equal_repeated_observations(setup):
+    """n flow draws per observation from one prefix pass = the same draws on n copies of each row."""
+    pol, params, obs = setup
+    b = obs["images"].shape[0]
+    actions = jax.random.uniform(jax.random.key(3), (b, pol.dims.chunk_size, 7), minval=-1, maxval=1)
+    mask = jnp.arange(pol.dims.chunk_size)[None, :] < jnp.arange(b)[:, None] + 3
+    batch = dict(obs, actions=actions, action_mask=mask)
+    key = jax.random.key(4)
+    shared, _ = pol.flow_matching_loss(params, batch, key, noise_samples=3)
+    repeated, _ = pol.flow_matching_loss(params, jax.tree.map(lambda x: jnp.repeat(x, 3, axis=0), batch), key)
+    single, _ = pol.flow_matching_loss(params, batch, key)
+    np.testing.assert_allclose(shared, repeated, rtol=1e-5)
+    assert abs(float(shared) - float(single)) > 1e-4
+
+
 def test_tiny_model_overfits_tiny_dataset():
     config = _config()
     pol = policy_lib.Policy(config)

@@ -102,6 +102,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("policy.stochastic_step", _one_of("per_call", "per_sample")),
     ("sft.steps", _int_range(0)),
     ("sft.lr", _positive_float),
+    ("sft.noise_samples", _int_range(1)),
     ("wm.view_decoding", _one_of("interleaved", "independent", "joint")),
     ("wm.action_encoding", _one_of("bins", "continuous")),
     ("eval.instruction_split", _one_of("seen", "unseen")),
@@ -123,7 +124,19 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.bc_lr", _positive_float),
     ("rl.bc_batch_size", _int_range(1)),
     ("rl.bc_initial_roots", lambda v: None if isinstance(v, bool) else "must be True or False"),
+    ("logged.max_episodes", _int_range(0)),
+    ("logged.heldout_max_episodes", _int_range(0)),
+    ("logged.heldout_split", lambda v: None if isinstance(v, str) and v else "must name a dataset split"),
+    ("eval.batch_size", _int_range(1)),
+    ("eval.action_stride", _int_range(1)),
+    ("eval.imagined_branches", _int_range(0)),
+    ("eval.imagined_chunks", _int_range(0)),
+    ("eval.wm_batches", _int_range(0)),
 ]
+
+# Stages that need the simulator (config.env); configs without one (the real-robot path) use
+# logged_roots instead of collect.
+_SIM_STAGES = ("demos", "collect")
 
 
 def _horizons(config) -> dict[str, int]:
@@ -147,6 +160,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         from vlambpo_jax.data import config_rules as data_rules
         for key, value, problem in data_rules.problems(config):
             raise ConfigError(key, value, problem)
+    if get(config, "env") is _MISSING:
+        stages = get(config, "stages")
+        for stage in _SIM_STAGES:
+            if stages is not _MISSING and stage in tuple(stages):
+                raise ConfigError("stages", tuple(config.stages), f"stage {stage!r} needs a simulator "
+                                  "(config.env); without one use 'logged_roots' for branch roots")
+        if get(config, "rl.world") == "sim":
+            raise ConfigError("rl.world", "sim", "needs a simulator (config.env); without one use 'model'")
     for task, horizon in _horizons(config).items():
         if config.chunk_size > horizon:
             raise ConfigError("chunk_size", config.chunk_size,

@@ -195,7 +195,8 @@ class PrefixEncoder(nn.Module):
         d, dt = self.dims, self.dims.compute_dtype
         self.vit = ViT(patch=d.vit_patch, width=d.vit_width, depth=d.vit_depth, heads=d.vit_heads,
                        mlp=d.vit_mlp, out_width=d.width, dtype=dt)
-        self.embed = nn.Embed(d.vocab_size, d.width, embedding_init=nn.initializers.normal(1.0))
+        # Unit-scale rows after the sqrt(width) multiplier below, like the image tokens.
+        self.embed = nn.Embed(d.vocab_size, d.width, embedding_init=nn.initializers.normal(d.width ** -0.5))
         if d.use_state:
             self.state_proj = nn.Dense(d.width, dtype=dt)
         self.blocks = [Block(d, d.width, d.mlp_dim, adaptive=False) for _ in range(d.depth)]
@@ -430,23 +431,32 @@ class Policy:
         return self._apply(params, cache, x_t, t, method=VLAModel.denoise)
 
     # ---------------------------------------------------------------- training
-    def flow_matching_loss(self, params, batch: Mapping[str, Any], key: jax.Array) -> tuple[jax.Array, dict]:
+    def flow_matching_loss(self, params, batch: Mapping[str, Any], key: jax.Array,
+                           noise_samples: int = 1) -> tuple[jax.Array, dict]:
         """Flow-matching MSE on a batch (observation keys + actions f32[B, k, action_dim] normalized,
         action_mask bool[B, k] optional). Returns (scalar loss, metrics dict).
 
         x_t = t noise + (1 - t) a, target u = noise - a, t ~ Beta(1.5, 1); the squared error is averaged
-        over all (padded) action dims and over the valid chunk steps.
+        over all (padded) action dims and over the valid chunk steps. `noise_samples` (t, noise) draws per
+        observation share one prefix pass: the action expert is cheap next to the prefix, and more draws
+        lower the variance of the gradient that teaches the expert to read the observation.
         """
-        actions = self._pad(batch["actions"].astype(jnp.float32))
+        n = int(noise_samples)
+        actions = jnp.repeat(self._pad(batch["actions"].astype(jnp.float32)), n, axis=0)   # [B n, k, Dp]
         b = actions.shape[0]
         noise_key, time_key = jax.random.split(key)
         noise = jax.random.normal(noise_key, actions.shape)
         t = fs.sample_flow_time(time_key, b)
         x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
-        v = self.denoise(params, self.encode_prefix(params, batch), x_t, t)
-        err = jnp.mean((v - (noise - actions)) ** 2, axis=-1)                         # [B, k]
+        cache = self.encode_prefix(params, batch)
+        if n > 1:
+            cache = PrefixCache(k=jnp.repeat(cache.k, n, axis=1), v=jnp.repeat(cache.v, n, axis=1),
+                                mask=jnp.repeat(cache.mask, n, axis=0), out=cache.out)
+        v = self.denoise(params, cache, x_t, t)
+        err = jnp.mean((v - (noise - actions)) ** 2, axis=-1)                         # [B n, k]
         mask = batch.get("action_mask")
-        mask = jnp.ones(err.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+        mask = jnp.ones(err.shape, jnp.float32) if mask is None else jnp.repeat(
+            mask.astype(jnp.float32), n, axis=0)
         loss = jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
         return loss, {"flow_loss": loss, "valid_action_frac": jnp.mean(mask)}
 

@@ -55,7 +55,7 @@ def make_optimizer(sft, num_steps: int):
     return tx, schedule
 
 
-def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: int):
+def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: int, noise_samples: int = 1):
     """Returns step(state, batch) -> (state, metrics) (jit it on a mesh with
     sharding.DataParallel.jit_step); the flow noise of step s is fold_in(key, s)."""
     base_key = jax.random.key(seed)
@@ -63,7 +63,7 @@ def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: i
     def step(state: SFTState, batch):
         key = jax.random.fold_in(base_key, state.step)
         (loss, metrics), grads = jax.value_and_grad(policy.flow_matching_loss, has_aux=True)(
-            state.params, batch, key)
+            state.params, batch, key, noise_samples)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = (jax.tree.map(lambda e, p: ema * e + (1.0 - ema) * p, state.ema_params, params)
@@ -105,19 +105,24 @@ class InMemoryBatches:
 
 
 class StreamBatches:
-    """batch(step) from a deterministic stream; asking for a later step skips the batches in between."""
+    """batch(step) from a deterministic stream; asking for a later step skips the batches in between,
+    asking for the last step again returns the same batch (the example batch run() builds the
+    policy from is batch 0, which training then asks for)."""
 
     def __init__(self, iterator):
-        self.it, self.next_step = iterator, 0
+        self.it, self.next_step, self.last = iterator, 0, None
 
     def __call__(self, step: int) -> dict:
+        if step == self.next_step - 1 and self.last is not None:
+            return self.last
         if step < self.next_step:
             raise RuntimeError(f"sft: stream batches go forward only (asked for {step}, at {self.next_step})")
         while self.next_step < step:
             next(self.it)
             self.next_step += 1
         self.next_step += 1
-        return next(self.it)
+        self.last = next(self.it)
+        return self.last
 
 
 def _evaluator(ctx, policy, tokenizer, stats, key):
@@ -211,7 +216,8 @@ def run(ctx) -> dict:
                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
     dp = sharding.DataParallel(config.mesh)
     state, state_shardings = dp.place(state)
-    step_fn = dp.jit_step(make_train_step(policy, tx, schedule, float(sft.ema), int(config.seed) + 1),
+    step_fn = dp.jit_step(make_train_step(policy, tx, schedule, float(sft.ema), int(config.seed) + 1,
+                                          int(sft.noise_samples)),
                           state_shardings)
     global_batch_fn = batch_fn
     batch_fn = lambda step: dp.shard(global_batch_fn(step), is_global=bool(sft.in_memory))  # noqa: E731
