@@ -4,8 +4,21 @@ Usage: python -m vlambpo_jax.main --config=configs/bridge.py[:ARG] --workdir=DIR
 ARG (comma separated): `smoke` reads the tiny Bridge-format fixture shipped in tests/fixtures and
 shrinks every size. Point at the real release with --config.data.builder_dir=/path/bridge_dataset/1.0.0.
 
+The whole loop runs from logged episodes, as for a real robot whose rollouts were recorded:
+  data          inspect a few batches of the RLDS episodes
+  sft           behaviour cloning on split config.data.split
+  logged_roots  chunk-aligned branch roots from those episodes (successes and failures) and every step
+                of the held-out split config.logged.heldout_split (vlambpo_jax/rl/offline.py)
+  wm_pretrain / wm_finetune   the world model on the logged episodes (both on config.data unless
+                config.wm.pretrain_data / finetune_data name other RLDS datasets, e.g. broad Bridge
+                data for pretraining and the robot's own rollouts for fine-tuning)
+  mbpo          PPO on branches imagined by the world model from the logged roots
+  evaluate      offline: held-out action error vs the logged actions, imagined success rate under the
+                world model's Yes/No reward, world-model metrics -> evaluate/results.json
+  report        report/report.md with those tables, curves and imagined-vs-logged GIFs
+
 Top-level fields: seed, stages, chunk_size, action_dim, views, image_size as in configs/tabletop.py.
-Sections: data, policy, sft, wm, rl, mesh, distributed, checkpoint, log.
+Sections: data, policy, sft, wm, logged, rl, eval, report, mesh, distributed, checkpoint, log.
 """
 import os
 
@@ -21,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, smoke=False)
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.stages = ("data",)
+    c.stages = ("data", "sft", "logged_roots", "wm_pretrain", "wm_finetune", "mbpo", "evaluate", "report")
     c.chunk_size = 10
     c.action_dim = 7
     c.views = ("head", "wrist")
@@ -46,10 +59,48 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.wm.vae.update(dict(downsample=8, widths=(32, 64, 64)))
         c.wm.vit.patch = 16
 
+    # --- logged: the logged_roots stage (vlambpo_jax/rl/offline.py) ---
+    # max_episodes: episodes of config.data.split whose chunk-aligned frames become MBPO branch roots
+    #   (0 = all; the roots are held in memory, ~25 KB each at 64 px).
+    # heldout_split: the split of held-out episodes for the offline evaluation (never trained on);
+    #   heldout_max_episodes: how many of them (0 = all).
+    c.logged = ml_collections.ConfigDict(dict(max_episodes=2000, heldout_split="val", heldout_max_episodes=200))
+
+    # --- rl: MBPO in the world model (fields documented in configs/tabletop.py; no simulator here, so
+    # world must be 'model' and eval_every 0). branch_chunks 0 = the longest logged episode. ---
+    c.rl = ml_collections.ConfigDict(dict(
+        world="model", num_branches=256, branch_chunks=2, reward_threshold=0.5,
+        iterations=30, epochs=4, critic_warmup_epochs=1, recompute_values=True, minibatch_size=128,
+        gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
+        clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,
+        actor_lr=1e-4, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,
+        train_vlm=False, eval_every=0, eval_episodes=0,
+    ))
+
+    # --- eval: the offline evaluation the evaluate stage runs without a simulator ---
+    # policies: finished stages whose policies are compared; batch_size: samples per jitted call;
+    # action_stride: held-out steps t with t % stride == 0 get an action-error sample (1 = every step);
+    # imagined_branches: branches from held-out roots rolled in the world model per policy (0 = skip);
+    # imagined_chunks: chunks per branch (0 = rl.branch_chunks, else the longest held-out episode);
+    # wm_batches: held-out batches of batch_size transitions for the world model's PSNR / SSIM /
+    # reward accuracy on the held-out split (0 = skip).
+    c.eval = ml_collections.ConfigDict(dict(policies=("sft", "mbpo"), batch_size=64, action_stride=1,
+                                            imagined_branches=256, imagined_chunks=0, wm_batches=4))
+
+    # --- report: <workdir>/report; num_videos imagined-vs-logged GIFs of video_chunks chunks ---
+    c.report = ml_collections.ConfigDict(dict(num_videos=4, video_chunks=4))
+    if args.smoke:
+        c.logged.update(dict(max_episodes=0, heldout_max_episodes=0))
+        c.rl.update(dict(num_branches=8, iterations=2, epochs=1, minibatch_size=8, branch_chunks=1))
+        c.eval.update(dict(batch_size=8, imagined_branches=8, wm_batches=1))
+        c.report.update(dict(num_videos=2, video_chunks=2))
+
     c.mesh = common.mesh_config()
     c.distributed = common.distributed_config()
     c.checkpoint = common.checkpoint_config()
     c.log = common.log_config()
     if args.smoke:
         c.image_size = 32
+        c.checkpoint.every_steps = 20
+        c.log.every_steps = 5
     return c

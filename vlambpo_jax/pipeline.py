@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "demos": "vlambpo_jax.envs.demos:run",
     "sft": "vlambpo_jax.models.sft:run",
     "collect": "vlambpo_jax.rl.collect:run",
+    "logged_roots": "vlambpo_jax.rl.offline:run_roots",
     "wm_pretrain": "vlambpo_jax.models.wm_train:run_pretrain",
     "wm_finetune": "vlambpo_jax.models.wm_train:run_finetune",
     "mbpo": "vlambpo_jax.rl.mbpo:run",

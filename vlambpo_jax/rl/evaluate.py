@@ -4,6 +4,10 @@ Policies come from finished stages named in config.eval.policies (e.g. 'sft', 'm
 for config.eval.episodes_per_task episodes per task from the same initial states, and gets a success
 rate per task and overall with a 95% Wilson interval. Results go to <workdir>/evaluate/results.json and
 a few episodes per policy to <workdir>/evaluate/videos/<policy>/.
+
+Without a simulator (a config with no `env` section: the real-robot path of configs/bridge.py) the
+stage runs the offline evaluation of vlambpo_jax/rl/offline.py instead: held-out action error against
+the logged actions and the imagined success rate under the world model, per policy.
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ def checkpoint_of(ctx, stage: str) -> str:
 
 
 def run(ctx) -> dict:
+    if "env" not in ctx.config:
+        from vlambpo_jax.rl.offline import run_eval
+        return run_eval(ctx)
     from vlambpo_jax.envs.evaluation import evaluate
     from vlambpo_jax.envs.tabletop import make_env
     from vlambpo_jax.models.policy import make_env_policy_fn

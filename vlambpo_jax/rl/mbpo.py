@@ -4,7 +4,9 @@ One iteration: draw M branch roots from the collected real rollouts, roll n chun
 (one jitted lax.scan), compute chunk-level GAE, run critic-only warm-up epochs, then PPO epochs (each
 a lax.scan over minibatches, values re-computed before each epoch when configured). With
 `rl.world = 'sim'` the same loop runs in the MJX simulator from fresh episodes instead (the online-PPO
-baseline, piRL-style); the real env steps it uses are counted.
+baseline, piRL-style); the real env steps it uses are counted. Roots come from the `collect` stage
+(simulator rollouts) or, on the real-robot path without a simulator (no `env` section), from the
+`logged_roots` stage (rl/offline.py); periodic simulator evaluation needs the simulator.
 Resuming continues with identical numbers: every random draw is keyed by the iteration index.
 """
 from __future__ import annotations
@@ -84,8 +86,22 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
     return iteration
 
 
+def roots_stage(ctx) -> str:
+    """The stage whose roots.npz MBPO draws from: 'collect' (simulator rollouts) or 'logged_roots'
+    (logged real-robot episodes), whichever config.stages runs (else whichever has finished)."""
+    from vlambpo_jax import pipeline
+
+    for name in ("collect", "logged_roots"):
+        if name in ctx.config.stages:
+            return name
+    for name in ("collect", "logged_roots"):
+        if pipeline.is_done(Path(ctx.workdir), name):
+            return name
+    raise RuntimeError("stage 'mbpo' with config.rl.world='model' needs branch roots: add 'collect' "
+                       "(simulator) or 'logged_roots' (logged episodes) to config.stages before it")
+
+
 def run(ctx) -> dict:
-    from vlambpo_jax.envs.tabletop import make_env
     from vlambpo_jax.models import wm_train
     from vlambpo_jax.models.sft import load_policy
     from vlambpo_jax.train.loop import train_loop
@@ -100,12 +116,21 @@ def run(ctx) -> dict:
         wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
                                                      config)
         world = ModelWorld(wm, rl.reward_threshold)
-        roots = dict(np.load(ctx.stage_summary("collect")["roots"]))
+        roots = dict(np.load(ctx.stage_summary(roots_stage(ctx))["roots"]))
         start_fn = branch_sampler(roots, rl.num_branches, seed)
-        num_chunks = rl.branch_chunks if rl.branch_chunks > 0 else math.ceil(
-            max(make_env(config).horizons) / k)
+        if rl.branch_chunks > 0:
+            num_chunks = rl.branch_chunks
+        elif "env" in config:
+            from vlambpo_jax.envs.tabletop import make_env
+            num_chunks = math.ceil(max(make_env(config).horizons) / k)
+        else:  # logged episodes: enough chunks to cover the longest one
+            from vlambpo_jax.rl.offline import branch_chunks
+            num_chunks = branch_chunks(config, roots)
         env_steps_per_iteration = 0
     else:
+        if "env" not in config:
+            raise ValueError("config.rl.world='sim' needs a simulator (config.env); without one use 'model'")
+        from vlambpo_jax.envs.tabletop import make_env
         env = make_env(config)
         tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
         world, wm_params = SimWorld(env, tokens, token_mask), None
@@ -123,7 +148,7 @@ def run(ctx) -> dict:
     state, state_shardings = dp.place(ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32)))
     iteration = make_iteration(policy, rl, world, wm_params, start_fn, num_chunks, seed, optimizer, dp,
                                state_shardings)
-    eval_fn = _sim_evaluator(ctx, policy, tokenizer) if rl.eval_every else None
+    eval_fn = _sim_evaluator(ctx, policy, tokenizer) if rl.eval_every and "env" in config else None
     result = train_loop(ctx, name="ppo", state=state, step_fn=iteration, batch_fn=lambda i: i,
                         num_steps=rl.iterations, params_fn=lambda s: s.params, assets=assets,
                         eval_fn=eval_fn, eval_every=rl.eval_every)

@@ -4,6 +4,9 @@
 <workdir>/report/curves.png  SFT loss, world-model losses, MBPO branch success and losses
 <workdir>/report/imagined_vs_real_<i>.gif   the policy's actions played in the simulator (left)
                                            and in the world model from the same start (right)
+Without a simulator (no `env` section; the real-robot path) the report shows the offline evaluation
+(held-out action errors, imagined success, world-model metrics) and imagined_vs_logged_<i>.gif: held-out
+logged frames (left) and the world model driven by the logged action chunks (right).
 """
 from __future__ import annotations
 
@@ -136,14 +139,29 @@ def run(ctx) -> dict:
     plot_curves(workdir, out / "curves.png")
     lines = ["# VLA-MBPO run report", "",
              f"Workdir `{workdir}`; the config is in config.json there.", ""]
-    if results:
+    offline = results.get("mode") == "offline"
+    if offline:
+        from vlambpo_jax.rl.offline import report_lines
+        logged = workdir / "logged_roots" / pipeline.DONE_FILE
+        logged_steps = json.loads(logged.read_text())["summary"].get("logged_steps") if logged.exists() else None
+        lines += report_lines(results, logged_steps)
+    elif results:
         lines += ["## Success rates (simulator, deterministic sampling)", "",
                   results_table(results, steps), ""]
     lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {s} | {t:.1f} |" for s, t in times.items()]
     lines += ["", f"Total: {sum(times.values()):.1f} s", "", "![curves](curves.png)", ""]
     videos = []
-    if (workdir / "wm_finetune" / pipeline.DONE_FILE).exists():
+    has_wm = (workdir / "wm_finetune" / pipeline.DONE_FILE).exists()
+    if has_wm and "env" not in ctx.config and (workdir / "logged_roots" / pipeline.DONE_FILE).exists():
+        from vlambpo_jax.rl.offline import imagined_vs_logged
+        videos, instructions = imagined_vs_logged(ctx, ctx.config.report.num_videos,
+                                                  ctx.config.report.video_chunks)
+        lines += ["## Imagined vs logged", "", "Each GIF: a held-out logged episode (head | wrist at "
+                  "steps 0, k, 2k, ...), then the world model (head | wrist) driven open-loop by the "
+                  "logged action chunks from the same first frame.", ""]
+        lines += [f"- `{Path(v).name}`: {text}" for v, text in zip(videos, instructions)]
+    elif has_wm and "env" in ctx.config:
         videos, instructions = imagined_vs_real(ctx, ctx.config.report.num_videos,
                                                 ctx.config.report.video_chunks)
         lines += ["## Imagined vs real", "", "Each GIF: simulator head | wrist, then world model "
