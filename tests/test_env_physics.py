@@ -6,6 +6,8 @@ import mujoco
 import numpy as np
 import pytest
 
+from vlambpo_jax.envs import experts
+from vlambpo_jax.envs import scene as S
 from vlambpo_jax.envs import tabletop
 
 
@@ -15,13 +17,14 @@ def env():
 
 
 def _parity_actions(env, state, n):
-    """A fixed sequence: fly toward the target cube, come down next to it (not touching), close and
-    reopen the fingers in the air, turn and tilt; the cubes rest on the table the whole time (contacts)."""
-    cube = np.asarray(env.scene(state).cube_pos)[int(state.info["obj"])]
+    """A fixed sequence: fly toward the target object, come down next to it (not touching), close and
+    reopen the fingers in the air, turn and tilt; the objects rest on the table the whole time (contacts:
+    box-plane, the cylinder through its box foot)."""
+    obj = np.asarray(env.scene(state).obj_pos)[int(state.info["obj"])]
     pos = np.asarray(state.info["ee_pos"]).copy()
     acts = []
     for t in range(n):
-        target = cube + np.array([0.0, 0.0, 0.10 if t < 20 else 0.07])
+        target = obj + np.array([0.0, 0.0, 0.10 if t < 20 else 0.07])
         grip = 0.0 if 20 <= t < 35 else 1.0
         d = np.clip(target - pos, -env.max_delta_pos, env.max_delta_pos)
         pos = np.clip(pos + d, tabletop.WORKSPACE_LO, tabletop.WORKSPACE_HI)
@@ -55,6 +58,11 @@ def test_native_mujoco_parity(env):
     # Not a trivial comparison: the gripper moved and turned and the fingers closed and opened.
     assert np.abs(d.qpos - np.asarray(state.data.qpos)).max() > 0.05
     assert d.ncon > 0
+    # Every object rests on the table in contact with it (the cylinder through its box foot).
+    plane = m.geom("table_plane").id
+    touching = {m.geom(int(g)).name for c in d.contact[:d.ncon] for g in (c.geom1, c.geom2)
+                if plane in (c.geom1, c.geom2)}
+    assert {"obj0", "obj1_foot", "obj2"} <= touching, touching
     err = np.abs(mjx_qpos - d.qpos).max()
     assert err < 1e-4, f"qpos differs by {err:.2e} after 50 steps"
 
@@ -101,7 +109,33 @@ def test_instruction_splits_are_disjoint(env):
     seen = {env.instructions[int(i)] for i in reset_seen(keys).obs["instruction_id"]}
     unseen = {env.instructions[int(i)] for i in reset_unseen(keys).obs["instruction_id"]}
     assert seen and unseen and not seen & unseen
-    # Every instruction names the target cube's colour.
+    # Every instruction names the target object by colour and shape ("the green cylinder").
     s = reset_seen(keys)
     for i, obj in zip(s.obs["instruction_id"], s.info["obj"]):
-        assert ("red", "green", "blue")[int(obj)] in env.instructions[int(i)]
+        assert f"the {S.OBJECTS[int(obj)].name}" in env.instructions[int(i)]
+
+
+def test_objects_rest_and_each_shape_is_grasped(env):
+    """Every object sits still at its own half height after reset (no interpenetration jolts), and the
+    pick expert lifts each one: the cube, the cylinder (box fingers vs its convex prism in MJX) and the
+    block (grasped across its short side)."""
+    keys = jax.random.split(jax.random.PRNGKey(21), S.NUM_OBJECTS)
+
+    def run(key, obj):
+        state = env.reset(key, 0)   # pick
+        state = state.replace(info=dict(state.info, obj=obj))
+        z0 = env.scene(state).obj_pos[:, 2]
+        rest, _, _ = env.step_chunk(state, jnp.zeros((10, 7)).at[:, 6].set(1.0), render=False)
+        z_rest = env.scene(rest).obj_pos[:, 2]
+
+        def body(s, k):
+            return env.step_chunk(s, experts.expert_action(env, s, k)[None], render=False)[0], None
+        final, _ = jax.lax.scan(body, state, jax.random.split(key, env.horizons[0]))
+        return z0, z_rest, env.scene(final).obj_pos[obj, 2], final.success
+
+    z0, z_rest, z_final, success = jax.jit(jax.vmap(run))(keys, jnp.arange(S.NUM_OBJECTS))
+    np.testing.assert_allclose(np.asarray(z0), np.broadcast_to(S.OBJECT_HALF_HEIGHT, z0.shape), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(z_rest), np.asarray(z0), atol=1e-3)
+    for i, o in enumerate(S.OBJECTS):
+        assert bool(success[i]), f"{o.name} not lifted: z {float(z_final[i]):.3f}"
+        assert float(z_final[i]) > o.half_height + 0.06

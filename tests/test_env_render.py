@@ -1,4 +1,5 @@
-"""The pure-JAX renderer: geometry (projection vs pixels), camera motion, determinism under jit/vmap."""
+"""The pure-JAX renderer: geometry (projection vs pixels, ray-box and ray-cylinder intervals), shading of
+the round and flat shapes, camera motion, determinism under jit/vmap."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 from mujoco import mjx
 
 from vlambpo_jax.envs import render as render_lib
+from vlambpo_jax.envs import scene as S
 from vlambpo_jax.envs import tabletop
 
 SIZE = 64
@@ -34,10 +36,10 @@ def _move_gripper(env, state, pos):
 
 @pytest.fixture(scope="module")
 def scene(env):
-    """A reset state with the gripper moved to hover 9 cm above the target cube."""
+    """A reset state with the gripper moved to hover 9 cm above the target object."""
     state = jax.jit(env.reset)(jax.random.PRNGKey(11), 0)
-    cube = env.scene(state).cube_pos[int(state.info["obj"])]
-    data = jax.jit(lambda s, p: _move_gripper(env, s, p))(state, cube + jnp.array([0.0, 0.0, 0.09]))
+    obj = env.scene(state).obj_pos[int(state.info["obj"])]
+    data = jax.jit(lambda s, p: _move_gripper(env, s, p))(state, obj + jnp.array([0.0, 0.0, 0.09]))
     return state, data
 
 
@@ -48,8 +50,8 @@ def test_object_projects_to_its_pixel_centroid(env, draw, scene):
     ids = np.asarray(ids)
     checked = 0
     for view, cam in enumerate(env.renderer.cam_ids):
-        for i in range(3):
-            g = tabletop.RENDERED_GEOMS.index(f"cube{i}")
+        for i in range(S.NUM_OBJECTS):
+            g = tabletop.RENDERED_GEOMS.index(tabletop.OBJECT_GEOMS[i])
             mask = ids[view] == g
             if mask.sum() < 12:      # too small or hidden in this view
                 continue
@@ -59,11 +61,12 @@ def test_object_projects_to_its_pixel_centroid(env, draw, scene):
                                           env.renderer.fovy[view], SIZE, SIZE)
             # The visible faces shift the centroid a little from the projected centre.
             assert abs(rows.mean() + 0.5 - row) < 2.5 and abs(cols.mean() + 0.5 - col) < 2.5, (
-                f"view {env.views[view]} cube{i}: centroid ({rows.mean():.1f}, {cols.mean():.1f}) vs "
+                f"view {env.views[view]} {S.OBJECTS[i].name}: centroid ({rows.mean():.1f}, {cols.mean():.1f}) vs "
                 f"projection ({row:.1f}, {col:.1f})")
             checked += 1
-    # The target cube is seen by both cameras (the wrist camera hovers right above it).
-    assert checked >= 2
+    # The target object is seen by both cameras (the wrist camera hovers right above it); all three
+    # objects (cube, cylinder, block) are seen by the head camera.
+    assert checked >= 4
 
 
 def test_wrist_view_moves_with_the_gripper(env, draw, scene):
@@ -77,8 +80,8 @@ def test_wrist_view_moves_with_the_gripper(env, draw, scene):
     wrist = env.renderer.cam_ids[1]
     np.testing.assert_allclose(np.asarray(data_b.cam_xpos[wrist] - data.cam_xpos[wrist]), [0.06, 0, 0],
                                atol=1e-5)
-    # The target cube moved in the wrist image (the camera moved, the cube did not) ...
-    g = tabletop.RENDERED_GEOMS.index(f"cube{obj}")
+    # The target object moved in the wrist image (the camera moved, the object did not) ...
+    g = tabletop.RENDERED_GEOMS.index(tabletop.OBJECT_GEOMS[obj])
     ca = np.argwhere(np.asarray(ids_a[1]) == g).mean(0)
     cb = np.argwhere(np.asarray(ids_b[1]) == g).mean(0)
     assert np.abs(ca - cb).max() > 3, (ca, cb)
@@ -94,7 +97,7 @@ def test_views_differ_and_show_colours(env, draw, scene):
     img, _ = draw(env.render_poses(data), state.info["rgb"])
     img = np.asarray(img).astype(int)
     assert np.abs(img[0] - img[1]).mean() > 10
-    # Distinct cube colours reach the pixels: red-, green- and blue-dominant pixels all exist.
+    # Distinct object colours reach the pixels: red-, green- and blue-dominant pixels all exist.
     head = img[0].reshape(-1, 3)
     for c in range(3):
         others = [o for o in range(3) if o != c]
@@ -111,3 +114,51 @@ def test_render_identical_under_jit_and_vmap(env):
         np.testing.assert_array_equal(np.asarray(one), np.asarray(batched[i]))
     # The observation rendered inside reset is the same picture too.
     np.testing.assert_array_equal(np.asarray(states.obs["images"]), np.asarray(batched))
+
+
+@pytest.mark.parametrize("shape", ["box", "cylinder"])
+def test_ray_intervals_match_point_sampling(shape):
+    """The analytic [t_near, t_far] of random rays equals where points sampled along them are inside."""
+    rng = np.random.default_rng(0)
+    n, half = 4000, np.array([0.035, 0.02, 0.03], np.float32)
+    radius, hh = 0.025, 0.03
+    origin = rng.uniform(-0.08, 0.08, (n, 3)).astype(np.float32)
+    d = rng.normal(size=(n, 3)).astype(np.float32)
+    d[: n // 10, :2] = 0.0            # some rays parallel to the cylinder axis / box z
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    ts = np.linspace(-0.2, 0.2, 801, dtype=np.float32)
+    pts = origin[:, None, :] + ts[None, :, None] * d[:, None, :]
+    if shape == "box":
+        t0, t1 = render_lib.box_interval(jnp.asarray(origin), jnp.asarray(d), jnp.asarray(half))
+        inside = np.all(np.abs(pts) <= half, axis=-1)
+    else:
+        t0, t1 = render_lib.cylinder_interval(jnp.asarray(origin), jnp.asarray(d), radius, hh)
+        inside = (pts[..., 0] ** 2 + pts[..., 1] ** 2 <= radius ** 2) & (np.abs(pts[..., 2]) <= hh)
+    t0, t1 = np.asarray(t0)[:, None], np.asarray(t1)[:, None]
+    analytic = (ts[None] >= t0) & (ts[None] <= t1)
+    # Samples within 1e-4 of an interval end may go either way (float rounding).
+    near_end = (np.abs(ts[None] - t0) < 1e-4) | (np.abs(ts[None] - t1) < 1e-4)
+    assert inside.any(axis=1).mean() > 0.1 and (~inside).any(axis=1).mean() > 0.5   # hits and misses
+    np.testing.assert_array_equal(analytic[~near_end], inside[~near_end])
+
+
+def test_shapes_read_in_the_shading(env):
+    """Without shadows, the cube and the block show at most three flat shades (one per visible face),
+    the cylinder many: its side is lit by its radial normal, which turns across the image; its cap is
+    the brightest part (the light is mostly overhead)."""
+    renderer = env.make_renderer(128, shadows=False)
+    state = jax.jit(env.reset)(jax.random.PRNGKey(11), 0)
+    img, ids = jax.jit(lambda p, c: renderer(p["geom_xpos"], p["geom_xmat"], p["cam_xpos"], p["cam_xmat"], c,
+                                             return_ids=True))(env.render_poses(state.data), state.info["rgb"])
+    img, ids = np.asarray(img[0]).astype(int), np.asarray(ids[0])
+    shades = {}
+    for i, o in enumerate(S.OBJECTS):
+        mask = ids == tabletop.RENDERED_GEOMS.index(tabletop.OBJECT_GEOMS[i])
+        assert mask.sum() > 40, (o.name, mask.sum())
+        shades[o.shape, o.noun] = np.unique(img[mask].sum(-1), return_counts=True)
+    for (shape, noun), (values, counts) in shades.items():
+        if shape == "box":
+            assert len(values) <= 3, (noun, values)
+        else:
+            assert len(values) >= 6, (noun, values)
+            assert values[np.argmax(counts)] == values.max()   # the flat cap: one bright shade, most pixels

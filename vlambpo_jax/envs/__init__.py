@@ -1,6 +1,7 @@
 """The embedded MJX tabletop simulator.
 
-  scene.py       the MJCF (table, three cubes, two target squares, a welded two-finger gripper, cameras)
+  scene.py       the MJCF (table, a red cube, a green cylinder and a blue block, two target squares, a
+                 welded two-finger gripper, cameras)
   tabletop.py    TabletopEnv: functional reset / step / step_chunk (jit + vmap), State, AutoReset, make_env
   render.py      pure-JAX analytic ray caster for the head and wrist views
   tasks.py       task registry (pick, push, place, stack): instructions (seen/unseen), success predicates

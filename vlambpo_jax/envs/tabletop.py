@@ -31,8 +31,9 @@ from vlambpo_jax.envs import render as render_lib
 from vlambpo_jax.envs import scene as S
 from vlambpo_jax.envs import tasks as tasks_lib
 
-RENDERED_GEOMS = ("table", "zone0", "zone1", "palm", "finger_l", "finger_r", "cube0", "cube1", "cube2")
-SHADOW_CASTERS = ("palm", "finger_l", "finger_r", "cube0", "cube1", "cube2")
+OBJECT_GEOMS = tuple(f"obj{i}" for i in range(S.NUM_OBJECTS))   # the drawn geom of each object
+RENDERED_GEOMS = ("table", "zone0", "zone1", "palm", "finger_l", "finger_r") + OBJECT_GEOMS
+SHADOW_CASTERS = ("palm", "finger_l", "finger_r") + OBJECT_GEOMS
 WORKSPACE_LO = np.array([-0.22, -0.22, 0.012], np.float32)   # tool centre point bounds
 WORKSPACE_HI = np.array([0.22, 0.22, 0.30], np.float32)
 SLOT_SPACING = 0.11     # initial positions: a 3x3 grid of slots, jittered
@@ -64,14 +65,33 @@ def yaw_from_quat(q):
     return jnp.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
 
 
-def box_yaw(q):
-    """Yaw (mod pi/2) of a box seen from above, whichever face it rests on: the heading of its most
-    horizontal local axis. q: quaternion (w, x, y, z)."""
+def _local_axes(q):
     w, x, y, z = q[0], q[1], q[2], q[3]
     ax = jnp.array([1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)])   # local x
     ay = jnp.array([2 * (x * y - w * z), 1 - 2 * (x * x + z * z), 2 * (y * z + w * x)])   # local y
+    return ax, ay
+
+
+def box_yaw(q):
+    """Yaw (mod pi/2) of a box seen from above, whichever face it rests on: the heading of its most
+    horizontal local axis. q: quaternion (w, x, y, z)."""
+    ax, ay = _local_axes(q)
     v = jnp.where(jnp.abs(ax[2]) < jnp.abs(ay[2]), ax, ay)
     return jnp.arctan2(v[1], v[0])
+
+
+def long_axis_yaw(q):
+    """Yaw (mod pi) of an oblong box's long (local x) axis seen from above; box_yaw when that axis
+    points (mostly) up, i.e. the box stands on its square end."""
+    ax, _ = _local_axes(q)
+    return jnp.where(jnp.abs(ax[2]) < 0.7, jnp.arctan2(ax[1], ax[0]), box_yaw(q))
+
+
+def object_yaw(spec: S.ObjectSpec, q):
+    """The grasp-relevant yaw of an object (see ObjectSpec.yaw_period); 0 for a cylinder."""
+    if spec.yaw_period == 0.0:
+        return jnp.zeros(())
+    return box_yaw(q) if abs(spec.yaw_period - math.pi / 2) < 1e-6 else long_axis_yaw(q)
 
 
 def _tree_where(cond, a, b):
@@ -120,15 +140,15 @@ class TabletopEnv:
         self._ee_mocap = int(m.body_mocapid[m.body("ee_target").id])
         self._ee_qadr = int(m.jnt_qposadr[m.joint("ee").id])
         self._zone_mocap = np.array([m.body_mocapid[m.body(f"zone{i}").id] for i in range(S.NUM_ZONES)])
-        self._cube_qadr = np.array([m.jnt_qposadr[m.joint(f"cube{i}").id] for i in range(S.NUM_CUBES)])
-        self._cube_dadr = np.array([m.jnt_dofadr[m.joint(f"cube{i}").id] for i in range(S.NUM_CUBES)])
+        self._obj_qadr = np.array([m.jnt_qposadr[m.joint(f"obj{i}").id] for i in range(S.NUM_OBJECTS)])
+        self._obj_dadr = np.array([m.jnt_dofadr[m.joint(f"obj{i}").id] for i in range(S.NUM_OBJECTS)])
         self._finger_qadr = np.array([m.jnt_qposadr[m.joint(n).id] for n in ("finger_l", "finger_r")])
         self.renderer = self.make_renderer(self.image_size)
-        self._rendered_cubes = np.array([RENDERED_GEOMS.index(f"cube{i}") for i in range(S.NUM_CUBES)])
+        self._rendered_objs = np.array([RENDERED_GEOMS.index(g) for g in OBJECT_GEOMS])
         self._rendered_zones = np.array([RENDERED_GEOMS.index(f"zone{i}") for i in range(S.NUM_ZONES)])
         self.table = tasks_lib.build_instructions(self.tasks)
         self.instructions = self.table.strings
-        self._goal_kind = np.array([{"none": 0, "zone": 1, "cube": 2}[t.goal_kind] for t in self.tasks],
+        self._goal_kind = np.array([{"none": 0, "zone": 1, "object": 2}[t.goal_kind] for t in self.tasks],
                                    np.int32)
         self._data0 = mjx.make_data(self.mjx_model)
         self._slots = np.array([(x, y) for x in (-1, 0, 1) for y in (-1, 0, 1)], np.float32) * SLOT_SPACING
@@ -169,11 +189,11 @@ class TabletopEnv:
     def scene(self, state: State) -> tasks_lib.Scene:
         """Privileged scene quantities (for success predicates and scripted experts)."""
         d, info = state.data, state.info
-        cube_pos = jnp.stack([d.qpos[a:a + 3] for a in self._cube_qadr])
-        cube_yaw = jnp.stack([box_yaw(d.qpos[a + 3:a + 7]) for a in self._cube_qadr])
+        obj_pos = jnp.stack([d.qpos[a:a + 3] for a in self._obj_qadr])
+        obj_yaw = jnp.stack([object_yaw(o, d.qpos[a + 3:a + 7]) for o, a in zip(S.OBJECTS, self._obj_qadr)])
         fingers = d.qpos[self._finger_qadr]
         gap = 2 * S.FINGER_OPEN_HALF_GAP - fingers[0] - fingers[1]
-        return tasks_lib.Scene(cube_pos=cube_pos, cube_yaw=cube_yaw, zone_pos=d.mocap_pos[self._zone_mocap],
+        return tasks_lib.Scene(obj_pos=obj_pos, obj_yaw=obj_yaw, zone_pos=d.mocap_pos[self._zone_mocap],
                                ee_pos=info["ee_pos"], tcp_pos=d.qpos[self._ee_qadr:self._ee_qadr + 3],
                                ee_rpy=info["ee_rpy"], gap=gap, obj=info["obj"],
                                goal=info["goal"])
@@ -200,19 +220,19 @@ class TabletopEnv:
         if task_id is None:
             task_id = jax.random.randint(ks[0], (), 0, self.num_tasks)
         task_id = jnp.asarray(task_id, jnp.int32)
-        obj = jax.random.randint(ks[1], (), 0, S.NUM_CUBES)
+        obj = jax.random.randint(ks[1], (), 0, S.NUM_OBJECTS)
         kind = jnp.asarray(self._goal_kind)[task_id]
         zone = jax.random.randint(ks[2], (), 0, S.NUM_ZONES)
-        other = (obj + 1 + jax.random.randint(ks[2], (), 0, S.NUM_CUBES - 1)) % S.NUM_CUBES
+        other = (obj + 1 + jax.random.randint(ks[2], (), 0, S.NUM_OBJECTS - 1)) % S.NUM_OBJECTS
         goal = jnp.where(kind == 1, zone, jnp.where(kind == 2, other, 0)).astype(jnp.int32)
 
         slots = jax.random.permutation(ks[3], jnp.asarray(self._slots))
-        xy = slots[:S.NUM_CUBES + S.NUM_ZONES] + jax.random.uniform(
-            ks[4], (S.NUM_CUBES + S.NUM_ZONES, 2), minval=-SLOT_JITTER, maxval=SLOT_JITTER)
-        yaw = jax.random.uniform(ks[5], (S.NUM_CUBES,), minval=-math.pi / 4, maxval=math.pi / 4)
+        xy = slots[:S.NUM_OBJECTS + S.NUM_ZONES] + jax.random.uniform(
+            ks[4], (S.NUM_OBJECTS + S.NUM_ZONES, 2), minval=-SLOT_JITTER, maxval=SLOT_JITTER)
+        yaw = jax.random.uniform(ks[5], (S.NUM_OBJECTS,), minval=-math.pi / 2, maxval=math.pi / 2)
         qpos = self._data0.qpos
-        for i, a in enumerate(self._cube_qadr):
-            pos = jnp.array([xy[i, 0], xy[i, 1], S.CUBE_HALF])
+        for i, a in enumerate(self._obj_qadr):
+            pos = jnp.array([xy[i, 0], xy[i, 1], S.OBJECT_HALF_HEIGHT[i]])
             quat = quat_from_rpy(jnp.array([0.0, 0.0, yaw[i]]))
             qpos = qpos.at[a:a + 7].set(jnp.concatenate([pos, quat]))
         ke = jax.random.split(ks[6], 2)
@@ -223,15 +243,15 @@ class TabletopEnv:
             jnp.concatenate([ee_pos, quat_from_rpy(ee_rpy)]))
         mocap_pos = self._data0.mocap_pos.at[self._ee_mocap].set(ee_pos)
         mocap_quat = self._data0.mocap_quat.at[self._ee_mocap].set(quat_from_rpy(ee_rpy))
-        zones = jnp.concatenate([xy[S.NUM_CUBES:], jnp.zeros((S.NUM_ZONES, 1))], -1)
+        zones = jnp.concatenate([xy[S.NUM_OBJECTS:], jnp.zeros((S.NUM_ZONES, 1))], -1)
         mocap_pos = mocap_pos.at[self._zone_mocap].set(zones)
         data = self._data0.replace(qpos=qpos, mocap_pos=mocap_pos, mocap_quat=mocap_quat,
                                    ctrl=jnp.zeros_like(self._data0.ctrl))
         data = mjx.camlight(self.mjx_model, mjx.kinematics(self.mjx_model, data))
 
-        # Per-episode colour jitter of cubes and zones (brightness and a little hue).
+        # Per-episode colour jitter of objects and zones (brightness and a little hue).
         rgb = jnp.asarray(self.renderer.default_rgb)
-        movable = np.concatenate([self._rendered_cubes, self._rendered_zones])
+        movable = np.concatenate([self._rendered_objs, self._rendered_zones])
         scale = jax.random.uniform(ks[8], (len(movable), 1), minval=0.85, maxval=1.1)
         tint = jax.random.uniform(ks[8], (len(movable), 3), minval=-0.04, maxval=0.04)
         rgb = rgb.at[movable].set(jnp.clip(rgb[movable] * scale + tint, 0.0, 1.0))
