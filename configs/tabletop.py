@@ -52,12 +52,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --- demos: scripted expert episodes written as RLDS (vlambpo_jax/envs/demos.py) ---
     # episodes_per_task: expert episodes run per task; noise: Gaussian action noise in units of the
     # action scale (0 = the clean expert); batch_size: episodes per vmapped batch; keep_failures:
-    # also write failed episodes; dataset_name: RLDS dataset name under <workdir>/demos/rlds.
+    # also write failed episodes; dataset_name: RLDS dataset name under <workdir>/demos/rlds;
+    # targets_per_scene: consecutive episodes sharing one initial scene, each instructed to handle a
+    # different object (1 = every episode its own scene; 3 = every object once per scene).
     c.demos = ml_collections.ConfigDict()
-    c.demos.episodes_per_task = 50
+    c.demos.episodes_per_task = 51
     c.demos.noise = 0.1
     c.demos.batch_size = 64
     c.demos.keep_failures = False
+    c.demos.targets_per_scene = 3
     c.demos.dataset_name = "tabletop_demos"
 
     # --- data: how RLDS episodes become training batches (fields: configs/common.py:data_config) ---

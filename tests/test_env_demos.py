@@ -50,3 +50,18 @@ def test_written_rlds_reads_back(episodes, tmp_path):
         np.testing.assert_array_equal(np.stack([s["observation"]["image_0"] for s in steps]),
                                       want["steps"]["observation"]["image_0"])
         np.testing.assert_allclose(np.stack([s["action"] for s in steps]), want["steps"]["action"])
+
+
+def test_targets_per_scene_share_the_scene_and_change_the_target():
+    """Groups of consecutive episodes start from one scene and differ only in the instructed object."""
+    env = tabletop.TabletopEnv(task_names=("pick",), horizons=(12,))
+    eps, _ = demos.collect(env, jax.random.PRNGKey(1), episodes_per_task=6, noise=0.0, batch_size=6,
+                           keep_failures=True, log=lambda *_: None, targets_per_scene=3)
+    first = [ep["steps"]["observation"]["image_0"][0] for ep in eps]
+    words = [set(ep["steps"]["language_instruction"].split()) for ep in eps]
+    for g in (0, 3):
+        for i in (1, 2):
+            np.testing.assert_array_equal(first[g], first[g + i])
+        colours = [w & {"red", "green", "blue"} for w in words[g:g + 3]]
+        assert sorted(c.pop() for c in colours) == ["blue", "green", "red"]
+    assert (first[0] != first[3]).any()

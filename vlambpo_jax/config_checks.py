@@ -103,6 +103,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("sft.steps", _int_range(0)),
     ("sft.lr", _positive_float),
     ("sft.noise_samples", _int_range(1)),
+    ("demos.targets_per_scene", _int_range(1)),
     ("wm.view_decoding", _one_of("interleaved", "independent", "joint")),
     ("wm.action_encoding", _one_of("bins", "continuous")),
     ("eval.instruction_split", _one_of("seen", "unseen")),

@@ -26,14 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlambpo_jax.envs import evaluation, experts
+from vlambpo_jax.envs import scene as S
 from vlambpo_jax.envs.tabletop import TabletopEnv, make_env
 
 
 def make_collector(env: TabletopEnv, noise: float):
-    """jit(keys [B], task_ids [B]) -> dict of per-step arrays for B expert episodes of max_horizon."""
-    def one(key, task_id):
-        k_reset, k_run = jax.random.split(key)
-        state = env.reset(k_reset, task_id)
+    """jit(reset_keys [B], run_keys [B], task_ids [B], targets [B]) -> dict of per-step arrays for B
+    expert episodes of max_horizon (targets < 0: drawn at random)."""
+    def one(k_reset, k_run, task_id, target):
+        state = env.reset(k_reset, task_id, target)
 
         def body(s, k):
             a = experts.expert_action(env, s, k, noise)
@@ -86,9 +87,18 @@ def episodes_from_batch(env: TabletopEnv, rec: dict, task_ids: np.ndarray, first
 
 
 def collect(env: TabletopEnv, key: jax.Array, episodes_per_task: int, noise: float, batch_size: int,
-            keep_failures: bool = False, preemption=None, log=print):
-    """All demo episodes (a list of RLDS episode dicts) and per-task success counts."""
+            keep_failures: bool = False, preemption=None, log=print, targets_per_scene: int = 1):
+    """All demo episodes (a list of RLDS episode dicts) and per-task success counts.
+
+    targets_per_scene > 1: consecutive episodes of a task share their initial scene and differ in the
+    target object (cycling through the objects), so only the instruction tells them apart.
+    """
     task_ids = np.repeat(np.arange(env.num_tasks, dtype=np.int32), episodes_per_task)
+    within = np.tile(np.arange(episodes_per_task), env.num_tasks)
+    scene_ids = task_ids * episodes_per_task + within // targets_per_scene
+    targets = ((within % targets_per_scene) % S.NUM_OBJECTS if targets_per_scene > 1
+               else np.full_like(within, -1)).astype(np.int32)
+    scene_key = jax.random.fold_in(key, 0x5CE7E)
     run = make_collector(env, noise)
     episodes, stats = [], {name: [0, 0] for name in env.task_names}
     for i, start in enumerate(range(0, len(task_ids), batch_size)):
@@ -96,8 +106,10 @@ def collect(env: TabletopEnv, key: jax.Array, episodes_per_task: int, noise: flo
             return None, stats
         ids = task_ids[start:start + batch_size]
         pad = batch_size - len(ids)   # keep one compiled batch shape
-        keys = jax.random.split(jax.random.fold_in(key, i), batch_size)
-        rec = jax.device_get(run(keys, jnp.asarray(np.concatenate([ids, ids[:1].repeat(pad)]))))
+        sl = lambda a: jnp.asarray(np.concatenate([a[start:start + batch_size], a[start:start + 1].repeat(pad)]))
+        reset_keys = jax.vmap(lambda s: jax.random.fold_in(scene_key, s))(sl(scene_ids))
+        run_keys = jax.random.split(jax.random.fold_in(key, i), batch_size)
+        rec = jax.device_get(run(reset_keys, run_keys, sl(task_ids), sl(targets)))
         rec = {k: v[:len(ids)] for k, v in rec.items()}
         for ep in episodes_from_batch(env, rec, ids, start, noise):
             meta = ep["episode_metadata"]
@@ -118,7 +130,8 @@ def run(ctx) -> dict:
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xDE30)
     start = time.time()
     episodes, stats = collect(env, key, int(d.episodes_per_task), float(d.noise), int(d.batch_size),
-                              bool(d.keep_failures), ctx.preemption)
+                              bool(d.keep_failures), ctx.preemption,
+                              targets_per_scene=int(d.targets_per_scene))
     if episodes is None:
         return {}
     if not episodes:

@@ -214,13 +214,18 @@ class TabletopEnv:
                 "task_id": info["task_id"]}
 
     # ------------------------------------------------------------------------------------- reset
-    def reset(self, key: jax.Array, task_id: jax.Array | int | None = None) -> State:
-        """New episode. `task_id` (index into task_names) defaults to a uniformly random task."""
+    def reset(self, key: jax.Array, task_id: jax.Array | int | None = None,
+              target: jax.Array | int | None = None) -> State:
+        """New episode. `task_id` (index into task_names) defaults to a uniformly random task; `target`
+        (an object index; negative = random) overrides the instructed object and leaves the scene (poses,
+        colours) as the key draws it."""
         ks = jax.random.split(key, 11)
         if task_id is None:
             task_id = jax.random.randint(ks[0], (), 0, self.num_tasks)
         task_id = jnp.asarray(task_id, jnp.int32)
         obj = jax.random.randint(ks[1], (), 0, S.NUM_OBJECTS)
+        if target is not None:
+            obj = jnp.where(jnp.asarray(target) >= 0, jnp.asarray(target, jnp.int32), obj)
         kind = jnp.asarray(self._goal_kind)[task_id]
         zone = jax.random.randint(ks[2], (), 0, S.NUM_ZONES)
         other = (obj + 1 + jax.random.randint(ks[2], (), 0, S.NUM_OBJECTS - 1)) % S.NUM_OBJECTS
@@ -360,8 +365,8 @@ class AutoReset:
     def __getattr__(self, name):
         return getattr(self.env, name)
 
-    def reset(self, key, task_id=None) -> State:
-        return self.env.reset(key, task_id)
+    def reset(self, key, task_id=None, target=None) -> State:
+        return self.env.reset(key, task_id, target)
 
     def _maybe_reset(self, state: State) -> State:
         fresh = self.env.reset(jax.random.fold_in(state.info["rng"], state.info["step"]))
