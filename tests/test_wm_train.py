@@ -67,3 +67,7 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path):
     a, b = ev(params), ev(pre)
     assert set(wm_train.CONSISTENCY_KEYS) <= set(a) and a["real_consistency_pos"] == b["real_consistency_pos"]
     assert a["consistency_pos"] != b["consistency_pos"]
+    # a held-out batch whose next frames equal the current ones: the copy baseline is capped, not inf
+    still = [dict(heldout[0], next_images=heldout[0]["images"])]
+    c_still = wm_train.make_evaluator(wm, still, jax.random.key(0))(params)
+    assert c_still["copy_psnr_head"] == wm_train.PSNR_CAP_DB and np.isfinite(c_still["psnr_head"])

@@ -266,6 +266,9 @@ def train_state_probe(p, batch_fn, seed: int):
                              steps=int(p.steps), batch_size=int(p.batch_size), lr=float(p.lr))
 
 
+PSNR_CAP_DB = 50.0
+
+
 def make_evaluator(wm: WorldModel, batches, key, probe=None):
     """-> fn(params, png=None) -> {psnr_head, ssim_head, psnr_wrist, ssim_wrist, copy_psnr_*, copy_ssim_*,
     reward_acc, reward_f1} over the held-out batches (one prediction per transition); with a state
@@ -273,7 +276,8 @@ def make_evaluator(wm: WorldModel, batches, key, probe=None):
     (consistency_pos [m] / consistency_grip), the same on the real next views (real_consistency_*),
     and the probe's xyz error against the true next state on predicted, real and current (copy_)
     frames (*probe_err_pos_head / _wrist). Same batches + key + probe -> comparable numbers across
-    models (e.g. view_decoding interleaved vs independent)."""
+    models (e.g. view_decoding interleaved vs independent). Per-frame PSNR is capped at PSNR_CAP_DB, so
+    identical frames (a copied still frame) do not make the mean infinite."""
     import dm_pix
 
     predict = jax.jit(wm.predict)
@@ -291,7 +295,7 @@ def make_evaluator(wm: WorldModel, batches, key, probe=None):
                 p = jnp.asarray(p).astype(jnp.float32) / 255.0
                 for v, view in enumerate(("head", "wrist")):
                     sums[f"{name}psnr_{view}"] = sums.get(f"{name}psnr_{view}", 0.0) + float(
-                        jnp.sum(dm_pix.psnr(real[:, v], p[:, v])))
+                        jnp.sum(jnp.minimum(dm_pix.psnr(real[:, v], p[:, v]), PSNR_CAP_DB)))
                     sums[f"{name}ssim_{view}"] = sums.get(f"{name}ssim_{view}", 0.0) + float(
                         jnp.sum(dm_pix.ssim(real[:, v], p[:, v])))
             n += real.shape[0]
