@@ -243,7 +243,7 @@ def run(ctx) -> dict:
     wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
                                                  config)
     from vlambpo_jax.rl import mbpo
-    # the same roots MBPO draws from ('collect', or 'logged_roots' where the mbpo module knows it)
-    roots_stage = mbpo.roots_stage(ctx) if hasattr(mbpo, "roots_stage") else "collect"
+    # the same roots MBPO draws from: 'collect' or 'logged_roots'
+    roots_stage = mbpo.roots_stage(ctx)
     roots = dict(np.load(ctx.stage_summary(roots_stage)["roots"]))
     return train(ctx, policy, params, assets, ModelWorld(wm, config.rl.reward_threshold), wm_params, roots)
