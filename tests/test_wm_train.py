@@ -71,3 +71,9 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path):
     still = [dict(heldout[0], next_images=heldout[0]["images"])]
     c_still = wm_train.make_evaluator(wm, still, jax.random.key(0))(params)
     assert c_still["copy_psnr_head"] == wm_train.PSNR_CAP_DB and np.isfinite(c_still["psnr_head"])
+
+
+def test_balanced_accuracy_by_hand():
+    assert wm_train.balanced_accuracy(tp=0, fp=0, fn=0, tn=10) == 1.0       # only No samples, all right
+    assert wm_train.balanced_accuracy(tp=0, fp=0, fn=2, tn=8) == 0.5        # 'No' everywhere: 0.8 accuracy
+    assert wm_train.balanced_accuracy(tp=3, fp=1, fn=1, tn=5) == (3 / 4 + 5 / 6) / 2

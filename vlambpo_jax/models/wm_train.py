@@ -269,11 +269,18 @@ def train_state_probe(p, batch_fn, seed: int):
 PSNR_CAP_DB = 50.0
 
 
+def balanced_accuracy(tp: int, fp: int, fn: int, tn: int) -> float:
+    """Mean recall over the classes present (Yes: tp / (tp + fn), No: tn / (tn + fp)); plain accuracy
+    reads 1.0 on held-out data without successes, this does not reward answering No everywhere."""
+    recalls = [hit / (hit + miss) for hit, miss in ((tp, fn), (tn, fp)) if hit + miss > 0]
+    return sum(recalls) / len(recalls) if recalls else 0.0
+
+
 def make_evaluator(wm: WorldModel, batches, key, probe=None):
     """-> fn(params, png=None) -> {psnr_head, ssim_head, psnr_wrist, ssim_wrist, copy_psnr_*, copy_ssim_*,
-    reward_acc, reward_f1} over the held-out batches (one prediction per transition); with a state
-    probe (state_probe.py) also the multi-view consistency of the predicted next views
-    (consistency_pos [m] / consistency_grip), the same on the real next views (real_consistency_*),
+    reward_acc, reward_f1, reward_balanced_acc} over the held-out batches (one prediction per
+    transition); with a state probe (state_probe.py) also the multi-view consistency of the predicted
+    next views (consistency_pos [m] / consistency_grip), the same on the real next views (real_consistency_*),
     and the probe's xyz error against the true next state on predicted, real and current (copy_)
     frames (*probe_err_pos_head / _wrist). Same batches + key + probe -> comparable numbers across
     models (e.g. view_decoding interleaved vs independent). Per-frame PSNR is capped at PSNR_CAP_DB, so
@@ -319,6 +326,7 @@ def make_evaluator(wm: WorldModel, batches, key, probe=None):
         out = {k: v / max(n, 1) for k, v in sums.items()}
         out["reward_acc"] = correct / max(valid_n, 1)
         out["reward_f1"] = 2 * tp / max(2 * tp + fp + fn_, 1)
+        out["reward_balanced_acc"] = balanced_accuracy(tp, fp, fn_, correct - tp)
         if png is not None and first is not None:
             save_side_by_side(png, *first)
         return out

@@ -354,7 +354,7 @@ def run_eval(ctx) -> dict:
 # --------------------------------------------------------------------------------------- report
 
 WM_REPORT_KEYS = ("psnr_head", "copy_psnr_head", "ssim_head", "copy_ssim_head", "psnr_wrist", "copy_psnr_wrist",
-                  "ssim_wrist", "copy_ssim_wrist", "reward_acc", "reward_f1")
+                  "ssim_wrist", "copy_ssim_wrist", "reward_acc", "reward_balanced_acc", "reward_f1")
 
 
 def report_lines(results: dict, logged_steps: int | None) -> list[str]:
