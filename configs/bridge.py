@@ -66,16 +66,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     #   heldout_max_episodes: how many of them (0 = all).
     c.logged = ml_collections.ConfigDict(dict(max_episodes=2000, heldout_split="val", heldout_max_episodes=200))
 
-    # --- rl: MBPO in the world model (fields documented in configs/tabletop.py; no simulator here, so
+    # --- rl: MBPO in the world model (fields: configs/common.py:rl_config; no simulator here, so
     # world must be 'model' and eval_every 0). branch_chunks 0 = the longest logged episode. ---
-    c.rl = ml_collections.ConfigDict(dict(
-        world="model", num_branches=256, branch_chunks=2, reward_threshold=0.5,
-        iterations=30, epochs=4, critic_warmup_epochs=1, recompute_values=True, minibatch_size=128,
-        gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
-        clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,
-        actor_lr=1e-4, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,
-        train_vlm=False, eval_every=0, eval_episodes=0,
-    ))
+    c.rl = common.rl_config(eval_episodes=0)
 
     # --- eval: the offline evaluation the evaluate stage runs without a simulator ---
     # policies: finished stages whose policies are compared; batch_size: samples per jitted call;

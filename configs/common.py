@@ -162,3 +162,32 @@ def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_
     if smoke:
         c.update(dict(steps=20, warmup=5, eval_every=0, eval_episodes=2, ema=0.9))
     return c
+
+
+def rl_config(**overrides) -> ml_collections.ConfigDict:
+    """config.rl: MBPO / online PPO (vlambpo_jax/rl); configs add their own fields (collect, baselines).
+
+    world: 'model' (VLA-MBPO: branches in the world model from branch roots) or 'sim' (the online-PPO
+      baseline: full episodes in the simulator, real env steps counted).
+    num_branches: M branches per refill; branch_chunks: n chunks per branch (0 = full horizon);
+      reward_threshold: world-model P(Yes) above which a chunk counts as success.
+    iterations: buffer refills; epochs: PPO epochs per refill (each a scan over minibatches of
+      minibatch_size transitions); critic_warmup_epochs: critic-only epochs after each refill;
+      recompute_values: re-compute values and advantages with the current critic before each epoch.
+    gamma, gae_lambda, gae_variant ('paper' Eq. 4 | 'code' the authors' per-chunk form),
+      normalize_advantages; clip / clip_negative: surrogate clip for positive / negative advantages;
+      value_clip, huber_delta, value_coef: the clipped-value Huber critic loss.
+    actor_lr / critic_lr, b1, b2, weight_decay, grad_clip: AdamW per group; train_vlm: also train
+      the VLM prefix (default: action expert + value head only, as the paper's code).
+    eval_every / eval_episodes: periodic simulator evaluation (iterations; 0 = off).
+    """
+    c = ml_collections.ConfigDict(dict(
+        world="model", num_branches=256, branch_chunks=2, reward_threshold=0.5,
+        iterations=30, epochs=4, critic_warmup_epochs=1, recompute_values=True, minibatch_size=128,
+        gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
+        clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,
+        actor_lr=1e-4, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,
+        train_vlm=False, eval_every=0, eval_episodes=16,
+    ))
+    c.update(overrides)
+    return c

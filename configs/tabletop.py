@@ -77,36 +77,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --- wm: the UMM world model (documented in wm_config below) ---
     c.wm = wm_config(args.smoke)
 
-    # --- rl: collect, MBPO / online PPO (vlambpo_jax/rl) ---
+    # --- rl: collect, MBPO / online PPO (PPO fields: configs/common.py:rl_config) ---
     # collect_episodes_per_task / collect_mode / collect_batch: real rollouts of the SFT policy per
     #   task ('train' = Flow-SDE sampling, 'eval' = deterministic), envs stepped at once.
-    # world: 'model' (VLA-MBPO: branches in the world model from collected roots) or 'sim' (the
-    #   online-PPO baseline: full episodes in the simulator, real env steps counted).
-    # num_branches: M branches per refill; branch_chunks: n chunks per branch (0 = full horizon);
-    #   reward_threshold: world-model P(Yes) above which a chunk counts as success.
-    # iterations: buffer refills; epochs: PPO epochs per refill (each a scan over minibatches of
-    #   minibatch_size transitions); critic_warmup_epochs: critic-only epochs after each refill;
-    #   recompute_values: re-compute values and advantages with the current critic before each epoch.
-    # gamma, gae_lambda, gae_variant ('paper' Eq. 4 | 'code' the authors' per-chunk form),
-    #   normalize_advantages; clip / clip_negative: surrogate clip for positive / negative advantages;
-    #   value_clip, huber_delta, value_coef: the clipped-value Huber critic loss.
-    # actor_lr / critic_lr, b1, b2, weight_decay, grad_clip: AdamW per group; train_vlm: also train
-    #   the VLM prefix (default: action expert + value head only, as the paper's code).
-    # eval_every / eval_episodes: periodic simulator evaluation (iterations; 0 = off).
     # bc_*: the `wm_bc` baseline (vlambpo_jax/rl/wm_bc.py, filtered BC on imagined successes):
     #   bc_rounds rounds of bc_branches full-horizon world-model branches (from episode starts when
     #   bc_initial_roots, else from any root), then bc_steps flow-matching steps at lr bc_lr on batches
     #   of bc_batch_size (observation, chunk) pairs of the successful branches of every round so far.
-    c.rl = ml_collections.ConfigDict(dict(
+    c.rl = common.rl_config(
         collect_episodes_per_task=50, collect_mode="train", collect_batch=100,
-        world="model", num_branches=256, branch_chunks=2, reward_threshold=0.5,
-        iterations=30, epochs=4, critic_warmup_epochs=1, recompute_values=True, minibatch_size=128,
-        gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
-        clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,
-        actor_lr=1e-4, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,
-        train_vlm=False, eval_every=0, eval_episodes=16,
-        bc_rounds=3, bc_branches=128, bc_steps=200, bc_lr=1e-4, bc_batch_size=32, bc_initial_roots=True,
-    ))
+        bc_rounds=3, bc_branches=128, bc_steps=200, bc_lr=1e-4, bc_batch_size=32, bc_initial_roots=True)
     if args.smoke:
         c.rl.update(dict(collect_episodes_per_task=2, collect_batch=8, num_branches=8, iterations=2,
                          epochs=1, minibatch_size=8, eval_episodes=2, bc_rounds=2, bc_branches=8,

@@ -4,7 +4,7 @@ Two pieces replace the simulator stages of the tabletop pipeline:
 
 * the `logged_roots` stage (in place of `collect`): reads the logged episodes config.data describes and
   writes `<workdir>/logged_roots/roots.npz`, the chunk-aligned branch roots MBPO draws from (frames
-  0, k, 2k, ... of every episode of config.data.split, successes and failures, in the exact format the
+  0, k, 2k, ... of every episode of config.data.split, successes and failures; a superset of what the
   `collect` stage writes), and `heldout.npz`, every step of the episodes of config.logged.heldout_split
   (never trained on) with the logged action chunks in dataset units;
 * the offline evaluation, which the `evaluate` stage runs when the config has no `env` section: for
@@ -58,47 +58,23 @@ def _tokens(texts: list[str], tokenizer, max_text_len: int, wm_max_text_len: int
             "wm_tokens": np.asarray(wm_tokens, np.int32), "wm_token_mask": np.asarray(wm_token_mask, bool)}
 
 
-def _task_ids(texts: list[str]) -> tuple[np.ndarray, list[str]]:
+def _task_ids(texts: list[str]) -> np.ndarray:
+    """Index of each instruction among the sorted distinct instructions."""
     names = sorted(set(texts))
-    return np.asarray([names.index(t) for t in texts], np.int32), names
+    return np.asarray([names.index(t) for t in texts], np.int32)
 
 
-def logged_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int,
-                 wm_max_text_len: int) -> dict[str, np.ndarray]:
-    """Chunk-aligned branch roots (frames 0, k, 2k, ... < length of every episode) in the format of
-    rl.collect.branch_roots, plus image_mask, episode_length and the instruction's task id (index into
-    the sorted distinct instructions)."""
-    cols = {k: [] for k in ("images", "image_mask", "instruction", "episode_success", "episode_id", "t",
-                            "episode_length")}
-    for ep in episodes:
-        for t in range(0, ep["length"], chunk_size):
-            cols["images"].append(ep["images"][t])
-            cols["image_mask"].append(ep["image_mask"])
-            cols["instruction"].append(str(ep["instruction"][t]))
-            cols["episode_success"].append(bool(ep["success"]))
-            cols["episode_id"].append(int(ep["index"]))
-            cols["t"].append(t)
-            cols["episode_length"].append(int(ep["length"]))
-    texts = cols["instruction"]
-    task_id, _ = _task_ids(texts)
-    return {"images": np.stack(cols["images"]).astype(np.uint8),
-            **_tokens(texts, tokenizer, max_text_len, wm_max_text_len),
-            "image_mask": np.stack(cols["image_mask"]).astype(bool), "instruction": np.asarray(texts),
-            "task_id": task_id, "episode_success": np.asarray(cols["episode_success"]),
-            "episode_id": np.asarray(cols["episode_id"], np.int32), "t": np.asarray(cols["t"], np.int32),
-            "episode_length": np.asarray(cols["episode_length"], np.int32)}
-
-
-def heldout_samples(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int,
-                    wm_max_text_len: int) -> dict[str, np.ndarray]:
-    """Every step t of every episode: the observation, the instruction tokens, the raw state and the
-    logged action chunk t..t+k-1 in dataset units (past the end: the last action, masked out)."""
+def step_table(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int, wm_max_text_len: int,
+               stride: int = 1) -> dict[str, np.ndarray]:
+    """Steps t = 0, stride, 2 stride, ... of every episode: the observation, the instruction tokens
+    (policy and world model), the raw state and the logged action chunk t..t+k-1 in dataset units
+    (past the end: the last action, masked out), the instruction's task id and episode bookkeeping."""
     k = chunk_size
     cols = {k_: [] for k_ in ("images", "image_mask", "state", "actions", "action_mask", "instruction",
                               "episode_success", "episode_id", "t", "episode_length")}
     for ep in episodes:
         T = ep["length"]
-        for t in range(T):
+        for t in range(0, T, stride):
             idx = t + np.arange(k)
             cols["images"].append(ep["images"][t])
             cols["image_mask"].append(ep["image_mask"])
@@ -117,10 +93,23 @@ def heldout_samples(episodes: list[dict], chunk_size: int, tokenizer, max_text_l
             "actions": np.stack(cols["actions"]).astype(np.float32),
             "action_mask": np.stack(cols["action_mask"]).astype(bool),
             **_tokens(texts, tokenizer, max_text_len, wm_max_text_len),
-            "instruction": np.asarray(texts), "task_id": _task_ids(texts)[0],
+            "instruction": np.asarray(texts), "task_id": _task_ids(texts),
             "episode_success": np.asarray(cols["episode_success"]),
             "episode_id": np.asarray(cols["episode_id"], np.int32), "t": np.asarray(cols["t"], np.int32),
             "episode_length": np.asarray(cols["episode_length"], np.int32)}
+
+
+def logged_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int,
+                 wm_max_text_len: int) -> dict[str, np.ndarray]:
+    """Chunk-aligned branch roots (frames 0, k, 2k, ... of every episode): the keys of
+    rl.collect.branch_roots plus those of step_table."""
+    return step_table(episodes, chunk_size, tokenizer, max_text_len, wm_max_text_len, stride=chunk_size)
+
+
+def heldout_samples(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int,
+                    wm_max_text_len: int) -> dict[str, np.ndarray]:
+    """Every step of every episode (step_table with stride 1)."""
+    return step_table(episodes, chunk_size, tokenizer, max_text_len, wm_max_text_len)
 
 
 def roots_of(samples: dict, chunk_size: int) -> dict[str, np.ndarray]:

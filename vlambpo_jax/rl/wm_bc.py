@@ -237,13 +237,12 @@ def train(ctx, policy, params, assets: dict, world, world_params, roots: dict,
 def run(ctx) -> dict:
     from vlambpo_jax.models import wm_train
     from vlambpo_jax.models.sft import load_policy
+    from vlambpo_jax.rl import mbpo
 
     config = ctx.config
     policy, params, _, assets = load_policy(ctx.stage_summary("sft")["checkpoint_dir"], config)
     wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
                                                  config)
-    from vlambpo_jax.rl import mbpo
     # the same roots MBPO draws from: 'collect' or 'logged_roots'
-    roots_stage = mbpo.roots_stage(ctx)
-    roots = dict(np.load(ctx.stage_summary(roots_stage)["roots"]))
+    roots = dict(np.load(ctx.stage_summary(mbpo.roots_stage(ctx))["roots"]))
     return train(ctx, policy, params, assets, ModelWorld(wm, config.rl.reward_threshold), wm_params, roots)
