@@ -21,6 +21,9 @@ To compare decoding layouts (interleaved vs independent), evaluate both models w
 """
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import flax.linen as nn
 import flax.serialization
 import jax
@@ -65,8 +68,6 @@ def train(images: np.ndarray, targets: np.ndarray, key, steps: int = 400, batch_
     """Fits one ProbeNet per view. images uint8[N, V, H, W, 3], targets float[N, D] (the state shared
     by the N frames' views) -> (probe params {'nets': {'view<i>': params}, 'mean', 'std' [D]},
     {'train_err_pos_<v>': mean xyz error on the training frames per view index v, 'seconds'})."""
-    import time
-
     t0 = time.time()
     images = np.asarray(images)
     targets = np.asarray(targets, np.float32)
@@ -81,20 +82,19 @@ def train(images: np.ndarray, targets: np.ndarray, key, steps: int = 400, batch_
     opt = tx.init(nets)
     bs = min(batch_size, n)
 
-    @jax.jit
-    def step(nets, opt, x, t):
-        x = _to_float(x)
+    def fit(nets, opt, images, y, idx):
+        def step(carry, i):
+            nets, opt = carry
+            x = _to_float(images[i])
+            g = jax.grad(lambda p: jnp.mean((_apply(net, p, x) - y[i][:, None]) ** 2))(nets)
+            upd, opt = tx.update(g, opt, nets)
+            return (optax.apply_updates(nets, upd), opt), None
+        return jax.lax.scan(step, (nets, opt), idx)[0][0]
 
-        def loss(p):
-            return jnp.mean((_apply(net, p, x) - t[:, None]) ** 2)
-        val, g = jax.value_and_grad(loss)(nets)
-        upd, opt = tx.update(g, opt, nets)
-        return optax.apply_updates(nets, upd), opt, val
-
+    # The frames stay on the device; the whole fit is one scan over precomputed minibatch indices.
     rng = np.random.default_rng(int(jax.random.randint(k_data, (), 0, 2 ** 31 - 1)))
-    for _ in range(int(steps)):
-        idx = rng.choice(n, bs, replace=False)
-        nets, opt, _ = step(nets, opt, images[idx], y[idx])
+    idx = np.asarray([rng.choice(n, bs, replace=False) for _ in range(int(steps))], np.int32).reshape(-1, bs)
+    nets = jax.jit(fit)(nets, opt, jnp.asarray(images), jnp.asarray(y), jnp.asarray(idx))
     probe = {"nets": nets, "mean": jnp.asarray(mean), "std": jnp.asarray(std)}
     fit = np.concatenate([np.asarray(read_jit(probe, images[i:i + 256])) for i in range(0, n, 256)])
     info = {f"train_err_pos_{i}": float(np.mean(np.linalg.norm(
@@ -122,13 +122,9 @@ def metrics(readings, state=None, prefix: str = "") -> dict:
 
 
 def save(path, probe: dict) -> None:
-    from pathlib import Path
-
     Path(path).write_bytes(flax.serialization.msgpack_serialize(jax.device_get(probe)))
 
 
 def load(path) -> dict:
-    from pathlib import Path
-
     raw = flax.serialization.msgpack_restore(Path(path).read_bytes())
     return jax.tree.map(jnp.asarray, raw)
