@@ -69,7 +69,7 @@ def main():
                                                  "tokens": jnp.asarray(tok[:1]),
                                                  "token_mask": jnp.asarray(mask[:1])})
     tx = optax.adamw(1e-3)
-    state = SFTState(jnp.zeros((), jnp.int32), params, params, tx.init(params))
+    state = SFTState(jnp.zeros((), jnp.int32), params, params, {}, tx.init((params, {})))
     batches = [{"images": images, "tokens": tok, "token_mask": mask,
                 "actions": rng.normal(size=(b, k, 7)).astype(np.float32),
                 "action_mask": np.ones((b, k), bool)} for _ in range(2)]

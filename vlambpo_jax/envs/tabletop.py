@@ -198,6 +198,18 @@ class TabletopEnv:
                                ee_rpy=info["ee_rpy"], gap=gap, obj=info["obj"],
                                goal=info["goal"])
 
+    def grounding_targets(self, state: State) -> jax.Array:
+        """What the instruction refers to, in metres, for the policy's grounding co-training (unbatched):
+        f32[13] = instructed object xy, goal xy (the zone for push/place, the base object for stack, the
+        object itself for pick), the xy of every object in fixed order (red cube, green cylinder, blue
+        block), and the commanded tool centre point xyz."""
+        sc = self.scene(state)
+        kind = jnp.asarray(self._goal_kind)[state.info["task_id"]]
+        target = sc.obj_pos[sc.obj, :2]
+        goal = jnp.where(kind == 1, sc.zone_pos[jnp.clip(sc.goal, 0, S.NUM_ZONES - 1), :2],
+                         jnp.where(kind == 2, sc.obj_pos[sc.goal, :2], target))
+        return jnp.concatenate([target, goal, sc.obj_pos[:, :2].reshape(-1), sc.ee_pos]).astype(jnp.float32)
+
     def _success(self, state: State) -> jax.Array:
         sc = self.scene(state)
         return jax.lax.switch(state.info["task_id"], [t.success for t in self.tasks], sc)

@@ -273,6 +273,12 @@ class PrefixCache:
     out: jax.Array
 
 
+def pooled_prefix(cache: PrefixCache) -> jax.Array:
+    """Mean of the final prefix outputs over valid tokens -> float32[B, W]."""
+    m = cache.mask[..., None].astype(jnp.float32)
+    return jnp.sum(cache.out.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
 class VLAModel(nn.Module):
     """Top module; parameters {'vlm', 'action_expert', 'value_head'}. Entry points are the methods."""
     dims: ModelDims
@@ -319,9 +325,7 @@ class VLAModel(nn.Module):
 
     def value(self, cache: PrefixCache) -> jax.Array:
         """Value [B] from the mean over valid prefix outputs, stop-gradient (the paper's code)."""
-        m = cache.mask[..., None].astype(jnp.float32)
-        pooled = jnp.sum(cache.out.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
-        return self.value_head(jax.lax.stop_gradient(pooled))
+        return self.value_head(jax.lax.stop_gradient(pooled_prefix(cache)))
 
     def joint(self, obs, x_t, t) -> tuple[PrefixCache, jax.Array]:
         """Uncached reference: both experts in one transformer over [prefix, actions] with openpi's mask.

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vlambpo_jax.models import grounding
 from vlambpo_jax.models import policy as policy_lib
 from vlambpo_jax.models import tokenizer as tok_lib
 from vlambpo_jax.train import sharding
@@ -36,10 +37,12 @@ MODEL_KEYS = ("images", "image_mask", "tokens", "token_mask", "actions", "action
 
 @flax.struct.dataclass
 class SFTState:
-    """step int32[]; params / ema_params {'vlm', 'action_expert', 'value_head'}; opt_state of optax."""
+    """step int32[]; params / ema_params {'vlm', 'action_expert', 'value_head'}; head_params: the
+    grounding head's ({} without grounding co-training); opt_state of optax over (params, head_params)."""
     step: jax.Array
     params: Any
     ema_params: Any
+    head_params: Any
     opt_state: Any
 
 
@@ -55,22 +58,36 @@ def make_optimizer(sft, num_steps: int):
     return tx, schedule
 
 
-def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: int, noise_samples: int = 1):
+def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: int, noise_samples: int = 1,
+                    head: grounding.GroundingHead | None = None, grounding_weight: float = 0.0):
     """Returns step(state, batch) -> (state, metrics) (jit it on a mesh with
-    sharding.DataParallel.jit_step); the flow noise of step s is fold_in(key, s)."""
+    sharding.DataParallel.jit_step); the flow noise of step s is fold_in(key, s). With a grounding
+    `head`, the batch also holds grounding rows (grounding.pool_batch) and the loss is
+    flow loss + grounding_weight x grounding loss."""
     base_key = jax.random.key(seed)
+
+    def loss_fn(trainable, batch, key):
+        params, head_params = trainable
+        demo, ground = grounding.split_batch(batch)
+        loss, metrics = policy.flow_matching_loss(params, demo, key, noise_samples)
+        if head is not None:
+            g_loss, g_metrics = grounding.grounding_loss(policy, head, params, head_params, ground)
+            loss = loss + grounding_weight * g_loss
+            metrics = dict(metrics, **g_metrics)
+        return loss, metrics
 
     def step(state: SFTState, batch):
         key = jax.random.fold_in(base_key, state.step)
-        (loss, metrics), grads = jax.value_and_grad(policy.flow_matching_loss, has_aux=True)(
-            state.params, batch, key, noise_samples)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        trainable = (state.params, state.head_params)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        params, head_params = optax.apply_updates(trainable, updates)
         ema_params = (jax.tree.map(lambda e, p: ema * e + (1.0 - ema) * p, state.ema_params, params)
                       if ema > 0 else params)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step),
                        param_norm=optax.tree.norm(params))
-        return SFTState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state), metrics
+        return SFTState(step=state.step + 1, params=params, ema_params=ema_params, head_params=head_params,
+                        opt_state=opt_state), metrics
 
     return step
 
@@ -165,6 +182,26 @@ def _evaluator(ctx, policy, tokenizer, stats, key):
     return eval_fn
 
 
+def _grounding(ctx, policy, tokenizer, batch_fn, batch_size: int):
+    """Grounding co-training (models/grounding.py) when config.sft.grounding_weight > 0: renders the
+    scene pool and wraps batch_fn to add grounding rows. -> (head or None, head params, batch_fn)."""
+    config, sft = ctx.config, ctx.config.sft
+    if float(sft.grounding_weight) <= 0:
+        return None, {}, batch_fn
+    if "env" not in config:
+        raise ValueError("config.sft.grounding_weight > 0 needs a simulator (config.env) to render its "
+                         "scenes; set it to 0 for datasets without one (e.g. configs/bridge.py)")
+    t0 = time.time()
+    pool = grounding.make_scene_pool(config, tokenizer, int(sft.grounding_scenes),
+                                     jax.random.key(int(config.seed) + 3))
+    print(f"[{ctx.stage}] grounding co-training: {len(pool['targets'])} reset scenes rendered "
+          f"({time.time() - t0:.1f} s), weight {float(sft.grounding_weight)}")
+    head = grounding.GroundingHead(tuple(sft.grounding_hidden), pool["targets"].shape[1])
+    head_params = head.init(jax.random.key(int(config.seed) + 4), jnp.zeros((1, policy.dims.width)))["params"]
+    seed = int(config.seed)
+    return head, head_params, lambda step: {**batch_fn(step), **grounding.pool_batch(pool, batch_size, seed, step)}
+
+
 def run(ctx) -> dict:
     """The `sft` stage. Returns a JSON-able summary (steps, losses, timing, last evaluation)."""
     from vlambpo_jax.data import rlds_reader
@@ -210,14 +247,15 @@ def run(ctx) -> dict:
         print(f"[{ctx.stage}] initialised from {sft.init_from}")
     counts = {g: policy_lib.count_params(p) for g, p in params.items()}
     print(f"[{ctx.stage}] params: " + ", ".join(f"{g} {n / 1e6:.2f}M" for g, n in counts.items()))
+    head, head_params, batch_fn = _grounding(ctx, policy, tokenizer, batch_fn, batch_size)
     num_steps = int(sft.steps)
     tx, schedule = make_optimizer(sft, num_steps)
-    state = SFTState(step=jnp.zeros((), jnp.int32), params=params,
-                     ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+    state = SFTState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
+                     head_params=head_params, opt_state=tx.init((params, head_params)))
     dp = sharding.DataParallel(config.mesh)
     state, state_shardings = dp.place(state)
     step_fn = dp.jit_step(make_train_step(policy, tx, schedule, float(sft.ema), int(config.seed) + 1,
-                                          int(sft.noise_samples)),
+                                          int(sft.noise_samples), head, float(sft.grounding_weight)),
                           state_shardings)
     global_batch_fn = batch_fn
     batch_fn = lambda step: dp.shard(global_batch_fn(step), is_global=bool(sft.in_memory))  # noqa: E731

@@ -184,8 +184,8 @@ def train(ctx, policy, params, assets: dict, world, world_params, roots: dict,
 
     tx, schedule = bc_optimizer(config, total)
     dp = sharding.DataParallel(config.mesh)
-    state = sft_lib.SFTState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                             opt_state=tx.init(params))
+    state = sft_lib.SFTState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, head_params={},
+                             opt_state=tx.init((params, {})))
     state, state_shardings = dp.place(state)
     step = dp.jit_step(sft_lib.make_train_step(policy, tx, schedule, 0.0, seed + 1), state_shardings)
     data = RoundData(stage_dir / "data", make_collector(config, policy, world, world_params, roots,

@@ -1,0 +1,131 @@
+"""Grounding co-training (vlambpo_jax/models/grounding.py): its labels say what the instruction text
+names, its loss trains the prefix (not the action expert), and the `sft` stage with it resumes exactly."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import tabletop
+from vlambpo_jax.envs import scene as S
+from vlambpo_jax.envs import tabletop as tabletop_env
+from vlambpo_jax.envs import tasks as tasks_lib
+from vlambpo_jax.models import grounding
+from vlambpo_jax.models import sft
+from vlambpo_jax.models import tokenizer as tok_lib
+from vlambpo_jax.models import policy as policy_lib
+from vlambpo_jax.models.policy import Policy
+from tests.test_policy_sft import _StopAfter, _config, _run, dataset  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return tabletop.get_config("smoke")
+
+
+def _mentions(text: str, names) -> list[int]:
+    """Indices of `names` in the order the text mentions them."""
+    found = [(text.index(n), i) for i, n in enumerate(names) if n in text]
+    return [i for _, i in sorted(found)]
+
+
+def test_targets_are_the_positions_the_instruction_names(config):
+    env = tabletop_env.make_env(config)
+    reset = jax.jit(lambda k, task: env.reset(k, task))
+    targets_fn = jax.jit(env.grounding_targets)
+    for task_id, name in enumerate(env.task_names):
+        for seed in range(3):
+            state = reset(jax.random.key(seed), task_id)
+            y = np.asarray(targets_fn(state))
+            text = env.instructions[int(state.obs["instruction_id"])]
+            qpos, mocap = np.asarray(state.data.qpos), np.asarray(state.data.mocap_pos)
+            obj_xy = np.stack([qpos[a:a + 2] for a in env._obj_qadr])
+            objects = _mentions(text, [o.name for o in S.OBJECTS])
+            np.testing.assert_allclose(y[0:2], obj_xy[objects[0]], atol=1e-6, err_msg=text)
+            if name == "stack":
+                goal = obj_xy[objects[1]]
+            elif name in ("push", "place"):
+                zone = _mentions(text, [f"{z} " for z in tasks_lib.ZONES])[0]
+                goal = mocap[env._zone_mocap[zone], :2]
+            else:
+                goal = obj_xy[objects[0]]
+            np.testing.assert_allclose(y[2:4], goal, atol=1e-6, err_msg=text)
+            np.testing.assert_allclose(y[4:10], obj_xy.reshape(-1), atol=1e-6)
+            np.testing.assert_allclose(y[10:13], np.asarray(state.info["ee_pos"]), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def pool(config):
+    tok = tok_lib.load_tokenizer(config.policy.tokenizer)
+    return grounding.make_scene_pool(config, tok, 16, jax.random.key(0))
+
+
+def test_pool_rows_and_batches(config, pool):
+    n, v, s = 16, len(config.views), config.image_size
+    assert pool["images"].shape == (n, v, s, s, 3) and pool["images"].dtype == np.uint8
+    assert pool["targets"].shape == (n, 13)
+    assert np.abs(pool["targets"]).max() < 0.3 * grounding.POSITION_SCALE   # inside the workspace
+    assert len({t.tobytes() for t in pool["targets"]}) == n                 # every scene differs
+    a = grounding.pool_batch(pool, 4, 0, 7)
+    b = grounding.pool_batch(pool, 4, 0, 7)
+    c = grounding.pool_batch(pool, 4, 0, 8)
+    assert set(a) == {grounding.BATCH_PREFIX + k for k in pool}
+    np.testing.assert_array_equal(a["ground_targets"], b["ground_targets"])
+    assert not np.array_equal(a["ground_targets"], c["ground_targets"])
+
+
+def test_loss_trains_the_prefix_and_head_only_and_fits_a_small_pool(config, pool):
+    policy = Policy(config)
+    batch = {k: jnp.asarray(v) for k, v in pool.items()}
+    params = policy.init(jax.random.key(0), {k: batch[k][:1] for k in ("images", "tokens", "token_mask")})
+    head = grounding.GroundingHead((32,), 13)
+    head_params = head.init(jax.random.key(1), jnp.zeros((1, policy.dims.width)))["params"]
+
+    loss_fn = lambda tr: grounding.grounding_loss(policy, head, tr[0], tr[1], batch)  # noqa: E731
+    (loss0, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)((params, head_params))
+    norm = lambda t: float(optax.tree.norm(t))  # noqa: E731
+    assert norm(grads[0]["vlm"]) > 0 and norm(grads[1]) > 0
+    assert norm(grads[0]["action_expert"]) == 0 and norm(grads[0]["value_head"]) == 0
+    # The metric is the mean xy distance (cm) of the instructed object's prediction.
+    pred = head.apply({"params": head_params}, policy_lib.pooled_prefix(policy.encode_prefix(params, batch)))
+    dist = np.linalg.norm(np.asarray(pred[:, :2] - batch["targets"][:, :2]), axis=-1)
+    assert float(metrics["grounding_target_err_cm"]) == pytest.approx(
+        100 * dist.mean() / grounding.POSITION_SCALE, rel=1e-4)
+
+    tx = optax.adam(3e-3)
+    trainable = (params, head_params)
+    opt = tx.init(trainable)
+
+    @jax.jit
+    def step(trainable, opt):
+        loss, g = jax.value_and_grad(lambda tr: loss_fn(tr)[0])(trainable)
+        updates, opt = tx.update(g, opt, trainable)
+        return optax.apply_updates(trainable, updates), opt, loss
+
+    for _ in range(150):
+        trainable, opt, loss = step(trainable, opt)
+    assert float(loss) < 0.1 * float(loss0), (float(loss0), float(loss))
+
+
+def test_sft_with_grounding_resumes_exactly(dataset, tmp_path):  # noqa: F811
+    config = _config(dataset)
+    config.sft.grounding_weight = 1.0
+    config.sft.grounding_scenes = 8
+    config.sft.grounding_hidden = (16,)
+    full = _run(config, tmp_path / "a", _StopAfter(10 ** 9))
+    part = _run(config, tmp_path / "b", _StopAfter(3))
+    assert part["interrupted"] and part["steps"] == 3
+    rest = _run(config, tmp_path / "b", _StopAfter(10 ** 9))
+    assert rest["steps"] == full["steps"] and rest["steps_run"] == full["steps"] - 3
+    _, params_a, _, _ = sft.load_policy(tmp_path / "a" / "sft" / sft.CKPT_NAME)
+    _, params_b, _, _ = sft.load_policy(tmp_path / "b" / "sft" / sft.CKPT_NAME)
+    for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_grounding_needs_a_simulator(dataset, tmp_path):  # noqa: F811
+    config = _config(dataset)
+    del config["env"]
+    config.sft.grounding_weight = 1.0
+    with pytest.raises(ValueError, match="grounding_weight"):
+        _run(config, tmp_path, _StopAfter(10 ** 9))

@@ -1,0 +1,91 @@
+"""Grounding co-training: an auxiliary SFT loss that teaches the policy's VLM where things are.
+
+Flow matching on a few hundred demonstrations lets the policy recognise training scenes and replay
+their demos instead of reading where the instructed object is (README, "Results and status"). pi0.5
+co-trains its VLM on non-robot data such as object localisation; here the simulator provides such data
+for free: freshly reset scenes (no physics rollout, so thousands cost seconds), each labelled with where
+its instruction's object and goal are (`TabletopEnv.grounding_targets`). A small MLP reads the labels
+from the mean-pooled prefix outputs and its squared error joins the flow loss, so its gradients shape
+the ViT and prefix transformer whose keys and values the action expert attends to. The head is a
+training-only auxiliary: it lives in the SFT state, not in the policy's parameters.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlambpo_jax.models import policy as policy_lib
+
+POSITION_SCALE = 10.0       # metres -> decimetres, so the targets are of order one
+BATCH_PREFIX = "ground_"    # the pool's rows ride in the SFT batch under these keys
+TARGET_NAMES = ("target", "goal")   # the first two xy pairs of the targets (metrics)
+
+
+class GroundingHead(nn.Module):
+    """MLP (GELU) on pooled prefix features float32[B, W] -> predicted targets float32[B, out_dim]."""
+    hidden: tuple[int, ...]
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, h in enumerate(self.hidden):
+            x = nn.gelu(nn.Dense(h, name=f"dense_{i}")(x))
+        return nn.Dense(self.out_dim, name="out")(x)
+
+
+def make_scene_pool(config, tokenizer, num_scenes: int, key: jax.Array, chunk: int = 256) -> dict:
+    """Renders `num_scenes` freshly reset tabletop scenes (uniform task, random target and paraphrase).
+
+    Returns numpy {'images': uint8[N, V, H, W, 3], 'image_mask': bool[N, V], 'tokens': int32[N, L],
+    'token_mask': bool[N, L], 'targets': float32[N, 13] (grounding_targets x POSITION_SCALE)}.
+    """
+    from vlambpo_jax.envs import tabletop
+
+    env = tabletop.make_env(config)
+    ids, mask = tokenizer.encode_batch(list(env.instructions), int(config.data.max_text_len))
+
+    def one(k):
+        k_task, k_reset = jax.random.split(k)
+        state = env.reset(k_reset, jax.random.randint(k_task, (), 0, env.num_tasks))
+        return state.obs["images"], state.obs["instruction_id"], env.grounding_targets(state)
+
+    reset = jax.jit(jax.vmap(one))
+    keys = jax.random.split(key, max(int(num_scenes), 1))
+    parts = [jax.device_get(reset(keys[i:i + chunk])) for i in range(0, len(keys), chunk)]
+    images, instr, targets = (np.concatenate(p) for p in zip(*parts))
+    return {"images": images, "image_mask": np.ones(images.shape[:2], bool), "tokens": ids[instr],
+            "token_mask": mask[instr], "targets": (targets * POSITION_SCALE).astype(np.float32)}
+
+
+def pool_batch(pool: Mapping[str, np.ndarray], batch_size: int, seed: int, step: int) -> dict:
+    """Rows of the pool for SFT step `step` (a function of (seed, step) alone, so resuming is exact),
+    under BATCH_PREFIX keys."""
+    n = len(pool["targets"])
+    idx = np.random.default_rng([seed, step, 23]).integers(0, n, batch_size)
+    return {BATCH_PREFIX + k: v[idx] for k, v in pool.items()}
+
+
+def split_batch(batch: Mapping[str, jax.Array]) -> tuple[dict, dict]:
+    """An SFT batch -> (its demo part, its grounding part with the prefix removed)."""
+    demo = {k: v for k, v in batch.items() if not k.startswith(BATCH_PREFIX)}
+    ground = {k[len(BATCH_PREFIX):]: v for k, v in batch.items() if k.startswith(BATCH_PREFIX)}
+    return demo, ground
+
+
+def grounding_loss(policy: policy_lib.Policy, head: GroundingHead, params, head_params,
+                   batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+    """Mean squared error of the head's prediction from the prefix of `batch` (observation keys +
+    'targets' float32[B, T]). Returns (loss, metrics with the mean xy errors of the named targets in cm)."""
+    cache = policy.encode_prefix(params, batch)
+    pred = head.apply({"params": head_params}, policy_lib.pooled_prefix(cache))
+    err = pred - batch["targets"]
+    loss = jnp.mean(err ** 2)
+    metrics = {"grounding_loss": loss}
+    for i, name in enumerate(TARGET_NAMES):
+        dist = jnp.linalg.norm(err[:, 2 * i:2 * i + 2], axis=-1) / POSITION_SCALE
+        metrics[f"grounding_{name}_err_cm"] = 100.0 * jnp.mean(dist)
+    return loss, metrics
