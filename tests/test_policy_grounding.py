@@ -87,7 +87,9 @@ def test_loss_trains_the_prefix_and_head_only_and_fits_a_small_pool(config, pool
     assert norm(grads[0]["vlm"]) > 0 and norm(grads[1]) > 0
     assert norm(grads[0]["action_expert"]) == 0 and norm(grads[0]["value_head"]) == 0
     # The metric is the mean xy distance (cm) of the instructed object's prediction.
-    pred = head.apply({"params": head_params}, policy_lib.pooled_prefix(policy.encode_prefix(params, batch)))
+    pooled = np.asarray(policy_lib.pooled_prefix(policy.encode_prefix(params, batch)))
+    pooled = pooled / np.sqrt(np.mean(pooled ** 2, axis=-1, keepdims=True) + 1e-6)
+    pred = head.apply({"params": head_params}, jnp.asarray(pooled))
     dist = np.linalg.norm(np.asarray(pred[:, :2] - batch["targets"][:, :2]), axis=-1)
     assert float(metrics["grounding_target_err_cm"]) == pytest.approx(
         100 * dist.mean() / grounding.POSITION_SCALE, rel=1e-4)
@@ -129,3 +131,26 @@ def test_grounding_needs_a_simulator(dataset, tmp_path):  # noqa: F811
     config.sft.grounding_weight = 1.0
     with pytest.raises(ValueError, match="grounding_weight"):
         _run(config, tmp_path, _StopAfter(10 ** 9))
+
+
+def test_grounding_layer_reads_the_stream_the_expert_attends_to(config, pool):
+    policy = Policy(config)
+    batch = {k: jnp.asarray(v) for k, v in pool.items()}
+    params = policy.init(jax.random.key(0), {k: batch[k][:1] for k in ("images", "tokens", "token_mask")})
+    cache = policy.encode_prefix(params, batch)
+    final, _ = policy.prefix_hidden(params, batch, policy.dims.depth)
+    np.testing.assert_allclose(final, cache.out, atol=1e-6)
+    # The keys of layer l are a projection of the stream entering block l: layer 0 is the embedding.
+    embedded, _ = policy.model.apply({"params": params}, batch, method=lambda m, o: m.vlm.embed_prefix(o))
+    first, _ = policy.prefix_hidden(params, batch, 0)
+    np.testing.assert_allclose(first, embedded, atol=1e-6)
+
+    head = grounding.GroundingHead((8,), 13)
+    head_params = head.init(jax.random.key(1), jnp.zeros((1, policy.dims.width)))["params"]
+    grads = jax.grad(lambda p: grounding.grounding_loss(policy, head, p, head_params, batch, layer=0)[0])(params)
+    vlm = grads["vlm"]
+    assert float(optax.tree.norm(vlm["vit"])) > 0 and float(optax.tree.norm(vlm["embed"])) > 0
+    for name in [k for k in vlm if k.startswith("blocks_")] + ["final_norm"]:
+        assert float(optax.tree.norm(vlm[name])) == 0, name
+    with pytest.raises(ValueError, match="grounding_layer"):
+        grounding.grounding_loss(policy, head, params, head_params, batch, layer=policy.dims.depth + 1)

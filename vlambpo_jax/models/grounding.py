@@ -5,8 +5,10 @@ their demos instead of reading where the instructed object is (README, "Results 
 co-trains its VLM on non-robot data such as object localisation; here the simulator provides such data
 for free: freshly reset scenes (no physics rollout, so thousands cost seconds), each labelled with where
 its instruction's object and goal are (`TabletopEnv.grounding_targets`). A small MLP reads the labels
-from the mean-pooled prefix outputs and its squared error joins the flow loss, so its gradients shape
-the ViT and prefix transformer whose keys and values the action expert attends to. The head is a
+from the mean-pooled prefix (by default its final output; `grounding_layer` l reads the stream entering
+block l instead, the one the action expert's attention reads at layer l) and its squared error joins the
+flow loss, so its gradients shape the ViT and prefix transformer whose keys and values the action expert
+attends to. The head is a
 training-only auxiliary: it lives in the SFT state, not in the policy's parameters.
 """
 from __future__ import annotations
@@ -76,12 +78,25 @@ def split_batch(batch: Mapping[str, jax.Array]) -> tuple[dict, dict]:
     return demo, ground
 
 
+def pooled_features(policy: policy_lib.Policy, params, obs, layer: int) -> jax.Array:
+    """What the head reads: the prefix's residual stream entering block `layer` (-1: the final output),
+    mean-pooled over valid tokens and RMS-normalized -> float32[B, W]."""
+    depth = policy.dims.depth
+    layer = depth if layer < 0 else layer
+    if not 0 <= layer <= depth:
+        raise ValueError(f"config.sft.grounding_layer={layer}: must be -1 or in [0, {depth}] "
+                         f"(config.policy.depth={depth})")
+    hidden, mask = policy.prefix_hidden(params, obs, layer)
+    x = policy_lib.masked_mean(hidden, mask)
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+
+
 def grounding_loss(policy: policy_lib.Policy, head: GroundingHead, params, head_params,
-                   batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+                   batch: Mapping[str, jax.Array], layer: int = -1) -> tuple[jax.Array, dict]:
     """Mean squared error of the head's prediction from the prefix of `batch` (observation keys +
-    'targets' float32[B, T]). Returns (loss, metrics with the mean xy errors of the named targets in cm)."""
-    cache = policy.encode_prefix(params, batch)
-    pred = head.apply({"params": head_params}, policy_lib.pooled_prefix(cache))
+    'targets' float32[B, T]), read at `layer` (pooled_features). Returns (loss, metrics with the mean
+    xy errors of the named targets in cm)."""
+    pred = head.apply({"params": head_params}, pooled_features(policy, params, batch, layer))
     err = pred - batch["targets"]
     loss = jnp.mean(err ** 2)
     metrics = {"grounding_loss": loss}

@@ -273,10 +273,15 @@ class PrefixCache:
     out: jax.Array
 
 
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """x [B, P, W], mask bool[B, P] -> mean over the valid tokens float32[B, W]."""
+    m = mask[..., None].astype(jnp.float32)
+    return jnp.sum(x.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
 def pooled_prefix(cache: PrefixCache) -> jax.Array:
     """Mean of the final prefix outputs over valid tokens -> float32[B, W]."""
-    m = cache.mask[..., None].astype(jnp.float32)
-    return jnp.sum(cache.out.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+    return masked_mean(cache.out, cache.mask)
 
 
 class VLAModel(nn.Module):
@@ -295,16 +300,27 @@ class VLAModel(nn.Module):
 
     def encode_prefix(self, obs) -> PrefixCache:
         """Runs the prefix transformer alone (bidirectional over valid prefix tokens)."""
+        return self._prefix(obs)[0]
+
+    def prefix_hidden(self, obs, layer: int) -> tuple[jax.Array, jax.Array]:
+        """(residual stream entering prefix block `layer` [B, P, W], mask bool[B, P]): what the action
+        expert's attention at that layer reads (as keys and values); layer = depth gives the final output."""
+        cache, hidden = self._prefix(obs)
+        return hidden[layer], cache.mask
+
+    def _prefix(self, obs) -> tuple[PrefixCache, list[jax.Array]]:
         x, mask = self.vlm.embed_prefix(obs)
         positions = jnp.cumsum(mask, axis=1) - 1
         attn_mask = jnp.broadcast_to(mask[:, None, :], (x.shape[0], x.shape[1], x.shape[1]))
-        ks, vs = [], []
+        ks, vs, hidden = [], [], []
         for blk in self.vlm.blocks:
+            hidden.append(x)
             q, k, v, _ = blk.project(x, positions, None)
             x = blk.finish(x, dot_product_attention(q, k, v, attn_mask), None, None)
             ks.append(k)
             vs.append(v)
-        return PrefixCache(k=jnp.stack(ks), v=jnp.stack(vs), mask=mask, out=self.vlm.final_norm(x))
+        out = self.vlm.final_norm(x)
+        return PrefixCache(k=jnp.stack(ks), v=jnp.stack(vs), mask=mask, out=out), hidden + [out]
 
     def denoise(self, cache: PrefixCache, x_t: jax.Array, t: jax.Array) -> jax.Array:
         """Velocity of the action expert attending to the cached prefix.
@@ -433,6 +449,11 @@ class Policy:
 
     def denoise(self, params, cache: PrefixCache, x_t, t) -> jax.Array:
         return self._apply(params, cache, x_t, t, method=VLAModel.denoise)
+
+    def prefix_hidden(self, params, obs, layer: int) -> tuple[jax.Array, jax.Array]:
+        """VLAModel.prefix_hidden: (hidden [B, P, W] entering prefix block `layer`, mask bool[B, P])."""
+        self.check_obs(obs)
+        return self._apply(params, obs, layer, method=VLAModel.prefix_hidden)
 
     # ---------------------------------------------------------------- training
     def flow_matching_loss(self, params, batch: Mapping[str, Any], key: jax.Array,

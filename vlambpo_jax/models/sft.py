@@ -59,7 +59,8 @@ def make_optimizer(sft, num_steps: int):
 
 
 def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: int, noise_samples: int = 1,
-                    head: grounding.GroundingHead | None = None, grounding_weight: float = 0.0):
+                    head: grounding.GroundingHead | None = None, grounding_weight: float = 0.0,
+                    grounding_layer: int = -1):
     """Returns step(state, batch) -> (state, metrics) (jit it on a mesh with
     sharding.DataParallel.jit_step); the flow noise of step s is fold_in(key, s). With a grounding
     `head`, the batch also holds grounding rows (grounding.pool_batch) and the loss is
@@ -71,7 +72,8 @@ def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: i
         demo, ground = grounding.split_batch(batch)
         loss, metrics = policy.flow_matching_loss(params, demo, key, noise_samples)
         if head is not None:
-            g_loss, g_metrics = grounding.grounding_loss(policy, head, params, head_params, ground)
+            g_loss, g_metrics = grounding.grounding_loss(policy, head, params, head_params, ground,
+                                                         grounding_layer)
             loss = loss + grounding_weight * g_loss
             metrics = dict(metrics, **g_metrics)
         return loss, metrics
@@ -255,7 +257,8 @@ def run(ctx) -> dict:
     dp = sharding.DataParallel(config.mesh)
     state, state_shardings = dp.place(state)
     step_fn = dp.jit_step(make_train_step(policy, tx, schedule, float(sft.ema), int(config.seed) + 1,
-                                          int(sft.noise_samples), head, float(sft.grounding_weight)),
+                                          int(sft.noise_samples), head, float(sft.grounding_weight),
+                                          int(sft.grounding_layer)),
                           state_shardings)
     global_batch_fn = batch_fn
     batch_fn = lambda step: dp.shard(global_batch_fn(step), is_global=bool(sft.in_memory))  # noqa: E731
