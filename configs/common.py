@@ -110,7 +110,8 @@ def distributed_config() -> ml_collections.ConfigDict:
 def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_collections.ConfigDict:
     """config.policy: the pi0.5-style VLA (vlambpo_jax/models/policy.py); `data` is config.data.
 
-    vit_patch / vit_width / vit_depth / vit_heads / vit_mlp: the ViT shared across views (patch in px).
+    vit_patch / vit_width / vit_depth / vit_heads / vit_mlp: the ViT shared across views (patch in px);
+      vit_stem: 'patch' (linear patch embedding) or 'conv' (3x3 stride-2 convolutions to the same grid).
     width, depth, num_heads, num_kv_heads (1 = multi-query), head_dim, mlp_dim, rope_theta: the prefix
       (VLM) transformer.
     expert_width, expert_depth (must equal depth: one joint attention per layer; heads and head_dim are
@@ -127,7 +128,7 @@ def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> 
     dtype: compute dtype ('float32' | 'bfloat16'; bf16 is far slower on CPU); params stay float32.
     """
     c = ml_collections.ConfigDict(dict(
-        vit_patch=8, vit_width=64, vit_depth=2, vit_heads=4, vit_mlp=128,
+        vit_patch=8, vit_width=64, vit_depth=2, vit_heads=4, vit_mlp=128, vit_stem="patch",
         width=128, depth=2, num_heads=4, num_kv_heads=1, head_dim=32, mlp_dim=256, rope_theta=10_000.0,
         expert_width=64, expert_depth=2, expert_mlp_dim=128,
         num_denoise_steps=3, noise_level=0.5, stochastic_step="per_call", noise_method="flow_sde",

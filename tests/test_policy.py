@@ -225,3 +225,23 @@ def test_env_policy_fn_adapter(setup):
     keys = jax.random.split(jax.random.key(0), B)
     actions = jax.jit(jax.vmap(fn, in_axes=(None, 0, 0)))(params, env_obs, keys)
     assert actions.shape == (B, pol.dims.chunk_size, pol.dims.action_dim)
+
+
+def test_conv_stem_tokens_are_local_and_row_major():
+    from vlambpo_jax.models.vit import ViT
+    vit = ViT(patch=8, width=16, depth=0, heads=2, mlp=16, out_width=16, stem="conv")
+    images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)), jnp.float32)
+    params = vit.init(jax.random.key(0), images)
+    base = vit.apply(params, images)
+    assert base.shape == (1, 16, 16)
+    # Changing the top-left 8x8 patch moves token 0 (row-major grid) and leaves the far corner alone.
+    moved = vit.apply(params, images.at[:, :8, :8].set(1.0)) - base
+    change = np.abs(np.asarray(moved[0])).max(-1).reshape(4, 4)
+    assert change[0, 0] > 1e-3
+    assert change[2:, 2:].max() == 0 and change[3].max() == 0 and change[:, 3].max() == 0
+    policy_config = _config()
+    policy_config.policy.vit_stem = "conv"
+    pol = policy_lib.Policy(policy_config)
+    params = pol.init(jax.random.key(0), _obs())
+    assert "stem_0" in params["vlm"]["vit"] and "patch_embed" not in params["vlm"]["vit"]
+    assert pol.sample_actions(params, _obs(), jax.random.key(1)).shape == (B, policy_config.chunk_size, 7)

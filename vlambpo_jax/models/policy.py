@@ -70,6 +70,7 @@ class ModelDims:
     state_dim: int
     value_hidden: tuple[int, ...]
     dtype: str = "float32"
+    vit_stem: str = "patch"
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> "ModelDims":
@@ -97,6 +98,8 @@ class ModelDims:
         if p.noise_method != "flow_sde":
             raise NotImplementedError(f"config.policy.noise_method={p.noise_method!r}: only 'flow_sde' is "
                                       "implemented (the learned-noise 'flow_noise' variant is not)")
+        if p.get("vit_stem", "patch") not in ("patch", "conv"):
+            raise ValueError(f"config.policy.vit_stem must be 'patch' or 'conv', got {p.vit_stem!r}")
         if p.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"config.policy.dtype must be 'float32' or 'bfloat16', got {p.dtype!r}")
         return cls(
@@ -107,7 +110,7 @@ class ModelDims:
             num_kv_heads=p.num_kv_heads, head_dim=p.head_dim, mlp_dim=p.mlp_dim,
             expert_width=p.expert_width, expert_mlp_dim=p.expert_mlp_dim, rope_theta=float(p.rope_theta),
             use_state=bool(p.use_state), state_dim=p.state_dim, value_hidden=tuple(p.value_hidden),
-            dtype=p.dtype)
+            dtype=p.dtype, vit_stem=p.get("vit_stem", "patch"))
 
     @property
     def compute_dtype(self):
@@ -194,7 +197,7 @@ class PrefixEncoder(nn.Module):
     def setup(self):
         d, dt = self.dims, self.dims.compute_dtype
         self.vit = ViT(patch=d.vit_patch, width=d.vit_width, depth=d.vit_depth, heads=d.vit_heads,
-                       mlp=d.vit_mlp, out_width=d.width, dtype=dt)
+                       mlp=d.vit_mlp, out_width=d.width, dtype=dt, stem=d.vit_stem)
         # Unit-scale rows after the sqrt(width) multiplier below, like the image tokens.
         self.embed = nn.Embed(d.vocab_size, d.width, embedding_init=nn.initializers.normal(d.width ** -0.5))
         if d.use_state:

@@ -1,10 +1,14 @@
 """A SigLIP-style vision transformer, shared across camera views.
 
-Patch embedding (a strided convolution written as a Dense over flattened patches), a learned position
+Patch embedding (a strided convolution written as a Dense over flattened patches; or, with
+stem='conv', a stack of 3x3 stride-2 convolutions reaching the same token grid, the "early
+convolutions" stem of Xiao et al. 2021, which learns from little data more easily), a learned position
 embedding, pre-LayerNorm blocks (multi-head attention + GELU MLP), a final LayerNorm, and a linear
 projection to the width of the language-model prefix (PaliGemma's "projector").
 """
 from __future__ import annotations
+
+import math
 
 import flax.linen as nn
 import jax
@@ -20,6 +24,25 @@ def patchify(images: jax.Array, patch: int) -> jax.Array:
     x = images.reshape(n, h // patch, patch, w // patch, patch, c)
     x = x.transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(n, (h // patch) * (w // patch), patch * patch * c)
+
+
+def conv_stem(images: jax.Array, patch: int, width: int, dtype) -> jax.Array:
+    """log2(patch) 3x3 stride-2 convolutions (GELU between; channels doubling up to `width`), then a 1x1
+    projection: images [N, H, W, C] -> tokens [N, (H/patch)*(W/patch), width], row-major like patchify.
+    Call inside a compact module (the layers are named stem_i)."""
+    n_convs = int(round(math.log2(patch)))
+    if 2 ** n_convs != patch:
+        raise ValueError(f"the conv stem needs a power-of-two patch size, got {patch} (config.policy.vit_patch)")
+    n, h, w, _ = images.shape
+    if h % patch or w % patch:
+        raise ValueError(f"image size {h}x{w} is not divisible by the ViT patch size {patch} "
+                         "(config.policy.vit_patch)")
+    x = images
+    for i in range(n_convs):
+        channels = max(width // 2 ** (n_convs - 1 - i), 8)
+        x = nn.gelu(nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype, name=f"stem_{i}")(x))
+    x = nn.Dense(width, dtype=dtype, name="stem_proj")(x)
+    return x.reshape(n, (h // patch) * (w // patch), width)
 
 
 class ViTBlock(nn.Module):
@@ -50,11 +73,17 @@ class ViT(nn.Module):
     mlp: int
     out_width: int
     dtype: jnp.dtype = jnp.float32
+    stem: str = "patch"     # 'patch' | 'conv'
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
-        x = patchify(images.astype(self.dtype), self.patch)
-        x = nn.Dense(self.width, dtype=self.dtype, name="patch_embed")(x)
+        if self.stem == "conv":
+            x = conv_stem(images.astype(self.dtype), self.patch, self.width, self.dtype)
+        elif self.stem == "patch":
+            x = patchify(images.astype(self.dtype), self.patch)
+            x = nn.Dense(self.width, dtype=self.dtype, name="patch_embed")(x)
+        else:
+            raise ValueError(f"ViT stem must be 'patch' or 'conv', got {self.stem!r}")
         pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], self.width), jnp.float32)
         x = x + pos.astype(self.dtype)
         for i in range(self.depth):
