@@ -144,6 +144,8 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       hidden), rope_theta, qk_norm (BAGEL's per-head q/k RMSNorm).
     latent_patch: latent patch size (tokens are patch^2 * C wide).
     num_sample_steps: Euler rectified-flow steps per generated view (paper 50; small on CPU).
+    sample_temperature: std of the sampler's starting noise (1 = the flow's own distribution; lower
+      trades diversity for predictions nearer the conditional mean).
     timestep_shift: s in t' = s t / (1 + (s - 1) t), for training and sampling (paper 4.0 at 256 px;
       tiny 8x8 latents need less of the schedule spent near pure noise).
     cfg_text_scale / cfg_image_scale / cfg_interval: 3-branch classifier-free guidance, applied for
@@ -163,6 +165,19 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     loss_image / loss_text: weights of the rectified-flow MSE and the Yes/No CE (paper 1.0 / 0.01; the
       tiny reward head trains from scratch, so the CE gets more weight here).
     reward_balance: weight Yes and No samples to equal total weight in each batch.
+    reward_views: the views the Yes/No question reads: 'head' (the paper) | 'wrist' | 'both'. At 32 px the
+      head view hardly shows a finished grasp: a small CNN reading it reaches ~0.74 held-out balanced
+      accuracy on the demos' labels, reading the wrist view ~0.93.
+    reward_batch_size: Yes/No examples per training step, half Yes, drawn from whole episodes
+      (wm_train.RewardExamples); 0 = the current head frames of the dynamics batch (~10% Yes on demos).
+    reward_replay: wm_finetune also draws reward examples (and held-out ones) from the pretraining data
+      (the target rollouts of a weak policy may hold no success at all).
+    eval_reward_frames: held-out reward frames (at most half of them per class) for the reward metrics.
+    predict_delta: the flow generates the change of each view's VAE latent, (next - current) /
+      delta_scale[view] (head, wrist: about the std of the change on the demos, so the target has
+      ~unit scale), and the sampler adds the current latent back: "nothing moves" is the zero target.
+    delta_pixels: with predict_delta, decode as current frame + D(next latent) - D(current latent), so
+      unchanged regions keep the real pixels instead of their VAE reconstruction.
     pretrain_enabled: run wm_pretrain on broad data (False = the "w/o pretraining" ablation).
     pretrain_data / finetune_data: TFDS builder dirs of each stage's RLDS data; '' = config.data's
       dataset (fine-tuning first looks for the collect stage's RLDS output under <workdir>/collect).
@@ -191,7 +206,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         cfg_renorm_type="none", cfg_renorm_min=0.0,
         view_decoding="interleaved", ivd_vit_copy=True, action_encoding="continuous",
         dropout=dict(text=0.1, vit=0.3, vae=0.3),
-        loss_image=1.0, loss_text=0.1, reward_balance=True,
+        loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True, reward_views="wrist",
+        eval_reward_frames=512, predict_delta=True, delta_scale=(0.4, 1.0), delta_pixels=True,
+        sample_temperature=1.0,
         pretrain_enabled=True, pretrain_data="", finetune_data="", pretrain_steps=600, finetune_steps=400, batch_size=32,
         lr=1e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=100, ema=0.999,
         eval_batches=4, dtype="float32", max_text_len=64,

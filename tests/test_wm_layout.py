@@ -107,6 +107,11 @@ def test_reward_layout_and_errors():
     r = sl.reward_layout(V, 3, L, 2)
     assert r.attention_mask()[-1].all()  # the answer token sees the image and the whole question
     assert set(r.expert_ids()) == {0}
+    both = sl.reward_layout(V, 3, L, 2, views=(0, 1))               # the question about both views
+    assert [sg.source for sg in both.segments[:2]] == [("vit", 0), ("vit", 1)]
+    assert both.attention_mask()[-1].all() and both.length == r.length + V
+    rope = both.rope_ids()
+    assert len(set(rope[:V])) == 1 and len(set(rope[V:2 * V])) == 1 and rope[0] != rope[V]
     with pytest.raises(ValueError, match="view_decoding"):
         layout("bogus")
     with pytest.raises(ValueError, match="not an earlier segment"):

@@ -7,7 +7,8 @@ import pytest
 
 from configs import tabletop
 from vlambpo_jax.models import action_tokens as at
-from vlambpo_jax.models.world_model import WorldModel
+from vlambpo_jax.models import flow_sampling as fs
+from vlambpo_jax.models.world_model import WorldModel, shift_timesteps
 
 
 def tiny_config(**wm):
@@ -80,9 +81,46 @@ def test_ivd_wrist_ignores_action_in_training():
     assert abs(float(m1["mse_head"]) - float(m2["mse_head"])) > 1e-5
 
 
-def test_tiny_wm_overfits_one_transition():
+def test_euler_sample_with_the_exact_velocity_lands_on_the_target():
+    rng = np.random.default_rng(0)
+    x0, noise = (jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32) for _ in range(2))
+    ts = shift_timesteps(jnp.linspace(1.0, 0.0, 5), 2.0)
+    out = fs.euler_sample(lambda x, t: (x - x0) / t, noise, ts)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(x0), atol=1e-5)
+
+
+@pytest.mark.parametrize("delta_pixels", [True, False])
+def test_predict_delta_zero_change_reproduces_the_current_frame(monkeypatch, delta_pixels):
+    """The sampler with the exact velocity for a zero target ((x - 0) / t, in place of the network's):
+    with predict_delta it returns the current latents, and with delta_pixels the current frames
+    themselves; predicting the next latent directly, the same velocity gives the zero latent."""
+    euler = fs.euler_sample
+    monkeypatch.setattr(fs, "euler_sample", lambda velocity, x, ts: euler(lambda y, t: y / t, x, ts))
+    tr = transition()
+    out = {}
+    for delta in (True, False):
+        wm = WorldModel(tiny_config(view_decoding="interleaved", action_encoding="continuous",
+                                    predict_delta=delta, delta_pixels=delta_pixels, delta_scale=(0.4, 1.0)))
+        params = wm.init(jax.random.key(0))
+        args = (params, tr["images"], tr["tokens"], tr["token_mask"], tr["actions"], jax.random.key(2))
+        out[delta] = [np.asarray(jax.jit(lambda *a, r=r: wm.predict(*a, return_latents=r))(*args))
+                      for r in (True, False)]
+    current = np.asarray(wm.encode_latents(params, tr["images"].reshape(4, 32, 32, 3))).reshape(2, 2, 16, 16)
+    np.testing.assert_allclose(out[True][0], current, atol=1e-5)
+    np.testing.assert_allclose(out[False][0], 0.0, atol=1e-5)
+    assert np.abs(current).max() > 0.1
+    if delta_pixels:
+        np.testing.assert_array_equal(out[True][1], tr["images"])
+    else:  # the VAE's reconstruction of the current frame
+        recon = np.asarray(wm.decode_latents(params, current.reshape(4, 16, 16))).reshape(tr["images"].shape)
+        assert np.abs(out[True][1].astype(int) - recon).max() <= 1
+        assert np.abs(out[True][1].astype(int) - tr["images"]).max() > 10
+
+
+@pytest.mark.parametrize("predict_delta", [True, False])
+def test_tiny_wm_overfits_one_transition(predict_delta):
     wm = WorldModel(tiny_config(view_decoding="interleaved", action_encoding="continuous",
-                                num_sample_steps=4, timestep_shift=1.0,
+                                num_sample_steps=4, timestep_shift=1.0, predict_delta=predict_delta,
                                 dropout=dict(text=0.0, vit=0.0, vae=0.0), loss_text=1.0))
     params = wm.init(jax.random.key(0))
     tr = transition(b=2)
@@ -110,7 +148,7 @@ def test_tiny_wm_overfits_one_transition():
     err_after = float(jnp.mean((pred(trained) - target) ** 2))
     assert float(m["image_mse"]) < 0.3 * first, (first, float(m["image_mse"]))
     assert err_after < 0.2 * err_before, (err_before, err_after)
-    p = wm.reward(trained, tr["images"][:, 0], tr["tokens"], tr["token_mask"])
+    p = wm.reward(trained, tr["images"], tr["tokens"], tr["token_mask"])
     assert float(p[0]) > 0.8 and float(p[1]) < 0.2  # episode 0 ends in success 1 step later
 
 
@@ -153,3 +191,23 @@ def test_ivd_vit_copy_in_training_layout():
                                                                               jax.random.key(3))
     assert float(out[True]["mse_head"]) == pytest.approx(float(out[False]["mse_head"]), abs=1e-6)
     assert abs(float(out[True]["mse_wrist"]) - float(out[False]["mse_wrist"])) > 1e-5
+
+
+def test_reward_reads_the_configured_views():
+    tr = transition()
+    head_changed = dict(tr, images=tr["images"].copy())
+    head_changed["images"][:, 0] = 255 - head_changed["images"][:, 0]
+    args = lambda b: (b["images"], b["tokens"], b["token_mask"])  # noqa: E731
+    for views, moves in (("wrist", False), ("head", True), ("both", True)):
+        wm = WorldModel(tiny_config(reward_views=views))
+        params = wm.init(jax.random.key(0))
+        reward = jax.jit(wm.reward)
+        p = np.asarray(reward(params, *args(tr)))
+        assert (np.abs(np.asarray(reward(params, *args(head_changed))) - p).max() > 1e-6) == moves, views
+        if views != "both":  # a single view may also be passed alone
+            one = tr["images"][:, 0 if views == "head" else 1]
+            np.testing.assert_allclose(np.asarray(reward(params, one, tr["tokens"], tr["token_mask"])), p,
+                                       atol=1e-6)
+        else:
+            with pytest.raises(ValueError, match="reads views"):
+                wm.reward(params, tr["images"][:, 0], tr["tokens"], tr["token_mask"])

@@ -77,3 +77,34 @@ def test_balanced_accuracy_by_hand():
     assert wm_train.balanced_accuracy(tp=0, fp=0, fn=0, tn=10) == 1.0       # only No samples, all right
     assert wm_train.balanced_accuracy(tp=0, fp=0, fn=2, tn=8) == 0.5        # 'No' everywhere: 0.8 accuracy
     assert wm_train.balanced_accuracy(tp=3, fp=1, fn=1, tn=5) == (3 / 4 + 5 / 6) / 2
+
+
+def _episode(index, length, success, rng):
+    return {"images": rng.integers(0, 256, (length, 2, 8, 8, 3), dtype=np.uint8),
+            "image_mask": np.ones(2, bool), "state_norm": np.zeros((length, 7), np.float32),
+            "action_norm": np.zeros((length, 7), np.float32),
+            "instruction": np.array([f"task {index}"] * length, object), "length": length,
+            "index": index, "success": success}
+
+
+def test_reward_examples_are_balanced_labelled_and_deterministic():
+    rng = np.random.default_rng(0)
+    eps = [_episode(i, 30, i % 3 == 0, rng) for i in range(6)]     # episodes 0 and 3 succeed
+    ex = wm_train.RewardExamples(eps, size=16, seed=1, max_text_len=8)
+    assert len(ex.pools[True]) == 2 * 5 and len(ex.pools[False]) == 2 * 20 + 4 * 30
+    b = ex(7)
+    assert b["reward_images"].shape == (16, 2, 8, 8, 3) and b["reward_tokens"].shape == (16, 8)
+    assert b["reward_yes"].sum() == 8 and b["reward_valid"].all()
+    for img, yes in zip(b["reward_images"], b["reward_yes"]):        # each image's label from its frame
+        (e, t), = [(e, t) for e in eps for t in range(30) if np.array_equal(e["images"][t], img)]
+        assert yes == (e["success"] and t >= 25) and (yes or not e["success"] or t < 20)
+    np.testing.assert_array_equal(ex(7)["reward_images"], b["reward_images"])
+    assert not np.array_equal(ex(8)["reward_images"], b["reward_images"])
+    assert wm_train.RewardExamples(eps[1:3], 16, 1, 8)(0)["reward_yes"].sum() == 0  # no success: all No
+    held = ex.heldout(n_batches=3, per_class=12)                     # 10 Yes + 12 No -> 3 x 7
+    assert [h["reward_yes"].shape for h in held] == [(7,)] * 3
+    assert sum(int(h["reward_yes"].sum()) for h in held) >= 9
+    # the world model reads these in place of the transitions' head frames
+    from vlambpo_jax.models.world_model import WorldModel
+    r = WorldModel.reward_examples(dict(b, images=np.zeros((4, 2, 8, 8, 3), np.uint8)))
+    np.testing.assert_array_equal(r["images"], b["reward_images"])

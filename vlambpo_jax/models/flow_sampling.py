@@ -66,6 +66,18 @@ def sample_flow_time(key: jax.Array, batch: int) -> jax.Array:
     return jax.random.beta(key, 1.5, 1.0, (batch,)) * 0.999 + 0.001
 
 
+def euler_sample(velocity, x: jax.Array, ts: jax.Array) -> jax.Array:
+    """Deterministic Euler integration of a rectified flow (the world model's sampler):
+    x <- x - velocity(x, t) (t - t_next) over the decreasing times ts float[K + 1] (ts[0] = 1 is
+    noise, ts[-1] = 0 the sample), as one lax.scan. velocity: (x [...], t scalar) -> [...];
+    x [...] the noise -> the sample [...]. The exact velocity towards a fixed x0, (x - x0) / t, lands
+    on x0 whatever the schedule."""
+    def step(x, tt):
+        t, t_next = tt
+        return x - velocity(x, t) * (t - t_next), None
+    return jax.lax.scan(step, x, (ts[:-1], ts[1:]))[0]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Classifier-free guidance of the world model's image sampler (BAGEL's 3-branch rule + renorm)
 

@@ -232,11 +232,13 @@ def dynamics_layout(view_decoding: str, text_len: int, vit_tokens: int, latent_t
     return Layout(tuple(ctx + gen))
 
 
-def reward_layout(vit_tokens: int, prefix_len: int, text_len: int, suffix_len: int) -> Layout:
-    """The Yes/No question about one (head) image: ViT tokens, then causal text
-    "Is the task '" + instruction + "' completed?"; the answer is read at the last token."""
-    return Layout((
-        Segment("image_vit", "full", vit_tokens, UND, ("vit", 0), "vit"),
+def reward_layout(vit_tokens: int, prefix_len: int, text_len: int, suffix_len: int,
+                  views: Sequence[int] = (0,)) -> Layout:
+    """The Yes/No question about the images of `views` (the paper: the head view only): ViT tokens
+    of each (one image block each), then causal text "Is the task '" + instruction + "' completed?";
+    the answer is read at the last token."""
+    return Layout(tuple(
+        Segment(f"image_vit_{v}", "full", vit_tokens, UND, ("vit", v), "vit") for v in views) + (
         Segment("question_prefix", "causal", prefix_len, UND, ("question_prefix",)),
         Segment("text", "causal", text_len, UND, ("text",), "text"),
         Segment("question_suffix", "causal", suffix_len, UND, ("question_suffix",)),

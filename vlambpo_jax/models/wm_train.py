@@ -14,7 +14,10 @@ seconds on training frames before the dynamics phase, saved as `state_probe.msgp
 
 Data: config.data's RLDS dataset (the demos stage output by default), overridden per stage by
 config.wm.pretrain_data / finetune_data (a TFDS builder dir; '' = config.data's, and for fine-tuning
-the collect stage's RLDS output under <workdir>/collect when it exists).
+the collect stage's RLDS output under <workdir>/collect when it exists). The reward's Yes/No examples
+(config.wm.reward_batch_size per step, half Yes) are drawn from whole training episodes
+(RewardExamples), in wm_finetune also from the pretraining data (config.wm.reward_replay); held-out
+reward metrics use the labelled frames of the held-out episodes of the same datasets.
 
 Other stages load the result with `load_world_model(ctx.stage_output('wm_finetune') / 'world_model')`.
 """
@@ -75,14 +78,71 @@ class Batches:
         return self.make([self.pairs[i] for i in idx])
 
 
+class RewardExamples:
+    """Yes/No examples of the reward question, drawn from whole episodes rather than from the
+    dynamics batch (whose frames are ~10% Yes, and none at all in a weak policy's rollouts).
+
+    Frames are labelled as the paper does (WorldModel.reward_labels; the window between dropped).
+    batch(step): `size` examples, half Yes and half No (all No when there is no Yes frame), drawn
+    with replacement by a generator seeded with (seed, step) - deterministic, so resumes match.
+    heldout(n_batches, per_class): every Yes and No frame (an evenly spaced subset when a class has
+    more than per_class), split into n_batches equal batches.
+    Each batch: reward_images uint8[R, V, H, W, 3] (all views), reward_tokens int32[R, L],
+    reward_token_mask bool[R, L], reward_yes / reward_valid bool[R].
+    """
+
+    def __init__(self, episodes, size: int, seed: int, max_text_len: int):
+        from vlambpo_jax.data import rlds_reader
+
+        self.size, self.seed = size, seed
+        self.make = lambda samples: rlds_reader.make_batch(samples, chunk_size=1, max_text_len=max_text_len,
+                                                           future=True)
+        self.pools = {True: [], False: []}
+        for ep in episodes:
+            t = np.arange(ep["length"])
+            yes, valid = WorldModel.reward_labels(np.full(t.shape, bool(ep["success"])), ep["length"] - 1 - t)
+            for i in t[valid]:
+                self.pools[bool(yes[i])].append((ep, int(i)))
+        if not self.pools[False] and not self.pools[True]:
+            raise ValueError("world model: no labelled reward frame in the data (config.wm.*_data)")
+
+    def _batch(self, samples, yes):
+        b = self.make(samples)
+        return {"reward_images": b["images"], "reward_tokens": b["tokens"],
+                "reward_token_mask": b["token_mask"], "reward_yes": np.asarray(yes, bool),
+                "reward_valid": np.ones(len(samples), bool)}
+
+    def __call__(self, step: int) -> dict:
+        rng = np.random.default_rng([self.seed, step, 31])
+        n_yes = self.size // 2 if self.pools[True] else 0
+        n_no = self.size - n_yes if self.pools[False] else 0
+        n_yes = self.size - n_no
+        picks = [(y, self.pools[y][i]) for y, n in ((True, n_yes), (False, n_no))
+                 for i in rng.integers(0, len(self.pools[y]), n)]
+        return self._batch([p for _, p in picks], [y for y, _ in picks])
+
+    def heldout(self, n_batches: int, per_class: int) -> list[dict]:
+        picks = []
+        for y in (True, False):
+            pool = self.pools[y]
+            idx = np.linspace(0, len(pool) - 1, min(per_class, len(pool))).round().astype(int) if pool else []
+            picks += [(y, pool[i]) for i in idx]
+        size = len(picks) // n_batches
+        if size == 0:
+            return []
+        picks = [picks[i] for i in np.random.default_rng(self.seed).permutation(len(picks))[:size * n_batches]]
+        return [self._batch([p for _, p in picks[j * size:(j + 1) * size]],
+                            [y for y, _ in picks[j * size:(j + 1) * size]]) for j in range(n_batches)]
+
+
 def _find_rlds(directory: Path) -> str:
     found = sorted(p.parent for p in directory.rglob("dataset_info.json")) if directory.exists() else []
     return str(found[0]) if found else ""
 
 
-def _open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None):
-    """-> (train batch_fn, held-out batches list, NormStats)."""
-    from vlambpo_jax.data import normalization, rlds_reader
+def _load_episodes(ctx, builder_dir: str, stats=None):
+    """-> (episodes of the RLDS dataset (config.data's when builder_dir is ''), NormStats, config)."""
+    from vlambpo_jax.data import rlds_reader
 
     config = copy.deepcopy(ctx.config)
     if builder_dir:
@@ -92,7 +152,23 @@ def _open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None):
         stats = loader.norm_stats(config.data.stats_cache_dir or str(Path(ctx.workdir) / "norm_stats"))
     loader.stats = stats
     # Every process builds the same global batches and keeps its rows (sharding.DataParallel).
-    episodes = list(loader.episodes(all_hosts=True))
+    return list(loader.episodes(all_hosts=True)), stats, config
+
+
+def _split(episodes):
+    """-> (train, held-out): the last tenth of the episodes (at least one) is held out."""
+    n_eval = max(1, len(episodes) // 10) if len(episodes) > 1 else 0
+    return episodes[:len(episodes) - n_eval], episodes[len(episodes) - n_eval:]
+
+
+def _open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, reward_data=()):
+    """-> (train batch_fn, held-out batches list, NormStats). With config.wm.reward_batch_size > 0
+    every batch also carries that many balanced reward examples (RewardExamples) drawn from the
+    training episodes of this dataset and of the datasets in reward_data (builder dirs), and the
+    held-out batches carry the labelled frames of their held-out episodes."""
+    from vlambpo_jax.data import normalization, rlds_reader
+
+    episodes, stats, config = _load_episodes(ctx, builder_dir, stats)
     mode = config.data.norm_mode
 
     def make(samples):
@@ -109,11 +185,23 @@ def _open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None):
                 "episode_success": b["episode_success"], "steps_to_end": b["steps_to_end"],
                 "state": state, "next_state": next_state.astype(np.float32)}
 
-    n_eval = max(1, len(episodes) // 10) if len(episodes) > 1 else 0
-    train_eps, eval_eps = episodes[:len(episodes) - n_eval], episodes[len(episodes) - n_eval:]
+    train_eps, eval_eps = _split(episodes)
     heldout = Batches(eval_eps or train_eps, batch_size, seed + 1, make)
-    n_eval_batches = int(ctx.config.wm.eval_batches)
-    return Batches(train_eps, batch_size, seed, make), [heldout(i) for i in range(n_eval_batches)], stats
+    w = ctx.config.wm
+    n_eval_batches = int(w.eval_batches)
+    train_fn, heldout = Batches(train_eps, batch_size, seed, make), [heldout(i) for i in range(n_eval_batches)]
+    if int(w.get("reward_batch_size", 0)) > 0:
+        extra = [_split(_load_episodes(ctx, d, stats)[0]) for d in reward_data]
+        text_len = int(w.max_text_len)
+        r_train = RewardExamples(train_eps + [e for tr, _ in extra for e in tr], int(w.reward_batch_size),
+                                 seed + 2, text_len)
+        r_eval = RewardExamples((eval_eps or train_eps) + [e for tr, ev in extra for e in (ev or tr)], 1,
+                                seed + 3, text_len).heldout(n_eval_batches, int(w.eval_reward_frames) // 2)
+        if len(r_eval) == len(heldout):
+            heldout = [dict(h, **r) for h, r in zip(heldout, r_eval)]
+        batch_fn = lambda step: dict(train_fn(step), **r_train(step))  # noqa: E731
+        return batch_fn, heldout, stats
+    return train_fn, heldout, stats
 
 
 # -------------------------------------------------------------------------------------- optimizer
@@ -306,8 +394,9 @@ def make_evaluator(wm: WorldModel, batches, key, probe=None):
                     sums[f"{name}ssim_{view}"] = sums.get(f"{name}ssim_{view}", 0.0) + float(
                         jnp.sum(dm_pix.ssim(real[:, v], p[:, v])))
             n += real.shape[0]
-            yes, valid = (np.asarray(x) for x in wm.reward_labels(b))
-            p_yes = np.asarray(reward(params, b["images"][:, 0], b["tokens"], b["token_mask"])) > 0.5
+            ex = wm.reward_examples(b)
+            yes, valid = np.asarray(ex["yes"], bool), np.asarray(ex["valid"], bool)
+            p_yes = np.asarray(reward(params, ex["images"], ex["tokens"], ex["token_mask"])) > 0.5
             correct += int(np.sum(valid & (p_yes == yes)))
             valid_n += int(valid.sum())
             tp += int(np.sum(valid & p_yes & yes))
@@ -383,7 +472,10 @@ def run_finetune(ctx) -> dict:
         src = Path(ctx.stage_output("wm_pretrain")) / CKPT_WM
         _, params, assets = load_world_model(src, config)
         stats = normalization.NormStats.from_dict(assets["norm_stats"])  # keep the action bins' meaning
-        batch_fn, heldout, _ = _open_data(ctx, data, int(w.batch_size), int(config.seed) + 1, stats)
+        # reward replay: a weak policy's rollouts may hold no success, the pretraining data has Yes frames
+        replay = (w.pretrain_data,) if w.get("reward_replay", False) else ()
+        batch_fn, heldout, _ = _open_data(ctx, data, int(w.batch_size), int(config.seed) + 1, stats,
+                                          reward_data=replay)
         log(f"initialised from {src}; fine-tuning with the ViT and VAE frozen")
         frozen = ("vit",)
     else:

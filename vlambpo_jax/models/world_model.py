@@ -11,14 +11,19 @@ Pieces (BAGEL layout, see sequence_layout.py for the masks):
   `ivd_vit_copy` the wrist reads the next head's clean VAE tokens and the ViT tokens of its image -
   the real one in training, the decoded prediction when sampling, as BAGEL re-reads generated images).
   CFG: 3 branches, optional BAGEL renorm (`cfg_renorm_type`, flow_sampling.cfg_velocity).
-- Reward: "Is the task '<instruction>' completed?" about one image, answered by the Yes / No logits.
+  Residual prediction (`predict_delta`): the flow generates the change of each view's latent,
+  (next - current) / delta_scale[view], and the sampler adds the current latent back, so "nothing
+  moves" is the zero target; `delta_pixels` also decodes the change onto the current frame's pixels.
+- Reward: "Is the task '<instruction>' completed?" about the views of `reward_views` (the paper: the
+  head view; at 32 px the wrist view shows far more of a finished grasp), answered by the Yes / No
+  logits.
 
 Public functions (pure in `params`; jit / vmap / scan friendly; shapes static):
   wm = WorldModel(config)
   params = wm.init(key, action_min, action_max)
   wm.predict(params, images uint8[B,V,H,W,3], tokens int32[B,L], token_mask bool[B,L],
              actions f32[B,k,7], key) -> next_images uint8[B,V,H,W,3]
-  wm.reward(params, image uint8[B,H,W,3], tokens, token_mask) -> p_success f32[B]
+  wm.reward(params, images uint8[B,V,H,W,3], tokens, token_mask) -> p_success f32[B]
   wm.loss(params, batch, key) -> (loss, metrics)
 params = {'net': WMNet params, 'vae': VAE params, 'stats': {latent_shift, latent_scale [C],
 action_min, action_max [7]}}; only 'net' is trained here ('vae' in its own phase, 'stats' are data).
@@ -73,6 +78,11 @@ class WMSpec:
     ivd_vit_copy: bool = False
     cfg_renorm_type: str = "none"
     cfg_renorm_min: float = 0.0
+    predict_delta: bool = False
+    delta_scale: tuple = (1.0, 1.0)
+    delta_pixels: bool = False
+    sample_temperature: float = 1.0
+    reward_views: tuple = (0,)
 
     @property
     def latent_hw(self) -> int:
@@ -103,6 +113,9 @@ class WMSpec:
         return self.cfg_text_scale != 1.0 or self.cfg_image_scale != 1.0
 
 
+REWARD_VIEWS = {"head": (0,), "wrist": (1,), "both": (0, 1)}
+
+
 def spec_from_config(config) -> WMSpec:
     """config: the full ConfigDict (image_size, chunk_size, action_dim and the `wm` section)."""
     w = config.wm
@@ -118,6 +131,12 @@ def spec_from_config(config) -> WMSpec:
     renorm = w.get("cfg_renorm_type", "none")
     if renorm not in fs.CFG_RENORM_TYPES:
         raise ValueError(f"config.wm.cfg_renorm_type={renorm!r}; expected one of {fs.CFG_RENORM_TYPES}")
+    reward_views = REWARD_VIEWS.get(w.get("reward_views", "head"))
+    if reward_views is None:
+        raise ValueError(f"config.wm.reward_views={w.reward_views!r}; expected one of {tuple(REWARD_VIEWS)}")
+    delta_scale = tuple(float(x) for x in w.get("delta_scale", (1.0, 1.0)))
+    if len(delta_scale) != 2 or min(delta_scale) <= 0:
+        raise ValueError(f"config.wm.delta_scale={delta_scale}; expected two positive factors (head, wrist)")
     u = w.umm
     umm = UMMConfig(vocab_size=at.VOCAB_SIZE, width=u.width, depth=u.depth, heads=u.heads,
                     kv_heads=u.kv_heads, head_dim=u.head_dim, mlp=u.mlp, rope_theta=u.rope_theta,
@@ -136,7 +155,12 @@ def spec_from_config(config) -> WMSpec:
         # absent in configs saved before these options existed: their checkpoints were trained with
         # the VAE-only copy of the predicted head and sampled without renorm
         ivd_vit_copy=bool(w.get("ivd_vit_copy", False)), cfg_renorm_type=renorm,
-        cfg_renorm_min=float(w.get("cfg_renorm_min", 0.0)))
+        cfg_renorm_min=float(w.get("cfg_renorm_min", 0.0)),
+        # absent in configs saved before residual prediction existed: those models predict the next
+        # latent itself
+        predict_delta=bool(w.get("predict_delta", False)), delta_scale=delta_scale,
+        delta_pixels=bool(w.get("delta_pixels", False)),
+        sample_temperature=float(w.get("sample_temperature", 1.0)), reward_views=reward_views)
 
 
 def sincos_2d(grid: int, width: int) -> np.ndarray:
@@ -269,13 +293,33 @@ class WorldModel:
         z = z.reshape(n, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5)
         return z.reshape(n, g * g, p * p * c)
 
-    def decode_latents(self, params, x):
-        """float[N, n, patch_dim] -> uint8[N, H, W, 3]."""
+    def decode_float(self, params, x):
+        """float[N, n, patch_dim] -> float32[N, H, W, 3] (about [-1, 1])."""
         s = self.spec
         n, g, p, c = x.shape[0], s.grid, s.latent_patch, s.latent_channels
         z = x.reshape(n, g, g, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, g * p, g * p, c)
         z = z * params["stats"]["latent_scale"] + params["stats"]["latent_shift"]
-        return to_uint8(self.vae.apply(params["vae"], z, method=VAE.decode))
+        return self.vae.apply(params["vae"], z, method=VAE.decode)
+
+    def decode_latents(self, params, x):
+        """float[N, n, patch_dim] -> uint8[N, H, W, 3]."""
+        return to_uint8(self.decode_float(params, x))
+
+    def decode_next(self, params, x, current, images):
+        """Predicted next latents x float[N, n, pd] -> uint8[N, H, W, 3]. With predict_delta and
+        delta_pixels the decoded latent change is added to the current frame (images uint8[N, H, W, 3],
+        latents current [N, n, pd]): images + D(x) - D(current), so a zero change returns the current
+        frame exactly instead of its VAE reconstruction; otherwise D(x)."""
+        if not (self.spec.predict_delta and self.spec.delta_pixels):
+            return self.decode_latents(params, x)
+        both = self.decode_float(params, jnp.concatenate([x, current], axis=0))
+        nxt, cur = jnp.split(both, 2, axis=0)
+        return to_uint8(to_float(images) + nxt - cur)
+
+    def delta_scales(self, nviews: int):
+        """float32[V]: the per-view factor the latent change is divided by (1 where predict_delta is off)."""
+        s = self.spec
+        return jnp.asarray(s.delta_scale[:nviews] if s.predict_delta else (1.0,) * nviews, jnp.float32)
 
     # ------------------------------------------------------------------ sequences
     @functools.lru_cache(maxsize=None)
@@ -287,7 +331,7 @@ class WorldModel:
     @functools.lru_cache(maxsize=None)
     def reward_layout(self, text_len: int) -> sl.Layout:
         return sl.reward_layout(self.spec.vit_tokens, len(self.prefix_ids), text_len,
-                                len(self.suffix_ids))
+                                len(self.suffix_ids), self.spec.reward_views)
 
     @staticmethod
     def _key_valid(layout, token_mask):
@@ -328,7 +372,7 @@ class WorldModel:
         return self.net.apply(params["net"], a, method=WMNet.continuous_actions)
 
     def _context(self, params, images, tokens, actions=None, action_bins=None):
-        """Embeddings of the known inputs: {source: [B, n, W]} plus current latents [B, V, n, pd]."""
+        """Embeddings of the known inputs {source: [B, n, W]} and the current latents [B, V, n, pd]."""
         s, net = self.spec, params["net"]
         b, v = images.shape[:2]
         flat = images.reshape((b * v,) + images.shape[2:])
@@ -341,7 +385,7 @@ class WorldModel:
         for i in range(v):
             src[("vit", i)] = vit[:, i]
             src[("vae", i)] = vae[:, i]
-        return src
+        return src, lat.reshape(b, v, s.latent_tokens, s.patch_dim)
 
     # ------------------------------------------------------------------ dynamics sampling
     def predict(self, params, images, tokens, token_mask, actions, key, use_cache: bool = True,
@@ -349,6 +393,8 @@ class WorldModel:
         """One chunk transition: images uint8[B, V, H, W, 3], tokens int32[B, L], token_mask
         bool[B, L], actions f32[B, k, 7] (env units), key -> next images uint8[B, V, H, W, 3].
 
+        With predict_delta the flow generates the scaled latent change (next - current) / delta_scale
+        of each view and the current latent is added back (decode_next for the pixels).
         Follows the layout's generation plan: prefill the context into a KV cache once, generate the
         next head view by `num_sample_steps` Euler steps attending to the cache, append its clean copies
         to the cache (VAE tokens of the predicted latent and, with ivd_vit_copy, ViT tokens of its
@@ -360,7 +406,8 @@ class WorldModel:
         b = images.shape[0]
         layout = self.dynamics_layout(tokens.shape[1])
         experts, pos = layout.expert_ids(), layout.rope_ids()
-        src = self._context(params, images, tokens, actions=actions)
+        src, current = self._context(params, images, tokens, actions=actions)
+        scales = self.delta_scales(images.shape[1])
         nb = 3 if s.cfg_enabled else 1
         key_valid = _tile(self._key_valid(layout, token_mask), nb)
         branch = np.repeat(np.arange(nb), b)
@@ -386,11 +433,11 @@ class WorldModel:
             z = self._denoise(params, layout, rows, cols, len(views), cache, known, key_valid, drops,
                               jax.random.fold_in(key, i), b, nb, use_cache)
             for j, v in enumerate(views):
-                out[v] = z[:, j]
-                src[("clean_next", v)] = self.net.apply(params["net"], z[:, j], jnp.zeros((b,)),
+                out[v] = z[:, j] * scales[v] + current[:, v] if s.predict_delta else z[:, j]
+                src[("clean_next", v)] = self.net.apply(params["net"], out[v], jnp.zeros((b,)),
                                                         method=WMNet.latent_tokens)
                 if v in vit_next:
-                    decoded[v] = self.decode_latents(params, z[:, j])
+                    decoded[v] = self.decode_next(params, out[v], current[:, v], images[:, v])
                     src[("vit_next", v)] = self.net.apply(params["net"], decoded[v],
                                                           method=WMNet.vit_tokens)
         lat = jnp.stack([out[v] for v in sorted(out)], axis=1)  # [B, V, n, pd]
@@ -398,8 +445,10 @@ class WorldModel:
             return lat
         todo = [v for v in sorted(out) if v not in decoded]
         if todo:
-            imgs = self.decode_latents(params, jnp.stack([out[v] for v in todo], 1).reshape(
-                (-1,) + lat.shape[2:])).reshape((b, len(todo)) + (s.image_size, s.image_size, 3))
+            flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731  [B, V', ...] -> [B V', ...]
+            imgs = self.decode_next(params, flat(jnp.stack([out[v] for v in todo], 1)),
+                                    flat(current[:, todo]), flat(images[:, todo]))
+            imgs = imgs.reshape((b, len(todo)) + (s.image_size, s.image_size, 3))
             decoded.update({v: imgs[:, i] for i, v in enumerate(todo)})
         return jnp.stack([decoded[v] for v in sorted(out)], axis=1)
 
@@ -433,34 +482,40 @@ class WorldModel:
 
         lo, hi = s.cfg_interval
 
-        def step(x, tt):
-            t, t_next = tt
+        def guided_velocity(x, t):
             if nb == 1:
-                v = velocity(x, t, b)
-            else:
-                def guided():
-                    v_full, v_no_text, v_no_img = jnp.split(velocity(x, t, 3 * b), 3, axis=0)
-                    return fs.cfg_velocity(v_full, v_no_text, v_no_img, s.cfg_text_scale,
-                                           s.cfg_image_scale, s.cfg_renorm_type, s.cfg_renorm_min)
-                v = jax.lax.cond((t > lo) & (t <= hi), guided, lambda: velocity(x, t, b))
-            return x - v * (t - t_next), None
+                return velocity(x, t, b)
 
-        x = jax.random.normal(key, (b, nviews, n, pd))
-        x, _ = jax.lax.scan(step, x, (ts[:-1], ts[1:]))
-        return x
+            def guided():
+                v_full, v_no_text, v_no_img = jnp.split(velocity(x, t, 3 * b), 3, axis=0)
+                return fs.cfg_velocity(v_full, v_no_text, v_no_img, s.cfg_text_scale,
+                                       s.cfg_image_scale, s.cfg_renorm_type, s.cfg_renorm_min)
+            return jax.lax.cond((t > lo) & (t <= hi), guided, lambda: velocity(x, t, b))
+
+        noise = s.sample_temperature * jax.random.normal(key, (b, nviews, n, pd))
+        return fs.euler_sample(guided_velocity, noise, ts)
 
     # ------------------------------------------------------------------ reward
-    def reward_logits(self, params, image, tokens, token_mask):
-        """image uint8[B, H, W, 3] -> float32[B, vocab]: next-token logits after the question."""
-        b = image.shape[0]
+    def reward_logits(self, params, images, tokens, token_mask):
+        """images uint8[B, V, H, W, 3] (all views; the question reads those of config reward_views)
+        or uint8[B, H, W, 3] (just the one view it reads) -> float32[B, vocab]: next-token logits
+        after the question."""
+        views = self.spec.reward_views
+        if images.ndim == 4:
+            if len(views) != 1:
+                raise ValueError(f"the reward reads views {views}: pass images uint8[B, V, H, W, 3]")
+            images = {views[0]: images}
+        else:
+            images = {v: images[:, v] for v in views}
+        b = tokens.shape[0]
         layout = self.reward_layout(tokens.shape[1])
         net = params["net"]
-        src = {("vit", 0): self.net.apply(net, image, method=WMNet.vit_tokens),
-               ("text",): self.net.apply(net, tokens, method=WMNet.embed_ids),
+        src = {("vit", v): self.net.apply(net, images[v], method=WMNet.vit_tokens) for v in views}
+        src.update({("text",): self.net.apply(net, tokens, method=WMNet.embed_ids),
                ("question_prefix",): self.net.apply(
                    net, jnp.broadcast_to(self.prefix_ids, (b, len(self.prefix_ids))), method=WMNet.embed_ids),
                ("question_suffix",): self.net.apply(
-                   net, jnp.broadcast_to(self.suffix_ids, (b, len(self.suffix_ids))), method=WMNet.embed_ids)}
+                   net, jnp.broadcast_to(self.suffix_ids, (b, len(self.suffix_ids))), method=WMNet.embed_ids)})
         all_rows = np.arange(layout.length)
         emb = self._segments(layout, [s.name for s in layout.segments], src)
         mask = self._mask(layout, all_rows, all_rows, self._key_valid(layout, token_mask), {})
@@ -468,21 +523,24 @@ class WorldModel:
                               method=WMNet.run)
         return self.net.apply(net, h[:, -1:], method=WMNet.logits)[:, 0]
 
-    def reward(self, params, image, tokens, token_mask):
-        """image uint8[B, H, W, 3] -> p_success float32[B] = softmax([Yes, No] logits)[Yes]."""
-        logits = self.reward_logits(params, image, tokens, token_mask)
+    def reward(self, params, images, tokens, token_mask):
+        """images uint8[B, V, H, W, 3] (or the one view read, see reward_logits) -> p_success
+        float32[B] = softmax([Yes, No] logits)[Yes]."""
+        logits = self.reward_logits(params, images, tokens, token_mask)
         return jax.nn.sigmoid(logits[:, at.YES_ID] - logits[:, at.NO_ID])
 
     # ------------------------------------------------------------------ training loss
     def loss(self, params, batch, key, train: bool = True):
-        """Rectified-flow image MSE on the generated views + Yes/No CE on the current head frame.
+        """Rectified-flow image MSE on the generated views + Yes/No CE on reward examples.
 
         batch: images, next_images uint8[B, V, H, W, 3] (next = frame t + k); actions f32[B, k, 7] in
-        env units or action_bins int[B, k, 7]; tokens int32[B, L], token_mask bool[B, L];
-        episode_success bool[B], steps_to_end int32[B] (steps from frame t to the episode's last
-        frame, 0 = last). Reward labels: Yes on the last 5 frames of successful episodes, No on frames
-        of failed episodes and on frames before the last 10; the window between is dropped; Yes / No
-        are weighted to equal total weight when reward_balance. Returns (loss, metrics).
+        env units or action_bins int[B, k, 7]; tokens int32[B, L], token_mask bool[B, L]; the reward
+        examples (see reward_examples): reward_images uint8[R, V, H, W, 3], reward_tokens int32[R, L],
+        reward_token_mask bool[R, L], reward_yes / reward_valid bool[R] - or, without them, the
+        current frames with labels from episode_success bool[B] and steps_to_end int32[B].
+        The flow target is the next latent, or with predict_delta the latent change (next - current)
+        / delta_scale per view. Yes / No are weighted to equal total weight when reward_balance.
+        Returns (loss, metrics).
         """
         s = self.spec
         images, nxt = batch["images"], batch["next_images"]
@@ -490,17 +548,18 @@ class WorldModel:
         tokens, token_mask = batch["tokens"], batch["token_mask"]
         k_t, k_n, k_d = jax.random.split(key, 3)
         layout = self.dynamics_layout(tokens.shape[1])
-        src = self._context(params, images, tokens, actions=batch.get("actions"),
-                            action_bins=batch.get("action_bins"))
-        x0 = jax.lax.stop_gradient(self.encode_latents(params, nxt.reshape((b * v,) + nxt.shape[2:])))
-        x0 = x0.reshape(b, v, s.latent_tokens, s.patch_dim)
+        src, current = self._context(params, images, tokens, actions=batch.get("actions"),
+                                     action_bins=batch.get("action_bins"))
+        z1 = jax.lax.stop_gradient(self.encode_latents(params, nxt.reshape((b * v,) + nxt.shape[2:])))
+        z1 = z1.reshape(b, v, s.latent_tokens, s.patch_dim)
+        x0 = (z1 - current) / self.delta_scales(v)[None, :, None, None] if s.predict_delta else z1
         t = shift_timesteps(jax.nn.sigmoid(jax.random.normal(k_t, (b, v))), s.timestep_shift)
         eps = jax.random.normal(k_n, x0.shape)
         xt = (1.0 - t[..., None, None]) * x0 + t[..., None, None] * eps
         net = params["net"]
         for i in range(v):
             src[("noisy", i)] = self.net.apply(net, xt[:, i], t[:, i], method=WMNet.latent_tokens)
-            src[("clean_next", i)] = self.net.apply(net, x0[:, i], jnp.zeros((b,)),
+            src[("clean_next", i)] = self.net.apply(net, z1[:, i], jnp.zeros((b,)),
                                                     method=WMNet.latent_tokens)
         for sg in layout.segments:  # ViT copies of generated views: the real next frame (teacher forcing)
             if sg.source[:1] == ("vit_next",):
@@ -532,17 +591,31 @@ class WorldModel:
         metrics.update(loss=loss, image_mse=mse, reward_ce=ce)
         return loss, metrics
 
-    def reward_labels(self, batch):
-        """-> (label_yes bool[B], valid bool[B]) from episode_success and steps_to_end."""
-        success = batch["episode_success"].astype(bool)
-        to_end = batch["steps_to_end"]
-        yes = success & (to_end < 5)
-        no = ~success | (to_end >= 10)
+    @staticmethod
+    def reward_labels(episode_success, steps_to_end):
+        """The paper's labels of frame t: Yes on the last 5 frames of successful episodes, No on frames
+        of failed episodes and on frames before the last 10, the window between dropped.
+        episode_success bool[N], steps_to_end int[N] (0 = the last frame) -> (yes bool[N], valid bool[N])."""
+        success = episode_success.astype(bool)
+        yes = success & (steps_to_end < 5)
+        no = ~success | (steps_to_end >= 10)
         return yes, yes | no
 
+    @classmethod
+    def reward_examples(cls, batch):
+        """The Yes/No examples of a batch: its reward_* entries when present (wm_train draws them
+        balanced from whole episodes), else the current frames of its transitions.
+        -> dict(images uint8[R, V, H, W, 3], tokens int32[R, L], token_mask bool[R, L], yes, valid bool[R])."""
+        if "reward_images" in batch:
+            return {k: batch[f"reward_{k}"] for k in ("images", "tokens", "token_mask", "yes", "valid")}
+        yes, valid = cls.reward_labels(batch["episode_success"], batch["steps_to_end"])
+        return {"images": batch["images"], "tokens": batch["tokens"],
+                "token_mask": batch["token_mask"], "yes": yes, "valid": valid}
+
     def _reward_ce(self, params, batch):
-        yes, valid = self.reward_labels(batch)
-        logits = self.reward_logits(params, batch["images"][:, 0], batch["tokens"], batch["token_mask"])
+        ex = self.reward_examples(batch)
+        yes, valid = ex["yes"].astype(bool), ex["valid"].astype(bool)
+        logits = self.reward_logits(params, ex["images"], ex["tokens"], ex["token_mask"])
         target = jnp.where(yes, at.YES_ID, at.NO_ID)
         logp = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(logp, target[:, None], axis=-1)[:, 0]

@@ -125,7 +125,7 @@ class ModelWorld:
 
     def step(self, params, state: ImaginedState, actions, key):
         images = self.wm.predict(params, state.images, state.wm_tokens, state.wm_token_mask, actions, key)
-        p_success = self.wm.reward(params, images[:, 0], state.wm_tokens, state.wm_token_mask)
+        p_success = self.wm.reward(params, images, state.wm_tokens, state.wm_token_mask)
         success = p_success > self.threshold
         k = actions.shape[1]
         step_rewards = jnp.zeros((images.shape[0], k), jnp.float32).at[:, -1].set(
