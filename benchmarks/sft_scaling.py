@@ -18,7 +18,6 @@ one demo collection. Prints one JSON line per run (training time, final losses, 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import time
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import tabletop  # noqa: E402
+from vlambpo_jax.config_checks import apply_overrides  # noqa: E402
 from vlambpo_jax.data import normalization, rlds_reader  # noqa: E402
 from vlambpo_jax.data.standardize import StandardizeConfig, standardize  # noqa: E402
 from vlambpo_jax.envs import demos as demos_lib  # noqa: E402
@@ -39,23 +39,6 @@ from vlambpo_jax.models import policy as policy_lib  # noqa: E402
 from vlambpo_jax.models import sft as sft_lib  # noqa: E402
 from vlambpo_jax.models import tokenizer as tok_lib  # noqa: E402
 from vlambpo_jax.train import sharding  # noqa: E402
-
-
-def apply_overrides(config, assignments: list[str]):
-    for item in assignments:
-        path, _, raw = item.partition("=")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        node = config
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"--set {item}: config has no field {path!r}")
-        node[leaf] = value
-    return config
 
 
 def demo_episodes(config, episodes_per_task: int) -> tuple[list[dict], dict, float, dict]:

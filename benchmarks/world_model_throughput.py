@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vlambpo_jax.config_checks import load_config  # noqa: E402
+from vlambpo_jax.config_checks import apply_overrides, load_config  # noqa: E402
 from vlambpo_jax.models.world_model import WorldModel  # noqa: E402
 
 
@@ -81,14 +81,7 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], help="overrides like wm.view_decoding=independent")
     ap.add_argument("--out", default="wm_throughput.json")
     a = ap.parse_args()
-    config = load_config(a.config)
-    for item in a.set:
-        k, _, v = item.partition("=")
-        node = config
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = type(node[last])(v) if not isinstance(node[last], bool) else v.lower() == "true"
+    config = apply_overrides(load_config(a.config), a.set)
     b = a.batch
     L = a.text_len or int(config.data.get("max_text_len", 32))
     wm = WorldModel(config)

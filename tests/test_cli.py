@@ -68,3 +68,28 @@ def test_parse_arg_types():
     assert args.smoke is True and args.res == 64
     with pytest.raises(ValueError, match="allowed: smoke, res"):
         common.parse_arg("size=3", smoke=False, res=32)
+
+
+def test_apply_overrides_parses_literals_and_rejects_unknown_fields():
+    from vlambpo_jax.config_checks import apply_overrides
+    c = tabletop.get_config("smoke")
+    apply_overrides(c, ["sft.lr=0.002", "env.tasks=('pick',)", "policy.vit_stem=conv", "sft.in_memory=False"])
+    assert c.sft.lr == 0.002 and tuple(c.env.tasks) == ("pick",)
+    assert c.policy.vit_stem == "conv" and c.sft.in_memory is False
+    with pytest.raises(KeyError, match="sft.not_a_field"):
+        apply_overrides(c, ["sft.not_a_field=1"])
+
+
+def test_grounding_and_stem_rules():
+    c = tabletop.get_config("smoke")
+    c.sft.grounding_layer = c.policy.depth + 1
+    with pytest.raises(ConfigError, match="sft.grounding_layer"):
+        validate(c)
+    c = tabletop.get_config("smoke")
+    c.policy.vit_stem = "resnet"
+    with pytest.raises(ConfigError, match="policy.vit_stem"):
+        validate(c)
+    b = bridge.get_config("smoke")
+    b.sft.grounding_weight = 1.0
+    with pytest.raises(ConfigError, match="needs config.env"):
+        validate(b)

@@ -33,6 +33,26 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(arg or None)
 
 
+def apply_overrides(config: ml_collections.ConfigDict, assignments) -> ml_collections.ConfigDict:
+    """Applies 'path.to.field=VALUE' strings in order (values parsed as Python literals where they
+    parse, else kept as strings); an unknown field raises KeyError. For scripts outside main.py."""
+    import ast
+    for item in assignments:
+        path, _, raw = item.partition("=")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        *parents, leaf = path.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(f"override {item!r}: the config has no field {path!r}")
+        node[leaf] = value
+    return config
+
+
 def get(config: ml_collections.ConfigDict, key: str) -> Any:
     node = config
     for part in key.split("."):
@@ -103,6 +123,10 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("sft.steps", _int_range(0)),
     ("sft.lr", _positive_float),
     ("sft.noise_samples", _int_range(1)),
+    ("sft.grounding_weight", lambda v: None if isinstance(v, (int, float)) and v >= 0 else "must be a number >= 0"),
+    ("sft.grounding_scenes", _int_range(1)),
+    ("sft.grounding_layer", _int_range(-1)),
+    ("policy.vit_stem", _one_of("patch", "conv")),
     ("demos.targets_per_scene", _int_range(1)),
     ("wm.view_decoding", _one_of("interleaved", "independent", "joint")),
     ("wm.action_encoding", _one_of("bins", "continuous")),
@@ -169,6 +193,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                   "(config.env); without one use 'logged_roots' for branch roots")
         if get(config, "rl.world") == "sim":
             raise ConfigError("rl.world", "sim", "needs a simulator (config.env); without one use 'model'")
+        weight = get(config, "sft.grounding_weight")
+        if weight is not _MISSING and weight > 0:
+            raise ConfigError("sft.grounding_weight", weight, "grounding co-training renders simulator "
+                              "scenes: needs config.env (set it to 0 without a simulator)")
+    layer, depth = get(config, "sft.grounding_layer"), get(config, "policy.depth")
+    if layer is not _MISSING and depth is not _MISSING and layer > depth:
+        raise ConfigError("sft.grounding_layer", layer, f"must be -1 or in [0, config.policy.depth={depth}]")
     for task, horizon in _horizons(config).items():
         if config.chunk_size > horizon:
             raise ConfigError("chunk_size", config.chunk_size,

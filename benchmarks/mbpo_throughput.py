@@ -1,0 +1,97 @@
+"""Imagined transitions per second inside MBPO: the jitted branched rollout (policy Flow-SDE sampling,
+world-model head + wrist prediction, Yes/No reward, lax.scan over chunks) at the config's branch count.
+
+Usage: python benchmarks/mbpo_throughput.py [--config=configs/tabletop.py[:ARG]] [--branches=N]
+       [--chunks=N] [--repeats=3] [--out=FILE.json] [--set rl.branch_chunks=4 ...]
+
+Random weights (the cost does not depend on training). Also times the two halves of one chunk on their
+own (policy sampling alone, world-model step alone) to say where the time goes. Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vlambpo_jax.config_checks import apply_overrides, load_config  # noqa: E402
+from vlambpo_jax.models.policy import Policy  # noqa: E402
+from vlambpo_jax.models.world_model import WorldModel  # noqa: E402
+from vlambpo_jax.rl.rollout import ImaginedState, ModelWorld, rollout  # noqa: E402
+
+
+def timed(fn, *args, repeats=3) -> float:
+    """Best wall time of `repeats` calls after one compile + warm-up call."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/tabletop.py")
+    ap.add_argument("--branches", type=int, default=0, help="branches (default config.rl.num_branches)")
+    ap.add_argument("--chunks", type=int, default=0, help="chunks per branch (default config.rl.branch_chunks)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="")
+    ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    args = ap.parse_args(argv)
+    config = apply_overrides(load_config(args.config), args.set)
+    b = args.branches or int(config.rl.num_branches)
+    n = args.chunks or int(config.rl.branch_chunks) or 2
+    s, v, k = int(config.image_size), len(config.views), int(config.chunk_size)
+    rng = np.random.default_rng(0)
+
+    policy = Policy(config)
+    wm = WorldModel(config)
+    ptok = np.zeros((b, int(config.data.max_text_len)), np.int32)
+    wtok = np.zeros((b, int(config.wm.max_text_len)), np.int32)
+    ptok[:, :6] = rng.integers(3, policy.dims.vocab_size, (b, 6))
+    wtok[:, :6] = rng.integers(3, 200, (b, 6))
+    start = ImaginedState(images=jnp.asarray(rng.integers(0, 256, (b, v, s, s, 3)), jnp.uint8),
+                          tokens=jnp.asarray(ptok), token_mask=jnp.asarray(ptok > 0),
+                          wm_tokens=jnp.asarray(wtok), wm_token_mask=jnp.asarray(wtok > 0))
+    world = ModelWorld(wm, float(config.rl.reward_threshold))
+    obs = world.observe(start)
+    params = policy.init(jax.random.key(0), jax.tree.map(lambda x: x[:1], obs))
+    wparams = wm.init(jax.random.key(1))
+    actions = jnp.asarray(rng.normal(0, 0.01, (b, k, 7)), jnp.float32)
+
+    roll = jax.jit(lambda p, wp, st, key: rollout(policy, p, world, wp, st, key, n))
+    sample = jax.jit(lambda p, o, key: policy.sample_sde(p, o, key))
+    wstep = jax.jit(lambda wp, st, a, key: world.step(wp, st, a, key))
+    key = jax.random.key(2)
+    t_roll = timed(roll, params, wparams, start, key, repeats=args.repeats)
+    t_policy = timed(sample, params, obs, key, repeats=args.repeats)
+    t_world = timed(wstep, wparams, start, actions, key, repeats=args.repeats)
+    result = {
+        "device": str(jax.devices()[0].device_kind), "config": args.config, "overrides": args.set,
+        "branches": b, "chunks_per_branch": n, "chunk_size": k,
+        "view_decoding": str(config.wm.view_decoding), "num_sample_steps": int(config.wm.num_sample_steps),
+        "policy_denoise_steps": int(config.policy.num_denoise_steps),
+        "rollout_seconds": t_roll,
+        "imagined_chunk_transitions_per_s": b * n / t_roll,
+        "imagined_env_steps_per_s": b * n * k / t_roll,
+        "one_chunk_seconds": {"policy_flow_sde": t_policy, "world_model_step": t_world},
+        "world_model_share": t_world / (t_world + t_policy),
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
