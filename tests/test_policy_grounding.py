@@ -20,7 +20,7 @@ from tests.test_policy_sft import _StopAfter, _config, _run, dataset  # noqa: F4
 
 @pytest.fixture(scope="module")
 def config():
-    return tabletop.get_config("smoke")
+    return tabletop.get_config("smoke,tasks=all")
 
 
 def _mentions(text: str, names) -> list[int]:
