@@ -78,7 +78,7 @@ def train_and_evaluate(config, episodes, stats) -> dict:
     example = batch_fn(0)
     params = policy.init(jax.random.key(int(config.seed)),
                          {k: v[:1] for k, v in example.items() if k not in ("actions", "action_mask")})
-    head, head_params, batch_fn = sft_lib._grounding(ctx, policy, tokenizer, batch_fn, batch_size)
+    head, head_params, batch_fn = sft_lib.setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size)
     tx, schedule = sft_lib.make_optimizer(sft, int(sft.steps))
     state = sft_lib.SFTState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                              head_params=head_params, opt_state=tx.init((params, head_params)))

@@ -184,7 +184,7 @@ def _evaluator(ctx, policy, tokenizer, stats, key):
     return eval_fn
 
 
-def _grounding(ctx, policy, tokenizer, batch_fn, batch_size: int):
+def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int):
     """Grounding co-training (models/grounding.py) when config.sft.grounding_weight > 0: renders the
     scene pool and wraps batch_fn to add grounding rows. -> (head or None, head params, batch_fn)."""
     config, sft = ctx.config, ctx.config.sft
@@ -201,7 +201,8 @@ def _grounding(ctx, policy, tokenizer, batch_fn, batch_size: int):
     head = grounding.GroundingHead(tuple(sft.grounding_hidden), pool["targets"].shape[1])
     head_params = head.init(jax.random.key(int(config.seed) + 4), jnp.zeros((1, policy.dims.width)))["params"]
     seed = int(config.seed)
-    return head, head_params, lambda step: {**batch_fn(step), **grounding.pool_batch(pool, batch_size, seed, step)}
+    rows = batch_size if sft.in_memory else batch_size // jax.process_count()  # streamed batches are local
+    return head, head_params, lambda step: {**batch_fn(step), **grounding.pool_batch(pool, rows, seed, step)}
 
 
 def run(ctx) -> dict:
@@ -249,7 +250,7 @@ def run(ctx) -> dict:
         print(f"[{ctx.stage}] initialised from {sft.init_from}")
     counts = {g: policy_lib.count_params(p) for g, p in params.items()}
     print(f"[{ctx.stage}] params: " + ", ".join(f"{g} {n / 1e6:.2f}M" for g, n in counts.items()))
-    head, head_params, batch_fn = _grounding(ctx, policy, tokenizer, batch_fn, batch_size)
+    head, head_params, batch_fn = setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size)
     num_steps = int(sft.steps)
     tx, schedule = make_optimizer(sft, num_steps)
     state = SFTState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
