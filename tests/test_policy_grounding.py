@@ -1,5 +1,6 @@
 """Grounding co-training (vlambpo_jax/models/grounding.py): its labels say what the instruction text
-names, its loss trains the prefix (not the action expert), and the `sft` stage with it resumes exactly."""
+names, its loss trains the prefix (not the action expert) at the chosen layer. The `sft` stage with it
+(the smoke config's default) resumes exactly: tests/test_policy_sft.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,6 @@ from vlambpo_jax.envs import scene as S
 from vlambpo_jax.envs import tabletop as tabletop_env
 from vlambpo_jax.envs import tasks as tasks_lib
 from vlambpo_jax.models import grounding
-from vlambpo_jax.models import sft
 from vlambpo_jax.models import tokenizer as tok_lib
 from vlambpo_jax.models import policy as policy_lib
 from vlambpo_jax.models.policy import Policy
@@ -107,22 +107,6 @@ def test_loss_trains_the_prefix_and_head_only_and_fits_a_small_pool(config, pool
     for _ in range(150):
         trainable, opt, loss = step(trainable, opt)
     assert float(loss) < 0.1 * float(loss0), (float(loss0), float(loss))
-
-
-def test_sft_with_grounding_resumes_exactly(dataset, tmp_path):  # noqa: F811
-    config = _config(dataset)
-    config.sft.grounding_weight = 1.0
-    config.sft.grounding_scenes = 8
-    config.sft.grounding_hidden = (16,)
-    full = _run(config, tmp_path / "a", _StopAfter(10 ** 9))
-    part = _run(config, tmp_path / "b", _StopAfter(3))
-    assert part["interrupted"] and part["steps"] == 3
-    rest = _run(config, tmp_path / "b", _StopAfter(10 ** 9))
-    assert rest["steps"] == full["steps"] and rest["steps_run"] == full["steps"] - 3
-    _, params_a, _, _ = sft.load_policy(tmp_path / "a" / "sft" / sft.CKPT_NAME)
-    _, params_b, _, _ = sft.load_policy(tmp_path / "b" / "sft" / sft.CKPT_NAME)
-    for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 def test_grounding_needs_a_simulator(dataset, tmp_path):  # noqa: F811

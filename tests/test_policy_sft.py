@@ -48,17 +48,20 @@ def _config(dataset):
     return c
 
 
-def _run(config, workdir: Path, preemption):
-    ctx = pipeline.StageContext(config, workdir, "sft", RecordingWriter(), preemption)
+def _run(config, workdir: Path, preemption, writer=None):
+    ctx = pipeline.StageContext(config, workdir, "sft", writer or RecordingWriter(), preemption)
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     return sft.run(ctx)
 
 
 def test_sft_trains_checkpoints_resumes_and_loads(dataset, tmp_path):
     config = _config(dataset)
-    full = _run(config, tmp_path / "a", _StopAfter(10 ** 9))
+    writer = RecordingWriter()
+    full = _run(config, tmp_path / "a", _StopAfter(10 ** 9), writer)
     assert full["steps"] == 6 and not full["interrupted"]
     assert np.isfinite(full["final_loss"])
+    # The smoke config co-trains grounding, so the exact resumption below covers the head's state too.
+    assert config.sft.grounding_weight > 0 and "grounding_loss" in writer.last
 
     part = _run(config, tmp_path / "b", _StopAfter(3))
     assert part["interrupted"] and part["steps"] == 3
