@@ -100,7 +100,8 @@ def test_predict_delta_zero_change_reproduces_the_current_frame(monkeypatch, del
     out = {}
     for delta in (True, False):
         wm = WorldModel(tiny_config(view_decoding="interleaved", action_encoding="continuous",
-                                    predict_delta=delta, delta_pixels=delta_pixels, delta_scale=(0.4, 1.0)))
+                                    predict_delta=delta, delta_pixels=delta_pixels, delta_scale=(0.4, 1.0),
+                                    sample_temperature=1.0))
         params = wm.init(jax.random.key(0))
         args = (params, tr["images"], tr["tokens"], tr["token_mask"], tr["actions"], jax.random.key(2))
         out[delta] = [np.asarray(jax.jit(lambda *a, r=r: wm.predict(*a, return_latents=r))(*args))
@@ -121,6 +122,7 @@ def test_predict_delta_zero_change_reproduces_the_current_frame(monkeypatch, del
 def test_tiny_wm_overfits_one_transition(predict_delta):
     wm = WorldModel(tiny_config(view_decoding="interleaved", action_encoding="continuous",
                                 num_sample_steps=4, timestep_shift=1.0, predict_delta=predict_delta,
+                                sample_temperature=1.0,
                                 dropout=dict(text=0.0, vit=0.0, vae=0.0), loss_text=1.0))
     params = wm.init(jax.random.key(0))
     tr = transition(b=2)
