@@ -47,7 +47,7 @@ def test_filter_keeps_only_successful_branches_up_to_their_success():
 
 
 def test_chunk_budgets_follow_task_horizons():
-    c = tabletop.get_config("smoke")
+    c = tabletop.get_config("smoke,tasks=all")
     roots = {"task_id": np.array([0, 1, 0]), "t": np.array([0, 0, 40])}   # pick 50, push 80
     np.testing.assert_array_equal(wm_bc.chunk_budgets(c, roots, np.array([0, 1, 2, 2]), 8), [5, 8, 1, 1])
     assert wm_bc.full_horizon_chunks(c, roots) == 8
@@ -62,7 +62,8 @@ class MarkerWorldModel:
         assert set(params) == {"marker"}     # the loaded world-model params reach the world
         return images.at[:, 0, 0, 1, 0].add(1)
 
-    def reward(self, params, head, tokens, token_mask):
+    def reward(self, params, images, tokens, token_mask):
+        head = images[:, 0]
         return jnp.where((head[:, 0, 0, 0] == 255) & (head[:, 0, 1, 0] >= 2), 0.9, 0.1)
 
 
@@ -71,7 +72,7 @@ WORLD = ModelWorld(MarkerWorldModel(), threshold=0.5)
 
 
 def _config(**rl):
-    c = tabletop.get_config("smoke")
+    c = tabletop.get_config("smoke,tasks=all")  # the task ids and horizons below are the four tasks'
     # every test runs 2 BC steps on 8 branches of 8 chunks, so they share compiled programs
     c.rl.update({**dict(bc_rounds=1, bc_branches=8, bc_steps=2, bc_batch_size=4, reward_threshold=0.5), **rl})
     c.checkpoint.async_save = False
