@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,21 +20,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.world_model_throughput import timed  # noqa: E402
 from vlambpo_jax.config_checks import apply_overrides, load_config  # noqa: E402
 from vlambpo_jax.models.policy import Policy  # noqa: E402
 from vlambpo_jax.models.world_model import WorldModel  # noqa: E402
 from vlambpo_jax.rl.rollout import ImaginedState, ModelWorld, rollout  # noqa: E402
-
-
-def timed(fn, *args, repeats=3) -> float:
-    """Best wall time of `repeats` calls after one compile + warm-up call."""
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main(argv=None) -> dict:
