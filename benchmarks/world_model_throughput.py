@@ -98,7 +98,7 @@ def main():
     peak = matmul_peak()
     step = jax.jit(lambda p, k: (wm.predict(p, images, tokens, mask, actions, k),))
     t_predict = timed(step, params, key, repeats=a.repeats)
-    t_reward = timed(jax.jit(lambda p: wm.reward(p, images[:, 0], tokens, mask)), params, repeats=a.repeats)
+    t_reward = timed(jax.jit(lambda p: wm.reward(p, images, tokens, mask)), params, repeats=a.repeats)
     lat = jnp.zeros((b * 2, s.latent_tokens, s.patch_dim))
     t_decode = timed(jax.jit(lambda p: wm.decode_latents(p, lat)), params, repeats=a.repeats)
     import copy
@@ -116,7 +116,7 @@ def main():
     from vlambpo_jax.models.world_model import WMNet
     f_vit = xla_flops(lambda p: wm.net.apply(p["net"], images.reshape(-1, S, S, 3), method=WMNet.vit_tokens),
                       params)
-    f_reward = xla_flops(lambda p: wm.reward(p, images[:, 0], tokens, mask), params)
+    f_reward = xla_flops(lambda p: wm.reward(p, images, tokens, mask), params)
     f_predict = f_backbone + f_decode + f_encode + f_vit
     total_t = t_predict + t_reward
     out = {
