@@ -25,7 +25,6 @@ import types
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,7 +37,6 @@ from vlambpo_jax.envs.tabletop import make_env  # noqa: E402
 from vlambpo_jax.models import policy as policy_lib  # noqa: E402
 from vlambpo_jax.models import sft as sft_lib  # noqa: E402
 from vlambpo_jax.models import tokenizer as tok_lib  # noqa: E402
-from vlambpo_jax.train import sharding  # noqa: E402
 
 
 def demo_episodes(config, episodes_per_task: int) -> tuple[list[dict], dict, float, dict]:
@@ -78,20 +76,11 @@ def train_and_evaluate(config, episodes, stats) -> dict:
     example = batch_fn(0)
     params = policy.init(jax.random.key(int(config.seed)),
                          {k: v[:1] for k, v in example.items() if k not in ("actions", "action_mask")})
-    head, head_params, batch_fn = sft_lib.setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size)
-    tx, schedule = sft_lib.make_optimizer(sft, int(sft.steps))
-    state = sft_lib.SFTState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                             head_params=head_params, opt_state=tx.init((params, head_params)))
-    dp = sharding.DataParallel(config.mesh)
-    state, shardings = dp.place(state)
-    step_fn = dp.jit_step(sft_lib.make_train_step(policy, tx, schedule, float(sft.ema), int(config.seed) + 1,
-                                                  int(sft.noise_samples), head, float(sft.grounding_weight),
-                                                  int(sft.grounding_layer)),
-                          shardings)
+    state, step_fn, batch_fn = sft_lib.make_trainer(ctx, policy, tokenizer, params, batch_fn)
     start = time.time()
     metrics = {}
     for s in range(int(sft.steps)):
-        state, metrics = step_fn(state, dp.shard(batch_fn(s), is_global=True))
+        state, metrics = step_fn(state, batch_fn(s))
         if s % 1000 == 0:
             print(f"  step {s}: loss {float(metrics['loss']):.3f}", file=sys.stderr, flush=True)
     jax.block_until_ready(state)

@@ -205,6 +205,23 @@ def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int):
     return head, head_params, lambda step: {**batch_fn(step), **grounding.pool_batch(pool, rows, seed, step)}
 
 
+def make_trainer(ctx, policy, tokenizer, params, batch_fn):
+    """The SFT training state on the config mesh, its jitted step and the sharded batch function
+    (grounding rows added when config.sft.grounding_weight > 0) -> (state, step_fn, batch_fn(step))."""
+    config, sft = ctx.config, ctx.config.sft
+    head, head_params, batch_fn = setup_grounding(ctx, policy, tokenizer, batch_fn, int(sft.batch_size))
+    tx, schedule = make_optimizer(sft, int(sft.steps))
+    state = SFTState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
+                     head_params=head_params, opt_state=tx.init((params, head_params)))
+    dp = sharding.DataParallel(config.mesh)
+    state, state_shardings = dp.place(state)
+    step_fn = dp.jit_step(make_train_step(policy, tx, schedule, float(sft.ema), int(config.seed) + 1,
+                                          int(sft.noise_samples), head, float(sft.grounding_weight),
+                                          int(sft.grounding_layer)),
+                          state_shardings)
+    return state, step_fn, lambda step: dp.shard(batch_fn(step), is_global=bool(sft.in_memory))
+
+
 def run(ctx) -> dict:
     """The `sft` stage. Returns a JSON-able summary (steps, losses, timing, last evaluation)."""
     from vlambpo_jax.data import rlds_reader
@@ -250,19 +267,7 @@ def run(ctx) -> dict:
         print(f"[{ctx.stage}] initialised from {sft.init_from}")
     counts = {g: policy_lib.count_params(p) for g, p in params.items()}
     print(f"[{ctx.stage}] params: " + ", ".join(f"{g} {n / 1e6:.2f}M" for g, n in counts.items()))
-    head, head_params, batch_fn = setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size)
-    num_steps = int(sft.steps)
-    tx, schedule = make_optimizer(sft, num_steps)
-    state = SFTState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
-                     head_params=head_params, opt_state=tx.init((params, head_params)))
-    dp = sharding.DataParallel(config.mesh)
-    state, state_shardings = dp.place(state)
-    step_fn = dp.jit_step(make_train_step(policy, tx, schedule, float(sft.ema), int(config.seed) + 1,
-                                          int(sft.noise_samples), head, float(sft.grounding_weight),
-                                          int(sft.grounding_layer)),
-                          state_shardings)
-    global_batch_fn = batch_fn
-    batch_fn = lambda step: dp.shard(global_batch_fn(step), is_global=bool(sft.in_memory))  # noqa: E731
+    state, step_fn, batch_fn = make_trainer(ctx, policy, tokenizer, params, batch_fn)
     assets = {"config": json.loads(config.to_json_best_effort()), "norm_stats": stats.to_dict(),
               "norm_mode": config.data.norm_mode, "tokenizer": tok_lib.tokenizer_assets(tokenizer),
               "vocab_size": int(tokenizer.vocab_size)}
@@ -277,7 +282,7 @@ def run(ctx) -> dict:
         return state, metrics
 
     result = train_loop(ctx, name=CKPT_NAME, state=state, step_fn=logged_step, batch_fn=batch_fn,
-                        num_steps=num_steps, params_fn=lambda s: s.ema_params, assets=assets,
+                        num_steps=int(sft.steps), params_fn=lambda s: s.ema_params, assets=assets,
                         eval_fn=eval_fn, eval_every=int(sft.eval_every))
     seconds = time.time() - start
     losses = [float(x) for x in jax.device_get(losses)]
