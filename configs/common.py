@@ -193,7 +193,7 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
         iterations=30, epochs=4, critic_warmup_epochs=1, recompute_values=True, minibatch_size=128,
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
         clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,
-        actor_lr=1e-4, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,
+        actor_lr=1e-5, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,
         train_vlm=False, eval_every=0, eval_episodes=16,
     ))
     c.update(overrides)

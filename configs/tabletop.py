@@ -82,8 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (benchmarks/results/sft_scaling_h200.json); the head reads the stream entering the last prefix
     # block, which the action expert's last layer attends to.
     c.policy = common.policy_config(c.data, args.smoke, tokenizer="words:tabletop", vit_stem="conv")
-    c.sft = common.sft_config(c.data, args.smoke, steps=6000, grounding_weight=1.0,
-                              grounding_layer=c.policy.depth - 1, eval_episodes=per_task(64))
+    c.sft = common.sft_config(c.data, args.smoke, steps=4000, grounding_weight=1.0,
+                              grounding_layer=c.policy.depth - 1, eval_every=0,
+                              eval_episodes=per_task(64))
     if args.smoke:
         c.sft.grounding_scenes = 64
 
@@ -121,8 +122,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.update(dict(episodes_per_task=4, num_videos=4, video_size=96))
 
     # --- report: <workdir>/report (vlambpo_jax/rl/report.py) ---
-    # num_videos: imagined-vs-real GIFs; video_chunks: chunks each one plays.
-    c.report = ml_collections.ConfigDict(dict(num_videos=4, video_chunks=4))
+    # num_videos: imagined-vs-real GIFs; video_chunks: chunks each one plays. agreement_states /
+    # agreement_samples / agreement_chunks: the imagined-reward check (vlambpo_jax/rl/wm_agreement.py):
+    # states, Flow-SDE chunks per state, chunk positions per state (agreement_states 0 = off).
+    c.report = ml_collections.ConfigDict(dict(num_videos=4, video_chunks=4, agreement_states=32,
+                                              agreement_samples=4, agreement_chunks=4))
+    if args.smoke:
+        c.report.update(dict(agreement_states=2, agreement_samples=2, agreement_chunks=1))
 
     c.mesh = common.mesh_config()
     c.distributed = common.distributed_config()

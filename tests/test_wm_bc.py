@@ -248,3 +248,23 @@ def test_resume_between_rounds_is_identical(tmp_path):
     _, a, _, _ = sft.load_policy(full["checkpoint_dir"], c)
     _, b, _, _ = sft.load_policy(resumed["checkpoint_dir"], c)
     assert _same(a, b)
+
+
+def test_sweep_calls_accumulate_rows(tmp_path, monkeypatch):
+    """Two sweep calls on one run (e.g. in parallel) leave both variants' rows in results.json."""
+    from vlambpo_jax.rl import sweep
+
+    base = tmp_path / "base"
+    for stage in ("demos", "collect", "evaluate"):
+        (base / stage).mkdir(parents=True)
+    pipeline.mark_done(base, "demos", {"steps": 100}, 0.0)
+    pipeline.mark_done(base, "collect", {"env_steps": 50}, 0.0)
+    row = {"success_rate": 0.5, "ci95": [0.3, 0.7], "episodes": 10}
+    (base / "evaluate" / "results.json").write_text(json.dumps({"sft": row, "mbpo": row}))
+    monkeypatch.setattr(sweep, "run_variant", lambda name, args, extra: {**row, "env_steps": 7})
+    for variant in ("branch_1", "online_ppo"):
+        assert sweep.main([f"--workdir={base}", "--config=configs/tabletop.py:smoke", f"--variants={variant}"]) == 0
+    rows = json.loads((base / "sweep" / "results.json").read_text())
+    assert list(rows) == ["sft", "vla_mbpo", "branch_1", "online_ppo"]
+    assert rows["branch_1"]["real_env_steps"] == 150 and rows["online_ppo"]["real_env_steps"] == 107
+    assert "| online_ppo |" in (base / "sweep" / "results.md").read_text()

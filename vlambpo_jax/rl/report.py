@@ -4,6 +4,8 @@
 <workdir>/report/curves.png  SFT loss, world-model losses, MBPO branch success and losses
 <workdir>/report/imagined_vs_real_<i>.gif   the policy's actions played in the simulator (left)
                                            and in the world model from the same start (right)
+<workdir>/report/wm_agreement.json  does the imagined reward rank action chunks as the simulator's
+                                    outcomes do (vlambpo_jax/rl/wm_agreement.py; report.agreement_*)
 Without a simulator (no `env` section; the real-robot path) the report shows the offline evaluation
 (held-out action errors, imagined success, world-model metrics) and imagined_vs_logged_<i>.gif: held-out
 logged frames (left) and the world model driven by the logged action chunks (right).
@@ -85,18 +87,26 @@ def plot_curves(workdir: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def imagined_vs_real(ctx, num_videos: int, num_chunks: int, upscale: int = 4) -> tuple[list[str], list[str]]:
-    """Plays the final policy in the simulator, then the same actions in the world model."""
-    from vlambpo_jax.envs.tabletop import make_env
+def final_policy_and_world_model(ctx):
+    """-> (policy, params, tokenizer, world model, its params): MBPO's policy (SFT's before MBPO ran)
+    and the fine-tuned world model."""
     from vlambpo_jax.models import wm_train
     from vlambpo_jax.models.sft import load_policy
     from vlambpo_jax.rl.evaluate import checkpoint_of
 
-    config = ctx.config
     name = "mbpo" if (ctx.workdir / "mbpo" / pipeline.DONE_FILE).exists() else "sft"
-    policy, params, tokenizer, _ = load_policy(checkpoint_of(ctx, name), config)
+    policy, params, tokenizer, _ = load_policy(checkpoint_of(ctx, name), ctx.config)
     wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
-                                                 config)
+                                                 ctx.config)
+    return policy, params, tokenizer, wm, wm_params
+
+
+def imagined_vs_real(ctx, num_videos: int, num_chunks: int, upscale: int = 4) -> tuple[list[str], list[str]]:
+    """Plays the final policy in the simulator, then the same actions in the world model."""
+    from vlambpo_jax.envs.tabletop import make_env
+
+    config = ctx.config
+    policy, params, tokenizer, wm, wm_params = final_policy_and_world_model(ctx)
     env = make_env(config)
     from vlambpo_jax.models.tokenizer import ByteTokenizer
 
@@ -127,6 +137,31 @@ def imagined_vs_real(ctx, num_videos: int, num_chunks: int, upscale: int = 4) ->
         imageio.mimsave(path, frames, duration=0.6, loop=0)
         paths.append(str(path))
     return paths, texts
+
+
+def reward_agreement_lines(ctx, out: Path) -> list[str]:
+    """Runs rl/wm_agreement.py's check, writes wm_agreement.json, returns its markdown section."""
+    from vlambpo_jax.rl import wm_agreement
+
+    r = ctx.config.report
+    m = wm_agreement.run_check(ctx.config, *final_policy_and_world_model(ctx),
+                               jax.random.PRNGKey(ctx.config.seed + 777), r.agreement_states,
+                               r.agreement_samples, r.agreement_chunks)
+    (out / "wm_agreement.json").write_text(json.dumps(m, indent=2))
+    fmt = lambda x: f"{x:.3f}" if x == x else "n/a"  # noqa: E731  (NaN: no mixed state)
+    return ["## Does the imagined reward rank chunks like the simulator?", "",
+            f"{m['samples']} Flow-SDE chunks from {r.agreement_states} states x {r.agreement_chunks} chunk "
+            f"positions ({r.agreement_samples} per state); simulator success after the chunk: "
+            f"{m['success_rate']:.3f}. AUC of the world-model reward for that success, read from (see "
+            "vlambpo_jax/rl/wm_agreement.py):", "",
+            "| reward read from | AUC, all chunks | AUC within a state |", "|---|---|---|",
+            *[f"| {name} | {fmt(m['auc_' + key])} | {fmt(m['within_auc_' + key])} |"
+              for name, key in (("imagined next views (what MBPO sees)", "imagined"),
+                                ("real next views", "real_next"), ("current views (no prediction)", "current"))],
+            "", f"States whose chunks had mixed outcomes: {m['mixed_states']}. Pixel MSE of the prediction "
+            "vs copying the current frame: " + ", ".join(
+                f"view {v}: {m[f'mse_predicted_view{v}']:.0f} vs {m[f'mse_copy_view{v}']:.0f}"
+                for v in range(len(ctx.config.views))) + "."]
 
 
 def run(ctx) -> dict:
@@ -167,6 +202,8 @@ def run(ctx) -> dict:
         lines += ["## Imagined vs real", "", "Each GIF: simulator head | wrist, then world model "
                   "head | wrist, driven by the same action chunks from the same start.", ""]
         lines += [f"- `{Path(v).name}`: {text}" for v, text in zip(videos, instructions)]
+        if ctx.config.report.get("agreement_states", 0):
+            lines += ["", *reward_agreement_lines(ctx, out)]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print(f"[report] wrote {out / 'report.md'}")
     return {"report": str(out / "report.md"), "videos": len(videos), "total_seconds": sum(times.values())}

@@ -12,7 +12,8 @@ evaluated. Variants:
   no_pretrain  world model without the pretraining stage (retrains the world model)
   wm_bc        BC on world-model data: filtered behaviour cloning on the successful full-horizon branches
                imagined by the base run's world model (the `wm_bc` stage, config.rl.bc_*), no RL
-Results: DIR/sweep/results.json and DIR/sweep/results.md (with the base run's sft and mbpo rows).
+Results: DIR/sweep/results.json and DIR/sweep/results.md (with the base run's sft and mbpo rows), written
+after each variant; rows of earlier calls on the same DIR are kept, so variants can run in separate calls.
 """
 from __future__ import annotations
 
@@ -99,6 +100,11 @@ def markdown(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def _write(out: Path, rows: dict) -> None:
+    (out / "results.json").write_text(json.dumps(rows, indent=2, default=float))
+    (out / "results.md").write_text(markdown(rows) + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the base run's config file[:arg]")
@@ -110,18 +116,20 @@ def main(argv=None) -> int:
     base_results = json.loads((base / "evaluate" / "results.json").read_text())
     demos = int(_summary(base, "demos").get("steps", 0))
     collect = int(_summary(base, "collect")["env_steps"])
-    rows = {"sft": {**base_results["sft"], "real_env_steps": demos},
-            "vla_mbpo": {**base_results["mbpo"], "real_env_steps": demos + collect}}
+    out = base / "sweep"
+    out.mkdir(exist_ok=True)
+    # Rows of earlier sweeps of this run are kept, so variants can run in separate (parallel) calls.
+    rows = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    rows.update({"sft": {**base_results["sft"], "real_env_steps": demos},
+                 "vla_mbpo": {**base_results["mbpo"], "real_env_steps": demos + collect}})
     for name in filter(None, args.variants.split(",")):
         if name not in VARIANTS:
             parser.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         r = run_variant(name, args, args.overrides)
         r["real_env_steps"] = demos + (int(r["env_steps"]) if name == "online_ppo" else collect)
         rows[name] = r
-    out = base / "sweep"
-    out.mkdir(exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=2, default=float))
-    (out / "results.md").write_text(markdown(rows) + "\n")
+        _write(out, rows)
+    _write(out, rows)
     print(markdown(rows))
     return 0
 

@@ -1,0 +1,50 @@
+"""The imagined-reward check: AUCs against hand-computed values, and a copy-the-frame world model
+scores exactly like the current frame."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import tabletop
+from vlambpo_jax.envs.tabletop import make_env
+from vlambpo_jax.rl import wm_agreement
+
+
+def test_auc_by_hand():
+    label = np.array([1, 1, 0, 0, 0], bool)
+    assert wm_agreement.auc(np.array([.9, .8, .1, .2, .3]), label) == 1.0
+    assert wm_agreement.auc(np.array([.1, .2, .9, .8, .7]), label) == 0.0
+    # pairs (pos, neg): .5 vs (.5, .4, .6) -> tie, win, loss; .7 vs them -> 3 wins: (0.5 + 1 + 0 + 3) / 6
+    assert np.isclose(wm_agreement.auc(np.array([.5, .7, .5, .4, .6]), label), 4.5 / 6)
+    assert np.isnan(wm_agreement.auc(np.array([.1, .2]), np.array([True, True])))
+
+
+def test_within_state_auc_uses_only_mixed_states():
+    group = np.array([0, 0, 1, 1, 2, 2])
+    success = np.array([1, 0, 1, 1, 0, 1], bool)
+    score = np.array([.9, .1, .5, .5, .8, .2])  # state 0 ranked right, state 2 wrong, state 1 not mixed
+    m = wm_agreement.agreement_metrics(group, success, {"s": score})
+    assert m["mixed_states"] == 2 and m["within_auc_s"] == 0.5
+    assert np.isclose(m["auc_s"], wm_agreement.auc(score, success))
+    assert np.isclose(m["success_rate"], 4 / 6)
+
+
+def test_copy_model_scores_like_the_current_frame():
+    config = tabletop.get_config("smoke")
+    env = make_env(config)
+    scale = jnp.asarray([0.015] * 3 + [0.1] * 3 + [1.0])
+
+    def sample_fn(obs, key, mode):
+        b = obs["images"].shape[0]
+        return jax.random.uniform(key, (b, config.chunk_size, 7), minval=-1, maxval=1) * scale
+
+    def reward_fn(images, ids):  # any deterministic function of the wrist view
+        return jnp.mean(images[:, 1].astype(jnp.float32), axis=(1, 2, 3)) / 255.0 + 0.0 * ids
+
+    m, samples = wm_agreement.measure(env, sample_fn, lambda images, ids, actions, key: images, reward_fn,
+                                      jax.random.PRNGKey(0), num_states=3, samples_per_state=2,
+                                      num_chunks=2, return_samples=True)
+    assert m["samples"] == 12 and samples["group"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    np.testing.assert_array_equal(samples["imagined"], samples["current"])
+    np.testing.assert_array_equal(samples["mse_predicted"], samples["mse_copy"])
+    assert m["mse_copy_view1"] > 0  # the random chunks moved the wrist camera: real next != current
+    assert not np.array_equal(samples["real_next"], samples["current"])
