@@ -176,7 +176,10 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
 
     world: 'model' (VLA-MBPO: branches in the world model from branch roots) or 'sim' (the online-PPO
       baseline: full episodes in the simulator, real env steps counted).
-    num_branches: M branches per refill; branch_chunks: n chunks per branch (0 = full horizon);
+    num_branches: M branches per refill; branch_chunks: n chunks per branch (0 = full horizon;
+      -1 = adaptive, rl/branch_length.py: the n <= adaptive_max_chunks (0 = the horizon; 4 for logged
+      episodes) minimizing the Thm 4.2 bound with the world model's error measured on
+      adaptive_sequences held-out real sequences and the assumed policy shift adaptive_eps_pi);
       reward_threshold: world-model P(Yes) above which a chunk counts as success.
     iterations: buffer refills; epochs: PPO epochs per refill (each a scan over minibatches of
       minibatch_size transitions); critic_warmup_epochs: critic-only epochs after each refill;
@@ -190,6 +193,7 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     """
     c = ml_collections.ConfigDict(dict(
         world="model", num_branches=256, branch_chunks=2, reward_threshold=0.5,
+        adaptive_max_chunks=0, adaptive_sequences=64, adaptive_eps_pi=0.1,
         iterations=30, epochs=4, critic_warmup_epochs=1, recompute_values=True, minibatch_size=128,
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
         clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,

@@ -266,5 +266,5 @@ def test_sweep_calls_accumulate_rows(tmp_path, monkeypatch):
         assert sweep.main([f"--workdir={base}", "--config=configs/tabletop.py:smoke", f"--variants={variant}"]) == 0
     rows = json.loads((base / "sweep" / "results.json").read_text())
     assert list(rows) == ["sft", "vla_mbpo", "branch_1", "online_ppo"]
-    assert rows["branch_1"]["real_env_steps"] == 150 and rows["online_ppo"]["real_env_steps"] == 107
+    assert rows["branch_1"]["real_env_steps"] == 157 and rows["online_ppo"]["real_env_steps"] == 107
     assert "| online_ppo |" in (base / "sweep" / "results.md").read_text()

@@ -118,15 +118,18 @@ def run(ctx) -> dict:
         world = ModelWorld(wm, rl.reward_threshold)
         roots = dict(np.load(ctx.stage_summary(roots_stage(ctx))["roots"]))
         start_fn = branch_sampler(roots, rl.num_branches, seed)
+        env_steps_per_iteration, extra_env_steps = 0, 0
         if rl.branch_chunks > 0:
             num_chunks = rl.branch_chunks
+        elif rl.branch_chunks < 0:
+            choice = adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params)
+            num_chunks, extra_env_steps = choice["branch_chunks"], choice["env_steps"]
         elif "env" in config:
             from vlambpo_jax.envs.tabletop import make_env
             num_chunks = math.ceil(max(make_env(config).horizons) / k)
         else:  # logged episodes: enough chunks to cover the longest one
             from vlambpo_jax.rl.offline import branch_chunks
             num_chunks = branch_chunks(config, roots)
-        env_steps_per_iteration = 0
     else:
         if "env" not in config:
             raise ValueError("config.rl.world='sim' needs a simulator (config.env); without one use 'model'")
@@ -138,7 +141,7 @@ def run(ctx) -> dict:
         start_fn = lambda i: reset(jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), i),  # noqa: E731
                                                    rl.num_branches))
         num_chunks = math.ceil(env.max_horizon / k)
-        env_steps_per_iteration = rl.num_branches * num_chunks * k
+        env_steps_per_iteration, extra_env_steps = rl.num_branches * num_chunks * k, 0
 
     optimizer = ppo.make_optimizer(rl, params)
     dp = sharding.DataParallel(config.mesh)
@@ -154,12 +157,48 @@ def run(ctx) -> dict:
                         eval_fn=eval_fn, eval_every=rl.eval_every)
     summary = {"checkpoint_dir": str(Path(ctx.stage_dir) / "ppo"), "iterations": result.step,
                "world": rl.world, "branch_chunks": num_chunks,
-               "env_steps": env_steps_per_iteration * result.step,
+               "env_steps": env_steps_per_iteration * result.step + extra_env_steps,
                "imagined_transitions": (rl.num_branches * num_chunks * result.step
                                         if rl.world == "model" else 0),
                **{k: v for k, v in ctx.writer.last.items()}}
     (Path(ctx.stage_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params) -> dict:
+    """rl.branch_chunks = -1: the Thm 4.2 choice from the world model's measured error growth
+    (rl/branch_length.py), on the simulator's rollouts of the SFT policy or on held-out logged
+    episodes. Saved to <stage>/branch_length.json and reused when the stage resumes.
+    -> branch_length.choose's dict plus env_steps (simulator steps the measurement used)."""
+    from vlambpo_jax.rl import branch_length
+
+    path = Path(ctx.stage_dir) / "branch_length.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    config, rl = ctx.config, ctx.config.rl
+    key = jax.random.PRNGKey(int(config.seed) * 7919 + 0xB1)
+    if "env" in config:
+        from vlambpo_jax.envs.tabletop import make_env
+        env = make_env(config)
+        n_max = int(rl.adaptive_max_chunks) or math.ceil(env.max_horizon / config.chunk_size)
+        seqs = branch_length.sim_sequences(env, policy, params, tokenizer, config, key,
+                                           int(rl.adaptive_sequences), n_max)
+    else:
+        n_max = int(rl.adaptive_max_chunks) or 4
+        samples = dict(np.load(ctx.stage_summary("logged_roots")["heldout"]))
+        seqs = branch_length.logged_sequences(samples, int(config.chunk_size), int(rl.adaptive_sequences),
+                                              n_max, int(config.seed))
+    predict = jax.jit(lambda im, t, m, a, k: wm.predict(wm_params, im, t, m, a, k))
+    reward = jax.jit(lambda im, t, m: wm.reward(wm_params, im, t, m))
+    tv = branch_length.reward_tv_by_chunks(predict, reward, seqs["images"], seqs["actions"],
+                                           jnp.asarray(seqs["wm_tokens"]), jnp.asarray(seqs["wm_token_mask"]),
+                                           key)
+    choice = {**branch_length.choose(tv, rl.gamma, int(config.chunk_size), float(rl.adaptive_eps_pi)),
+              "sequences": int(len(seqs["images"])), "env_steps": int(seqs["env_steps"])}
+    path.write_text(json.dumps(choice, indent=2))
+    print(f"[mbpo] adaptive branch length: TV after 1..{n_max} chunks "
+          + ", ".join(f"{x:.3f}" for x in choice["tv_by_chunks"]) + f" -> n = {choice['branch_chunks']}")
+    return choice
 
 
 def _sim_evaluator(ctx, policy, tokenizer):

@@ -8,6 +8,7 @@ the others run again with the variant's overrides; then its policy (MBPO's, or t
 evaluated. Variants:
   online_ppo   PPO in the simulator with the same number of real env steps as the collect stage used
   branch_1, branch_4, branch_full   branch length n (the base run is n = config.rl.branch_chunks)
+  branch_auto  the adaptive branch length (rl/branch_length.py; its simulator steps are counted)
   no_ivd       world model with independent view decoding (retrains the world model)
   no_pretrain  world model without the pretraining stage (retrains the world model)
   wm_bc        BC on world-model data: filtered behaviour cloning on the successful full-horizon branches
@@ -34,6 +35,7 @@ VARIANTS = {
     "branch_1": ("mbpo", ["--config.rl.branch_chunks=1"]),
     "branch_4": ("mbpo", ["--config.rl.branch_chunks=4"]),
     "branch_full": ("mbpo", ["--config.rl.branch_chunks=0"]),
+    "branch_auto": ("mbpo", ["--config.rl.branch_chunks=-1"]),
     "no_ivd": ("wm_pretrain", ["--config.wm.view_decoding=independent"]),
     "no_pretrain": ("wm_pretrain", ["--config.wm.pretrain_enabled=False"]),
     "wm_bc": ("wm_bc", [], "wm_bc"),
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
         if name not in VARIANTS:
             parser.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         r = run_variant(name, args, args.overrides)
-        r["real_env_steps"] = demos + (int(r["env_steps"]) if name == "online_ppo" else collect)
+        r["real_env_steps"] = demos + int(r["env_steps"]) + (0 if name == "online_ppo" else collect)
         rows[name] = r
         _write(out, rows)
     _write(out, rows)
