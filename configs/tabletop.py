@@ -5,7 +5,10 @@ ARG (comma separated): `smoke` shrinks every size so the whole pipeline runs in 
 `tasks=NAME+NAME...` picks the task suite (default `pick`; `tasks=all` = pick+push+place+stack). The
 counts of demos, collected rollouts and evaluation episodes are totals split over the tasks.
 Why pick alone by default: at this CPU size, behaviour cloning on the four tasks stays near 2% success
-while pick alone reaches 34% in 6,000 steps (README, "Results and status"), where RL has room to improve.
+while pick alone reaches 19% in 3,000 steps and 34% in 6,000 (README, "Results and status"), where RL
+has room to improve.
+Step counts (SFT 3,000, VAE 400, world model 450 + 300, probe 250, 20 PPO iterations) are sized so the
+whole default pipeline fits 30 minutes on the 2-core CPU (README: the measured stage times).
 
 Top-level fields:
   seed: the one seed every stage derives its PRNG keys from.
@@ -82,9 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (benchmarks/results/sft_scaling_h200.json); the head reads the stream entering the last prefix
     # block, which the action expert's last layer attends to.
     c.policy = common.policy_config(c.data, args.smoke, tokenizer="words:tabletop", vit_stem="conv")
-    c.sft = common.sft_config(c.data, args.smoke, steps=4000, grounding_weight=1.0,
-                              grounding_layer=c.policy.depth - 1, eval_every=0,
-                              eval_episodes=per_task(64))
+    c.sft = common.sft_config(c.data, args.smoke, steps=3000, grounding_weight=1.0,
+                              grounding_layer=c.policy.depth - 1, eval_every=0, eval_episodes=0)
     if args.smoke:
         c.sft.grounding_scenes = 64
 
@@ -99,7 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     #   bc_initial_roots, else from any root), then bc_steps flow-matching steps at lr bc_lr on batches
     #   of bc_batch_size (observation, chunk) pairs of the successful branches of every round so far.
     c.rl = common.rl_config(
-        collect_episodes_per_task=per_task(200), collect_mode="train", collect_batch=100,
+        collect_episodes_per_task=per_task(200), collect_mode="train", collect_batch=100, iterations=20,
         bc_rounds=3, bc_branches=128, bc_steps=200, bc_lr=1e-4, bc_batch_size=32, bc_initial_roots=True)
     if args.smoke:
         c.rl.update(dict(collect_episodes_per_task=2, collect_batch=8, num_branches=8, iterations=2,
@@ -125,7 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # num_videos: imagined-vs-real GIFs; video_chunks: chunks each one plays. agreement_states /
     # agreement_samples / agreement_chunks: the imagined-reward check (vlambpo_jax/rl/wm_agreement.py):
     # states, Flow-SDE chunks per state, chunk positions per state (agreement_states 0 = off).
-    c.report = ml_collections.ConfigDict(dict(num_videos=4, video_chunks=4, agreement_states=32,
+    c.report = ml_collections.ConfigDict(dict(num_videos=4, video_chunks=4, agreement_states=16,
                                               agreement_samples=4, agreement_chunks=4))
     if args.smoke:
         c.report.update(dict(agreement_states=2, agreement_samples=2, agreement_chunks=1))
@@ -149,8 +151,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     tokens at L = 32, plus 16 for the ViT copy of the next head (ivd_vit_copy; the timings below were
     measured without it). Measured on the 2 shared cores (benchmarks/world_model_throughput.py and a timed
     train step, other jobs running): width 96 x 3 layers (0.8M params in WMNet, 0.18M VAE) trains at
-    ~1.2 s / step at batch 32 with continuous actions (1.85 s with bins), so pretrain 600 + finetune 400
-    steps take ~20 min; sampling (8 steps, no CFG, IVD) + reward runs ~160 transitions/s at batch 64
+    ~1.2 s / step at batch 32 with continuous actions (1.85 s with bins; 0.72 s on the 2 cores alone:
+    in the pipeline, 600 pretraining + 400 fine-tuning steps took 735 + 387 s with VAE, probes and
+    evaluation); sampling (8 steps, no CFG, IVD) + reward runs ~160 transitions/s at batch 64
     (65 GFLOP/s of a measured 108 GFLOP/s matmul peak; 76/s with bins and a (32, 64) VAE).
     VAE phase: 0.28 s / step at batch 16 (64 frames: both views of frames t and t + k) -> ~3 min; widths (32, 64) at batch 64
     took 2.7 s / step.
@@ -213,13 +216,14 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     probe.*: the multi-view consistency probe (models/state_probe.py): a tiny conv net per view trained
       for probe.steps (batch probe.batch_size, Adam lr probe.lr) on the real frames of
       probe.train_batches training batches to read the end-effector state; enabled False skips it.
-      On the default demos data (~25 s on the loaded 2 cores) its held-out xyz error is 3.7 cm from
-      the head view and 7.2 cm from the wrist view (predicting the mean: 11.4 cm); the two views'
-      readings of the same real frame disagree by 7.9 cm (real_consistency_pos, the floor).
+      On the default demos data (600 steps: ~25 s on the loaded 2 cores, ~100 s in the pipeline) its
+      held-out xyz error is 3.7 cm from the head view and 7.2 cm from the wrist view (predicting the
+      mean: 11.4 cm); the two views' readings of the same real frame disagree by 7.9 cm
+      (real_consistency_pos, the floor).
     dtype: compute dtype ('float32' on CPU).
     """
     w = ml_collections.ConfigDict(dict(
-        vae=dict(downsample=4, widths=(16, 32), latent_channels=4, kl_weight=1e-4, steps=600,
+        vae=dict(downsample=4, widths=(16, 32), latent_channels=4, kl_weight=1e-4, steps=400,
                  batch_size=16, lr=2e-3),
         vit=dict(patch=8, width=64, depth=1, heads=4, mlp=128),
         umm=dict(width=96, depth=3, heads=4, kv_heads=2, head_dim=24, mlp=256, rope_theta=10_000.0,
@@ -232,10 +236,10 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True, reward_views="wrist",
         eval_reward_frames=512, predict_delta=True, delta_scale=(0.4, 1.0), delta_pixels=True,
         sample_temperature=0.0,
-        pretrain_enabled=True, pretrain_data="", finetune_data="", pretrain_steps=600, finetune_steps=400, batch_size=32,
+        pretrain_enabled=True, pretrain_data="", finetune_data="", pretrain_steps=450, finetune_steps=300, batch_size=32,
         lr=3e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=50, ema=0.999,
         eval_batches=4, dtype="float32", max_text_len=64,
-        probe=dict(enabled=True, steps=600, batch_size=64, lr=2e-3, train_batches=32),
+        probe=dict(enabled=True, steps=250, batch_size=64, lr=2e-3, train_batches=32),
     ))
     if smoke:
         w.vae.update(dict(widths=(16, 16), steps=20, batch_size=16))

@@ -13,8 +13,9 @@ evaluated. Variants:
   no_pretrain  world model without the pretraining stage (retrains the world model)
   wm_bc        BC on world-model data: filtered behaviour cloning on the successful full-horizon branches
                imagined by the base run's world model (the `wm_bc` stage, config.rl.bc_*), no RL
-Results: DIR/sweep/results.json and DIR/sweep/results.md (with the base run's sft and mbpo rows), written
-after each variant; rows of earlier calls on the same DIR are kept, so variants can run in separate calls.
+Results: DIR/sweep/results.json and DIR/sweep/results.md (with the base run's sft and mbpo rows), updated
+after each variant; rows of other calls on the same DIR are kept, so variants can run in separate (even
+parallel) calls.
 """
 from __future__ import annotations
 
@@ -102,9 +103,15 @@ def markdown(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def _write(out: Path, rows: dict) -> None:
-    (out / "results.json").write_text(json.dumps(rows, indent=2, default=float))
+def _merge(out: Path, new_rows: dict) -> dict:
+    """Adds rows to out/results.json as it is on disk now (another sweep call may have written to it
+    since this one started), rewrites results.md, returns all rows."""
+    path = out / "results.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    rows.update(new_rows)
+    path.write_text(json.dumps(rows, indent=2, default=float))
     (out / "results.md").write_text(markdown(rows) + "\n")
+    return rows
 
 
 def main(argv=None) -> int:
@@ -120,18 +127,15 @@ def main(argv=None) -> int:
     collect = int(_summary(base, "collect")["env_steps"])
     out = base / "sweep"
     out.mkdir(exist_ok=True)
-    # Rows of earlier sweeps of this run are kept, so variants can run in separate (parallel) calls.
-    rows = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
-    rows.update({"sft": {**base_results["sft"], "real_env_steps": demos},
-                 "vla_mbpo": {**base_results["mbpo"], "real_env_steps": demos + collect}})
+    # Rows of other sweep calls on this run are kept, so variants can run in separate (parallel) calls.
+    rows = _merge(out, {"sft": {**base_results["sft"], "real_env_steps": demos},
+                        "vla_mbpo": {**base_results["mbpo"], "real_env_steps": demos + collect}})
     for name in filter(None, args.variants.split(",")):
         if name not in VARIANTS:
             parser.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         r = run_variant(name, args, args.overrides)
         r["real_env_steps"] = demos + int(r["env_steps"]) + (0 if name == "online_ppo" else collect)
-        rows[name] = r
-        _write(out, rows)
-    _write(out, rows)
+        rows = _merge(out, {name: r})
     print(markdown(rows))
     return 0
 
