@@ -9,6 +9,10 @@ the simulator and in the world model; the simulator's success after the chunk is
 AUC (Mann-Whitney) over all pairs, and within each state whose A chunks had mixed outcomes (only
 there can a reward rank actions). If `imagined` is no better than `current`, the model adds nothing
 about the action's effect, and a policy gradient from imagined branches is mostly noise.
+
+The report stage runs it (config.report.agreement_*); on a finished run, with more samples:
+  python -m vlambpo_jax.rl.wm_agreement --config=configs/tabletop.py --workdir=DIR [--states 64
+  --samples 8 --chunks 4] [--out FILE]
 """
 from __future__ import annotations
 
@@ -112,3 +116,42 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, key: jax.Array, 
                    lambda images, ids, actions, k: predict(wm_params, images, wtok[ids], wmask[ids], actions, k),
                    lambda images, ids: reward(wm_params, images, wtok[ids], wmask[ids]),
                    key, num_states, samples_per_state, num_chunks)
+
+
+
+def main(argv=None) -> int:
+    """The check on a finished run, with more samples than the report stage draws."""
+    import argparse
+    import json
+
+    from etils import epath
+
+    from vlambpo_jax import pipeline
+    from vlambpo_jax.config_checks import load_config
+    from vlambpo_jax.rl.report import final_policy_and_world_model
+
+    parser = argparse.ArgumentParser(
+        description="Does the world model's reward rank action chunks as the simulator's outcomes do? "
+                    "Runs on a finished run's policy (MBPO's, else SFT's) and fine-tuned world model; prints "
+                    "the metrics as JSON.")
+    parser.add_argument("--config", required=True, help="the run's config file[:arg]")
+    parser.add_argument("--workdir", required=True, help="the run's workdir")
+    parser.add_argument("--states", type=int, default=64, help="real states (fresh episodes)")
+    parser.add_argument("--samples", type=int, default=8, help="Flow-SDE chunks per state")
+    parser.add_argument("--chunks", type=int, default=4, help="chunk positions per episode")
+    parser.add_argument("--out", default="", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    ctx = pipeline.StageContext(config, epath.Path(args.workdir).absolute(), "report", None, None)
+    metrics = run_check(config, *final_policy_and_world_model(ctx), jax.random.PRNGKey(int(config.seed) + 778),
+                        args.states, args.samples, args.chunks)
+    text = json.dumps(metrics, indent=2)
+    if args.out:
+        epath.Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())
