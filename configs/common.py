@@ -178,7 +178,7 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
       baseline: full episodes in the simulator, real env steps counted).
     num_branches: M branches per refill; branch_chunks: n chunks per branch (0 = full horizon;
       -1 = adaptive, rl/branch_length.py: the n <= adaptive_max_chunks (0 = the horizon; 4 for logged
-      episodes) minimizing the Thm 4.2 bound with the world model's error measured on
+      episodes, and never more than the longest held-out episode holds) minimizing the Thm 4.2 bound with the world model's error measured on
       adaptive_sequences held-out real sequences and the assumed policy shift adaptive_eps_pi);
       reward_threshold: world-model P(Yes) above which a chunk counts as success.
     iterations: buffer refills; epochs: PPO epochs per refill (each a scan over minibatches of

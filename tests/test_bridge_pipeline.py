@@ -189,3 +189,31 @@ def test_offline_evaluate_and_report_without_simulator(tmp_path):
     assert "Offline evaluation" in report and "| sft |" in report and "| mbpo |" in report
     assert "Real robot steps used: 29 logged steps" in report
     assert (tmp_path / "report" / "imagined_vs_logged_0.gif").exists()
+
+
+def test_adaptive_branch_length_on_logged_episodes(tmp_path):
+    """rl.branch_chunks = -1 without a simulator: the model error is measured on held-out logged
+    sequences (fixture episodes of 5-8 steps, chunk 3: at most 2 chunks), and the choice is saved and
+    reused when the stage resumes."""
+    from vlambpo_jax.models import wm_train
+    from vlambpo_jax.models.sft import load_policy
+
+    config = _config(chunk_size=3)
+    with config.unlocked():
+        config.stages = ("logged_roots",)
+        config.rl.branch_chunks = -1
+        config.rl.adaptive_sequences = 3
+    validate(config)
+    stats = _save_policy(config, tmp_path / "sft" / "policy")
+    _save_world_model(config, tmp_path / "wm_finetune" / "world_model", stats)
+    pipeline.run_stages(config, tmp_path, make_writer=lambda stage: RecordingWriter(),
+                        preemption=NoPreemption(), log=lambda s: None)
+    policy, params, tokenizer, _ = load_policy(tmp_path / "sft" / "policy", config)
+    wm, wm_params, _ = wm_train.load_world_model(tmp_path / "wm_finetune" / "world_model", config)
+    ctx = _ctx(config, tmp_path, "mbpo")
+    choice = mbpo.adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params)
+    assert len(choice["tv_by_chunks"]) == 2 and 1 <= choice["branch_chunks"] <= 2
+    assert all(0 <= tv <= 1 for tv in choice["tv_by_chunks"]) and choice["env_steps"] == 0
+    assert choice["sequences"] >= 1
+    saved = json.loads((tmp_path / "mbpo" / "branch_length.json").read_text())
+    assert saved == choice and mbpo.adaptive_branch_chunks(ctx, None, None, None, None, None) == choice

@@ -184,8 +184,10 @@ def adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params) -> dic
         seqs = branch_length.sim_sequences(env, policy, params, tokenizer, config, key,
                                            int(rl.adaptive_sequences), n_max)
     else:
-        n_max = int(rl.adaptive_max_chunks) or 4
         samples = dict(np.load(ctx.stage_summary("logged_roots")["heldout"]))
+        # at most as many chunks as the longest held-out episode holds after its first frame
+        n_max = min(int(rl.adaptive_max_chunks) or 4,
+                    max(1, (int(samples["episode_length"].max()) - 1) // int(config.chunk_size)))
         seqs = branch_length.logged_sequences(samples, int(config.chunk_size), int(rl.adaptive_sequences),
                                               n_max, int(config.seed))
     predict = jax.jit(lambda im, t, m, a, k: wm.predict(wm_params, im, t, m, a, k))
