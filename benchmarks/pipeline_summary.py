@@ -17,7 +17,8 @@ STAGES = ("demos", "sft", "collect", "wm_pretrain", "wm_finetune", "mbpo", "eval
 
 
 def _read(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
+    # NaN (an undefined metric in older files) is read as None, so the output is strict JSON
+    return json.loads(path.read_text(), parse_constant=lambda name: None) if path.exists() else None
 
 
 def summarize(workdir: Path) -> dict:

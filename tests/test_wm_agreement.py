@@ -1,5 +1,7 @@
 """The imagined-reward check: AUCs against hand-computed values, and a copy-the-frame world model
 scores exactly like the current frame."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +28,8 @@ def test_within_state_auc_uses_only_mixed_states():
     assert m["mixed_states"] == 2 and m["within_auc_s"] == 0.5
     assert np.isclose(m["auc_s"], wm_agreement.auc(score, success))
     assert np.isclose(m["success_rate"], 4 / 6)
+    single = wm_agreement.agreement_metrics(group[:2], np.ones(2, bool), {"s": score[:2]})
+    assert json.loads(wm_agreement.to_json(single))["auc_s"] is None  # strict JSON, no NaN
 
 
 def test_copy_model_scores_like_the_current_frame():

@@ -147,7 +147,7 @@ def reward_agreement_lines(ctx, out: Path) -> list[str]:
     m = wm_agreement.run_check(ctx.config, *final_policy_and_world_model(ctx),
                                jax.random.PRNGKey(ctx.config.seed + 777), r.agreement_states,
                                r.agreement_samples, r.agreement_chunks)
-    (out / "wm_agreement.json").write_text(json.dumps(m, indent=2))
+    (out / "wm_agreement.json").write_text(wm_agreement.to_json(m))
     fmt = lambda x: f"{x:.3f}" if x == x else "n/a"  # noqa: E731  (NaN: no mixed state)
     return ["## Does the imagined reward rank chunks like the simulator?", "",
             f"{m['samples']} Flow-SDE chunks from {r.agreement_states} states x {r.agreement_chunks} chunk "

@@ -50,6 +50,14 @@ def agreement_metrics(group: np.ndarray, success: np.ndarray, scores: dict[str, 
     return out
 
 
+def to_json(metrics: dict) -> str:
+    """The metrics as strict JSON: an undefined AUC (NaN: one class only) becomes null."""
+    import json
+    import math
+    return json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()},
+                      indent=2)
+
+
 def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable, key: jax.Array,
             num_states: int, samples_per_state: int, num_chunks: int, return_samples: bool = False):
     """Plays the check from `num_states` fresh episodes for `num_chunks` chunks.
@@ -122,7 +130,6 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, key: jax.Array, 
 def main(argv=None) -> int:
     """The check on a finished run, with more samples than the report stage draws."""
     import argparse
-    import json
 
     from etils import epath
 
@@ -145,7 +152,7 @@ def main(argv=None) -> int:
     ctx = pipeline.StageContext(config, epath.Path(args.workdir).absolute(), "report", None, None)
     metrics = run_check(config, *final_policy_and_world_model(ctx), jax.random.PRNGKey(int(config.seed) + 778),
                         args.states, args.samples, args.chunks)
-    text = json.dumps(metrics, indent=2)
+    text = to_json(metrics)
     if args.out:
         epath.Path(args.out).write_text(text)
     print(text)
