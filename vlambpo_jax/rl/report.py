@@ -87,14 +87,14 @@ def plot_curves(workdir: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def final_policy_and_world_model(ctx):
-    """-> (policy, params, tokenizer, world model, its params): MBPO's policy (SFT's before MBPO ran)
-    and the fine-tuned world model."""
+def final_policy_and_world_model(ctx, stage: str = ""):
+    """-> (policy, params, tokenizer, world model, its params): the policy of `stage` (default MBPO's,
+    SFT's before MBPO ran) and the fine-tuned world model."""
     from vlambpo_jax.models import wm_train
     from vlambpo_jax.models.sft import load_policy
     from vlambpo_jax.rl.evaluate import checkpoint_of
 
-    name = "mbpo" if (ctx.workdir / "mbpo" / pipeline.DONE_FILE).exists() else "sft"
+    name = stage or ("mbpo" if (ctx.workdir / "mbpo" / pipeline.DONE_FILE).exists() else "sft")
     policy, params, tokenizer, _ = load_policy(checkpoint_of(ctx, name), ctx.config)
     wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
                                                  ctx.config)

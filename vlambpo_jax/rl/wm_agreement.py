@@ -12,7 +12,7 @@ about the action's effect, and a policy gradient from imagined branches is mostl
 
 The report stage runs it (config.report.agreement_*); on a finished run, with more samples:
   python -m vlambpo_jax.rl.wm_agreement --config=configs/tabletop.py --workdir=DIR [--states 64
-  --samples 8 --chunks 4] [--out FILE]
+  --samples 8 --chunks 4] [--policy STAGE] [--out FILE]
 """
 from __future__ import annotations
 
@@ -139,18 +139,21 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(
         description="Does the world model's reward rank action chunks as the simulator's outcomes do? "
-                    "Runs on a finished run's policy (MBPO's, else SFT's) and fine-tuned world model; prints "
+                    "Runs on a finished run's policy and fine-tuned world model; prints "
                     "the metrics as JSON.")
     parser.add_argument("--config", required=True, help="the run's config file[:arg]")
     parser.add_argument("--workdir", required=True, help="the run's workdir")
     parser.add_argument("--states", type=int, default=64, help="real states (fresh episodes)")
     parser.add_argument("--samples", type=int, default=8, help="Flow-SDE chunks per state")
     parser.add_argument("--chunks", type=int, default=4, help="chunk positions per episode")
+    parser.add_argument("--policy", default="", help="the stage whose policy acts (e.g. sft, mbpo, wm_bc; "
+                        "default: mbpo's, sft's before MBPO ran)")
     parser.add_argument("--out", default="", help="also write the JSON here")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     ctx = pipeline.StageContext(config, epath.Path(args.workdir).absolute(), "report", None, None)
-    metrics = run_check(config, *final_policy_and_world_model(ctx), jax.random.PRNGKey(int(config.seed) + 778),
+    metrics = run_check(config, *final_policy_and_world_model(ctx, args.policy),
+                        jax.random.PRNGKey(int(config.seed) + 778),
                         args.states, args.samples, args.chunks)
     text = to_json(metrics)
     if args.out:
