@@ -101,12 +101,14 @@ def final_policy_and_world_model(ctx, stage: str = ""):
     return policy, params, tokenizer, wm, wm_params
 
 
-def imagined_vs_real(ctx, num_videos: int, num_chunks: int, upscale: int = 4) -> tuple[list[str], list[str]]:
-    """Plays the final policy in the simulator, then the same actions in the world model."""
+def imagined_vs_real(ctx, models: tuple, num_videos: int, num_chunks: int,
+                     upscale: int = 4) -> tuple[list[str], list[str]]:
+    """Plays the policy in the simulator, then the same actions in the world model; models =
+    final_policy_and_world_model(ctx)."""
     from vlambpo_jax.envs.tabletop import make_env
 
     config = ctx.config
-    policy, params, tokenizer, wm, wm_params = final_policy_and_world_model(ctx)
+    policy, params, tokenizer, wm, wm_params = models
     env = make_env(config)
     from vlambpo_jax.models.tokenizer import ByteTokenizer
 
@@ -139,12 +141,13 @@ def imagined_vs_real(ctx, num_videos: int, num_chunks: int, upscale: int = 4) ->
     return paths, texts
 
 
-def reward_agreement_lines(ctx, out: Path) -> list[str]:
-    """Runs rl/wm_agreement.py's check, writes wm_agreement.json, returns its markdown section."""
+def reward_agreement_lines(ctx, models: tuple, out: Path) -> list[str]:
+    """Runs rl/wm_agreement.py's check with models = final_policy_and_world_model(ctx), writes
+    wm_agreement.json, returns its markdown section."""
     from vlambpo_jax.rl import wm_agreement
 
     r = ctx.config.report
-    m = wm_agreement.run_check(ctx.config, *final_policy_and_world_model(ctx),
+    m = wm_agreement.run_check(ctx.config, *models,
                                jax.random.PRNGKey(ctx.config.seed + 777), r.agreement_states,
                                r.agreement_samples, r.agreement_chunks)
     (out / "wm_agreement.json").write_text(wm_agreement.to_json(m))
@@ -197,13 +200,14 @@ def run(ctx) -> dict:
                   "logged action chunks from the same first frame.", ""]
         lines += [f"- `{Path(v).name}`: {text}" for v, text in zip(videos, instructions)]
     elif has_wm and "env" in ctx.config:
-        videos, instructions = imagined_vs_real(ctx, ctx.config.report.num_videos,
+        models = final_policy_and_world_model(ctx)  # loaded once for the videos and the check
+        videos, instructions = imagined_vs_real(ctx, models, ctx.config.report.num_videos,
                                                 ctx.config.report.video_chunks)
         lines += ["## Imagined vs real", "", "Each GIF: simulator head | wrist, then world model "
                   "head | wrist, driven by the same action chunks from the same start.", ""]
         lines += [f"- `{Path(v).name}`: {text}" for v, text in zip(videos, instructions)]
         if ctx.config.report.get("agreement_states", 0):
-            lines += ["", *reward_agreement_lines(ctx, out)]
+            lines += ["", *reward_agreement_lines(ctx, models, out)]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print(f"[report] wrote {out / 'report.md'}")
     return {"report": str(out / "report.md"), "videos": len(videos), "total_seconds": sum(times.values())}
