@@ -185,7 +185,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       use the same layout, so changing it needs retraining).
     action_encoding: 'bins' (k x 7 text tokens, 257 min-max bins per dim, as the paper) | 'continuous'
       (one linear token per action step; the CPU default: 1.5x cheaper training, see above).
-    dropout.text / vit / vae: conditioning dropout probabilities (text also drops the actions).
+    dropout.text / vit / vae: conditioning dropout probabilities (text also drops the actions). They
+      only train the unconditional branches that CFG needs, so they are 0 while CFG is off (the
+      config check refuses CFG without them; the paper's setting with CFG: 0.1 / 0.3 / 0.3).
     loss_image / loss_text: weights of the rectified-flow MSE and the Yes/No CE (paper 1.0 / 0.01; the
       tiny reward head trains from scratch, so the CE gets more weight here).
     reward_balance: weight Yes and No samples to equal total weight in each batch.
@@ -232,7 +234,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         cfg_text_scale=1.0, cfg_image_scale=1.0, cfg_interval=(0.4, 1.0),
         cfg_renorm_type="none", cfg_renorm_min=0.0,
         view_decoding="interleaved", ivd_vit_copy=True, action_encoding="continuous",
-        dropout=dict(text=0.1, vit=0.3, vae=0.3),
+        dropout=dict(text=0.0, vit=0.0, vae=0.0),
         loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True, reward_views="wrist",
         eval_reward_frames=512, predict_delta=True, delta_scale=(0.4, 1.0), delta_pixels=True,
         sample_temperature=0.0,

@@ -93,3 +93,17 @@ def test_grounding_and_stem_rules():
     b.sft.grounding_weight = 1.0
     with pytest.raises(ConfigError, match="needs config.env"):
         validate(b)
+
+
+def test_guidance_needs_conditioning_dropout():
+    c = tabletop.get_config("smoke")
+    c.wm.dropout.update(dict(text=0.0, vit=0.0, vae=0.0))
+    validate(c)  # guidance off: no dropout needed
+    c.wm.cfg_image_scale = 2.0
+    with pytest.raises(ConfigError, match="wm.dropout.vit=0.0: classifier-free guidance"):
+        validate(c)
+    c.wm.dropout.update(dict(vit=0.1, vae=0.1))
+    validate(c)
+    c.wm.cfg_text_scale = 4.0
+    with pytest.raises(ConfigError, match="wm.dropout.text"):
+        validate(c)

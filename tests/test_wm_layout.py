@@ -23,8 +23,12 @@ def test_interleaved_visibility():
     ctx = ["text", "head_vit", "head_vae", "wrist_vit", "wrist_vae", "action"]
     for c in ctx:  # the next head sees the whole context
         assert seg_sees(lay, "head_next", c) == (True, True)
-        assert seg_sees(lay, "head_next_clean", c) == (True, True)
-        assert seg_sees(lay, "head_next_vit", c) == (True, True)
+    # its clean copies see only what the wrist may (else the action reaches the wrist through them)
+    for copy in ("head_next_clean", "head_next_vit"):
+        for c in ["text", "wrist_vit", "wrist_vae"]:
+            assert seg_sees(lay, copy, c) == (True, True), (copy, c)
+        for c in ["head_vit", "head_vae", "action"]:
+            assert seg_sees(lay, copy, c) == (False, False), (copy, c)
     # the ViT copy of the next head sees its clean VAE copy (BAGEL order: noisy, clean VAE, ViT)
     assert seg_sees(lay, "head_next_vit", "head_next_clean") == (True, True)
     assert not seg_sees(lay, "head_next_clean", "head_next_vit")[0]

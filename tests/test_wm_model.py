@@ -68,8 +68,11 @@ def test_cached_sampling_equals_uncached(view_decoding, cfg):
 
 def test_ivd_wrist_ignores_action_in_training():
     """Teacher-forced IVD sequence: the wrist loss must not depend on the action tokens (mask wiring),
-    the head loss must."""
-    wm = WorldModel(tiny_config(view_decoding="interleaved", action_encoding="bins"))
+    the head loss must. Two layers, so that the action could also reach the wrist through the hidden
+    states of the next head's clean copies (the paper's second generation call has no action in it)."""
+    c = tiny_config(view_decoding="interleaved", action_encoding="bins")
+    c.wm.umm.depth = 2
+    wm = WorldModel(c)
     params = wm.init(jax.random.key(0))
     params["net"]["params"]["llm2vae"]["kernel"] = 0.3 * jax.random.normal(
         jax.random.key(1), params["net"]["params"]["llm2vae"]["kernel"].shape)

@@ -203,6 +203,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     layer, depth = get(config, "sft.grounding_layer"), get(config, "policy.depth")
     if layer is not _MISSING and depth is not _MISSING and layer > depth:
         raise ConfigError("sft.grounding_layer", layer, f"must be -1 or in [0, config.policy.depth={depth}]")
+    for guided, drops in (("wm.cfg_text_scale", ("wm.dropout.text",)),
+                          ("wm.cfg_image_scale", ("wm.dropout.vit", "wm.dropout.vae"))):
+        scale = get(config, guided)
+        if scale is _MISSING or scale == 1.0:
+            continue
+        for drop in drops:
+            if get(config, drop) in (0, 0.0):
+                raise ConfigError(drop, 0.0, f"classifier-free guidance ({guided}={scale}) needs the "
+                                  "unconditional branch trained: set this dropout > 0 (e.g. 0.1)")
     for task, horizon in _horizons(config).items():
         if config.chunk_size > horizon:
             raise ConfigError("chunk_size", config.chunk_size,

@@ -194,7 +194,8 @@ def dynamics_layout(view_decoding: str, text_len: int, vit_tokens: int, latent_t
     Context: instruction, head (ViT + clean VAE), wrist (ViT + clean VAE), action tokens. Then:
       interleaved: head_next (noise) -> head_next clean VAE copy -> (vit_copy) head_next ViT copy ->
         wrist_next (noise), the wrist seeing only the instruction, the current wrist view and the
-        clean copies of the next head (not the action, not the current head view), as IVD prescribes.
+        clean copies of the next head (not the action, not the current head view), as IVD prescribes;
+        the copies see no more than that either (the paper samples the wrist in a second call).
         The copies are what BAGEL puts after a generated image that later tokens condition on: clean
         VAE tokens (sharing the noisy twin's RoPE id, then advancing it) and ViT tokens (the next id).
         In training they are the real next head (teacher forcing); at inference the predicted latent
@@ -212,13 +213,17 @@ def dynamics_layout(view_decoding: str, text_len: int, vit_tokens: int, latent_t
         Segment("action", "causal", action_tokens, UND, ("action",), "text"),
     ]
     if view_decoding == "interleaved":
+        # The copies, like the wrist, see only what the paper's second generation call holds: in a
+        # deeper backbone their hidden states would otherwise carry the action to the wrist.
+        second_call = ("text", "wrist_vit", "wrist_vae")
         copies = [Segment("head_next_clean", "full", latent_tokens, GEN, ("clean_next", 0), "vae",
-                          rope_twin="head_next")]
+                          sees=second_call, rope_twin="head_next")]
         if vit_copy:
-            copies.append(Segment("head_next_vit", "full", vit_tokens, UND, ("vit_next", 0), "vit"))
+            copies.append(Segment("head_next_vit", "full", vit_tokens, UND, ("vit_next", 0), "vit",
+                                  sees=second_call + ("head_next_clean",)))
         gen = [Segment("head_next", "noise", latent_tokens, GEN, ("noisy", 0))] + copies + [
             Segment("wrist_next", "noise", latent_tokens, GEN, ("noisy", 1),
-                    sees=("text", "wrist_vit", "wrist_vae") + tuple(c.name for c in copies)),
+                    sees=second_call + tuple(c.name for c in copies)),
         ]
     elif view_decoding == "independent":
         gen = [Segment("head_next", "noise", latent_tokens, GEN, ("noisy", 0)),
