@@ -268,3 +268,25 @@ def test_sweep_calls_accumulate_rows(tmp_path, monkeypatch):
     assert list(rows) == ["sft", "vla_mbpo", "branch_1", "online_ppo"]
     assert rows["branch_1"]["real_env_steps"] == 157 and rows["online_ppo"]["real_env_steps"] == 107
     assert "| online_ppo |" in (base / "sweep" / "results.md").read_text()
+
+
+def test_sweep_default_variants_skip_the_base_runs_view_decoding(tmp_path, monkeypatch):
+    from configs import tabletop
+    from vlambpo_jax.rl import sweep
+
+    base = tmp_path / "base"
+    for stage in ("demos", "collect", "evaluate"):
+        (base / stage).mkdir(parents=True)
+    pipeline.mark_done(base, "demos", {"steps": 1}, 0.0)
+    pipeline.mark_done(base, "collect", {"env_steps": 1}, 0.0)
+    row = {"success_rate": 0.5, "ci95": [0.3, 0.7], "episodes": 10}
+    (base / "evaluate" / "results.json").write_text(json.dumps({"sft": row, "mbpo": row}))
+    ran = []
+    monkeypatch.setattr(sweep, "run_variant", lambda name, args, extra: ran.append(name) or {**row, "env_steps": 0})
+    for decoding, skipped, kept in (("independent", "no_ivd", "ivd"), ("interleaved", "ivd", "no_ivd")):
+        config = tabletop.get_config("smoke")
+        config.wm.view_decoding = decoding
+        monkeypatch.setattr(sweep, "load_config", lambda spec, c=config: c)
+        ran.clear()
+        sweep.main([f"--workdir={base}", "--config=configs/tabletop.py:smoke"])
+        assert kept in ran and skipped not in ran and "branch_1" in ran, ran

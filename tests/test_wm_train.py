@@ -54,7 +54,7 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path):
     # multi-view consistency: a probe trained on real frames, numbers in the summary and the metrics
     for stage in ("wm_pretrain", "wm_finetune"):
         cons = summaries[stage]["consistency"]
-        assert cons["view_decoding"] == "interleaved"
+        assert cons["view_decoding"] == c.wm.view_decoding == "independent"
         for k in wm_train.CONSISTENCY_KEYS:
             assert np.isfinite(cons[k]) and cons[k] >= 0, (stage, k, cons)
         assert (tmp_path / stage / wm_train.PROBE_FILE).exists()

@@ -199,6 +199,10 @@ def _open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, re
                                 seed + 3, text_len).heldout(n_eval_batches, int(w.eval_reward_frames) // 2)
         if len(r_eval) == len(heldout):
             heldout = [dict(h, **r) for h, r in zip(heldout, r_eval)]
+        else:
+            print(f"world model: only {sum(len(r['reward_yes']) for r in r_eval)} held-out labelled "
+                  f"reward frames for {len(heldout)} eval batches (config.wm.eval_batches): the reward "
+                  "metrics read the held-out transitions' current frames instead")
         batch_fn = lambda step: dict(train_fn(step), **r_train(step))  # noqa: E731
         return batch_fn, heldout, stats
     return train_fn, heldout, stats

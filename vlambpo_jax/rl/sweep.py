@@ -9,7 +9,8 @@ evaluated. Variants:
   online_ppo   PPO in the simulator with the same number of real env steps as the collect stage used
   branch_1, branch_4, branch_full   branch length n (the base run is n = config.rl.branch_chunks)
   branch_auto  the adaptive branch length (rl/branch_length.py; its simulator steps are counted)
-  no_ivd       world model with independent view decoding (retrains the world model)
+  ivd, no_ivd  world model with interleaved / independent view decoding (retrains the world model);
+               by default only the one the base run does not use
   no_pretrain  world model without the pretraining stage (retrains the world model)
   wm_bc        BC on world-model data: filtered behaviour cloning on the successful full-horizon branches
                imagined by the base run's world model (the `wm_bc` stage, config.rl.bc_*), no RL
@@ -37,6 +38,7 @@ VARIANTS = {
     "branch_4": ("mbpo", ["--config.rl.branch_chunks=4"]),
     "branch_full": ("mbpo", ["--config.rl.branch_chunks=0"]),
     "branch_auto": ("mbpo", ["--config.rl.branch_chunks=-1"]),
+    "ivd": ("wm_pretrain", ["--config.wm.view_decoding=interleaved"]),
     "no_ivd": ("wm_pretrain", ["--config.wm.view_decoding=independent"]),
     "no_pretrain": ("wm_pretrain", ["--config.wm.pretrain_enabled=False"]),
     "wm_bc": ("wm_bc", [], "wm_bc"),
@@ -118,9 +120,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the base run's config file[:arg]")
     parser.add_argument("--workdir", required=True, help="the base run's workdir")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    parser.add_argument("--variants", default="", help="comma-separated subset (default: all of them "
+                        "but the view-decoding variant the base run already is)")
     parser.add_argument("overrides", nargs="*", help="config overrides for every variant (after --)")
     args = parser.parse_args(argv)
+    if not args.variants:
+        same = "ivd" if load_config(args.config).wm.view_decoding == "interleaved" else "no_ivd"
+        args.variants = ",".join(v for v in VARIANTS if v != same)
     base = Path(args.workdir).absolute()
     base_results = json.loads((base / "evaluate" / "results.json").read_text())
     demos = int(_summary(base, "demos").get("steps", 0))
