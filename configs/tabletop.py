@@ -202,6 +202,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       (wm_train.RewardExamples); 0 = the current head frames of the dynamics batch (~10% Yes on demos).
     reward_replay: wm_finetune also draws reward examples (and held-out ones) from the pretraining data
       (the target rollouts of a weak policy may hold no success at all).
+    reward_on_predictions: weight (relative to loss_text) of a second Yes/No loss on the next views as
+      the flow estimates them in the same training step (x_t - t v, decoded like a sample, labelled
+      as frame t + k): the reward then also learns to read predicted, blurrier views (0 = off).
     eval_reward_frames: held-out reward frames (at most half of them per class) for the reward metrics.
     predict_delta: the flow generates the change of each view's VAE latent, (next - current) /
       delta_scale[view] (head, wrist: about the std of the change on the demos, so the target has
@@ -240,6 +243,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         view_decoding="independent", ivd_vit_copy=True, action_encoding="continuous",
         dropout=dict(text=0.0, vit=0.0, vae=0.0),
         loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True, reward_views="wrist",
+        reward_on_predictions=0.0,
         eval_reward_frames=512, predict_delta=True, delta_scale=(0.4, 1.0), delta_pixels=True,
         sample_temperature=0.0,
         pretrain_enabled=True, pretrain_data="", finetune_data="", pretrain_steps=450, finetune_steps=300, batch_size=32,

@@ -216,3 +216,27 @@ def test_reward_reads_the_configured_views():
         else:
             with pytest.raises(ValueError, match="reads views"):
                 wm.reward(params, tr["images"][:, 0], tr["tokens"], tr["token_mask"])
+
+
+def test_reward_on_predicted_views():
+    """The extra Yes/No loss reads the flow's estimate of the next views, labelled as frame t + k."""
+    c = tiny_config(view_decoding="independent", action_encoding="continuous", reward_on_predictions=1.0)
+    wm = WorldModel(c)
+    params = _random_head(wm.init(jax.random.key(0)))
+    tr = transition(b=2)
+    tr.update(episode_success=np.array([True, True]), steps_to_end=np.array([12, 16]))
+    k = c.chunk_size
+    b, v = tr["images"].shape[:2]
+    current = wm.encode_latents(params, tr["images"].reshape((b * v, 32, 32, 3))).reshape(b, v, 16, 16)
+    ex = wm._predicted_reward_examples(params, tr, jnp.zeros((b, v, 16, 16)), current)
+    # frame t + k is 2 and 6 steps before the end: Yes, and inside the dropped window
+    np.testing.assert_array_equal(np.asarray(ex["yes"]), [True, False])
+    np.testing.assert_array_equal(np.asarray(ex["valid"]), [True, False])
+    np.testing.assert_array_equal(np.asarray(ex["images"]), tr["images"])  # zero change: the frames
+    assert k == 10
+    m_on = jax.jit(lambda p: wm.loss(p, tr, jax.random.key(3), train=False))(params)
+    off = WorldModel(tiny_config(view_decoding="independent", action_encoding="continuous"))
+    m_off = jax.jit(lambda p: off.loss(p, tr, jax.random.key(3), train=False))(params)
+    assert np.isfinite(float(m_on[1]["reward_ce_pred"])) and "reward_ce_pred" not in m_off[1]
+    assert float(m_on[0]) > float(m_off[0])
+    np.testing.assert_allclose(float(m_on[1]["image_mse"]), float(m_off[1]["image_mse"]), rtol=1e-6)

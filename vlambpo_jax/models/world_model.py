@@ -83,6 +83,7 @@ class WMSpec:
     delta_pixels: bool = False
     sample_temperature: float = 1.0
     reward_views: tuple = (0,)
+    reward_on_predictions: float = 0.0
 
     @property
     def latent_hw(self) -> int:
@@ -160,7 +161,8 @@ def spec_from_config(config) -> WMSpec:
         # latent itself
         predict_delta=bool(w.get("predict_delta", False)), delta_scale=delta_scale,
         delta_pixels=bool(w.get("delta_pixels", False)),
-        sample_temperature=float(w.get("sample_temperature", 1.0)), reward_views=reward_views)
+        sample_temperature=float(w.get("sample_temperature", 1.0)), reward_views=reward_views,
+        reward_on_predictions=float(w.get("reward_on_predictions", 0.0)))
 
 
 def sincos_2d(grid: int, width: int) -> np.ndarray:
@@ -579,17 +581,39 @@ class WorldModel:
         metrics = {}
         mse = 0.0
         names = {0: "head", 1: "wrist"}
+        x0_hat = []
         for i in range(v):
             seg = [sg.name for sg in layout.segments if sg.source == ("noisy", i)][0]
             pred = self.net.apply(net, h[:, slice(*layout.offsets()[seg])], method=WMNet.velocity)
             m = jnp.mean((pred - (eps[:, i] - x0[:, i])) ** 2)
             metrics[f"mse_{names.get(i, i)}"] = m
             mse = mse + m / v
-        ce, rmetrics = self._reward_ce(params, batch)
+            x0_hat.append(xt[:, i] - t[:, i, None, None] * pred)  # the flow's own estimate of x0
+        ce, rmetrics = self._reward_ce(params, self.reward_examples(batch))
         metrics.update(rmetrics)
         loss = s.loss_image * mse + s.loss_text * ce
+        if s.reward_on_predictions > 0:
+            ex = self._predicted_reward_examples(params, batch, jnp.stack(x0_hat, 1), current)
+            ce_pred, m_pred = self._reward_ce(params, ex)
+            loss = loss + s.loss_text * s.reward_on_predictions * ce_pred
+            metrics.update(reward_ce_pred=ce_pred, reward_acc_pred=m_pred["reward_acc"])
         metrics.update(loss=loss, image_mse=mse, reward_ce=ce)
         return loss, metrics
+
+    def _predicted_reward_examples(self, params, batch, x0_hat, current):
+        """Yes/No examples on the next views as the flow estimates them in this training step
+        (x0_hat [B, V, n, pd] in target units, decoded like the sampler's output, no gradient into
+        the dynamics), labelled as frame t + k: the reward learns to read predicted views too."""
+        s = self.spec
+        b, v = x0_hat.shape[:2]
+        z = x0_hat * self.delta_scales(v)[None, :, None, None] + current if s.predict_delta else x0_hat
+        z = jax.lax.stop_gradient(z)
+        flat = lambda a: a.reshape((b * v,) + a.shape[2:])  # noqa: E731
+        images = self.decode_next(params, flat(z), flat(current), flat(batch["images"]))
+        steps_to_end = jnp.maximum(jnp.asarray(batch["steps_to_end"]) - s.chunk, 0)
+        yes, valid = self.reward_labels(jnp.asarray(batch["episode_success"]), steps_to_end)
+        return {"images": images.reshape(batch["images"].shape), "tokens": batch["tokens"],
+                "token_mask": batch["token_mask"], "yes": yes, "valid": valid}
 
     @staticmethod
     def reward_labels(episode_success, steps_to_end):
@@ -612,8 +636,8 @@ class WorldModel:
         return {"images": batch["images"], "tokens": batch["tokens"],
                 "token_mask": batch["token_mask"], "yes": yes, "valid": valid}
 
-    def _reward_ce(self, params, batch):
-        ex = self.reward_examples(batch)
+    def _reward_ce(self, params, ex):
+        """Balanced Yes/No cross-entropy on examples ex (see reward_examples) -> (ce, metrics)."""
         yes, valid = ex["yes"].astype(bool), ex["valid"].astype(bool)
         logits = self.reward_logits(params, ex["images"], ex["tokens"], ex["token_mask"])
         target = jnp.where(yes, at.YES_ID, at.NO_ID)

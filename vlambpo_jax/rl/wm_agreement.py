@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     from etils import epath
 
     from vlambpo_jax import pipeline
-    from vlambpo_jax.config_checks import load_config
+    from vlambpo_jax.config_checks import apply_overrides, load_config
+    from vlambpo_jax.config_checks import validate as validate_config
     from vlambpo_jax.rl.report import final_policy_and_world_model
 
     parser = argparse.ArgumentParser(
@@ -149,8 +150,11 @@ def main(argv=None) -> int:
     parser.add_argument("--policy", default="", help="the stage whose policy acts (e.g. sft, mbpo, wm_bc; "
                         "default: mbpo's, sft's before MBPO ran)")
     parser.add_argument("--out", default="", help="also write the JSON here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, repeatable (e.g. wm.sample_temperature=1.0)")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
+    config = apply_overrides(load_config(args.config), args.set)
+    validate_config(config)
     ctx = pipeline.StageContext(config, epath.Path(args.workdir).absolute(), "report", None, None)
     metrics = run_check(config, *final_policy_and_world_model(ctx, args.policy),
                         jax.random.PRNGKey(int(config.seed) + 778),
