@@ -533,7 +533,8 @@ class WorldModel:
 
     # ------------------------------------------------------------------ training loss
     def loss(self, params, batch, key, train: bool = True):
-        """Rectified-flow image MSE on the generated views + Yes/No CE on reward examples.
+        """Rectified-flow image MSE on the generated views + Yes/No CE on reward examples (+ with
+        reward_on_predictions, the CE on the flow's estimate of the next views).
 
         batch: images, next_images uint8[B, V, H, W, 3] (next = frame t + k); actions f32[B, k, 7] in
         env units or action_bins int[B, k, 7]; tokens int32[B, L], token_mask bool[B, L]; the reward
