@@ -250,17 +250,23 @@ def test_resume_between_rounds_is_identical(tmp_path):
     assert _same(a, b)
 
 
+def _finished_base_run(tmp_path, demo_steps: int, collect_steps: int):
+    """-> (workdir, result row): a base run that the sweep can read (demos, collect and evaluate done)."""
+    base = tmp_path / "base"
+    for stage in ("demos", "collect", "evaluate"):
+        (base / stage).mkdir(parents=True)
+    pipeline.mark_done(base, "demos", {"steps": demo_steps}, 0.0)
+    pipeline.mark_done(base, "collect", {"env_steps": collect_steps}, 0.0)
+    row = {"success_rate": 0.5, "ci95": [0.3, 0.7], "episodes": 10}
+    (base / "evaluate" / "results.json").write_text(json.dumps({"sft": row, "mbpo": row}))
+    return base, row
+
+
 def test_sweep_calls_accumulate_rows(tmp_path, monkeypatch):
     """Two sweep calls on one run (e.g. in parallel) leave both variants' rows in results.json."""
     from vlambpo_jax.rl import sweep
 
-    base = tmp_path / "base"
-    for stage in ("demos", "collect", "evaluate"):
-        (base / stage).mkdir(parents=True)
-    pipeline.mark_done(base, "demos", {"steps": 100}, 0.0)
-    pipeline.mark_done(base, "collect", {"env_steps": 50}, 0.0)
-    row = {"success_rate": 0.5, "ci95": [0.3, 0.7], "episodes": 10}
-    (base / "evaluate" / "results.json").write_text(json.dumps({"sft": row, "mbpo": row}))
+    base, row = _finished_base_run(tmp_path, 100, 50)
     monkeypatch.setattr(sweep, "run_variant", lambda name, args, extra: {**row, "env_steps": 7})
     for variant in ("branch_1", "online_ppo"):
         assert sweep.main([f"--workdir={base}", "--config=configs/tabletop.py:smoke", f"--variants={variant}"]) == 0
@@ -274,13 +280,7 @@ def test_sweep_default_variants_skip_the_base_runs_view_decoding(tmp_path, monke
     from configs import tabletop
     from vlambpo_jax.rl import sweep
 
-    base = tmp_path / "base"
-    for stage in ("demos", "collect", "evaluate"):
-        (base / stage).mkdir(parents=True)
-    pipeline.mark_done(base, "demos", {"steps": 1}, 0.0)
-    pipeline.mark_done(base, "collect", {"env_steps": 1}, 0.0)
-    row = {"success_rate": 0.5, "ci95": [0.3, 0.7], "episodes": 10}
-    (base / "evaluate" / "results.json").write_text(json.dumps({"sft": row, "mbpo": row}))
+    base, row = _finished_base_run(tmp_path, 1, 1)
     ran = []
     monkeypatch.setattr(sweep, "run_variant", lambda name, args, extra: ran.append(name) or {**row, "env_steps": 0})
     for decoding, skipped, kept in (("independent", "no_ivd", "ivd"), ("interleaved", "ivd", "no_ivd")):
