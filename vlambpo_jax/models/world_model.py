@@ -589,7 +589,8 @@ class WorldModel:
             m = jnp.mean((pred - (eps[:, i] - x0[:, i])) ** 2)
             metrics[f"mse_{names.get(i, i)}"] = m
             mse = mse + m / v
-            x0_hat.append(xt[:, i] - t[:, i, None, None] * pred)  # the flow's own estimate of x0
+            if s.reward_on_predictions > 0:  # the flow's own estimate of x0
+                x0_hat.append(xt[:, i] - t[:, i, None, None] * pred)
         ce, rmetrics = self._reward_ce(params, self.reward_examples(batch))
         metrics.update(rmetrics)
         loss = s.loss_image * mse + s.loss_text * ce

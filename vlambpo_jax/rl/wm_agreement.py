@@ -12,7 +12,7 @@ about the action's effect, and a policy gradient from imagined branches is mostl
 
 The report stage runs it (config.report.agreement_*); on a finished run, with more samples:
   python -m vlambpo_jax.rl.wm_agreement --config=configs/tabletop.py --workdir=DIR [--states 64
-  --samples 8 --chunks 4] [--policy STAGE] [--out FILE]
+  --samples 8 --chunks 4] [--policy STAGE] [--set KEY=VALUE ...] [--out FILE]
 """
 from __future__ import annotations
 
