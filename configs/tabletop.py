@@ -187,6 +187,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     ivd_vit_copy: in IVD the wrist view also reads ViT tokens of the (predicted) next head image, not
       only its clean VAE tokens (BAGEL's copies of a generated image; +16 tokens; training and sampling
       use the same layout, so changing it needs retraining).
+    ivd_wrist_sees_head: in IVD the wrist also attends to the current head view (ViT + VAE tokens), not
+      the action (not the paper's layout, which hides the current head from the second call): the wrist
+      can then read the motion as the difference of two head views. Needs retraining.
     action_encoding: 'bins' (k x 7 text tokens, 257 min-max bins per dim, as the paper) | 'continuous'
       (one linear token per action step; the CPU default: 1.5x cheaper training, see above).
     dropout.text / vit / vae: conditioning dropout probabilities (text also drops the actions). They
@@ -240,7 +243,8 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         latent_patch=2, num_sample_steps=8, timestep_shift=2.0,
         cfg_text_scale=1.0, cfg_image_scale=1.0, cfg_interval=(0.4, 1.0),
         cfg_renorm_type="none", cfg_renorm_min=0.0,
-        view_decoding="independent", ivd_vit_copy=True, action_encoding="continuous",
+        view_decoding="independent", ivd_vit_copy=True, ivd_wrist_sees_head=False,
+        action_encoding="continuous",
         dropout=dict(text=0.0, vit=0.0, vae=0.0),
         loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True, reward_views="wrist",
         reward_on_predictions=0.0,

@@ -73,6 +73,18 @@ def test_inside_segments():
         assert m[s0:s1, s0:s1].all(), name  # bidirectional inside an image block
 
 
+def test_ivd_wrist_sees_head_variant():
+    """wrist_sees_head (not the paper's layout): the wrist and the copies also see the current head
+    view, still never the action; the next head is unchanged."""
+    lay = sl.dynamics_layout("interleaved", L, V, N, A, wrist_sees_head=True)
+    for seg in ("wrist_next", "head_next_clean", "head_next_vit"):
+        for c in ("text", "head_vit", "head_vae", "wrist_vit", "wrist_vae"):
+            assert seg_sees(lay, seg, c) == (True, True), (seg, c)
+        assert seg_sees(lay, seg, "action") == (False, False), seg
+    a, b = lay.offsets()["head_next"]
+    np.testing.assert_array_equal(lay.attention_mask()[a:b, :b], layout("interleaved").attention_mask()[a:b, :b])
+
+
 def test_ivd_without_vit_copy():
     """vit_copy=False: the older layout (VAE-only copy), kept for checkpoints trained with it."""
     lay = sl.dynamics_layout("interleaved", L, V, N, A, vit_copy=False)

@@ -183,6 +183,32 @@ def test_ivd_wrist_reads_vit_tokens_of_the_decoded_predicted_head():
     assert np.abs(moved[:, 1] - base[:, 1]).max() > 1e-4            # the wrist reads the decoded head
 
 
+@pytest.mark.parametrize("view_decoding", ["interleaved", "independent"])
+def test_given_next_head_teacher_forces_the_ivd_wrist(view_decoding):
+    """predict(given_next={0: head}): with IVD the head output is the given frame and the wrist is
+    sampled from it, so a different given head changes the wrist, and giving the head that IVD
+    predicted reproduces the plain prediction's wrist up to the VAE round trip of that head; with
+    independent decoding the wrist never sees the next head, so only the head output changes."""
+    wm = WorldModel(tiny_config(view_decoding=view_decoding, action_encoding="continuous"))
+    params = _random_head(wm.init(jax.random.key(0)))
+    tr = transition()
+    pred = jax.jit(lambda p, given: wm.predict(p, tr["images"], tr["tokens"], tr["token_mask"],
+                                               tr["actions"], jax.random.key(2), given_next=given))
+    plain = np.asarray(pred(params, None))
+    heads = [tr["next_images"][:, 0], tr["images"][:, 0]]
+    forced = [np.asarray(pred(params, {0: h})) for h in heads]
+    for f, h in zip(forced, heads):
+        np.testing.assert_array_equal(f[:, 0], h)
+    if view_decoding == "independent":
+        for f in forced:
+            np.testing.assert_array_equal(f[:, 1], plain[:, 1])
+        return
+    assert np.abs(forced[0][:, 1].astype(int) - forced[1][:, 1]).max() > 0
+    again = np.asarray(pred(params, {0: plain[:, 0]}))
+    assert np.abs(again[:, 1].astype(int) - plain[:, 1]).mean() < np.abs(
+        forced[0][:, 1].astype(int) - plain[:, 1]).mean()
+
+
 def test_ivd_vit_copy_in_training_layout():
     """Teacher forcing with the same layout: the ViT copy of the real next head changes the wrist
     loss only (same weights, layouts with and without the copy)."""

@@ -1,4 +1,6 @@
 """wm_pretrain -> wm_finetune on a tiny synthetic RLDS dataset: train, checkpoint, load, predict."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ from configs import tabletop
 from vlambpo_jax import pipeline
 from vlambpo_jax.data.rlds_writer import write_rlds
 from vlambpo_jax.data.synthetic import synthetic_episode
-from vlambpo_jax.models import state_probe, wm_train
+from vlambpo_jax.models import state_probe, wm_eval, wm_train
 from vlambpo_jax.train.preemption import NoPreemption
 from tests.helpers.fakes import RecordingWriter
 
@@ -68,6 +70,16 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path):
     a, b = ev(params), ev(pre)
     assert set(wm_train.CONSISTENCY_KEYS) <= set(a) and a["real_consistency_pos"] == b["real_consistency_pos"]
     assert a["consistency_pos"] != b["consistency_pos"]
+    # the wm_eval CLI recomputes a stage's held-out metrics from its checkpoint, equal to its summary,
+    # and refuses a config whose layout differs from the checkpoint's
+    args = [f"--config={tabletop.__file__}:smoke", f"--workdir={tmp_path}", f"--set=data.builder_dir={dataset}",
+            "--set=wm.sample_temperature=1.0", "--set=wm.batch_size=4", f"--out={tmp_path / 'eval.json'}"]
+    assert wm_eval.main(args) == 0
+    again = json.loads((tmp_path / "eval.json").read_text())
+    for k, v in summaries["wm_finetune"]["eval"].items():
+        assert again[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    with pytest.raises(ValueError, match="view_decoding=independent"):
+        wm_eval.main(args + ["--set=wm.view_decoding=interleaved"])
     # a held-out batch whose next frames equal the current ones: the copy baseline is capped, not inf
     still = [dict(heldout[0], next_images=heldout[0]["images"])]
     c_still = wm_train.make_evaluator(wm, still, jax.random.key(0))(params)

@@ -188,7 +188,7 @@ def text_layout(length: int, expert: int = UND) -> Layout:
 
 
 def dynamics_layout(view_decoding: str, text_len: int, vit_tokens: int, latent_tokens: int,
-                    action_tokens: int, vit_copy: bool = True) -> Layout:
+                    action_tokens: int, vit_copy: bool = True, wrist_sees_head: bool = False) -> Layout:
     """The world-model transition sequence for one chunk (views 0 = head, 1 = wrist).
 
     Context: instruction, head (ViT + clean VAE), wrist (ViT + clean VAE), action tokens. Then:
@@ -200,7 +200,9 @@ def dynamics_layout(view_decoding: str, text_len: int, vit_tokens: int, latent_t
         VAE tokens (sharing the noisy twin's RoPE id, then advancing it) and ViT tokens (the next id).
         In training they are the real next head (teacher forcing); at inference the predicted latent
         and the ViT tokens of its decoded image. vit_copy=False is the older VAE-only layout (kept for
-        checkpoints trained with it);
+        checkpoints trained with it). wrist_sees_head (not the paper's) also shows the wrist and the
+        copies the current head view, still not the action: the motion is then the difference of
+        two views from one camera instead of a gripper pose read across cameras;
       independent: head_next and wrist_next (noise), each from the whole context, invisible to each other;
       joint: head_next and wrist_next generated together (one noise group).
     """
@@ -215,7 +217,8 @@ def dynamics_layout(view_decoding: str, text_len: int, vit_tokens: int, latent_t
     if view_decoding == "interleaved":
         # The copies, like the wrist, see only what the paper's second generation call holds: in a
         # deeper backbone their hidden states would otherwise carry the action to the wrist.
-        second_call = ("text", "wrist_vit", "wrist_vae")
+        second_call = ("text",) + (("head_vit", "head_vae") if wrist_sees_head else ()) + (
+            "wrist_vit", "wrist_vae")
         copies = [Segment("head_next_clean", "full", latent_tokens, GEN, ("clean_next", 0), "vae",
                           sees=second_call, rope_twin="head_next")]
         if vit_copy:

@@ -43,6 +43,8 @@ from vlambpo_jax.train import sharding
 CKPT_VAE = "vae"
 CKPT_WM = "world_model"
 PROBE_FILE = "state_probe.msgpack"
+LAYOUT_KEYS = ("view_decoding", "ivd_vit_copy", "ivd_wrist_sees_head", "action_encoding", "predict_delta",
+               "delta_pixels", "delta_scale", "timestep_shift", "reward_views")
 CONSISTENCY_KEYS = ("consistency_pos", "consistency_grip", "real_consistency_pos",
                     "real_consistency_grip", "probe_err_pos_head", "probe_err_pos_wrist",
                     "real_probe_err_pos_head", "real_probe_err_pos_wrist", "copy_probe_err_pos_head",
@@ -374,7 +376,9 @@ def make_evaluator(wm: WorldModel, batches, key, probe=None):
     transition); with a state probe (state_probe.py) also the multi-view consistency of the predicted
     next views (consistency_pos [m] / consistency_grip), the same on the real next views (real_consistency_*),
     and the probe's xyz error against the true next state on predicted, real and current (copy_)
-    frames (*probe_err_pos_head / _wrist). Same batches + key + probe -> comparable numbers across
+    frames (*probe_err_pos_head / _wrist). With interleaved view decoding also the wrist sampled from
+    the real next head instead of the predicted one (given_head_psnr_wrist / given_head_ssim_wrist):
+    the wrist decoder's error apart from the head's. Same batches + key + probe -> comparable numbers across
     models (e.g. view_decoding interleaved vs independent). Per-frame PSNR is capped at PSNR_CAP_DB, so
     identical frames (a copied still frame) do not make the mean infinite."""
     import dm_pix
@@ -382,6 +386,10 @@ def make_evaluator(wm: WorldModel, batches, key, probe=None):
     predict = jax.jit(wm.predict)
     reward = jax.jit(wm.reward)
     read = jax.jit(state_probe.read) if probe is not None else None
+    given_head = None
+    if wm.spec.view_decoding == "interleaved":
+        given_head = jax.jit(lambda p, images, tokens, mask, actions, next_images, k: wm.predict(
+            p, images, tokens, mask, actions, k, given_next={0: next_images[:, 0]}))
 
     def fn(params, png=None):
         sums, n, tp, fp, fn_, correct, valid_n = {}, 0, 0, 0, 0, 0, 0
@@ -390,9 +398,15 @@ def make_evaluator(wm: WorldModel, batches, key, probe=None):
             pred = predict(params, b["images"], b["tokens"], b["token_mask"], b["actions"],
                            jax.random.fold_in(key, i))
             real = jnp.asarray(b["next_images"]).astype(jnp.float32) / 255.0
-            for name, p in (("", pred), ("copy_", b["images"])):
+            frames = [("", pred, ("head", "wrist")), ("copy_", b["images"], ("head", "wrist"))]
+            if given_head is not None:
+                frames.append(("given_head_", given_head(params, b["images"], b["tokens"], b["token_mask"],
+                                                         b["actions"], b["next_images"],
+                                                         jax.random.fold_in(key, i)), ("wrist",)))
+            for name, p, views in frames:
                 p = jnp.asarray(p).astype(jnp.float32) / 255.0
-                for v, view in enumerate(("head", "wrist")):
+                for view in views:
+                    v = ("head", "wrist").index(view)
                     sums[f"{name}psnr_{view}"] = sums.get(f"{name}psnr_{view}", 0.0) + float(
                         jnp.sum(jnp.minimum(dm_pix.psnr(real[:, v], p[:, v]), PSNR_CAP_DB)))
                     sums[f"{name}ssim_{view}"] = sums.get(f"{name}ssim_{view}", 0.0) + float(
@@ -464,6 +478,44 @@ def run_pretrain(ctx) -> dict:
     return summary
 
 
+def _finetune_data(ctx, stats):
+    """wm_finetune's data (_open_data): the collected rollouts unless config.wm.finetune_data names
+    others; after pretraining with the pretraining statistics and, with reward_replay, its reward
+    examples (a weak policy's rollouts may hold no success; the pretraining data has Yes frames)."""
+    w = ctx.config.wm
+    data = w.finetune_data or _find_rlds(Path(ctx.workdir) / "collect")
+    replay = (w.pretrain_data,) if w.pretrain_enabled and w.get("reward_replay", False) else ()
+    return _open_data(ctx, data, int(w.batch_size), int(ctx.config.seed) + 1, stats, reward_data=replay)
+
+
+def evaluate_checkpoint(ctx, stage: str) -> dict:
+    """The held-out metrics (make_evaluator) of a finished world-model stage's checkpoint, on the
+    batches, key and consistency probe that stage evaluated with, so numbers match its summary and
+    metrics added since can be read on old runs."""
+    from vlambpo_jax.data import normalization
+
+    if stage not in ("wm_pretrain", "wm_finetune"):
+        raise ValueError(f"stage must be wm_pretrain or wm_finetune, not {stage!r}")
+    w, seed = ctx.config.wm, int(ctx.config.seed)
+    stage_dir = Path(ctx.stage_output(stage))
+    wm, params, assets = load_world_model(stage_dir / CKPT_WM, ctx.config)
+    saved = assets["config"]["wm"]
+    # settings that change the sequence or the decoding but no parameter shape: a mismatch would load
+    # and silently evaluate another model
+    differ = {k: saved[k] for k in LAYOUT_KEYS
+              if k in saved and json.dumps(saved[k]) != json.dumps(ctx.config.wm.to_dict().get(k))}
+    if differ:
+        raise ValueError(f"the {stage} checkpoint was trained with " + ", ".join(
+            f"wm.{k}={v}" for k, v in differ.items()) + "; pass the same settings (--set KEY=VALUE)")
+    stats = normalization.NormStats.from_dict(assets["norm_stats"])
+    if stage == "wm_pretrain":
+        _, heldout, _ = _open_data(ctx, w.pretrain_data, int(w.batch_size), seed, stats)
+    else:
+        _, heldout, _ = _finetune_data(ctx, stats)
+    probe = state_probe.load(stage_dir / PROBE_FILE) if (stage_dir / PROBE_FILE).exists() else None
+    return make_evaluator(wm, heldout, jax.random.key(seed + 17), probe=probe)(params)
+
+
 def run_finetune(ctx) -> dict:
     """The `wm_finetune` stage (see the module docstring)."""
     from vlambpo_jax.data import normalization
@@ -471,19 +523,15 @@ def run_finetune(ctx) -> dict:
     config, w = ctx.config, ctx.config.wm
     log = lambda s: print(f"[{ctx.stage}] {s}")  # noqa: E731
     wm = WorldModel(config)
-    data = w.finetune_data or _find_rlds(Path(ctx.workdir) / "collect")
     if w.pretrain_enabled:
         src = Path(ctx.stage_output("wm_pretrain")) / CKPT_WM
         _, params, assets = load_world_model(src, config)
         stats = normalization.NormStats.from_dict(assets["norm_stats"])  # keep the action bins' meaning
-        # reward replay: a weak policy's rollouts may hold no success, the pretraining data has Yes frames
-        replay = (w.pretrain_data,) if w.get("reward_replay", False) else ()
-        batch_fn, heldout, _ = _open_data(ctx, data, int(w.batch_size), int(config.seed) + 1, stats,
-                                          reward_data=replay)
+        batch_fn, heldout, _ = _finetune_data(ctx, stats)
         log(f"initialised from {src}; fine-tuning with the ViT and VAE frozen")
         frozen = ("vit",)
     else:
-        batch_fn, heldout, stats = _open_data(ctx, data, int(w.batch_size), int(config.seed) + 1)
+        batch_fn, heldout, stats = _finetune_data(ctx, None)
         params = wm.init(jax.random.key(int(config.seed)), stats["action"].min, stats["action"].max)
         params, interrupted = _train_vae(ctx, wm, params, batch_fn, log)
         if interrupted:

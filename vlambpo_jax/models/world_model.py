@@ -76,6 +76,7 @@ class WMSpec:
     reward_balance: bool
     num_views: int = 2
     ivd_vit_copy: bool = False
+    ivd_wrist_sees_head: bool = False
     cfg_renorm_type: str = "none"
     cfg_renorm_min: float = 0.0
     predict_delta: bool = False
@@ -155,7 +156,8 @@ def spec_from_config(config) -> WMSpec:
         reward_balance=w.reward_balance,
         # absent in configs saved before these options existed: their checkpoints were trained with
         # the VAE-only copy of the predicted head and sampled without renorm
-        ivd_vit_copy=bool(w.get("ivd_vit_copy", False)), cfg_renorm_type=renorm,
+        ivd_vit_copy=bool(w.get("ivd_vit_copy", False)),
+        ivd_wrist_sees_head=bool(w.get("ivd_wrist_sees_head", False)), cfg_renorm_type=renorm,
         cfg_renorm_min=float(w.get("cfg_renorm_min", 0.0)),
         # absent in configs saved before residual prediction existed: those models predict the next
         # latent itself
@@ -328,7 +330,8 @@ class WorldModel:
     def dynamics_layout(self, text_len: int) -> sl.Layout:
         s = self.spec
         return sl.dynamics_layout(s.view_decoding, text_len, s.vit_tokens, s.latent_tokens,
-                                  s.action_tokens, vit_copy=s.ivd_vit_copy)
+                                  s.action_tokens, vit_copy=s.ivd_vit_copy,
+                                  wrist_sees_head=s.ivd_wrist_sees_head)
 
     @functools.lru_cache(maxsize=None)
     def reward_layout(self, text_len: int) -> sl.Layout:
@@ -391,7 +394,7 @@ class WorldModel:
 
     # ------------------------------------------------------------------ dynamics sampling
     def predict(self, params, images, tokens, token_mask, actions, key, use_cache: bool = True,
-                return_latents: bool = False):
+                return_latents: bool = False, given_next=None):
         """One chunk transition: images uint8[B, V, H, W, 3], tokens int32[B, L], token_mask
         bool[B, L], actions f32[B, k, 7] (env units), key -> next images uint8[B, V, H, W, 3].
 
@@ -403,6 +406,9 @@ class WorldModel:
         decoded image, as BAGEL re-reads a generated image), generate the next wrist view (IVD); CFG
         branches are extra batch rows with their own cache. use_cache=False recomputes the whole
         prefix at every step (reference for tests).
+        given_next {view index: uint8[B, H, W, 3]}: teacher forcing - a generation step whose views
+        are all given takes their real next frames instead of sampling (with IVD, {0: real next head}
+        measures the wrist decoder apart from the head's prediction error; metrics: make_evaluator).
         """
         s = self.spec
         b = images.shape[0]
@@ -432,14 +438,20 @@ class WorldModel:
                 cols = np.concatenate([cols, rows])
                 continue
             views = [layout.segment(n).source[1] for n in names]
-            z = self._denoise(params, layout, rows, cols, len(views), cache, known, key_valid, drops,
-                              jax.random.fold_in(key, i), b, nb, use_cache)
-            for j, v in enumerate(views):
-                out[v] = z[:, j] * scales[v] + current[:, v] if s.predict_delta else z[:, j]
+            if given_next is not None and all(v in given_next for v in views):
+                for v in views:
+                    out[v], decoded[v] = self.encode_latents(params, given_next[v]), given_next[v]
+            else:
+                z = self._denoise(params, layout, rows, cols, len(views), cache, known, key_valid, drops,
+                                  jax.random.fold_in(key, i), b, nb, use_cache)
+                for j, v in enumerate(views):
+                    out[v] = z[:, j] * scales[v] + current[:, v] if s.predict_delta else z[:, j]
+            for v in views:
                 src[("clean_next", v)] = self.net.apply(params["net"], out[v], jnp.zeros((b,)),
                                                         method=WMNet.latent_tokens)
                 if v in vit_next:
-                    decoded[v] = self.decode_next(params, out[v], current[:, v], images[:, v])
+                    if v not in decoded:
+                        decoded[v] = self.decode_next(params, out[v], current[:, v], images[:, v])
                     src[("vit_next", v)] = self.net.apply(params["net"], decoded[v],
                                                           method=WMNet.vit_tokens)
         lat = jnp.stack([out[v] for v in sorted(out)], axis=1)  # [B, V, n, pd]
