@@ -180,9 +180,10 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       does not exceed the conditional one's: 'none' | 'global' (per sample) | 'channel' (per token) |
       'text_channel' (per token, on the text-guided velocity before image guidance; BAGEL's edit default).
     view_decoding: 'interleaved' (IVD, the paper's) | 'independent' | 'joint' (models/sequence_layout.py).
-      Independent by default at this size: with IVD the wrist reads the predicted next head and not the
-      action, and the 32 px head prediction barely moves, so IVD's wrist fell below the copy baseline
-      (PSNR 13.51 vs 13.61) where the independent one beat it (15.19); the reward reads the wrist view,
+      Independent by default at this size: with IVD the wrist reads the next head and not the action,
+      and it does not learn to use the head (sampled from the real next head it is no better), so IVD's
+      wrist fell below the copy baseline (PSNR 13.51 vs 13.61) where the independent one beat it
+      (15.19); 9x longer training on a GPU keeps that order (README); the reward reads the wrist view,
       so only the independent wrist gives the imagined reward an action to respond to (README, Results).
     ivd_vit_copy: in IVD the wrist view also reads ViT tokens of the (predicted) next head image, not
       only its clean VAE tokens (BAGEL's copies of a generated image; +16 tokens; training and sampling
