@@ -8,6 +8,7 @@ import pytest
 from configs import tabletop
 from vlambpo_jax.models import action_tokens as at
 from vlambpo_jax.models import flow_sampling as fs
+from vlambpo_jax.models.vae import VAE, to_float
 from vlambpo_jax.models.world_model import WorldModel, shift_timesteps
 
 
@@ -155,6 +156,44 @@ def test_tiny_wm_overfits_one_transition(predict_delta):
     assert err_after < 0.2 * err_before, (err_before, err_after)
     p = wm.reward(trained, tr["images"], tr["tokens"], tr["token_mask"])
     assert float(p[0]) > 0.8 and float(p[1]) < 0.2  # episode 0 ends in success 1 step later
+
+
+def test_ivd_wrist_learns_the_motion_from_the_next_head():
+    """IVD's second call can carry what the wrist needs: two transitions with the same current views,
+    instruction and action whose next wrist equals their (different) next head. Only a wrist that reads
+    the next head can tell them apart; after training with teacher forcing, the wrist sampled from each
+    real next head lands near its own target, much nearer than the other transition's."""
+    wm = WorldModel(tiny_config(view_decoding="interleaved", action_encoding="continuous",
+                                num_sample_steps=4, timestep_shift=1.0, sample_temperature=0.0,
+                                predict_delta=False, dropout=dict(text=0.0, vit=0.0, vae=0.0)))
+    params = wm.init(jax.random.key(0))
+    tr = {k: np.repeat(v, 2, axis=0) for k, v in transition(b=1).items()}
+    heads = np.random.default_rng(5).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    tr["next_images"] = np.stack([heads, heads], axis=1)  # next wrist = next head
+    # latents of about unit scale, as the VAE phase's statistics give
+    frames = np.concatenate([heads, tr["images"][0]])
+    z = np.asarray(wm.vae.apply(params["vae"], to_float(frames), method=VAE.encode)[0]).reshape(-1, 4)
+    params["stats"] = dict(params["stats"], latent_shift=jnp.asarray(z.mean(0)),
+                           latent_scale=jnp.asarray(z.std(0)))
+    opt = optax.adam(3e-3)
+
+    @jax.jit
+    def step(net, state, key):
+        (_, m), g = jax.value_and_grad(lambda n: wm.loss({**params, "net": n}, tr, key), has_aux=True)(net)
+        upd, state = opt.update(g, state, net)
+        return optax.apply_updates(net, upd), state, m
+
+    net, state = params["net"], opt.init(params["net"])
+    for i in range(300):
+        net, state, _ = step(net, state, jax.random.key(i))
+    wrist = jax.jit(lambda p, head: wm.predict(p, tr["images"], tr["tokens"], tr["token_mask"], tr["actions"],
+                                               jax.random.key(7), return_latents=True,
+                                               given_next={0: head})[0, 1])
+    target = wm.encode_latents(params, heads)  # [2, n, pd]
+    err = np.asarray([[float(jnp.mean((wrist({**params, "net": net}, np.stack([h, h])) - target[j]) ** 2))
+                       for j in range(2)] for h in heads])  # [given head, target]
+    for i in range(2):
+        assert err[i, i] < 0.5 * err[i, 1 - i], err
 
 
 def _random_head(params):
