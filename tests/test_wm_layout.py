@@ -82,7 +82,8 @@ def test_ivd_wrist_sees_head_variant():
             assert seg_sees(lay, seg, c) == (True, True), (seg, c)
         assert seg_sees(lay, seg, "action") == (False, False), seg
     a, b = lay.offsets()["head_next"]
-    np.testing.assert_array_equal(lay.attention_mask()[a:b, :b], layout("interleaved").attention_mask()[a:b, :b])
+    np.testing.assert_array_equal(lay.attention_mask()[a:b, :b],
+                                  layout("interleaved").attention_mask()[a:b, :b])
 
 
 def test_ivd_without_vit_copy():

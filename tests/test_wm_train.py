@@ -72,7 +72,8 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path):
     assert a["consistency_pos"] != b["consistency_pos"]
     # the wm_eval CLI recomputes a stage's held-out metrics from its checkpoint, equal to its summary,
     # and refuses a config whose layout differs from the checkpoint's
-    args = [f"--config={tabletop.__file__}:smoke", f"--workdir={tmp_path}", f"--set=data.builder_dir={dataset}",
+    args = [f"--config={tabletop.__file__}:smoke", f"--workdir={tmp_path}",
+            f"--set=data.builder_dir={dataset}",
             "--set=wm.sample_temperature=1.0", "--set=wm.batch_size=4", f"--out={tmp_path / 'eval.json'}"]
     assert wm_eval.main(args) == 0
     again = json.loads((tmp_path / "eval.json").read_text())
