@@ -37,7 +37,7 @@ import optax
 
 from vlambpo_jax.models import state_probe
 from vlambpo_jax.models.vae import VAE, vae_loss
-from vlambpo_jax.models.world_model import WorldModel
+from vlambpo_jax.models.world_model import WorldModel, spec_from_config
 from vlambpo_jax.train import sharding
 
 CKPT_VAE = "vae"
@@ -499,14 +499,16 @@ def evaluate_checkpoint(ctx, stage: str) -> dict:
     w, seed = ctx.config.wm, int(ctx.config.seed)
     stage_dir = Path(ctx.stage_output(stage))
     wm, params, assets = load_world_model(stage_dir / CKPT_WM, ctx.config)
-    saved = assets["config"]["wm"]
     # settings that change the sequence or the decoding but no parameter shape: a mismatch would load
-    # and silently evaluate another model
-    differ = {k: saved[k] for k in LAYOUT_KEYS
-              if k in saved and json.dumps(saved[k]) != json.dumps(ctx.config.wm.to_dict().get(k))}
+    # and silently evaluate another model. Compared as the model reads them (spec_from_config), so a
+    # key missing from an older saved config counts with the default that model was built with.
+    saved = ml_collections.ConfigDict(assets["config"])
+    trained = spec_from_config(saved)
+    differ = [k for k in LAYOUT_KEYS if getattr(trained, k) != getattr(wm.spec, k)]
     if differ:
         raise ValueError(f"the {stage} checkpoint was trained with " + ", ".join(
-            f"wm.{k}={v}" for k, v in differ.items()) + "; pass the same settings (--set KEY=VALUE)")
+            f"wm.{k}={saved.wm.get(k, getattr(trained, k))}" for k in differ)
+            + "; pass the same settings (--set KEY=VALUE)")
     stats = normalization.NormStats.from_dict(assets["norm_stats"])
     if stage == "wm_pretrain":
         _, heldout, _ = _open_data(ctx, w.pretrain_data, int(w.batch_size), seed, stats)
