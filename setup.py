@@ -42,6 +42,8 @@ EXTRAS["test"] = EXTRAS["bridge"] + [
     "torch==2.13.0",
     # openpi-client's dependency; openpi-client itself is installed with --no-deps (README, Install).
     "dm-tree>=0.1.10",
+    # The linter CI runs before the tests (its settings: pyproject.toml).
+    "ruff>=0.17",
 ]
 
 setuptools.setup(

@@ -2,14 +2,13 @@
 world-model head + wrist prediction, Yes/No reward, lax.scan over chunks) at the config's branch count.
 
 Usage: python benchmarks/mbpo_throughput.py [--config=configs/tabletop.py[:ARG]] [--branches=N]
-       [--chunks=N] [--repeats=3] [--out=FILE.json] [--set rl.branch_chunks=4 ...]
+       [--chunks=N] [--repeats=3] [--out=FILE.json] [--config.rl.branch_chunks=4 ...]
 
 Random weights (the cost does not depend on training). Also times the two halves of one chunk on their
 own (policy sampling alone, world-model step alone) to say where the time goes. Prints one JSON object.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,30 +18,31 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 
 from benchmarks.world_model_throughput import timed  # noqa: E402
-from vlambpo_jax.config_checks import apply_overrides, load_config  # noqa: E402
+from vlambpo_jax import cli, loading  # noqa: E402
 from vlambpo_jax.models.policy import Policy  # noqa: E402
 from vlambpo_jax.models.world_model import WorldModel  # noqa: E402
 from vlambpo_jax.rl.rollout import ImaginedState, ModelWorld, rollout  # noqa: E402
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/tabletop.py")
-    ap.add_argument("--branches", type=int, default=0, help="branches (default config.rl.num_branches)")
-    ap.add_argument("--chunks", type=int, default=0, help="chunks per branch (default config.rl.branch_chunks)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default="")
-    ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
-    args = ap.parse_args(argv)
-    config = apply_overrides(load_config(args.config), args.set)
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("branches", 0, "branches (default config.rl.num_branches)", flag_values=fv)
+    flags.DEFINE_integer("chunks", 0, "chunks per branch (default config.rl.branch_chunks)", flag_values=fv)
+    flags.DEFINE_integer("repeats", 3, "timed repeats", flag_values=fv)
+    flags.DEFINE_string("out", "", "also write the JSON here", flag_values=fv)
+
+
+def main(argv: list[str]) -> dict:
+    args = cli.command_flags(argv, _define, workdir=False, default_config="configs/tabletop.py")
+    config = cli.checked(args.config)
     b = args.branches or int(config.rl.num_branches)
     n = args.chunks or int(config.rl.branch_chunks) or 2
     s, v, k = int(config.image_size), len(config.views), int(config.chunk_size)
     rng = np.random.default_rng(0)
 
-    policy = Policy(config)
+    policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
     wm = WorldModel(config)
     ptok = np.zeros((b, int(config.data.max_text_len)), np.int32)
     wtok = np.zeros((b, int(config.wm.max_text_len)), np.int32)
@@ -83,4 +83,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

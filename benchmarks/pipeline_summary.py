@@ -2,7 +2,7 @@
 
   python benchmarks/pipeline_summary.py --workdir=DIR [--out benchmarks/results/NAME.json] [--note TEXT]
 
-Reads DIR/<stage>/DONE.json (seconds, summaries), DIR/evaluate/results.json (success with Wilson 95%
+Reads DIR/<stage>/DONE.json of every stage (seconds, summaries), DIR/evaluate/results.json (success with Wilson 95%
 intervals), the world-model stages' held-out metrics, DIR/report/wm_agreement.json and, when a sweep
 ran, DIR/sweep/results.json (baselines and ablations). Nothing is recomputed.
 """
@@ -13,7 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-STAGES = ("demos", "sft", "collect", "wm_pretrain", "wm_finetune", "mbpo", "evaluate", "report")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vlambpo_jax.pipeline import DONE_FILE  # noqa: E402
+from vlambpo_jax.stages import STAGES  # noqa: E402
 
 
 def _read(path: Path):
@@ -22,7 +25,7 @@ def _read(path: Path):
 
 
 def summarize(workdir: Path) -> dict:
-    done = {s: _read(workdir / s / "DONE.json") for s in STAGES}
+    done = {s: _read(workdir / s / DONE_FILE) for s in STAGES}
     done = {s: d for s, d in done.items() if d}
     summary = lambda s: done.get(s, {}).get("summary", {})  # noqa: E731
     demos, collect, mbpo = summary("demos"), summary("collect"), summary("mbpo")
@@ -35,7 +38,7 @@ def summarize(workdir: Path) -> dict:
     out["success"] = {name: {"rate": r["success_rate"], "ci95": r["ci95"], "episodes": r["episodes"]}
                       for name, r in results.items() if isinstance(r, dict) and "success_rate" in r}
     for stage in ("wm_pretrain", "wm_finetune"):
-        metrics = _read(workdir / stage / "DONE.json")
+        metrics = _read(workdir / stage / DONE_FILE)
         if metrics and "eval" in metrics["summary"]:
             out[f"{stage}_eval"] = metrics["summary"]["eval"]
     for name, path in (("wm_agreement", workdir / "report" / "wm_agreement.json"),

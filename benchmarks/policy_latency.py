@@ -1,7 +1,7 @@
 """Policy speed on this machine: action-chunk latency (batch 1), throughput (batch 64), SFT step time.
 
-Usage: python benchmarks/policy_latency.py [--config=tabletop|bridge] [--arg=smoke] [--out=FILE.json]
-           [--repeats=N] [--train_batch=32]
+Usage: python benchmarks/policy_latency.py [--config=configs/tabletop.py[:smoke]] [--config.KEY=VALUE ...]
+           [--out=FILE.json] [--repeats=N] [--train_batch=32]
 
 Times (median of `repeats` calls after a warm-up/compile call) of:
   prefix      encode_prefix alone (ViT over both views + prefix transformer, KV cache)
@@ -14,8 +14,6 @@ and XLA's FLOP estimate for each, so "where time goes" can be read off the JSON.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 import os
 import platform
@@ -28,7 +26,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from absl import flags  # noqa: E402
 
+from vlambpo_jax import cli, loading  # noqa: E402
 from vlambpo_jax.models import policy as policy_lib  # noqa: E402
 
 
@@ -62,19 +62,21 @@ def timed(fn, *args, repeats):
     return first, float(np.median(times)), gflops
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="tabletop")
-    ap.add_argument("--arg", default="")
-    ap.add_argument("--out", default="")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--train_batch", type=int, default=32)
-    a = ap.parse_args()
-    config = importlib.import_module(f"configs.{a.config}").get_config(a.arg)
-    pol = policy_lib.Policy(config)
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("out", "", "also write the JSON here", flag_values=fv)
+    flags.DEFINE_integer("repeats", 10, "timed calls (median)", flag_values=fv)
+    flags.DEFINE_integer("train_batch", 32, "batch of the timed SFT step", flag_values=fv)
+
+
+def main(argv: list[str]) -> None:
+    a = cli.command_flags(argv, _define, workdir=False, default_config="configs/tabletop.py")
+    config = cli.checked(a.config)
+    pol = policy_lib.Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
     params = pol.init(jax.random.key(0), fake_obs(config, 1, pol.dims.vocab_size))
     key = jax.random.key(1)
-    result = dict(config=a.config, arg=a.arg, backend=jax.default_backend(), devices=str(jax.devices()),
+    result = dict(config=cli.config_spec(["", *argv]) or "configs/tabletop.py",
+                  overrides=[x for x in argv if x.startswith("--config.")],
+                  backend=jax.default_backend(), devices=str(jax.devices()),
                   machine=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
                   params={g: policy_lib.count_params(p) for g, p in params.items()},
                   prefix_tokens=pol.dims.prefix_len + config.policy.max_text_len,
@@ -121,4 +123,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

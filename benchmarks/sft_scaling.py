@@ -7,17 +7,18 @@ trains (its train step, in-memory batches, EMA, grounding co-training when the c
 the simulator evaluation of the EMA policy. Meant for an accelerator, where thousands of demos and tens of
 thousands of steps take minutes; on a laptop CPU keep the numbers small.
 
-    python benchmarks/sft_scaling.py --set sft.eval_episodes=50 \\
+    python benchmarks/sft_scaling.py --config.sft.eval_episodes=50 \\
         --run "default:" --run "4x_demos:demos.episodes_per_task=204" \\
         --run "deep:policy.depth=4;policy.expert_depth=4;sft.steps=10000"
 
-Each --run is NAME:PATH=VALUE;PATH=VALUE... with config paths of configs/tabletop.py (values parsed as
-Python literals where they parse); --set applies to every run. Runs with the same demo settings share
+Each --run is NAME:PATH=VALUE;PATH=VALUE... with config paths of the config (default
+configs/tabletop.py; values parsed as Python literals where they parse); --config.PATH=VALUE overrides
+apply to every run. Runs with the same demo settings share
 one demo collection. Prints one JSON line per run (training time, final losses, evaluation).
 """
 from __future__ import annotations
 
-import argparse
+import copy
 import json
 import sys
 import time
@@ -25,18 +26,18 @@ import types
 from pathlib import Path
 
 import jax
+from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs import tabletop  # noqa: E402
+from vlambpo_jax import cli, loading  # noqa: E402
 from vlambpo_jax.config_checks import apply_overrides  # noqa: E402
 from vlambpo_jax.data import normalization, rlds_reader  # noqa: E402
 from vlambpo_jax.data.standardize import StandardizeConfig, standardize  # noqa: E402
 from vlambpo_jax.envs import demos as demos_lib  # noqa: E402
 from vlambpo_jax.envs.tabletop import make_env  # noqa: E402
 from vlambpo_jax.models import policy as policy_lib  # noqa: E402
-from vlambpo_jax.models import sft as sft_lib  # noqa: E402
-from vlambpo_jax.models import tokenizer as tok_lib  # noqa: E402
+from vlambpo_jax.stages import sft as sft_lib  # noqa: E402
 
 
 def demo_episodes(config, episodes_per_task: int) -> tuple[list[dict], dict, float, dict]:
@@ -64,10 +65,9 @@ def train_and_evaluate(config, episodes, stats) -> dict:
     """The `sft` stage's training on in-memory episodes, then one evaluation; -> timing and results."""
     sft = config.sft
     ctx = types.SimpleNamespace(config=config, stage="sft")
-    tokenizer = tok_lib.load_tokenizer(config.policy.tokenizer)
-    policy = policy_lib.Policy(config, unnormalize=policy_lib.make_unnormalizer(stats["action"],
-                                                                               config.data.norm_mode),
-                               vocab_size=tokenizer.vocab_size)
+    tokenizer = loading.make_tokenizer(config.policy.tokenizer)
+    policy = policy_lib.Policy(config, vocab_size=tokenizer.vocab_size,
+                               unnormalize=loading.action_unnormalizer(stats, config.data.norm_mode))
     batch_size = int(sft.batch_size)
     make = lambda samples: sft_lib.model_batch(rlds_reader.make_batch(  # noqa: E731
         samples, chunk_size=int(config.chunk_size), tokenizer=tokenizer,
@@ -98,23 +98,25 @@ def parse_run(spec: str) -> tuple[str, list[str]]:
     return name, [x for x in rest.split(";") if x]
 
 
-def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", action="append", default=[], metavar="NAME:PATH=VALUE;...",
-                    help="one run per flag: a name and config overrides (default: one run 'default')")
-    ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                    help="config override applied to every run (before the run's own)")
-    ap.add_argument("--out", default="", help="also append each run's JSON line to this file")
-    args = ap.parse_args(argv)
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_multi_string("run", [], "NAME:PATH=VALUE;... one run per flag: a name and config "
+                              "overrides (default: one run 'default')", flag_values=fv)
+    flags.DEFINE_string("out", "", "also append each run's JSON line to this file", flag_values=fv)
+
+
+def main(argv: list[str]) -> list[dict]:
+    args = cli.command_flags(argv, _define, workdir=False, default_config="configs/tabletop.py")
+    shared = [a[len("--config."):] for a in argv if a.startswith("--config.")]
     runs, demo_cache = [], {}
     for name, overrides in [parse_run(r) for r in args.run] or [("default", [])]:
-        config = apply_overrides(tabletop.get_config(), args.set + overrides)
+        with args.config.unlocked():
+            config = cli.checked(apply_overrides(copy.deepcopy(args.config), overrides))
         d = config.demos
         demo_key = (int(d.episodes_per_task), float(d.noise), int(d.targets_per_scene), int(config.seed))
         if demo_key not in demo_cache:
             demo_cache[demo_key] = demo_episodes(config, int(d.episodes_per_task))
         episodes, stats, demo_s, counts = demo_cache[demo_key]
-        run = {"name": name, "overrides": args.set + overrides, "device": str(jax.devices()[0].device_kind),
+        run = {"name": name, "overrides": shared + overrides, "device": str(jax.devices()[0].device_kind),
                "demo_episodes": len(episodes), "demo_steps": sum(e["length"] for e in episodes),
                "expert_success": counts, "demo_seconds": demo_s}
         run.update(train_and_evaluate(config, episodes, stats))
@@ -128,4 +130,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,7 +1,7 @@
 """Imagined chunk transitions per second of the world model (both views + reward), and where time goes.
 
 Usage: python benchmarks/world_model_throughput.py [--config=configs/tabletop.py[:ARG]] [--batch=64]
-       [--repeats=3] [--out=wm_throughput.json] [--set wm.view_decoding=independent ...]
+       [--repeats=3] [--out=wm_throughput.json] [--config.wm.view_decoding=independent ...]
 
 Random weights (throughput does not depend on training). Measures, at the given batch:
   predict (IVD: context prefill + head denoising + clean copy + wrist denoising + VAE decode),
@@ -12,7 +12,6 @@ FLOP/s is compared with a float32 matmul peak measured in the same run. Writes o
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,8 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 
-from vlambpo_jax.config_checks import apply_overrides, load_config  # noqa: E402
+from vlambpo_jax import cli  # noqa: E402
 from vlambpo_jax.models.world_model import WorldModel  # noqa: E402
 
 
@@ -72,16 +72,16 @@ def xla_flops(fn, *args):
         return float("nan")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/tabletop.py")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--text_len", type=int, default=0, help="0 = config.data.max_text_len")
-    ap.add_argument("--set", nargs="*", default=[], help="overrides like wm.view_decoding=independent")
-    ap.add_argument("--out", default="wm_throughput.json")
-    a = ap.parse_args()
-    config = apply_overrides(load_config(a.config), a.set)
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("batch", 64, "transitions per call", flag_values=fv)
+    flags.DEFINE_integer("repeats", 3, "timed calls", flag_values=fv)
+    flags.DEFINE_integer("text_len", 0, "0 = config.data.max_text_len", flag_values=fv)
+    flags.DEFINE_string("out", "wm_throughput.json", "the JSON file", flag_values=fv)
+
+
+def main(argv: list[str]) -> None:
+    a = cli.command_flags(argv, _define, workdir=False, default_config="configs/tabletop.py")
+    config = cli.checked(a.config)
     b = a.batch
     L = a.text_len or int(config.data.get("max_text_len", 32))
     wm = WorldModel(config)
@@ -120,7 +120,8 @@ def main():
     f_predict = f_backbone + f_decode + f_encode + f_vit
     total_t = t_predict + t_reward
     out = {
-        "device": jax.devices()[0].device_kind, "config": a.config, "batch": b, "text_len": L,
+        "device": jax.devices()[0].device_kind, "config": cli.config_spec(["", *argv]) or "configs/tabletop.py",
+        "overrides": [x for x in argv if x.startswith("--config.")], "batch": b, "text_len": L,
         "view_decoding": s.view_decoding, "action_encoding": s.action_encoding,
         "num_sample_steps": s.num_sample_steps, "cfg": s.cfg_enabled,
         "sequence_tokens": layout.length,
@@ -139,4 +140,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

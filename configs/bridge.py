@@ -8,7 +8,7 @@ The whole loop runs from logged episodes, as for a real robot whose rollouts wer
   data          inspect a few batches of the RLDS episodes
   sft           behaviour cloning on split config.data.split
   logged_roots  chunk-aligned branch roots from those episodes (successes and failures) and every step
-                of the held-out split config.logged.heldout_split (vlambpo_jax/rl/offline.py)
+                of the held-out split config.logged.heldout_split (vlambpo_jax/stages/logged_roots.py)
   wm_pretrain / wm_finetune   the world model on the logged episodes (both on config.data unless
                 config.wm.pretrain_data / finetune_data name other RLDS datasets, e.g. broad Bridge
                 data for pretraining and the robot's own rollouts for fine-tuning)
@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.wm.vae.update(dict(downsample=8, widths=(32, 64, 64)))
         c.wm.vit.patch = 16
 
-    # --- logged: the logged_roots stage (vlambpo_jax/rl/offline.py) ---
+    # --- logged: the logged_roots stage (vlambpo_jax/stages/logged_roots.py, rl/offline.py) ---
     # max_episodes: episodes of config.data.split whose chunk-aligned frames become MBPO branch roots
     #   (0 = all; the roots are held in memory, ~25 KB each at 64 px).
     # heldout_split: the split of held-out episodes for the offline evaluation (never trained on);
@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # world must be 'model' and eval_every 0). branch_chunks 0 = the longest logged episode. ---
     c.rl = common.rl_config(eval_episodes=0)
 
-    # --- eval: the offline evaluation the evaluate stage runs without a simulator ---
+    # --- eval: the offline evaluation the evaluate stage runs without a simulator (rl/offline.py) ---
     # policies: finished stages whose policies are compared; batch_size: samples per jitted call;
     # action_stride: held-out steps t with t % stride == 0 get an action-error sample (1 = every step);
     # imagined_branches: branches from held-out roots rolled in the world model per policy (0 = skip);

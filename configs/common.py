@@ -143,25 +143,31 @@ def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> 
 
 
 def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_collections.ConfigDict:
-    """config.sft: behaviour cloning of the policy (vlambpo_jax/models/sft.py); `data` is config.data.
+    """config.sft: behaviour cloning of the policy (the `sft` stage, vlambpo_jax/stages/sft.py; its train
+    step: vlambpo_jax/models/policy_train.py); `data` is config.data.
 
     steps: optimizer steps; batch_size: global batch (a reference to data.batch_size, which the reader
-    uses); lr / min_lr_ratio / warmup: AdamW peak lr, cosine decay to lr * min_lr_ratio after linear
-    warm-up steps; b1, b2, weight_decay: AdamW; clip: global grad-norm clip; ema: EMA decay of the params
-    used for evaluation and saved as 'params' (0 = off); eval_every: steps between simulator evaluations
-    (0 = only at the end); eval_episodes: episodes per task in each evaluation (0 = none); init_from: ''
-    or a checkpoint dir whose params start the run; in_memory: read every episode once into memory and
-    draw batches from seeded epoch permutations (small demo sets), or stream them from the reader;
+      uses).
+    lr / min_lr_ratio / warmup: AdamW peak lr, cosine decay to lr * min_lr_ratio after `warmup` linear
+      warm-up steps; b1, b2, weight_decay: AdamW.
+    grad_clip: global grad-norm clip (the same name as wm.grad_clip and rl.grad_clip; the old name
+      sft.clip is refused with a hint).
+    ema: EMA decay of the params used for evaluation and saved as 'params' (0 = off).
+    eval_every: steps between simulator evaluations (0 = only at the end); eval_episodes: episodes per
+      task in each evaluation (0 = none).
+    init_from: '' or a checkpoint dir whose params start the run.
+    in_memory: True = read every episode once into memory and draw batches from seeded epoch
+      permutations (small demo sets); False = stream them from the reader.
     noise_samples: flow-matching (time, noise) draws per observation, sharing one prefix pass.
     grounding_weight: weight of the grounding co-training loss (vlambpo_jax/models/grounding.py; 0 =
       off; needs a simulator); grounding_scenes: freshly reset scenes rendered for it once before
-      training (each step draws batch_size of them); grounding_hidden: its MLP head's hidden sizes;
-      grounding_layer: the prefix layer whose input stream the head reads (-1 = the final output; l =
-      what the action expert's attention reads at layer l).
+      training (vlambpo_jax/envs/scene_pool.py; each step draws batch_size of them); grounding_hidden:
+      its MLP head's hidden sizes; grounding_layer: the prefix layer whose input stream the head reads
+      (-1 = the final output; l = what the action expert's attention reads at layer l).
     """
     c = ml_collections.ConfigDict(dict(
         steps=3000, batch_size=data.get_ref("batch_size"), lr=5e-4, min_lr_ratio=0.1, warmup=100,
-        b1=0.9, b2=0.95, weight_decay=1e-4, clip=1.0, ema=0.999, eval_every=1000, eval_episodes=16,
+        b1=0.9, b2=0.95, weight_decay=1e-4, grad_clip=1.0, ema=0.999, eval_every=1000, eval_episodes=16,
         init_from="", in_memory=True, noise_samples=1,
         grounding_weight=0.0, grounding_scenes=4096, grounding_hidden=(128,), grounding_layer=-1,
     ))
@@ -172,23 +178,26 @@ def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_
 
 
 def rl_config(**overrides) -> ml_collections.ConfigDict:
-    """config.rl: MBPO / online PPO (vlambpo_jax/rl); configs add their own fields (collect, baselines).
+    """config.rl: MBPO / online PPO (the `mbpo` stage, vlambpo_jax/stages/mbpo.py; the algorithms in
+    vlambpo_jax/rl); configs add their own fields (collect, baselines).
 
     world: 'model' (VLA-MBPO: branches in the world model from branch roots) or 'sim' (the online-PPO
       baseline: full episodes in the simulator, real env steps counted).
     num_branches: M branches per refill; branch_chunks: n chunks per branch (0 = full horizon;
       -1 = adaptive, rl/branch_length.py: the n <= adaptive_max_chunks (0 = the horizon; 4 for logged
-      episodes, and never more than the longest held-out episode holds) minimizing the Thm 4.2 bound with the world model's error measured on
-      adaptive_sequences held-out real sequences and the assumed policy shift adaptive_eps_pi);
-      reward_threshold: world-model P(Yes) above which a chunk counts as success.
+      episodes, and never more than the longest held-out episode holds) minimizing the Thm 4.2 bound
+      with the world model's error measured on adaptive_sequences held-out real sequences and the
+      assumed policy shift adaptive_eps_pi).
+    reward_threshold: world-model P(Yes) above which a chunk counts as success.
     iterations: buffer refills; epochs: PPO epochs per refill (each a scan over minibatches of
       minibatch_size transitions); critic_warmup_epochs: critic-only epochs after each refill;
       recompute_values: re-compute values and advantages with the current critic before each epoch.
     gamma, gae_lambda, gae_variant ('paper' Eq. 4 | 'code' the authors' per-chunk form),
-      normalize_advantages; clip / clip_negative: surrogate clip for positive / negative advantages;
-      value_clip, huber_delta, value_coef: the clipped-value Huber critic loss.
-    actor_lr / critic_lr, b1, b2, weight_decay, grad_clip: AdamW per group; train_vlm: also train
-      the VLM prefix (default: action expert + value head only, as the paper's code).
+      normalize_advantages; clip / clip_negative: PPO ratio clip of the surrogate for positive /
+      negative advantages (not a gradient clip); value_clip, huber_delta, value_coef: the clipped-value
+      Huber critic loss.
+    actor_lr / critic_lr, b1, b2, weight_decay: AdamW per group; grad_clip: global grad-norm clip;
+      train_vlm: also train the VLM prefix (default: action expert + value head only, as the paper's code).
     eval_every / eval_episodes: periodic simulator evaluation (iterations; 0 = off).
     """
     c = ml_collections.ConfigDict(dict(

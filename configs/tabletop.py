@@ -4,15 +4,15 @@ Usage: python -m vlambpo_jax.main --config=configs/tabletop.py[:ARG] --workdir=D
 ARG (comma separated): `smoke` shrinks every size so the whole pipeline runs in a couple of minutes;
 `tasks=NAME+NAME...` picks the task suite (default `pick`; `tasks=all` = pick+push+place+stack). The
 counts of demos, collected rollouts and evaluation episodes are totals split over the tasks.
-Why pick alone by default: at this CPU size, behaviour cloning on the four tasks stays near 2% success
-while pick alone reaches 19% in 3,000 steps and 34% in 6,000 (README, "Results and status"), where RL
-has room to improve.
+Why pick alone by default: at this CPU size behaviour cloning on the four tasks stays near chance,
+while on pick alone it succeeds often enough to leave RL room to improve (docs/results.md, sections 9
+and 15).
 Step counts (SFT 3,000, VAE 400, world model 450 + 300, probe 250, 20 PPO iterations) are sized so the
-whole default pipeline fits 30 minutes on the 2-core CPU (README: the measured stage times).
+whole default pipeline fits 30 minutes on a 2-core CPU (measured stage times: docs/results.md).
 
 Top-level fields:
   seed: the one seed every stage derives its PRNG keys from.
-  stages: the pipeline stages to run, in order (see vlambpo_jax/pipeline.py for all of them).
+  stages: the pipeline stages to run, in order (all of them: vlambpo_jax/stages/__init__.py).
   chunk_size: k, actions per chunk; also the world model's frame skip. Must be <= every task horizon.
   action_dim: 7 (Bridge convention: dx, dy, dz, droll, dpitch, dyaw, gripper with 1 = open).
   views: camera names in observation order; index 0 is the head view, 1 the wrist view.
@@ -58,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         timestep=0.005, solver="Newton", solver_iterations=4, ls_iterations=4, friction=1.5,
         solref_timeconst=0.01, grip_kp=1000.0, grip_force=40.0, finger_damping=20.0, weld_timeconst=0.01))
 
-    # --- demos: scripted expert episodes written as RLDS (vlambpo_jax/envs/demos.py) ---
+    # --- demos: scripted expert episodes written as RLDS (vlambpo_jax/stages/demos.py, envs/demos.py) ---
     # episodes_per_task: expert episodes run per task; noise: Gaussian action noise in units of the
     # action scale (0 = the clean expert); batch_size: episodes per vmapped batch; keep_failures:
     # also write failed episodes; dataset_name: RLDS dataset name under <workdir>/demos/rlds;
@@ -80,10 +80,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.update(dict(batch_size=8, shuffle_buffer=256))
 
     # --- policy and sft (fields: configs/common.py:policy_config, sft_config) ---
-    # The conv stem and grounding co-training (vlambpo_jax/models/grounding.py) raised SFT success
-    # from 0-1% to 2% on the four tasks here and from 0% to 5% in 8,000 steps on a GPU
-    # (benchmarks/results/sft_scaling_h200.json); the head reads the stream entering the last prefix
-    # block, which the action expert's last layer attends to.
+    # The conv ViT stem and grounding co-training (vlambpo_jax/models/grounding.py) are on: both raised
+    # SFT success (docs/results.md, sections 9-10). The grounding head reads the stream entering the
+    # last prefix block, which the action expert's last layer attends to.
     c.policy = common.policy_config(c.data, args.smoke, tokenizer="words:tabletop", vit_stem="conv")
     c.sft = common.sft_config(c.data, args.smoke, steps=3000, grounding_weight=1.0,
                               grounding_layer=c.policy.depth - 1, eval_every=0, eval_episodes=0)
@@ -96,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --- rl: collect, MBPO / online PPO (PPO fields: configs/common.py:rl_config) ---
     # collect_episodes_per_task / collect_mode / collect_batch: real rollouts of the SFT policy per
     #   task ('train' = Flow-SDE sampling, 'eval' = deterministic), envs stepped at once.
-    # bc_*: the `wm_bc` baseline (vlambpo_jax/rl/wm_bc.py, filtered BC on imagined successes):
+    # bc_*: the `wm_bc` baseline (stages/wm_bc.py, rl/wm_bc.py; filtered BC on imagined successes):
     #   bc_rounds rounds of bc_branches full-horizon world-model branches (from episode starts when
     #   bc_initial_roots, else from any root), then bc_steps flow-matching steps at lr bc_lr on batches
     #   of bc_batch_size (observation, chunk) pairs of the successful branches of every round so far.
@@ -123,7 +122,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.demos.update(dict(episodes_per_task=4, batch_size=16))
         c.eval.update(dict(episodes_per_task=4, num_videos=4, video_size=96))
 
-    # --- report: <workdir>/report (vlambpo_jax/rl/report.py) ---
+    # --- report: <workdir>/report (vlambpo_jax/stages/report.py) ---
     # num_videos: imagined-vs-real GIFs; video_chunks: chunks each one plays. agreement_states /
     # agreement_samples / agreement_chunks: the imagined-reward check (vlambpo_jax/rl/wm_agreement.py):
     # states, Flow-SDE chunks per state, chunk positions per state (agreement_states 0 = off).
@@ -143,20 +142,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
-    """config.wm: the UMM world model (vlambpo_jax/models/world_model.py, stages in wm_train.py).
+    """config.wm: the UMM world model (vlambpo_jax/models/world_model.py; trained by the stages
+    vlambpo_jax/stages/wm_pretrain.py and wm_finetune.py, loaded by vlambpo_jax/loading.py).
 
     Sizing (32x32 views): VAE 4x down -> 8x8x4 latents -> 2x2 patches = 16 generation tokens per view;
     ViT 8 px patches = 16 understanding tokens per view. One IVD transition sequence = instruction (L)
     + 2 x (16 ViT + 16 VAE) + actions (10 continuous / 70 bins) + 3 x 16 latent blocks = 154 / 214
-    tokens at L = 32, plus 16 for the ViT copy of the next head (ivd_vit_copy; the timings below were
-    measured without it). Measured on the 2 shared cores (benchmarks/world_model_throughput.py and a timed
-    train step, other jobs running): width 96 x 3 layers (0.8M params in WMNet, 0.18M VAE) trains at
-    ~1.2 s / step at batch 32 with continuous actions (1.85 s with bins; 0.72 s on the 2 cores alone:
-    in the pipeline, 600 pretraining + 400 fine-tuning steps took 735 + 387 s with VAE, probes and
-    evaluation); sampling (8 steps, no CFG, IVD) + reward runs ~160 transitions/s at batch 64
-    (65 GFLOP/s of a measured 108 GFLOP/s matmul peak; 76/s with bins and a (32, 64) VAE).
-    VAE phase: 0.28 s / step at batch 16 (64 frames: both views of frames t and t + k) -> ~3 min; widths (32, 64) at batch 64
-    took 2.7 s / step.
+    tokens at L = 32, plus 16 for the ViT copy of the next head (ivd_vit_copy). Width 96 x 3 layers is
+    0.8M parameters in WMNet, 0.18M in the VAE. Measured step times, sampling throughput and the probes
+    behind these defaults: docs/results.md, section 15.
+
+    Layout settings (view_decoding, ivd_vit_copy, ivd_wrist_sees_head, action_encoding, predict_delta and
+    the others in vlambpo_jax/loading.LAYOUT_KEYS) are saved with the checkpoint; loading it under a
+    config that sets them differently stops with one line naming the setting.
 
     vae.downsample: spatial factor (= 2 ** len(vae.widths)); vae.widths: conv channels per stride-2
       stage; vae.latent_channels: C; vae.kl_weight: KL weight of the VAE loss; vae.steps / batch_size /
@@ -166,10 +164,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       hidden), rope_theta, qk_norm (BAGEL's per-head q/k RMSNorm).
     latent_patch: latent patch size (tokens are patch^2 * C wide).
     num_sample_steps: Euler rectified-flow steps per generated view (paper 50; small on CPU).
-    sample_temperature: std of the sampler's starting noise (1 = the flow's own distribution, as the
-      paper; 0 = one deterministic path from the mean). Measured on the default run (README): at 1 the
-      samples carry change the model cannot resolve (finetuned wrist SSIM 0.21 vs copy 0.30), at 0 both
-      views are at or slightly above the copy baseline, so 0 on CPU.
+    sample_temperature: std of the sampler's starting noise, >= 0 (1 = the flow's own distribution, as
+      the paper; 0 = one deterministic path from the mean, the default: at 1 the change the small model
+      cannot resolve shows up as noise).
     timestep_shift: s in t' = s t / (1 + (s - 1) t), for training and sampling (paper 4.0 at 256 px;
       tiny 8x8 latents need less of the schedule spent near pure noise).
     cfg_text_scale / cfg_image_scale / cfg_interval: 3-branch classifier-free guidance, applied for
@@ -179,12 +176,11 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       the guided velocity is scaled by clamp(|v_full| / |v_guided|, cfg_renorm_min, 1) so its norm
       does not exceed the conditional one's: 'none' | 'global' (per sample) | 'channel' (per token) |
       'text_channel' (per token, on the text-guided velocity before image guidance; BAGEL's edit default).
-    view_decoding: 'interleaved' (IVD, the paper's) | 'independent' | 'joint' (models/sequence_layout.py).
-      Independent by default at this size: with IVD the wrist reads the next head and not the action,
-      and it does not learn to use the head (sampled from the real next head it is no better), so IVD's
-      wrist fell below the copy baseline (PSNR 13.51 vs 13.61) where the independent one beat it
-      (15.19); 9x longer training on a GPU keeps that order (README); the reward reads the wrist view,
-      so only the independent wrist gives the imagined reward an action to respond to (README, Results).
+    view_decoding: 'interleaved' (IVD, the paper's: the wrist is generated from the predicted next head,
+      without the action) | 'independent' (each view from the whole context, including the action,
+      neither seeing the other's prediction) | 'joint' (both generated together); see
+      models/sequence_layout.py. Independent by default: at this size IVD's wrist does not learn to
+      read the motion from the head, and the reward reads the wrist view (docs/results.md, sections 3-5).
     ivd_vit_copy: in IVD the wrist view also reads ViT tokens of the (predicted) next head image, not
       only its clean VAE tokens (BAGEL's copies of a generated image; +16 tokens; training and sampling
       use the same layout, so changing it needs retraining).
@@ -192,18 +188,17 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       the action (not the paper's layout, which hides the current head from the second call): the wrist
       can then read the motion as the difference of two head views. Needs retraining.
     action_encoding: 'bins' (k x 7 text tokens, 257 min-max bins per dim, as the paper) | 'continuous'
-      (one linear token per action step; the CPU default: 1.5x cheaper training, see above).
-    dropout.text / vit / vae: conditioning dropout probabilities (text also drops the actions). They
-      only train the unconditional branches that CFG needs, so they are 0 while CFG is off (the
+      (one linear token per action step; the CPU default, cheaper to train).
+    dropout.text / vit / vae: conditioning dropout probabilities in [0, 1] (text also drops the actions).
+      They only train the unconditional branches that CFG needs, so they are 0 while CFG is off (the
       config check refuses CFG without them; the paper's setting with CFG: 0.1 / 0.3 / 0.3).
     loss_image / loss_text: weights of the rectified-flow MSE and the Yes/No CE (paper 1.0 / 0.01; the
       tiny reward head trains from scratch, so the CE gets more weight here).
     reward_balance: weight Yes and No samples to equal total weight in each batch.
-    reward_views: the views the Yes/No question reads: 'head' (the paper) | 'wrist' | 'both'. At 32 px the
-      head view hardly shows a finished grasp: a small CNN reading it reaches ~0.74 held-out balanced
-      accuracy on the demos' labels, reading the wrist view ~0.93.
+    reward_views: the views the Yes/No question reads: 'head' (the paper) | 'wrist' | 'both'. Wrist by
+      default: at 32 px the head view hardly shows a finished grasp.
     reward_batch_size: Yes/No examples per training step, half Yes, drawn from whole episodes
-      (wm_train.RewardExamples); 0 = the current head frames of the dynamics batch (~10% Yes on demos).
+      (stages/wm_common.RewardExamples); 0 = the current head frames of the dynamics batch (few are Yes).
     reward_replay: wm_finetune also draws reward examples (and held-out ones) from the pretraining data
       (the target rollouts of a weak policy may hold no success at all).
     reward_on_predictions: weight (relative to loss_text) of a second Yes/No loss on the next views as
@@ -219,9 +214,8 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     pretrain_data / finetune_data: TFDS builder dirs of each stage's RLDS data; '' = config.data's
       dataset (fine-tuning first looks for the collect stage's RLDS output under <workdir>/collect).
     pretrain_steps / finetune_steps / batch_size: dynamics + reward training.
-    lr / weight_decay / b1 / b2 / grad_clip / warmup_steps: AdamW with linear warm-up, cosine decay
-      (200-step pretraining probes: lr 3e-3 / warm-up 50 reached flow MSE 1.29 and reward balanced
-      accuracy 0.93, lr 1e-3 / warm-up 100 1.40 and 0.91).
+    lr / weight_decay / b1 / b2 / grad_clip / warmup_steps: AdamW with linear warm-up, cosine decay;
+      grad_clip is the global grad-norm clip (the same name as sft.grad_clip and rl.grad_clip).
     ema: EMA decay of the sampled weights (0 = off).
     max_text_len: byte tokens of the instruction the world model reads (its vocabulary is byte-level,
       independent of the policy's tokenizer).
@@ -229,10 +223,8 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     probe.*: the multi-view consistency probe (models/state_probe.py): a tiny conv net per view trained
       for probe.steps (batch probe.batch_size, Adam lr probe.lr) on the real frames of
       probe.train_batches training batches to read the end-effector state; enabled False skips it.
-      On the default demos data (600 steps: ~25 s on the loaded 2 cores, ~100 s in the pipeline) its
-      held-out xyz error is 3.7 cm from the head view and 7.2 cm from the wrist view (predicting the
-      mean: 11.4 cm); the two views' readings of the same real frame disagree by 7.9 cm
-      (real_consistency_pos, the floor).
+      The two views' readings of the same real frame (real_consistency_pos) are the floor of the
+      consistency metric.
     dtype: compute dtype ('float32' on CPU).
     """
     w = ml_collections.ConfigDict(dict(
@@ -247,11 +239,12 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         view_decoding="independent", ivd_vit_copy=True, ivd_wrist_sees_head=False,
         action_encoding="continuous",
         dropout=dict(text=0.0, vit=0.0, vae=0.0),
-        loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True, reward_views="wrist",
-        reward_on_predictions=0.0,
+        loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True,
+        reward_views="wrist", reward_on_predictions=0.0,
         eval_reward_frames=512, predict_delta=True, delta_scale=(0.4, 1.0), delta_pixels=True,
         sample_temperature=0.0,
-        pretrain_enabled=True, pretrain_data="", finetune_data="", pretrain_steps=450, finetune_steps=300, batch_size=32,
+        pretrain_enabled=True, pretrain_data="", finetune_data="", pretrain_steps=450, finetune_steps=300,
+        batch_size=32,
         lr=3e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=50, ema=0.999,
         eval_batches=4, dtype="float32", max_text_len=64,
         probe=dict(enabled=True, steps=250, batch_size=64, lr=2e-3, train_batches=32),

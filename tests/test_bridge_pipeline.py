@@ -10,11 +10,13 @@ import pytest
 
 from configs import bridge
 from tests.helpers.fakes import RecordingWriter
-from vlambpo_jax import pipeline
+from vlambpo_jax import loading, pipeline
 from vlambpo_jax.config_checks import ConfigError, validate
 from vlambpo_jax.data import rlds_reader
-from vlambpo_jax.models.tokenizer import ByteTokenizer
-from vlambpo_jax.rl import mbpo, offline
+from vlambpo_jax.data.tokenizer import ByteTokenizer
+from vlambpo_jax.rl import offline
+from vlambpo_jax.stages import common, logged_roots
+from vlambpo_jax.stages import mbpo as mbpo_stage
 from vlambpo_jax.train.preemption import NoPreemption
 
 
@@ -39,7 +41,7 @@ def _episodes(config, split):
 
 def test_logged_roots_are_the_logged_frames(tmp_path):
     config = _config(chunk_size=3)
-    summary = offline.run_roots(_ctx(config, tmp_path, "logged_roots"))
+    summary = logged_roots.run(_ctx(config, tmp_path, "logged_roots"))
     roots = dict(np.load(summary["roots"]))
     held = dict(np.load(summary["heldout"]))
 
@@ -113,16 +115,15 @@ def test_bridge_config_has_no_simulator_stages():
 
 def _save_policy(config, directory):
     """A randomly initialised policy checkpoint in the SFT format (no training: fast)."""
-    from vlambpo_jax.data import normalization
+    from vlambpo_jax.data import tokenizer as tok_lib
     from vlambpo_jax.models import policy as policy_lib
-    from vlambpo_jax.models import tokenizer as tok_lib
     from vlambpo_jax.train.checkpoints import Checkpointer
 
     loader = rlds_reader.RLDSLoader(config, process_index=0, process_count=1)
     stats = loader.norm_stats(str(Path(directory).parent / "norm_stats"))
-    tokenizer = tok_lib.load_tokenizer(config.policy.tokenizer)
-    policy = policy_lib.Policy(config, unnormalize=policy_lib.make_unnormalizer(stats["action"], "percentile"),
-                               vocab_size=tokenizer.vocab_size)
+    tokenizer = loading.make_tokenizer(config.policy.tokenizer)
+    policy = policy_lib.Policy(config, vocab_size=tokenizer.vocab_size,
+                               unnormalize=loading.action_unnormalizer(stats, "percentile"))
     s = config.image_size
     obs = {"images": jnp.zeros((1, 2, s, s, 3), jnp.uint8),
            "tokens": jnp.zeros((1, config.data.max_text_len), jnp.int32),
@@ -169,7 +170,7 @@ def test_offline_evaluate_and_report_without_simulator(tmp_path):
 
     results = pipeline.run_stages(config, tmp_path, make_writer=lambda stage: RecordingWriter(),
                                   preemption=NoPreemption(), log=lambda s: None)
-    assert mbpo.roots_stage(_ctx(config, tmp_path, "mbpo")) == "logged_roots"
+    assert common.roots_stage(_ctx(config, tmp_path, "mbpo")) == "logged_roots"
     out = json.loads((tmp_path / "evaluate" / "results.json").read_text())
     assert out["mode"] == "offline" and set(out["policies"]) == {"sft", "mbpo"}
     for r in out["policies"].values():
@@ -195,9 +196,6 @@ def test_adaptive_branch_length_on_logged_episodes(tmp_path):
     """rl.branch_chunks = -1 without a simulator: the model error is measured on held-out logged
     sequences (fixture episodes of 5-8 steps, chunk 3: at most 2 chunks), and the choice is saved and
     reused when the stage resumes."""
-    from vlambpo_jax.models import wm_train
-    from vlambpo_jax.models.sft import load_policy
-
     config = _config(chunk_size=3)
     with config.unlocked():
         config.stages = ("logged_roots",)
@@ -208,12 +206,12 @@ def test_adaptive_branch_length_on_logged_episodes(tmp_path):
     _save_world_model(config, tmp_path / "wm_finetune" / "world_model", stats)
     pipeline.run_stages(config, tmp_path, make_writer=lambda stage: RecordingWriter(),
                         preemption=NoPreemption(), log=lambda s: None)
-    policy, params, tokenizer, _ = load_policy(tmp_path / "sft" / "policy", config)
-    wm, wm_params, _ = wm_train.load_world_model(tmp_path / "wm_finetune" / "world_model", config)
+    policy, params, tokenizer, _ = loading.load_policy(tmp_path / "sft" / "policy", config)
+    wm, wm_params, _ = loading.load_world_model(tmp_path / "wm_finetune" / "world_model", config)
     ctx = _ctx(config, tmp_path, "mbpo")
-    choice = mbpo.adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params)
+    choice = mbpo_stage.adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params)
     assert len(choice["tv_by_chunks"]) == 2 and 1 <= choice["branch_chunks"] <= 2
     assert all(0 <= tv <= 1 for tv in choice["tv_by_chunks"]) and choice["env_steps"] == 0
     assert choice["sequences"] >= 1
     saved = json.loads((tmp_path / "mbpo" / "branch_length.json").read_text())
-    assert saved == choice and mbpo.adaptive_branch_chunks(ctx, None, None, None, None, None) == choice
+    assert saved == choice and mbpo_stage.adaptive_branch_chunks(ctx, None, None, None, None, None) == choice

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlambpo_jax.train.checkpoints import CheckpointError, Checkpointer, load_params
+from vlambpo_jax.train.checkpoints import Checkpointer, CheckpointError, load_params
 
 
 def _state(v):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vlambpo_jax.data import inspect_stage
 from vlambpo_jax.data.bridge import binarize_gripper, rail_bridge_features
 from vlambpo_jax.data.rlds_reader import EpisodeReader, RLDSLoader, open_builder
 from vlambpo_jax.data.rlds_writer import write_rlds
 from vlambpo_jax.data.standardize import StandardizeConfig
+from vlambpo_jax.stages import data as data_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "bridge_dataset", "1.0.0")
@@ -160,7 +160,7 @@ def test_inspect_stage_on_fixture(tmp_path):
     ctx = types.SimpleNamespace(config=_config(FIXTURE), workdir=tmp_path, stage_dir=tmp_path / "data",
                                 writer=types.SimpleNamespace(scalars=lambda step, d: calls.append(d)),
                                 preemption=None)
-    summary = inspect_stage.run(ctx)
+    summary = data_stage.run(ctx)
     json.dumps(summary)
     assert summary["episodes"] == 4 and summary["batches_read"] == 2
     assert summary["batch"]["images"]["shape"] == [8, 2, 32, 32, 3]

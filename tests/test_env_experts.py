@@ -1,6 +1,5 @@
 """Scripted experts through the evaluation harness: >= 95% success per task over 100+ episodes."""
 import jax
-import numpy as np
 import pytest
 
 from vlambpo_jax.envs import evaluation, experts, tabletop

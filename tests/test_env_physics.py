@@ -6,9 +6,8 @@ import mujoco
 import numpy as np
 import pytest
 
-from vlambpo_jax.envs import experts
+from vlambpo_jax.envs import experts, tabletop
 from vlambpo_jax.envs import scene as S
-from vlambpo_jax.envs import tabletop
 
 
 @pytest.fixture(scope="module")

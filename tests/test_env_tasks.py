@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from configs import tabletop as tabletop_config
+from vlambpo_jax import loading
 from vlambpo_jax.envs import scene as S
 from vlambpo_jax.envs import tasks
-from vlambpo_jax.models import tokenizer as tok_lib
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_every_instruction_names_the_objects_by_colour_and_shape(table):
 
 
 def test_word_tokenizer_covers_every_instruction_within_max_text_len(table):
-    tok = tok_lib.load_tokenizer("words:tabletop")
+    tok = loading.make_tokenizer("words:tabletop")
     max_len = tabletop_config.get_config("").data.max_text_len
     for text in table.strings:
         ids, mask = tok.encode(text, max_len)

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import tabletop
-from vlambpo_jax import pipeline
+from vlambpo_jax import loading, pipeline
+from vlambpo_jax.data.tokenizer import ByteTokenizer
 from vlambpo_jax.models.policy import Policy
-from vlambpo_jax.models.tokenizer import ByteTokenizer
 from vlambpo_jax.models.world_model import WorldModel
 from vlambpo_jax.rl import mbpo, ppo
 from vlambpo_jax.rl.rollout import ModelWorld
@@ -47,7 +47,7 @@ def _run(workdir: Path, num_steps: int, stop_after_two: bool = False):
         config.rl.epochs = 2
         config.checkpoint.every_steps = 1
         config.log.progress = "off"
-    policy = Policy(config)
+    policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
     roots = _roots(config)
     start_fn = mbpo.branch_sampler(roots, config.rl.num_branches, seed=3)
     example = {k: jnp.asarray(roots[k][:1]) for k in ("images", "tokens", "token_mask")}

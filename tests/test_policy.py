@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from configs import tabletop
-from vlambpo_jax.models import flow_sampling as fs
+from vlambpo_jax import loading
 from vlambpo_jax.models import policy as policy_lib
 
 B = 2
@@ -44,7 +44,7 @@ def _perturb(params, key, scale=0.2):
 @pytest.fixture(scope="module")
 def setup():
     config = _config()
-    pol = policy_lib.Policy(config)
+    pol = policy_lib.Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
     obs = _obs()
     params = pol.init(jax.random.key(0), obs)
     return pol, _perturb(params, jax.random.key(1)), obs
@@ -161,7 +161,8 @@ def test_per_sample_steps_rescore_and_gradients(setup):
 def test_policy_sample_unnormalizes(setup):
     pol, params, obs = setup
     stats_ = dict(mean=np.arange(7, dtype=np.float32), std=np.full(7, 2.0, np.float32))
-    pol2 = policy_lib.Policy(pol.config, unnormalize=policy_lib.make_unnormalizer(stats_, "zscore"))
+    pol2 = policy_lib.Policy(pol.config, pol.dims.vocab_size,
+                             unnormalize=policy_lib.make_unnormalizer(stats_, "zscore"))
     env, info = jax.jit(pol2.sample, static_argnames=("mode", "return_info"))(
         params, obs, jax.random.key(7), mode="eval", return_info=True)
     np.testing.assert_allclose(env, info["actions_normalized"] * 2.0 + np.arange(7), rtol=1e-6)
@@ -186,7 +187,7 @@ def test_noise_samples_equal_repeated_observations(setup):
 
 def test_tiny_model_overfits_tiny_dataset():
     config = _config()
-    pol = policy_lib.Policy(config)
+    pol = policy_lib.Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
     n = 4
     obs = _obs(seed=11, b=n)
     rng = np.random.default_rng(0)
@@ -215,7 +216,7 @@ def test_tiny_model_overfits_tiny_dataset():
 
 
 def test_env_policy_fn_adapter(setup):
-    from vlambpo_jax.models.tokenizer import ByteTokenizer
+    from vlambpo_jax.data.tokenizer import ByteTokenizer
 
     pol, params, obs = setup
     fn = policy_lib.make_env_policy_fn(pol, ByteTokenizer(), ["pick up the red cube", "push it"],
@@ -241,7 +242,7 @@ def test_conv_stem_tokens_are_local_and_row_major():
     assert change[2:, 2:].max() == 0 and change[3].max() == 0 and change[:, 3].max() == 0
     policy_config = _config()
     policy_config.policy.vit_stem = "conv"
-    pol = policy_lib.Policy(policy_config)
+    pol = policy_lib.Policy(policy_config, loading.make_tokenizer(policy_config.policy.tokenizer).vocab_size)
     params = pol.init(jax.random.key(0), _obs())
     assert "stem_0" in params["vlm"]["vit"] and "patch_embed" not in params["vlm"]["vit"]
     assert pol.sample_actions(params, _obs(), jax.random.key(1)).shape == (B, policy_config.chunk_size, 7)

@@ -8,14 +8,16 @@ import optax
 import pytest
 
 from configs import tabletop
+from tests.test_policy_sft import _config, _run, _StopAfter, dataset  # noqa: F401  (fixture)
+from vlambpo_jax import loading
+from vlambpo_jax.config_checks import ConfigError, validate
 from vlambpo_jax.envs import scene as S
+from vlambpo_jax.envs import scene_pool
 from vlambpo_jax.envs import tabletop as tabletop_env
 from vlambpo_jax.envs import tasks as tasks_lib
 from vlambpo_jax.models import grounding
-from vlambpo_jax.models import tokenizer as tok_lib
 from vlambpo_jax.models import policy as policy_lib
 from vlambpo_jax.models.policy import Policy
-from tests.test_policy_sft import _StopAfter, _config, _run, dataset  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +58,8 @@ def test_targets_are_the_positions_the_instruction_names(config):
 
 @pytest.fixture(scope="module")
 def pool(config):
-    tok = tok_lib.load_tokenizer(config.policy.tokenizer)
-    return grounding.make_scene_pool(config, tok, 16, jax.random.key(0))
+    tok = loading.make_tokenizer(config.policy.tokenizer)
+    return scene_pool.make_scene_pool(config, tok, 16, jax.random.key(0), grounding.POSITION_SCALE)
 
 
 def test_pool_rows_and_batches(config, pool):
@@ -75,7 +77,7 @@ def test_pool_rows_and_batches(config, pool):
 
 
 def test_loss_trains_the_prefix_and_head_only_and_fits_a_small_pool(config, pool):
-    policy = Policy(config)
+    policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
     batch = {k: jnp.asarray(v) for k, v in pool.items()}
     params = policy.init(jax.random.key(0), {k: batch[k][:1] for k in ("images", "tokens", "token_mask")})
     head = grounding.GroundingHead((32,), 13)
@@ -109,16 +111,17 @@ def test_loss_trains_the_prefix_and_head_only_and_fits_a_small_pool(config, pool
     assert float(loss) < 0.1 * float(loss0), (float(loss0), float(loss))
 
 
-def test_grounding_needs_a_simulator(dataset, tmp_path):  # noqa: F811
+def test_grounding_needs_a_simulator(dataset):  # noqa: F811
     config = _config(dataset)
     del config["env"]
+    config.stages = ("sft",)
     config.sft.grounding_weight = 1.0
-    with pytest.raises(ValueError, match="grounding_weight"):
-        _run(config, tmp_path, _StopAfter(10 ** 9))
+    with pytest.raises(ConfigError, match="grounding_weight.*needs config.env"):
+        validate(config)
 
 
 def test_grounding_layer_reads_the_stream_the_expert_attends_to(config, pool):
-    policy = Policy(config)
+    policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
     batch = {k: jnp.asarray(v) for k, v in pool.items()}
     params = policy.init(jax.random.key(0), {k: batch[k][:1] for k in ("images", "tokens", "token_mask")})
     cache = policy.encode_prefix(params, batch)

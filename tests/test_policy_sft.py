@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from configs import tabletop
-from vlambpo_jax import pipeline
+from tests.helpers.fakes import RecordingWriter
+from vlambpo_jax import loading, pipeline
 from vlambpo_jax.data.rlds_writer import write_rlds
 from vlambpo_jax.data.synthetic import synthetic_episode
-from vlambpo_jax.models import sft
-from tests.helpers.fakes import RecordingWriter
+from vlambpo_jax.stages import sft
 
 
 class _StopAfter:
@@ -68,8 +68,8 @@ def test_sft_trains_checkpoints_resumes_and_loads(dataset, tmp_path):
     rest = _run(config, tmp_path / "b", _StopAfter(10 ** 9))
     assert rest["steps"] == 6 and rest["steps_run"] == 3
 
-    pol_a, params_a, tok, assets = sft.load_policy(tmp_path / "a" / "sft" / sft.CKPT_NAME)
-    _, params_b, _, _ = sft.load_policy(tmp_path / "b" / "sft" / sft.CKPT_NAME)
+    pol_a, params_a, tok, assets = loading.load_policy(tmp_path / "a" / "sft" / sft.CKPT_NAME)
+    _, params_b, _, _ = loading.load_policy(tmp_path / "b" / "sft" / sft.CKPT_NAME)
     for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     assert set(assets) >= {"config", "norm_stats", "tokenizer"} and assets["tokenizer"]["kind"] == "words"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs import tabletop
+from vlambpo_jax import loading
 from vlambpo_jax.models.policy import Policy
 from vlambpo_jax.rl import ppo
 from vlambpo_jax.rl.rollout import Transitions
@@ -24,7 +25,7 @@ def rl_config(**kw):
 @pytest.fixture(scope="module")
 def setup():
     config = tabletop.get_config("smoke")
-    policy = Policy(config)
+    policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
     T, B, size = 2, 4, config.image_size
     rng = np.random.default_rng(0)
     obs = {"images": jnp.asarray(rng.integers(0, 255, (T * B, 2, size, size, 3), np.uint8)),

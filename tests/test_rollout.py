@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import tabletop
+from vlambpo_jax import loading
 from vlambpo_jax.envs.tabletop import make_env
-from vlambpo_jax.models import tokenizer as tok_lib
 from vlambpo_jax.models.policy import Policy
 from vlambpo_jax.rl.rollout import SimWorld, rollout
 
@@ -13,7 +13,7 @@ from vlambpo_jax.rl.rollout import SimWorld, rollout
 def test_sim_world_rollout_matches_manual_loop():
     config = tabletop.get_config("smoke")
     env = make_env(config)
-    tokenizer = tok_lib.load_tokenizer(config.policy.tokenizer)
+    tokenizer = loading.make_tokenizer(config.policy.tokenizer)
     tokens, mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
     policy = Policy(config, unnormalize=lambda a: a * 0.8, vocab_size=tokenizer.vocab_size)
     world = SimWorld(env, tokens, mask)

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus  # noqa: 
 from websockets.sync.client import connect  # noqa: E402
 
 from tests.helpers.serve_checkpoint import make_checkpoint  # noqa: E402
-from vlambpo_jax.models import sft  # noqa: E402
+from vlambpo_jax import loading  # noqa: E402
 from vlambpo_jax.serve import server as server_lib  # noqa: E402
 from vlambpo_jax.serve import wire  # noqa: E402
 
@@ -45,7 +45,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def direct(checkpoint):
     """Calls the policy directly: (client observation dict, seed) -> float32[k, 7]."""
-    policy, params, tokenizer, _ = sft.load_policy(checkpoint)
+    policy, params, tokenizer, _ = loading.load_policy(checkpoint)
     sample = jax.jit(lambda p, o, k: policy.sample(p, o, k, mode="eval"))
     max_len = int(policy.config.policy.max_text_len)
 

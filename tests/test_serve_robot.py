@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vlambpo_jax.data import normalization
-from vlambpo_jax.models.tokenizer import ByteTokenizer
+from vlambpo_jax.data.tokenizer import ByteTokenizer
 from vlambpo_jax.serve import robot as robot_lib
 from vlambpo_jax.serve.robot import ObservationMapper, RequestError, load_robot_config
 

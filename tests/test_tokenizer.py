@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from vlambpo_jax.models import tokenizer as tok_lib
+from vlambpo_jax import loading
+from vlambpo_jax.data import tokenizer as tok_lib
 
 
 def test_byte_tokenizer_round_trip_and_padding():
@@ -51,7 +52,7 @@ def test_hf_tokenizer_from_local_dir(hf_dir, tmp_path):
 
 
 def test_word_tokenizer_for_tabletop_instructions(tmp_path):
-    tok = tok_lib.load_tokenizer("words:tabletop")
+    tok = loading.make_tokenizer("words:tabletop")
     ids, mask = tok.encode_batch(["Put the RED cube on the blue square!", "dance wildly"], 16)
     assert mask[0].sum() == 2 + 8 and tok.decode(ids[0]) == "put the red cube on the blue square"
     assert ids[1, 1] == tok.unk_id and ids[1, 2] == tok.unk_id

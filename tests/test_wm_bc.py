@@ -7,15 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import tabletop
-from vlambpo_jax import pipeline
-from vlambpo_jax.models import sft
-from vlambpo_jax.models import wm_train
-from vlambpo_jax.models.tokenizer import ByteTokenizer
-from vlambpo_jax.rl import evaluate, wm_bc
-from vlambpo_jax.rl.rollout import ModelWorld
-from vlambpo_jax.train.preemption import NoPreemption
 from tests.helpers.fakes import RecordingWriter
 from tests.helpers.serve_checkpoint import make_checkpoint
+from vlambpo_jax import loading, pipeline
+from vlambpo_jax.data.tokenizer import ByteTokenizer
+from vlambpo_jax.rl import wm_bc
+from vlambpo_jax.rl.rollout import ModelWorld
+from vlambpo_jax.stages import common
+from vlambpo_jax.stages import wm_bc as wm_bc_stage
+from vlambpo_jax.stages.sft import CKPT_NAME as SFT_CKPT
+from vlambpo_jax.stages.wm_common import CKPT_WM
+from vlambpo_jax.tools import sweep
+from vlambpo_jax.train.preemption import NoPreemption
 
 
 def test_filter_keeps_only_successful_branches_up_to_their_success():
@@ -50,7 +53,7 @@ def test_chunk_budgets_follow_task_horizons():
     c = tabletop.get_config("smoke,tasks=all")
     roots = {"task_id": np.array([0, 1, 0]), "t": np.array([0, 0, 40])}   # pick 50, push 80
     np.testing.assert_array_equal(wm_bc.chunk_budgets(c, roots, np.array([0, 1, 2, 2]), 8), [5, 8, 1, 1])
-    assert wm_bc.full_horizon_chunks(c, roots) == 8
+    assert common.episode_chunks(c, roots) == 8
 
 
 class MarkerWorldModel:
@@ -107,13 +110,13 @@ def _same(a, b):
 
 def test_bc_on_stub_world_clones_only_successes_and_saves_a_loadable_policy(tmp_path):
     c = _config(bc_rounds=2, bc_steps=1)
-    sft_dir = make_checkpoint(tmp_path / "sft" / sft.CKPT_NAME)
-    policy, params, tokenizer, assets = sft.load_policy(sft_dir, c)
+    sft_dir = make_checkpoint(tmp_path / "sft" / SFT_CKPT)
+    policy, params, tokenizer, assets = loading.load_policy(sft_dir, c)
     marked = np.array([True, False, False, True, False, False])
     roots = _roots(c, tokenizer, marked)
     writer = RecordingWriter()
     ctx = _ctx(c, tmp_path, writer)
-    summary = wm_bc.train(ctx, policy, params, assets, WORLD, WM_PARAMS, roots)
+    summary = wm_bc_stage.train(ctx, policy, params, assets, WORLD, WM_PARAMS, roots)
 
     assert summary["steps"] == 2 and len(summary["rounds"]) == 2 and summary["branch_chunks"] == 8
     size = 0
@@ -133,8 +136,8 @@ def test_bc_on_stub_world_clones_only_successes_and_saves_a_loadable_policy(tmp_
 
     # the checkpoint is the sft format: load_policy reads it, and evaluate finds it by stage name
     pipeline.mark_done(tmp_path, "wm_bc", summary, 0.0)
-    assert evaluate.checkpoint_of(ctx, "wm_bc") == summary["checkpoint_dir"]
-    _, trained, _, saved_assets = sft.load_policy(summary["checkpoint_dir"], c)
+    assert common.checkpoint_of(ctx, "wm_bc") == summary["checkpoint_dir"]
+    _, trained, _, saved_assets = loading.load_policy(summary["checkpoint_dir"], c)
     assert not _same(trained, params)                       # BC steps changed the policy
     assert saved_assets["norm_stats"] == assets["norm_stats"]
     assert json.loads((tmp_path / "wm_bc" / "rounds.json").read_text()) == summary["rounds"]
@@ -142,13 +145,13 @@ def test_bc_on_stub_world_clones_only_successes_and_saves_a_loadable_policy(tmp_
 
 def test_no_success_means_no_update(tmp_path):
     c = _config()
-    sft_dir = make_checkpoint(tmp_path / "sft" / sft.CKPT_NAME)
-    policy, params, tokenizer, assets = sft.load_policy(sft_dir, c)
+    sft_dir = make_checkpoint(tmp_path / "sft" / SFT_CKPT)
+    policy, params, tokenizer, assets = loading.load_policy(sft_dir, c)
     roots = _roots(c, tokenizer, np.zeros(4, bool))
-    summary = wm_bc.train(_ctx(c, tmp_path), policy, params, assets, WORLD, WM_PARAMS, roots)
+    summary = wm_bc_stage.train(_ctx(c, tmp_path), policy, params, assets, WORLD, WM_PARAMS, roots)
     assert summary["rounds"][0]["kept_branches"] == 0 and summary["dataset_size"] == 0
     assert summary["rounds"][0]["bc_loss"] is None
-    _, saved, _, _ = sft.load_policy(summary["checkpoint_dir"], c)
+    _, saved, _, _ = loading.load_policy(summary["checkpoint_dir"], c)
     assert _same(saved, params)
 
 
@@ -157,15 +160,15 @@ def test_stage_run_loads_sft_collect_and_world_model(tmp_path, monkeypatch):
     known reward) go in; the threshold on P(Yes) decides success; a loadable policy comes out."""
     c = _config()
     c.env.horizons.pick = 20                               # 2 chunks per branch
-    sft_dir = make_checkpoint(tmp_path / "sft" / sft.CKPT_NAME)
-    _, params, tokenizer, _ = sft.load_policy(sft_dir, c)
+    sft_dir = make_checkpoint(tmp_path / "sft" / SFT_CKPT)
+    _, params, tokenizer, _ = loading.load_policy(sft_dir, c)
     loaded = []
 
     def load_world_model(directory, config):
         loaded.append(directory)
         return MarkerWorldModel(), WM_PARAMS, {}
 
-    monkeypatch.setattr(wm_train, "load_world_model", load_world_model)
+    monkeypatch.setattr(loading, "load_world_model", load_world_model)
     (tmp_path / "collect").mkdir()
     roots_path = tmp_path / "collect" / "roots.npz"
     roots = _roots(c, tokenizer, np.array([True, False] * 4))
@@ -176,8 +179,8 @@ def test_stage_run_loads_sft_collect_and_world_model(tmp_path, monkeypatch):
                            ("wm_finetune", {})):
         (tmp_path / stage).mkdir(exist_ok=True)
         pipeline.mark_done(tmp_path, stage, summary, 0.0)
-    summary = wm_bc.run(_ctx(c, tmp_path))
-    assert loaded == [tmp_path / "wm_finetune" / wm_train.CKPT_WM]
+    summary = wm_bc_stage.run(_ctx(c, tmp_path))
+    assert loaded == [tmp_path / "wm_finetune" / CKPT_WM]
     row = summary["rounds"][0]
     assert summary["branch_chunks"] == 8          # the longest task horizon (80) / k
     with np.load(tmp_path / "wm_bc" / "data" / "round_000.npz") as f:
@@ -187,15 +190,16 @@ def test_stage_run_loads_sft_collect_and_world_model(tmp_path, monkeypatch):
     np.testing.assert_array_equal(images[:, 0, 0, 1, 0], np.tile([0, 1], row["kept_branches"]))
     assert np.all(images[:, 0, 0, 0, 0] == 255) and not np.any(images[:, 0, 0, 2, 0] == 7)
     assert np.isfinite(summary["final_loss"])
-    _, trained, _, _ = sft.load_policy(summary["checkpoint_dir"], c)
+    _, trained, _, _ = loading.load_policy(summary["checkpoint_dir"], c)
     assert not _same(trained, params)
 
 
 def test_sweep_runs_wm_bc_on_the_base_world_model(tmp_path, monkeypatch):
-    from vlambpo_jax.rl import sweep
-
     base = tmp_path / "base"
-    for stage in sweep.SHARED:
+    config = tabletop.get_config("smoke")
+    shared = sweep.shared_stages(sweep.run_order(config))
+    assert shared == ("demos", "sft", "collect", "wm_pretrain", "wm_finetune")
+    for stage in shared:
         (base / stage).mkdir(parents=True)
     calls = []
 
@@ -210,14 +214,14 @@ def test_sweep_runs_wm_bc_on_the_base_world_model(tmp_path, monkeypatch):
             {"wm_bc": {"success_rate": 0.25, "ci95": [0.1, 0.4], "episodes": 8}}))
 
     monkeypatch.setattr(sweep.subprocess, "run", fake_run)
-    args = type("Args", (), {"workdir": str(base), "config": "configs/tabletop.py:smoke"})()
-    row = sweep.run_variant("wm_bc", args, [])
+    row = sweep.run_variant("wm_bc", "configs/tabletop.py:smoke", config, base, [])
     (cmd,) = calls
     assert "--stages=wm_bc,evaluate" in cmd and "--config.eval.policies=('wm_bc',)" in cmd
-    for stage in sweep.SHARED:   # the base run's world model, roots and SFT policy are reused
+    for stage in shared:   # the base run's world model, roots and SFT policy are reused
         assert (base / "variants" / "wm_bc" / stage).resolve() == (base / stage).resolve()
     assert row["success_rate"] == 0.25 and row["env_steps"] == 0 and row["rounds"][0]["imagined_success"] == 0.5
-    assert sweep.variant_stages("no_ivd")[1] == ("wm_pretrain", "wm_finetune", "mbpo", "evaluate")
+    assert sweep.variant_stages("no_ivd", sweep.run_order(config))[1] == (
+        "wm_pretrain", "wm_finetune", "mbpo", "evaluate")
 
 
 class _StopAfterFirstStep:
@@ -233,20 +237,20 @@ class _StopAfterFirstStep:
 
 def test_resume_between_rounds_is_identical(tmp_path):
     c = _config(bc_rounds=2, bc_steps=1)
-    sft_dir = make_checkpoint(tmp_path / "sft" / sft.CKPT_NAME)
-    policy, params, tokenizer, assets = sft.load_policy(sft_dir, c)
+    sft_dir = make_checkpoint(tmp_path / "sft" / SFT_CKPT)
+    policy, params, tokenizer, assets = loading.load_policy(sft_dir, c)
     roots = _roots(c, tokenizer, np.array([True, False, True, False]))
-    full = wm_bc.train(_ctx(c, tmp_path / "full"), policy, params, assets, WORLD, WM_PARAMS, roots)
+    full = wm_bc_stage.train(_ctx(c, tmp_path / "full"), policy, params, assets, WORLD, WM_PARAMS, roots)
     ctx = pipeline.StageContext(c, tmp_path / "resumed", "wm_bc", RecordingWriter(),
                                 _StopAfterFirstStep(tmp_path / "resumed" / "wm_bc"))
     ctx.stage_dir.mkdir(parents=True)
-    part = wm_bc.train(ctx, policy, params, assets, WORLD, WM_PARAMS, roots)
+    part = wm_bc_stage.train(ctx, policy, params, assets, WORLD, WM_PARAMS, roots)
     assert part["interrupted"] and part["steps"] == 1 and len(part["rounds"]) == 1
-    resumed = wm_bc.train(_ctx(c, tmp_path / "resumed"), policy, params, assets, WORLD, WM_PARAMS, roots)
+    resumed = wm_bc_stage.train(_ctx(c, tmp_path / "resumed"), policy, params, assets, WORLD, WM_PARAMS, roots)
     assert resumed["steps"] == 2
     assert [r["kept_pairs"] for r in resumed["rounds"]] == [r["kept_pairs"] for r in full["rounds"]]
-    _, a, _, _ = sft.load_policy(full["checkpoint_dir"], c)
-    _, b, _, _ = sft.load_policy(resumed["checkpoint_dir"], c)
+    _, a, _, _ = loading.load_policy(full["checkpoint_dir"], c)
+    _, b, _, _ = loading.load_policy(resumed["checkpoint_dir"], c)
     assert _same(a, b)
 
 
@@ -264,10 +268,8 @@ def _finished_base_run(tmp_path, demo_steps: int, collect_steps: int):
 
 def test_sweep_calls_accumulate_rows(tmp_path, monkeypatch):
     """Two sweep calls on one run (e.g. in parallel) leave both variants' rows in results.json."""
-    from vlambpo_jax.rl import sweep
-
     base, row = _finished_base_run(tmp_path, 100, 50)
-    monkeypatch.setattr(sweep, "run_variant", lambda name, args, extra: {**row, "env_steps": 7})
+    monkeypatch.setattr(sweep, "run_variant", lambda *args: {**row, "env_steps": 7})
     for variant in ("branch_1", "online_ppo"):
         assert sweep.main([f"--workdir={base}", "--config=configs/tabletop.py:smoke", f"--variants={variant}"]) == 0
     rows = json.loads((base / "sweep" / "results.json").read_text())
@@ -277,16 +279,11 @@ def test_sweep_calls_accumulate_rows(tmp_path, monkeypatch):
 
 
 def test_sweep_default_variants_skip_the_base_runs_view_decoding(tmp_path, monkeypatch):
-    from configs import tabletop
-    from vlambpo_jax.rl import sweep
-
     base, row = _finished_base_run(tmp_path, 1, 1)
     ran = []
-    monkeypatch.setattr(sweep, "run_variant", lambda name, args, extra: ran.append(name) or {**row, "env_steps": 0})
+    monkeypatch.setattr(sweep, "run_variant", lambda name, *args: ran.append(name) or {**row, "env_steps": 0})
     for decoding, skipped, kept in (("independent", "no_ivd", "ivd"), ("interleaved", "ivd", "no_ivd")):
-        config = tabletop.get_config("smoke")
-        config.wm.view_decoding = decoding
-        monkeypatch.setattr(sweep, "load_config", lambda spec, c=config: c)
         ran.clear()
-        sweep.main([f"--workdir={base}", "--config=configs/tabletop.py:smoke"])
+        sweep.main([f"--workdir={base}", "--config=configs/tabletop.py:smoke",
+                    f"--config.wm.view_decoding={decoding}"])
         assert kept in ran and skipped not in ran and "branch_1" in ran, ran

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from configs import tabletop
+from vlambpo_jax.config_checks import ConfigError, validate
 from vlambpo_jax.models import flow_sampling as fs
 from vlambpo_jax.models.world_model import WorldModel
 
@@ -86,5 +87,5 @@ def test_config_wiring(monkeypatch):
     spec = WorldModel(old).spec
     assert (spec.cfg_renorm_type, spec.cfg_renorm_min, spec.ivd_vit_copy) == ("none", 0.0, False)
     c.wm.cfg_renorm_type = "bogus"
-    with pytest.raises(ValueError, match="cfg_renorm_type"):
-        WorldModel(c)
+    with pytest.raises(ConfigError, match="cfg_renorm_type"):
+        validate(c)

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from configs import tabletop
-from vlambpo_jax import pipeline
+from tests.helpers.fakes import RecordingWriter
+from vlambpo_jax import loading, pipeline
 from vlambpo_jax.data.rlds_writer import write_rlds
 from vlambpo_jax.data.synthetic import synthetic_episode
-from vlambpo_jax.models import state_probe, wm_eval, wm_train
+from vlambpo_jax.models import state_probe, wm_training
+from vlambpo_jax.stages import wm_common, wm_finetune, wm_pretrain
+from vlambpo_jax.tools import wm_eval
 from vlambpo_jax.train.preemption import NoPreemption
-from tests.helpers.fakes import RecordingWriter
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def dataset(tmp_path_factory):
                       image_shape=(32, 32, 3))
 
 
-def test_pretrain_finetune_load_predict(dataset, tmp_path):
+def test_pretrain_finetune_load_predict(dataset, tmp_path, capsys):
     c = tabletop.get_config("smoke")
     c.data.builder_dir = str(dataset)
     c.wm.vae.steps = 3
@@ -35,7 +37,7 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path):
     c.log.progress = "off"
     c.log.every_steps = 1
     summaries = {}
-    for stage, fn in (("wm_pretrain", wm_train.run_pretrain), ("wm_finetune", wm_train.run_finetune)):
+    for stage, fn in (("wm_pretrain", wm_pretrain.run), ("wm_finetune", wm_finetune.run)):
         writer = RecordingWriter()
         ctx = pipeline.StageContext(c, tmp_path, stage, writer, NoPreemption())
         ctx.stage_dir.mkdir(parents=True, exist_ok=True)
@@ -45,9 +47,9 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path):
         assert any("eval/psnr_head" in m for _, m in writer.rows)
     assert summaries["wm_finetune"]["steps"] == 2
     assert (tmp_path / "wm_finetune" / "samples.png").exists()
-    wm, params, assets = wm_train.load_world_model(tmp_path / "wm_finetune" / wm_train.CKPT_WM)
+    wm, params, assets = loading.load_world_model(tmp_path / "wm_finetune" / wm_common.CKPT_WM)
     # fine-tuning froze the ViT: identical to the pretrained one
-    _, pre, _ = wm_train.load_world_model(tmp_path / "wm_pretrain" / wm_train.CKPT_WM)
+    _, pre, _ = loading.load_world_model(tmp_path / "wm_pretrain" / wm_common.CKPT_WM)
     for a, b in zip(jax.tree.leaves(params["net"]["params"]["vit"]), jax.tree.leaves(pre["net"]["params"]["vit"])):
         np.testing.assert_array_equal(a, b)
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params["net"]["params"]["backbone"]),
@@ -57,40 +59,43 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path):
     for stage in ("wm_pretrain", "wm_finetune"):
         cons = summaries[stage]["consistency"]
         assert cons["view_decoding"] == c.wm.view_decoding == "independent"
-        for k in wm_train.CONSISTENCY_KEYS:
+        for k in wm_training.CONSISTENCY_KEYS:
             assert np.isfinite(cons[k]) and cons[k] >= 0, (stage, k, cons)
-        assert (tmp_path / stage / wm_train.PROBE_FILE).exists()
+        assert (tmp_path / stage / wm_common.PROBE_FILE).exists()
     assert any("eval/consistency_pos" in m and "eval/real_consistency_pos" in m for _, m in writer.rows)
     # the same probe and held-out batches evaluate another model (here: the pretrained weights)
-    probe = state_probe.load(tmp_path / "wm_finetune" / wm_train.PROBE_FILE)
+    probe = state_probe.load(tmp_path / "wm_finetune" / wm_common.PROBE_FILE)
     ctx = pipeline.StageContext(c, tmp_path, "wm_finetune", RecordingWriter(), NoPreemption())
-    _, heldout, _ = wm_train._open_data(ctx, "", c.wm.batch_size, int(c.seed) + 1)  # the stage's
+    _, heldout, _ = wm_common.open_data(ctx, "", c.wm.batch_size, int(c.seed) + 1)  # the stage's
     assert heldout[0]["next_state"].shape == (c.wm.batch_size, 7)
-    ev = wm_train.make_evaluator(wm, heldout, jax.random.key(0), probe=probe)
+    ev = wm_training.make_evaluator(wm, heldout, jax.random.key(0), probe=probe)
     a, b = ev(params), ev(pre)
-    assert set(wm_train.CONSISTENCY_KEYS) <= set(a) and a["real_consistency_pos"] == b["real_consistency_pos"]
+    assert set(wm_training.CONSISTENCY_KEYS) <= set(a) and a["real_consistency_pos"] == b["real_consistency_pos"]
     assert a["consistency_pos"] != b["consistency_pos"]
     # the wm_eval CLI recomputes a stage's held-out metrics from its checkpoint, equal to its summary,
     # and refuses a config whose layout differs from the checkpoint's
     args = [f"--config={tabletop.__file__}:smoke", f"--workdir={tmp_path}",
-            f"--set=data.builder_dir={dataset}",
-            "--set=wm.sample_temperature=1.0", "--set=wm.batch_size=4", f"--out={tmp_path / 'eval.json'}"]
+            f"--config.data.builder_dir={dataset}", "--config.wm.sample_temperature=1.0",
+            "--config.wm.batch_size=4", f"--out={tmp_path / 'eval.json'}"]
     assert wm_eval.main(args) == 0
     again = json.loads((tmp_path / "eval.json").read_text())
     for k, v in summaries["wm_finetune"]["eval"].items():
         assert again[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
-    with pytest.raises(ValueError, match="view_decoding=independent"):
-        wm_eval.main(args + ["--set=wm.view_decoding=interleaved"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        wm_eval.main(args + ["--config.wm.view_decoding=interleaved"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "wm.view_decoding='independent'" in err[0], err
     # a held-out batch whose next frames equal the current ones: the copy baseline is capped, not inf
     still = [dict(heldout[0], next_images=heldout[0]["images"])]
-    c_still = wm_train.make_evaluator(wm, still, jax.random.key(0))(params)
-    assert c_still["copy_psnr_head"] == wm_train.PSNR_CAP_DB and np.isfinite(c_still["psnr_head"])
+    c_still = wm_training.make_evaluator(wm, still, jax.random.key(0))(params)
+    assert c_still["copy_psnr_head"] == wm_training.PSNR_CAP_DB and np.isfinite(c_still["psnr_head"])
 
 
 def test_balanced_accuracy_by_hand():
-    assert wm_train.balanced_accuracy(tp=0, fp=0, fn=0, tn=10) == 1.0       # only No samples, all right
-    assert wm_train.balanced_accuracy(tp=0, fp=0, fn=2, tn=8) == 0.5        # 'No' everywhere: 0.8 accuracy
-    assert wm_train.balanced_accuracy(tp=3, fp=1, fn=1, tn=5) == (3 / 4 + 5 / 6) / 2
+    assert wm_training.balanced_accuracy(tp=0, fp=0, fn=0, tn=10) == 1.0       # only No samples, all right
+    assert wm_training.balanced_accuracy(tp=0, fp=0, fn=2, tn=8) == 0.5        # 'No' everywhere: 0.8 accuracy
+    assert wm_training.balanced_accuracy(tp=3, fp=1, fn=1, tn=5) == (3 / 4 + 5 / 6) / 2
 
 
 def _episode(index, length, success, rng):
@@ -104,7 +109,7 @@ def _episode(index, length, success, rng):
 def test_reward_examples_are_balanced_labelled_and_deterministic():
     rng = np.random.default_rng(0)
     eps = [_episode(i, 30, i % 3 == 0, rng) for i in range(6)]     # episodes 0 and 3 succeed
-    ex = wm_train.RewardExamples(eps, size=16, seed=1, max_text_len=8)
+    ex = wm_common.RewardExamples(eps, size=16, seed=1, max_text_len=8)
     assert len(ex.pools[True]) == 2 * 5 and len(ex.pools[False]) == 2 * 20 + 4 * 30
     b = ex(7)
     assert b["reward_images"].shape == (16, 2, 8, 8, 3) and b["reward_tokens"].shape == (16, 8)
@@ -114,7 +119,7 @@ def test_reward_examples_are_balanced_labelled_and_deterministic():
         assert yes == (e["success"] and t >= 25) and (yes or not e["success"] or t < 20)
     np.testing.assert_array_equal(ex(7)["reward_images"], b["reward_images"])
     assert not np.array_equal(ex(8)["reward_images"], b["reward_images"])
-    assert wm_train.RewardExamples(eps[1:3], 16, 1, 8)(0)["reward_yes"].sum() == 0  # no success: all No
+    assert wm_common.RewardExamples(eps[1:3], 16, 1, 8)(0)["reward_yes"].sum() == 0  # no success: all No
     held = ex.heldout(n_batches=3, per_class=12)                     # 10 Yes + 12 No -> 3 x 7
     assert [h["reward_yes"].shape for h in held] == [(7,)] * 3
     assert sum(int(h["reward_yes"].sum()) for h in held) >= 9

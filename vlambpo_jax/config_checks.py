@@ -1,4 +1,4 @@
-"""Config validation that runs before any compute.
+"""Config validation that runs before any compute: every rule on a config lives here.
 
 Each rule names the key it checks and what is allowed; `validate` raises ConfigError on the first
 violation so the CLI can stop with one line. Rules skip keys a config does not have (bridge has no
@@ -6,11 +6,18 @@ simulator section, for example), so every config file shares one rule list.
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
 from typing import Any, Callable
 
 import ml_collections
 
-from vlambpo_jax import pipeline
+from vlambpo_jax import stages as stage_registry
+from vlambpo_jax.data.rlds_reader import ACTION_PADS
+from vlambpo_jax.data.standardize import EMPTY_VIEW_RULES, LAYOUTS
+from vlambpo_jax.envs import has_simulator
+from vlambpo_jax.models.flow_sampling import CFG_RENORM_TYPES
+from vlambpo_jax.models.world_model import REWARD_VIEWS
 
 _MISSING = object()
 
@@ -25,7 +32,6 @@ class ConfigError(ValueError):
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """'path/to/config.py[:arg]' -> the ConfigDict its get_config(arg) returns."""
-    import importlib.util
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("_vlambpo_config", path)
     module = importlib.util.module_from_spec(module_spec)
@@ -36,7 +42,6 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 def apply_overrides(config: ml_collections.ConfigDict, assignments) -> ml_collections.ConfigDict:
     """Applies 'path.to.field=VALUE' strings in order (values parsed as Python literals where they
     parse, else kept as strings); an unknown field raises KeyError. For scripts outside main.py."""
-    import ast
     for item in assignments:
         path, _, raw = item.partition("=")
         try:
@@ -83,12 +88,12 @@ def _one_of(*choices) -> Callable[[Any], str | None]:
 
 
 def _stages(v):
-    unknown = [s for s in v if s not in pipeline.STAGES]
+    order = list(stage_registry.STAGES)
+    unknown = [s for s in v if s not in order]
     if unknown:
-        return f"unknown stage {unknown[0]!r}; known stages: {', '.join(pipeline.STAGES)}"
+        return f"unknown stage {unknown[0]!r}; known stages: {', '.join(order)}"
     if len(set(v)) != len(v):
         return "lists a stage twice"
-    order = list(pipeline.STAGES)
     if [order.index(s) for s in v] != sorted(order.index(s) for s in v):
         return "stages must follow the pipeline order " + " -> ".join(order)
     return None
@@ -98,6 +103,25 @@ def _image_size(v):
     return None if isinstance(v, int) and 8 <= v <= 1024 and v % 8 == 0 else \
         "must be a multiple of 8 between 8 and 1024"
 
+
+def _bool(v):
+    return None if isinstance(v, bool) else "must be True or False"
+
+
+def _dims(v):
+    try:
+        ok = all(isinstance(d, int) for d in v)
+    except TypeError:
+        ok = False
+    return None if ok else "must be a tuple of ints (dims left unnormalized)"
+
+
+def _even(v):
+    return None if isinstance(v, int) and v > 0 and v % 2 == 0 else "must be an even integer > 0 (RoPE)"
+
+
+# Old option names -> the new ones; a config still setting an old name is refused with the new one.
+RENAMED = {"sft.clip": "sft.grad_clip"}
 
 # (key, check) pairs; a check returns None when fine, else what is allowed.
 RULES: list[tuple[str, Callable[[Any], str | None]]] = [
@@ -127,9 +151,20 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("sft.grounding_scenes", _int_range(1)),
     ("sft.grounding_layer", _int_range(-1)),
     ("policy.vit_stem", _one_of("patch", "conv")),
+    ("policy.dtype", _one_of("float32", "bfloat16")),
+    ("policy.head_dim", _even),
+    ("policy.noise_method", lambda v: None if v == "flow_sde" else
+     "only 'flow_sde' is implemented (the learned-noise 'flow_noise' variant is not)"),
+    ("sft.grad_clip", _positive_float),
+    ("wm.grad_clip", _positive_float),
+    ("rl.grad_clip", _positive_float),
     ("demos.targets_per_scene", _int_range(1)),
     ("wm.view_decoding", _one_of("interleaved", "independent", "joint")),
     ("wm.action_encoding", _one_of("bins", "continuous")),
+    ("wm.cfg_renorm_type", _one_of(*CFG_RENORM_TYPES)),
+    ("wm.reward_views", _one_of(*REWARD_VIEWS)),
+    ("wm.delta_scale", lambda v: None if len(v) == 2 and all(isinstance(x, (int, float)) and x > 0 for x in v)
+     else "must be two positive factors (head, wrist)"),
     ("eval.instruction_split", _one_of("seen", "unseen")),
     ("rl.gamma", _unit_interval),
     ("rl.gae_lambda", _unit_interval),
@@ -160,6 +195,19 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("eval.imagined_branches", _int_range(0)),
     ("eval.imagined_chunks", _int_range(0)),
     ("eval.wm_batches", _int_range(0)),
+    ("data.layout", _one_of(*LAYOUTS)),
+    ("data.empty_view_rule", _one_of(*EMPTY_VIEW_RULES)),
+    ("data.action_pad", _one_of(*ACTION_PADS)),
+    ("data.shuffle_buffer", _int_range(0)),
+    ("data.episode_buffer", _int_range(1)),
+    ("data.state_dim", _int_range(1)),
+    ("data.inspect_batches", _int_range(0)),
+    ("data.prefetch", _int_range(0)),
+    ("data.skip_bad_episodes", _bool),
+    ("data.drop_first_zero_action", _bool),
+    ("data.binarize_gripper", _bool),
+    ("data.norm_skip_action_dims", _dims),
+    ("data.norm_skip_state_dims", _dims),
 ]
 
 # Stages that need the simulator (config.env); configs without one (the real-robot path) use
@@ -175,8 +223,55 @@ def _horizons(config) -> dict[str, int]:
     return dict(horizons.items()) if hasattr(horizons, "items") else {}
 
 
+def _cross_problems(config) -> list[tuple[str, Any, str]]:
+    """(key, value, what is allowed) for rules that involve several fields."""
+    out = []
+    p = get(config, "policy")
+    if p is not _MISSING:
+        if p.expert_depth != p.depth:
+            out.append(("policy.expert_depth", p.expert_depth, f"must equal config.policy.depth ({p.depth}): "
+                        "every layer is one joint attention over both experts"))
+        if p.num_heads % p.num_kv_heads:
+            out.append(("policy.num_heads", p.num_heads,
+                        f"must be a multiple of config.policy.num_kv_heads ({p.num_kv_heads})"))
+        if p.action_pad_dim < config.action_dim:
+            out.append(("policy.action_pad_dim", p.action_pad_dim,
+                        f"must be >= config.action_dim ({config.action_dim})"))
+        text_len = get(config, "data.max_text_len")
+        if text_len is not _MISSING and p.max_text_len != text_len:
+            out.append(("policy.max_text_len", p.max_text_len,
+                        f"must equal config.data.max_text_len ({text_len})"))
+        if config.image_size % p.vit_patch:
+            out.append(("image_size", config.image_size,
+                        f"must be divisible by config.policy.vit_patch ({p.vit_patch})"))
+    w = get(config, "wm")
+    if w is not _MISSING and "vae" in w:
+        down = 2 ** len(w.vae.widths)
+        if config.image_size % (down * w.latent_patch):
+            out.append(("image_size", config.image_size, f"must be divisible by the VAE downsample ({down}, "
+                        f"config.wm.vae.widths) x config.wm.latent_patch ({w.latent_patch})"))
+        if w.vae.downsample != down:
+            out.append(("wm.vae.downsample", w.vae.downsample, f"must equal 2 ** len(config.wm.vae.widths) "
+                        f"(= {down}: one stride-2 stage per width)"))
+    d = get(config, "data")
+    if d is not _MISSING and "image_keys" in d:
+        if len(tuple(d.image_keys)) != len(tuple(config.views)):
+            out.append(("data.image_keys", tuple(d.image_keys),
+                        f"must name one observation key per view in config.views ({len(tuple(config.views))})"))
+        if not 0 <= d.gripper_dim < config.action_dim:
+            out.append(("data.gripper_dim", d.gripper_dim, f"must be in [0, action_dim={config.action_dim})"))
+        for key, dim in (("norm_skip_action_dims", config.action_dim), ("norm_skip_state_dims", d.state_dim)):
+            bad = [x for x in d[key] if not -dim <= x < dim]
+            if bad:
+                out.append((f"data.{key}", bad, f"dims must be in [-{dim}, {dim})"))
+    return out
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first bad key; returns None when the config can run."""
+    for old, new in RENAMED.items():
+        if get(config, old) is not _MISSING:
+            raise ConfigError(old, get(config, old), f"renamed: set config.{new} instead")
     for key, check in RULES:
         value = get(config, key)
         if value is _MISSING:
@@ -184,11 +279,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         problem = check(value)
         if problem:
             raise ConfigError(key, value, problem)
-    if get(config, "data") is not _MISSING and len(config.data):
-        from vlambpo_jax.data import config_rules as data_rules
-        for key, value, problem in data_rules.problems(config):
-            raise ConfigError(key, value, problem)
-    if get(config, "env") is _MISSING:
+    for key, value, problem in _cross_problems(config):
+        raise ConfigError(key, value, problem)
+    if not has_simulator(config):
         stages = get(config, "stages")
         for stage in _SIM_STAGES:
             if stages is not _MISSING and stage in tuple(stages):

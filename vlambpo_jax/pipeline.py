@@ -1,9 +1,10 @@
-"""Pipeline stages and the runner that makes each one resumable.
+"""The runner that makes every pipeline stage resumable.
 
-A stage is a function `run(ctx: StageContext) -> dict` (a JSON-able summary). The runner gives every
+A stage is a module of vlambpo_jax/stages with `run(ctx: StageContext) -> dict` (a JSON-able summary);
+the registry (name -> module, in pipeline order) is vlambpo_jax.stages.STAGES. The runner gives every
 stage its own directory `workdir/<stage>/`; a stage that returned writes `DONE.json` there and is skipped
 on the next run. A stage interrupted before that resumes from its own checkpoints in its directory.
-Stages are looked up lazily by module path so that a missing optional dependency of one stage does not
+Stage modules are imported when their stage runs, so a missing optional dependency of one stage does not
 break the others.
 """
 from __future__ import annotations
@@ -18,22 +19,8 @@ import jax
 import ml_collections
 from etils import epath
 
+from vlambpo_jax.stages import STAGES
 from vlambpo_jax.train import sharding
-
-# Stage name -> "module:function". Order here is the canonical pipeline order.
-STAGES: dict[str, str] = {
-    "data": "vlambpo_jax.data.inspect_stage:run",
-    "demos": "vlambpo_jax.envs.demos:run",
-    "sft": "vlambpo_jax.models.sft:run",
-    "collect": "vlambpo_jax.rl.collect:run",
-    "logged_roots": "vlambpo_jax.rl.offline:run_roots",
-    "wm_pretrain": "vlambpo_jax.models.wm_train:run_pretrain",
-    "wm_finetune": "vlambpo_jax.models.wm_train:run_finetune",
-    "mbpo": "vlambpo_jax.rl.mbpo:run",
-    "wm_bc": "vlambpo_jax.rl.wm_bc:run",
-    "evaluate": "vlambpo_jax.rl.evaluate:run",
-    "report": "vlambpo_jax.rl.report:run",
-}
 
 DONE_FILE = "DONE.json"
 
@@ -59,17 +46,23 @@ class StageContext:
                                f"finished in {self.workdir}; add '{name}' to config.stages before it")
         return path
 
-
     def stage_summary(self, name: str) -> dict:
         """The summary another (finished) stage returned, e.g. its checkpoint directory."""
         return json.loads((self.stage_output(name) / DONE_FILE).read_text())["summary"]
+
+    def is_done(self, name: str) -> bool:
+        return is_done(self.workdir, name)
+
+    def finished(self) -> dict[str, dict]:
+        """{stage: its DONE record {'stage', 'seconds', 'summary'}} of every finished stage, in order."""
+        return {name: json.loads((self.workdir / name / DONE_FILE).read_text())
+                for name in STAGES if self.is_done(name)}
 
 
 def resolve(stage: str) -> Callable[[StageContext], dict]:
     if stage not in STAGES:
         raise KeyError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
-    module, fn = STAGES[stage].split(":")
-    return getattr(importlib.import_module(module), fn)
+    return importlib.import_module(STAGES[stage]).run
 
 
 def is_done(workdir: epath.Path, stage: str) -> bool:

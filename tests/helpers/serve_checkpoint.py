@@ -10,9 +10,10 @@ import jax
 import numpy as np
 
 from configs import tabletop
+from vlambpo_jax import loading
 from vlambpo_jax.data import normalization
+from vlambpo_jax.data import tokenizer as tok_lib
 from vlambpo_jax.models import policy as policy_lib
-from vlambpo_jax.models import tokenizer as tok_lib
 from vlambpo_jax.train import checkpoints
 
 
@@ -27,15 +28,15 @@ def _stats(dim: int, rng: np.random.Generator, skip_last: bool) -> normalization
 
 
 def make_checkpoint(directory, *, use_state: bool = False, seed: int = 0, config_arg: str = "smoke") -> Path:
-    """Writes a checkpoint to `directory` and returns it (load with sft.load_policy). config_arg: the
-    tabletop config's argument ('smoke' sizes by default; '' = the default, full tabletop sizes)."""
+    """Writes a checkpoint to `directory` and returns it (load with vlambpo_jax.loading.load_policy).
+    config_arg: the tabletop config's argument ('smoke' sizes by default; '' = the default, full tabletop sizes)."""
     config = tabletop.get_config(config_arg)
     config.policy.use_state = use_state
     rng = np.random.default_rng(seed)
     stats = normalization.NormStats({"action": _stats(config.action_dim, rng, True),
                                      "state": _stats(config.policy.state_dim, rng, True)},
                                     fingerprint="serve-test", num_episodes=1)
-    tokenizer = tok_lib.load_tokenizer(config.policy.tokenizer)
+    tokenizer = loading.make_tokenizer(config.policy.tokenizer)
     policy = policy_lib.Policy(config, vocab_size=tokenizer.vocab_size)
     n, s, v = config.policy.max_text_len, config.image_size, len(config.views)
     example = {"images": np.zeros((1, v, s, s, 3), np.uint8), "image_mask": np.ones((1, v), bool),

@@ -19,9 +19,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from configs import tabletop  # noqa: E402
+from vlambpo_jax import loading
+from vlambpo_jax.data.tokenizer import ByteTokenizer  # noqa: E402
 from vlambpo_jax.models.policy import Policy  # noqa: E402
-from vlambpo_jax.models.sft import SFTState, make_train_step  # noqa: E402
-from vlambpo_jax.models.tokenizer import ByteTokenizer  # noqa: E402
+from vlambpo_jax.models.policy_train import SFTState, make_train_step  # noqa: E402
 from vlambpo_jax.models.world_model import WorldModel  # noqa: E402
 from vlambpo_jax.rl.rollout import ImaginedState, ModelWorld, rollout  # noqa: E402
 from vlambpo_jax.train import sharding  # noqa: E402
@@ -64,7 +65,7 @@ def main():
     out = {}
 
     # Policy: the SFT step.
-    policy = Policy(config)
+    policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
     params = policy.init(jax.random.PRNGKey(0), {"images": jnp.asarray(images[:1]),
                                                  "tokens": jnp.asarray(tok[:1]),
                                                  "token_mask": jnp.asarray(mask[:1])})

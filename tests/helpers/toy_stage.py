@@ -59,7 +59,7 @@ def run(ctx):
 
 def main():
     workdir, num_steps, sleep = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    pipeline.STAGES["toy"] = "tests.helpers.toy_stage:run"
+    pipeline.STAGES["toy"] = "tests.helpers.toy_stage"
     config = ml_collections.ConfigDict(dict(
         stages=("toy",), num_steps=num_steps, step_sleep=sleep,
         checkpoint=common.checkpoint_config(), log=common.log_config()))

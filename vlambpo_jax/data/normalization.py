@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
 MODES = ("zscore", "percentile")
@@ -187,8 +188,6 @@ def _xp(x):
     """numpy for numpy inputs, jax.numpy for jax arrays/tracers (so both work under jit)."""
     if isinstance(x, np.ndarray) or np.isscalar(x):
         return np
-    import jax.numpy as jnp  # noqa: PLC0415
-
     return jnp
 
 

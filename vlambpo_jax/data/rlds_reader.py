@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import dataclasses
 import itertools
 import os
 import queue
@@ -36,12 +37,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
 from vlambpo_jax.data import normalization
 from vlambpo_jax.data.errors import DataError, import_tensorflow, where
 from vlambpo_jax.data.standardize import StandardizeConfig, standardize
+from vlambpo_jax.data.tokenizer import ByteTokenizer
 
 # Re-exported for users of the reader.
 __all__ = ["DataError", "StandardizeConfig", "open_builder", "resolve_builder_dir", "EpisodeReader",
@@ -202,8 +205,6 @@ class EpisodeReader:
     def _std_for_read(self) -> StandardizeConfig:
         if self.decode_images:
             return self.std
-        import dataclasses  # noqa: PLC0415
-
         return dataclasses.replace(self.std, image_keys=("",) * len(self.std.image_keys))
 
     def _bad(self, error: DataError, count: int) -> None:
@@ -357,8 +358,6 @@ def make_batch(samples: list[tuple[dict, int]], *, chunk_size: int, tokenizer=No
         raise ValueError(f"config.data.action_pad must be one of {ACTION_PADS}, got {action_pad!r}")
     if _tokens is None:
         if tokenizer is None:
-            from vlambpo_jax.models.tokenizer import ByteTokenizer  # noqa: PLC0415
-
             tokenizer = ByteTokenizer()
         _tokens = _TokenCache(tokenizer, max_text_len)
     k = chunk_size
@@ -407,8 +406,6 @@ def iter_batches(samples: Iterable[tuple[dict, int]], batch_size: int, *, drop_r
     """Groups samples into batches of batch_size (the last partial one only if not drop_remainder)."""
     tokenizer = batch_kwargs.pop("tokenizer", None)
     if tokenizer is None:
-        from vlambpo_jax.models.tokenizer import ByteTokenizer  # noqa: PLC0415
-
         tokenizer = ByteTokenizer()
     cache = _TokenCache(tokenizer, batch_kwargs.pop("max_text_len", 32))
     it = iter(samples)
@@ -482,8 +479,6 @@ def to_device(batch: Mapping[str, np.ndarray], sharding) -> dict:
 
     sharding: e.g. NamedSharding(mesh, PartitionSpec('data')); each host passes its own rows.
     """
-    import jax  # noqa: PLC0415
-
     return {k: v if v.dtype == object else jax.make_array_from_process_local_data(sharding, v)
             for k, v in batch.items()}
 
@@ -509,13 +504,7 @@ class RLDSLoader:
                  process_count: int | None = None, log: Callable[[str], None] = print):
         self.config = config
         d = config.data
-        from vlambpo_jax.data.config_rules import problems  # noqa: PLC0415  (imports this module)
-
-        for key, value, allowed in problems(config):
-            raise ValueError(f"config.{key}={value!r}: {allowed}")
         if process_index is None or process_count is None:
-            import jax  # noqa: PLC0415
-
             process_index, process_count = jax.process_index(), jax.process_count()
         self.process_index, self.process_count = process_index, process_count
         self.split = split or d.split

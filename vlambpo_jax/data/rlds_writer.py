@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from vlambpo_jax.data.errors import DataError, import_tensorflow, where
 
@@ -275,8 +276,6 @@ def _encode_image(feature: tfds.features.Image, frame, dataset, index, path) -> 
     """uint8[H, W, C] -> PNG/JPEG bytes (PIL, no TensorFlow). Bytes pass through unchanged."""
     if isinstance(frame, bytes):
         return frame
-    from PIL import Image  # noqa: PLC0415
-
     arr = np.asarray(frame)
     want = tuple(feature.shape)
     if arr.dtype != np.uint8:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from vlambpo_jax.data.bridge import binarize_gripper
 from vlambpo_jax.data.errors import DataError, where
@@ -100,7 +101,8 @@ def _episode_label(index: int, metadata: Mapping) -> str:
 
 def standardize(raw: Mapping, cfg: StandardizeConfig, *, dataset: str, index: int) -> dict[str, Any]:
     """One raw episode {'steps': {...stacked numpy...}, 'episode_metadata': {...}} -> standard episode."""
-    metadata = {k: (_text(v) if isinstance(v, bytes) else v) for k, v in dict(raw.get("episode_metadata") or {}).items()}
+    metadata = {k: (_text(v) if isinstance(v, bytes) else v)
+                for k, v in dict(raw.get("episode_metadata") or {}).items()}
     ep_label = _episode_label(index, metadata)
     steps = raw.get("steps")
     if not isinstance(steps, Mapping):
@@ -227,7 +229,5 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """
     if frames.shape[1] == size and frames.shape[2] == size:
         return frames
-    from PIL import Image  # noqa: PLC0415
-
     return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR))
                      for f in frames])

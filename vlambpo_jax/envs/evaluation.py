@@ -14,9 +14,12 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+import imageio.v2 as imageio
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vlambpo_jax.train import sharding
 
 Z95 = 1.959963984540054
 
@@ -80,7 +83,6 @@ def rollout(env, policy_fn: Callable, params: Any, key: jax.Array, task_ids: jax
 
 def write_gif(path: Path, frames: np.ndarray, fps: int = 10) -> None:
     """frames uint8 [T, V, H, W, 3] -> GIF with the views side by side (2 px white gap)."""
-    import imageio.v2 as imageio
     t, v, h, w, _ = frames.shape
     gap = np.full((t, h, 2, 3), 255, np.uint8)
     parts = []
@@ -109,7 +111,6 @@ def make_evaluator(env, policy_fn: Callable, episodes_per_task: int, *, privileg
     n_video = min(int(num_videos), t * m)
     shard_kw, episode_sharding = {}, None
     if mesh is not None and len(task_ids) % mesh.size == 0:
-        from vlambpo_jax.train import sharding
         episode_sharding = sharding.batch_sharding(mesh)
         shard_kw = dict(in_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
     run = jax.jit(lambda p, k: rollout(env, policy_fn, p, k, task_ids, privileged=privileged,

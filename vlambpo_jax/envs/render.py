@@ -5,18 +5,19 @@ vmap reached 200-500 two-view frames/s, the Warp renderer needs an extra toolcha
 OpenGL and leaves jit. Here every pixel's ray is tested against every rendered geom in the geom's local
 frame (a box: slab test; a cylinder: the interval where the ray is inside the infinite cylinder,
 a quadratic, intersected with the slab between the caps), the nearest hit is kept, then shaded
-Lambertian from one directional light, with an optional hard shadow ray. Only pose arrays go in (geom_xpos, geom_xmat, cam_xpos, cam_xmat), never the
-whole mjx.Data; camera ray directions are constants of the renderer.
+Lambertian from one directional light, with an optional hard shadow ray. Only pose arrays go in
+(geom_xpos, geom_xmat, cam_xpos, cam_xmat), never the whole mjx.Data; camera ray directions are
+constants of the renderer.
 
 Conventions match MuJoCo: a camera looks along its frame's -z with x right and y up; fovy is the
 vertical field of view; pixel (row i, col j) has its ray through the centre of the pixel.
 """
 from __future__ import annotations
 
-import mujoco
-import numpy as np
 import jax
 import jax.numpy as jnp
+import mujoco
+import numpy as np
 
 BACKGROUND_TOP = np.array([0.62, 0.72, 0.85], np.float32)
 BACKGROUND_BOTTOM = np.array([0.30, 0.30, 0.32], np.float32)

@@ -17,6 +17,7 @@ state is frozen: stepping it changes nothing and gives reward 0 (AutoReset reset
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -170,7 +171,6 @@ class TabletopEnv:
 
     def with_split(self, split: str) -> "TabletopEnv":
         """The same env sampling instructions from the other paraphrase split."""
-        import copy
         if split not in ("seen", "unseen"):
             raise ValueError(f"instruction_split must be 'seen' or 'unseen', got {split!r}")
         other = copy.copy(self)

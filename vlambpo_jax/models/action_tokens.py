@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from vlambpo_jax.models.tokenizer import ByteTokenizer
+from vlambpo_jax.data.tokenizer import ByteTokenizer
 
 NUM_BINS = 257                       # integer bins 0..256
 ACTION_OFFSET = ByteTokenizer.vocab_size      # 259: id of bin 0

@@ -1,7 +1,7 @@
 """Grounding co-training: an auxiliary SFT loss that teaches the policy's VLM where things are.
 
 Flow matching on a few hundred demonstrations lets the policy recognise training scenes and replay
-their demos instead of reading where the instructed object is (README, "Results and status"). pi0.5
+their demos instead of reading where the instructed object is (docs/results.md, "What the SFT runs show"). pi0.5
 co-trains its VLM on non-robot data such as object localisation; here the simulator provides such data
 for free: freshly reset scenes (no physics rollout, so thousands cost seconds), each labelled with where
 its instruction's object and goal are (`TabletopEnv.grounding_targets`). A small MLP reads the labels
@@ -37,30 +37,6 @@ class GroundingHead(nn.Module):
         for i, h in enumerate(self.hidden):
             x = nn.gelu(nn.Dense(h, name=f"dense_{i}")(x))
         return nn.Dense(self.out_dim, name="out")(x)
-
-
-def make_scene_pool(config, tokenizer, num_scenes: int, key: jax.Array, chunk: int = 256) -> dict:
-    """Renders `num_scenes` freshly reset tabletop scenes (uniform task, random target and paraphrase).
-
-    Returns numpy {'images': uint8[N, V, H, W, 3], 'image_mask': bool[N, V], 'tokens': int32[N, L],
-    'token_mask': bool[N, L], 'targets': float32[N, 13] (grounding_targets x POSITION_SCALE)}.
-    """
-    from vlambpo_jax.envs import tabletop
-
-    env = tabletop.make_env(config)
-    ids, mask = tokenizer.encode_batch(list(env.instructions), int(config.data.max_text_len))
-
-    def one(k):
-        k_task, k_reset = jax.random.split(k)
-        state = env.reset(k_reset, jax.random.randint(k_task, (), 0, env.num_tasks))
-        return state.obs["images"], state.obs["instruction_id"], env.grounding_targets(state)
-
-    reset = jax.jit(jax.vmap(one))
-    keys = jax.random.split(key, max(int(num_scenes), 1))
-    parts = [jax.device_get(reset(keys[i:i + chunk])) for i in range(0, len(keys), chunk)]
-    images, instr, targets = (np.concatenate(p) for p in zip(*parts))
-    return {"images": images, "image_mask": np.ones(images.shape[:2], bool), "tokens": ids[instr],
-            "token_mask": mask[instr], "targets": (targets * POSITION_SCALE).astype(np.float32)}
 
 
 def pool_batch(pool: Mapping[str, np.ndarray], batch_size: int, seed: int, step: int) -> dict:

@@ -74,34 +74,8 @@ class ModelDims:
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> "ModelDims":
-        """Builds and validates the sizes; errors name the offending config key."""
+        """The sizes the config names (checked by vlambpo_jax.config_checks before any run)."""
         p = config.policy
-        if p.expert_depth != p.depth:
-            raise ValueError(f"config.policy.expert_depth ({p.expert_depth}) must equal config.policy.depth "
-                             f"({p.depth}): every layer is one joint attention over both experts")
-        if p.num_heads % p.num_kv_heads:
-            raise ValueError(f"config.policy.num_heads ({p.num_heads}) must be a multiple of "
-                             f"config.policy.num_kv_heads ({p.num_kv_heads})")
-        if p.head_dim % 2:
-            raise ValueError(f"config.policy.head_dim ({p.head_dim}) must be even (RoPE)")
-        if p.action_pad_dim < config.action_dim:
-            raise ValueError(f"config.policy.action_pad_dim ({p.action_pad_dim}) must be >= config.action_dim "
-                             f"({config.action_dim})")
-        if config.image_size % p.vit_patch:
-            raise ValueError(f"config.image_size ({config.image_size}) must be divisible by "
-                             f"config.policy.vit_patch ({p.vit_patch})")
-        if p.num_denoise_steps < 1:
-            raise ValueError(f"config.policy.num_denoise_steps must be >= 1, got {p.num_denoise_steps}")
-        if p.stochastic_step not in ("per_call", "per_sample"):
-            raise ValueError(f"config.policy.stochastic_step must be 'per_call' or 'per_sample', "
-                             f"got {p.stochastic_step!r}")
-        if p.noise_method != "flow_sde":
-            raise NotImplementedError(f"config.policy.noise_method={p.noise_method!r}: only 'flow_sde' is "
-                                      "implemented (the learned-noise 'flow_noise' variant is not)")
-        if p.get("vit_stem", "patch") not in ("patch", "conv"):
-            raise ValueError(f"config.policy.vit_stem must be 'patch' or 'conv', got {p.vit_stem!r}")
-        if p.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"config.policy.dtype must be 'float32' or 'bfloat16', got {p.dtype!r}")
         return cls(
             image_size=config.image_size, num_views=len(config.views), chunk_size=config.chunk_size,
             action_dim=config.action_dim, action_pad_dim=p.action_pad_dim, vocab_size=vocab_size,
@@ -396,15 +370,11 @@ class Policy:
 
     config: the full ConfigDict (uses chunk_size, action_dim, image_size, views and section policy).
     unnormalize: maps normalized actions [B, k, action_dim] to environment units; None = identity.
-      Build it from saved statistics with `make_unnormalizer`.
-    vocab_size: the tokenizer's vocabulary size (default: that of config.policy.tokenizer).
+      Build it with `make_unnormalizer`, or from a checkpoint with vlambpo_jax.loading.
+    vocab_size: the tokenizer's vocabulary size.
     """
 
-    def __init__(self, config, unnormalize: Callable[[jax.Array], jax.Array] | None = None,
-                 vocab_size: int | None = None):
-        if vocab_size is None:
-            from vlambpo_jax.models.tokenizer import load_tokenizer
-            vocab_size = load_tokenizer(config.policy.tokenizer).vocab_size
+    def __init__(self, config, vocab_size: int, unnormalize: Callable[[jax.Array], jax.Array] | None = None):
         self.config = config
         self.dims = ModelDims.from_config(config, vocab_size)
         self.model = VLAModel(self.dims)
@@ -608,13 +578,10 @@ class Policy:
 def make_unnormalizer(stats, mode: str = "zscore") -> Callable[[jax.Array], jax.Array]:
     """Inverse of the action normalization, from per-dim statistics (arrays of shape [action_dim]).
 
-    stats: a vlambpo_jax.data.normalization.ArrayStats (delegates to normalization.unnormalize), or a
-      plain mapping of arrays: mode 'zscore': a * std + mean; 'percentile': (a + 1) / 2 * (q99 - q01) + q01.
-      An optional bool 'mask' entry marks the normalized dims; the others pass through (e.g. gripper).
+    stats: a mapping of arrays: mode 'zscore': a * std + mean; 'percentile': (a + 1) / 2 * (q99 - q01)
+      + q01. An optional bool 'mask' entry marks the normalized dims; the others pass through (e.g.
+      gripper). (Checkpoints' saved statistics: vlambpo_jax.loading.action_unnormalizer.)
     """
-    if not isinstance(stats, Mapping):
-        from vlambpo_jax.data import normalization
-        return lambda a: normalization.unnormalize(a, stats, mode)
     get = lambda name: jnp.asarray(np.asarray(stats[name], np.float32))
     if mode == "zscore":
         lo, scale = get("mean"), get("std")

@@ -17,7 +17,7 @@ elsewhere than the predicted head view does. Against the true next state the rea
 `copy_probe_err_pos_*` (the copy-current-frame baseline).
 
 To compare decoding layouts (interleaved vs independent), evaluate both models with the same probe
-(train once, or `load` the one a stage saved) on the same held-out batches (wm_train.make_evaluator).
+(train once, or `load` the one a stage saved) on the same held-out batches (wm_training.make_evaluator).
 """
 from __future__ import annotations
 

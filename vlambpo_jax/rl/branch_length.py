@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlambpo_jax.data.tokenizer import ByteTokenizer
 from vlambpo_jax.rl import theory
 
 
@@ -54,8 +55,6 @@ def sim_sequences(env, policy, params, tokenizer, config, key: jax.Array, num: i
     """The policy (config.rl.collect_mode sampling) from `num` fresh episodes for `num_chunks` chunks.
     -> {images uint8[R, N + 1, V, H, W, 3], actions f32[R, N, k, 7], wm_tokens, wm_token_mask,
     env_steps}."""
-    from vlambpo_jax.models.tokenizer import ByteTokenizer
-
     texts = list(env.instructions)
     tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
     wtok, wmask = ByteTokenizer().encode_batch(texts, config.wm.max_text_len)

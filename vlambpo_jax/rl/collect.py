@@ -1,5 +1,6 @@
-"""The `collect` stage: the SFT policy acts in the simulator; its episodes become RLDS data for the
-world model and chunk-aligned branch roots for MBPO.
+"""Policy rollouts in the simulator, recorded as RLDS episodes and as chunk-aligned branch roots: the
+library of the `collect` stage (the SFT policy's episodes become data for the world model and branch
+roots for MBPO).
 
 Episodes are recorded step by step (the world model learns frame t -> t + k for every t), in the
 Bridge schema the rest of the project reads: image_0 = head, image_1 = wrist, state[7], action[7],
@@ -14,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlambpo_jax.data.tokenizer import ByteTokenizer
+from vlambpo_jax.envs.demos import episodes_from_batch
 from vlambpo_jax.train.metrics import progress
 
 
@@ -54,8 +57,6 @@ def episodes_from_records(env, records: dict, final_obs: dict, task_ids: np.ndar
     """Batched records [T, k, B, ...] -> RLDS episode dicts, in the demos stage's exact layout
     (envs.demos.episodes_from_batch: L actions -> L + 1 steps, the last one the final observation with
     a no-op action). Expert noise is recorded as 0: these are policy rollouts."""
-    from vlambpo_jax.envs.demos import episodes_from_batch
-
     rec = {key: np.swapaxes(np.asarray(v).reshape((-1,) + np.asarray(v).shape[2:]), 0, 1)
            for key, v in records.items()}                                  # [B, T * k, ...]
     batch = {"images": rec["images"], "state": rec["state"], "action": rec["action"],
@@ -70,8 +71,6 @@ def branch_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len:
                  task_names: tuple[str, ...], wm_max_text_len: int) -> dict[str, np.ndarray]:
     """Chunk-aligned start states (frames 0, k, 2k, ... of every episode, before its end), with the
     instruction tokenized for the policy and (byte tokens) for the world model."""
-    from vlambpo_jax.models.tokenizer import ByteTokenizer
-
     images, texts, task, success, episode, t_index = [], [], [], [], [], []
     for ep in episodes:
         obs = ep["steps"]["observation"]
@@ -107,31 +106,3 @@ def collect(env, policy, params, tokenizer, key, episodes_per_task: int, mode: s
         episodes += episodes_from_records(env, jax.device_get(records), jax.device_get(final.obs), ids,
                                           start)
     return episodes
-
-
-def run(ctx) -> dict:
-    from vlambpo_jax.data.rlds_writer import write_rlds
-    from vlambpo_jax.envs.tabletop import make_env
-    from vlambpo_jax.models.sft import load_policy
-
-    config = ctx.config
-    policy, params, tokenizer, _ = load_policy(ctx.stage_summary("sft")["checkpoint_dir"], config)
-    env = make_env(config)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xC011EC7)
-    episodes = collect(env, policy, params, tokenizer, key, config.rl.collect_episodes_per_task,
-                       config.rl.collect_mode, config.rl.collect_batch, config.data.max_text_len,
-                       config.log.progress)
-    builder_dir = write_rlds(ctx.stage_dir / "rlds", episodes, dataset_name="tabletop_rollouts",
-                             image_shape=(config.image_size, config.image_size, 3), overwrite=True)
-    roots = branch_roots(episodes, config.chunk_size, tokenizer, config.data.max_text_len, env.task_names,
-                         config.wm.max_text_len)
-    np.savez_compressed(ctx.stage_dir / "roots.npz", **roots)
-    per_task = {name: float(np.mean([e["episode_metadata"]["success"] for e in episodes
-                                     if e["episode_metadata"]["task"] == name])) for name in env.task_names}
-    steps = int(sum(e["episode_metadata"]["length"] for e in episodes))
-    print(f"[collect] {len(episodes)} episodes, {steps} env steps, success "
-          + ", ".join(f"{k} {v:.2f}" for k, v in per_task.items()) + f"; {len(roots['t'])} branch roots")
-    return {"builder_dir": str(builder_dir), "roots": str(ctx.stage_dir / "roots.npz"),
-            "episodes": len(episodes), "env_steps": steps, "num_roots": int(len(roots["t"])),
-            "success_rate": float(np.mean([e["episode_metadata"]["success"] for e in episodes])),
-            "success_by_task": per_task}

@@ -1,32 +1,36 @@
 """The real-robot data path: VLA-MBPO from logged RLDS episodes, without a simulator.
 
-Two pieces replace the simulator stages of the tabletop pipeline:
+The library of two pieces that replace the simulator stages of the tabletop pipeline:
 
-* the `logged_roots` stage (in place of `collect`): reads the logged episodes config.data describes and
-  writes `<workdir>/logged_roots/roots.npz`, the chunk-aligned branch roots MBPO draws from (frames
-  0, k, 2k, ... of every episode of config.data.split, successes and failures; a superset of what the
-  `collect` stage writes), and `heldout.npz`, every step of the episodes of config.logged.heldout_split
-  (never trained on) with the logged action chunks in dataset units;
-* the offline evaluation, which the `evaluate` stage runs when the config has no `env` section: for
-  each policy in config.eval.policies, the error of its deterministic action chunk against the logged
-  chunk on held-out steps (MSE / L1 per dim in dataset units, first-step MSE, gripper agreement), and
-  its imagined success rate: config.eval.imagined_branches branches from held-out chunk-aligned roots
-  rolled in the world model (the MBPO rollout), success = the world model's Yes/No reward; plus the
-  world-model metrics wm_pretrain / wm_finetune measured on their held-out transitions.
+* the `logged_roots` stage (stages/logged_roots.py, in place of `collect`): reads the logged
+  episodes config.data describes and writes `<workdir>/logged_roots/roots.npz`, the chunk-aligned
+  branch roots MBPO draws from (frames 0, k, 2k, ... of every episode of config.data.split,
+  successes and failures; a superset of what the `collect` stage writes), and `heldout.npz`, every
+  step of the episodes of config.logged.heldout_split (never trained on) with the logged action
+  chunks in dataset units;
+* the offline evaluation, which the `evaluate` stage (stages/evaluate.py) runs when the config has
+  no `env` section: for each policy in config.eval.policies, the error of its deterministic action
+  chunk against the logged chunk on held-out steps (MSE / L1 per dim in dataset units, first-step
+  MSE, gripper agreement), and its imagined success rate: config.eval.imagined_branches branches
+  from held-out chunk-aligned roots rolled in the world model (the MBPO rollout), success = the
+  world model's Yes/No reward; plus the world-model metrics wm_pretrain / wm_finetune measured on
+  their held-out transitions.
 
 The world model trains on config.data itself (wm_finetune falls back to it when no `collect` output
 exists), so the whole loop is: sft -> logged_roots -> wm_pretrain -> wm_finetune -> mbpo -> evaluate.
 """
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vlambpo_jax.data import rlds_reader
+from vlambpo_jax.data.tokenizer import ByteTokenizer
+from vlambpo_jax.envs.evaluation import wilson_interval
+from vlambpo_jax.rl.rollout import ImaginedState, rollout
 
 ROOT_KEYS = ("images", "tokens", "token_mask", "wm_tokens", "wm_token_mask")
 
@@ -36,8 +40,6 @@ ROOT_KEYS = ("images", "tokens", "token_mask", "wm_tokens", "wm_token_mask")
 def read_episodes(config, split: str, max_episodes: int = 0, workdir=None) -> list[dict]:
     """Standardized episodes (dataset units: binarized gripper, first zero action dropped) of `split`
     of config.data, in file order; the first `max_episodes` (0 = all)."""
-    from vlambpo_jax.data import rlds_reader
-
     loader = rlds_reader.RLDSLoader(config, split=split, workdir=workdir, process_index=0, process_count=1)
     out = []
     for ep in loader.episodes(all_hosts=True):
@@ -50,8 +52,6 @@ def read_episodes(config, split: str, max_episodes: int = 0, workdir=None) -> li
 
 
 def _tokens(texts: list[str], tokenizer, max_text_len: int, wm_max_text_len: int) -> dict:
-    from vlambpo_jax.models.tokenizer import ByteTokenizer
-
     tokens, token_mask = tokenizer.encode_batch(texts, max_text_len)
     wm_tokens, wm_token_mask = ByteTokenizer().encode_batch(texts, wm_max_text_len)
     return {"tokens": np.asarray(tokens, np.int32), "token_mask": np.asarray(token_mask, bool),
@@ -118,34 +118,6 @@ def roots_of(samples: dict, chunk_size: int) -> dict[str, np.ndarray]:
     return {key: v[keep] for key, v in samples.items()}
 
 
-def run_roots(ctx) -> dict:
-    """The `logged_roots` stage (module docstring)."""
-    from vlambpo_jax.models import tokenizer as tok_lib
-
-    config, logged = ctx.config, ctx.config.logged
-    tokenizer = tok_lib.load_tokenizer(config.policy.tokenizer)
-    k, L, Lw = int(config.chunk_size), int(config.data.max_text_len), int(config.wm.max_text_len)
-    train = read_episodes(config, config.data.split, int(logged.max_episodes), ctx.workdir)
-    roots = logged_roots(train, k, tokenizer, L, Lw)
-    np.savez_compressed(Path(ctx.stage_dir) / "roots.npz", **roots)
-    held = read_episodes(config, logged.heldout_split, int(logged.heldout_max_episodes), ctx.workdir)
-    samples = heldout_samples(held, k, tokenizer, L, Lw)
-    np.savez_compressed(Path(ctx.stage_dir) / "heldout.npz", **samples)
-    summary = {
-        "roots": str(Path(ctx.stage_dir) / "roots.npz"), "heldout": str(Path(ctx.stage_dir) / "heldout.npz"),
-        "split": config.data.split, "episodes": len(train), "num_roots": int(len(roots["t"])),
-        "logged_steps": int(sum(e["length"] for e in train)),
-        "success_rate": float(np.mean([e["success"] for e in train])),
-        "heldout_split": logged.heldout_split, "heldout_episodes": len(held),
-        "heldout_steps": int(len(samples["t"])),
-        "heldout_roots": int(np.sum(samples["t"] % k == 0)),
-    }
-    print(f"[{ctx.stage}] {len(train)} logged episodes of split '{config.data.split}' -> "
-          f"{summary['num_roots']} branch roots (success rate {summary['success_rate']:.2f}); held out: "
-          f"{len(held)} episodes, {summary['heldout_steps']} steps of split '{logged.heldout_split}'")
-    return summary
-
-
 # ----------------------------------------------------------------------------------- evaluation
 
 def action_errors(act_fn: Callable[[dict, jax.Array], np.ndarray], samples: dict, key: jax.Array,
@@ -205,8 +177,6 @@ def draw_roots(roots: dict, num: int, seed: int) -> dict:
 
 def make_imagined_eval(policy, world, num_chunks: int):
     """-> fn(params, world_params, start: dict of ROOT_KEYS, key) -> (terminal.any f32[B], chunks_taken)."""
-    from vlambpo_jax.rl.rollout import ImaginedState, rollout
-
     @jax.jit
     def fn(params, world_params, start, key):
         traj, _, _ = rollout(policy, params, world, world_params, ImaginedState(**start), key, num_chunks)
@@ -215,8 +185,6 @@ def make_imagined_eval(policy, world, num_chunks: int):
 
 
 def imagined_success(fn, params, world_params, start: dict, key, batch_size: int) -> dict:
-    from vlambpo_jax.envs.evaluation import wilson_interval
-
     n = len(start["images"])
     wins, taken = [], []
     for i, s in enumerate(range(0, n, batch_size)):
@@ -235,7 +203,7 @@ def imagined_success(fn, params, world_params, start: dict, key, batch_size: int
 
 def wm_heldout_batches(samples: dict, chunk_size: int, batch_size: int, max_batches: int, seed: int) -> list:
     """Held-out transitions (frame t -> t + k, clamped to the last frame, under the logged chunk) in
-    the batch format of wm_train's evaluator: up to max_batches full batches of seeded random steps
+    the batch format of models/wm_training's evaluator: up to max_batches full batches of seeded random steps
     (the last step of each episode, which has no next frame, is left out)."""
     t, length = samples["t"], samples["episode_length"]
     nxt = np.arange(len(t)) + np.minimum(t + chunk_size, length - 1) - t  # an episode's rows are consecutive
@@ -250,94 +218,6 @@ def wm_heldout_batches(samples: dict, chunk_size: int, batch_size: int, max_batc
                     "token_mask": samples["wm_token_mask"][r], "episode_success": samples["episode_success"][r],
                     "steps_to_end": (length[r] - 1 - t[r]).astype(np.int32)})
     return out
-
-
-def branch_chunks(config, roots: dict) -> int:
-    """rl.branch_chunks, or (0) enough chunks to cover the longest logged episode."""
-    n = int(config.rl.branch_chunks)
-    if n > 0:
-        return n
-    return max(1, math.ceil(int(np.max(roots["episode_length"])) / int(config.chunk_size)))
-
-
-def _stage_summary_if_done(ctx, stage: str) -> dict:
-    from vlambpo_jax import pipeline
-
-    return ctx.stage_summary(stage) if pipeline.is_done(Path(ctx.workdir), stage) else {}
-
-
-def run_eval(ctx) -> dict:
-    """Offline evaluation (the `evaluate` stage of a config without `env`; module docstring)."""
-    from vlambpo_jax.data import normalization
-    from vlambpo_jax.models import wm_train
-    from vlambpo_jax.models.sft import load_policy
-    from vlambpo_jax.rl.evaluate import checkpoint_of
-    from vlambpo_jax.rl.rollout import ModelWorld
-
-    config, ev = ctx.config, ctx.config.eval
-    k = int(config.chunk_size)
-    roots_summary = ctx.stage_summary("logged_roots")
-    samples = dict(np.load(roots_summary["heldout"]))
-    held_roots = roots_of(samples, k)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x0FF1)
-    batch = int(ev.batch_size)
-    results = {"mode": "offline", "heldout": {
-        "split": roots_summary["heldout_split"], "episodes": roots_summary["heldout_episodes"],
-        "steps": int(len(samples["t"])), "roots": int(len(held_roots["t"])),
-        "logged_success_rate": float(np.mean(held_roots["episode_success"]))}, "policies": {}}
-
-    has_wm = bool(_stage_summary_if_done(ctx, "wm_finetune"))
-    imagine = has_wm and int(ev.imagined_branches) > 0
-    if has_wm:
-        wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
-                                                     config)
-        world = ModelWorld(wm, float(config.rl.reward_threshold))
-    if imagine:
-        num_chunks = int(ev.imagined_chunks) or branch_chunks(config, held_roots)
-        start = draw_roots(held_roots, int(ev.imagined_branches), int(config.seed))
-        results["heldout"]["imagined_chunks"] = num_chunks
-    results["world_model"] = {stage: _stage_summary_if_done(ctx, stage).get("eval", {})
-                              for stage in ("wm_pretrain", "wm_finetune")}
-    if has_wm and int(ev.wm_batches) > 0:  # the fine-tuned world model on the held-out split
-        batches = wm_heldout_batches(samples, k, batch, int(ev.wm_batches), int(config.seed))
-        results["world_model"]["heldout_split"] = wm_train.make_evaluator(
-            wm, batches, jax.random.fold_in(key, 3))(wm_params, png=Path(ctx.stage_dir) / "wm_heldout.png")
-        m = results["world_model"]["heldout_split"]
-        print(f"[evaluate] world model on held-out split: PSNR head {m['psnr_head']:.2f} "
-              f"(copy {m['copy_psnr_head']:.2f}), wrist {m['psnr_wrist']:.2f}, reward acc {m['reward_acc']:.3f}")
-
-    stats = None
-    for name in ev.policies:
-        policy, params, _, assets = load_policy(checkpoint_of(ctx, name), config)
-        stats = normalization.NormStats.from_dict(assets["norm_stats"])
-        mode = assets.get("norm_mode", config.data.norm_mode)
-        norm_state = lambda x, s=stats, m=mode: normalization.normalize(x, s["state"], m)  # noqa: E731
-        out = action_errors(policy_act_fn(policy, params, norm_state), samples, key, batch,
-                            int(config.data.gripper_dim), int(ev.action_stride))
-        if imagine:
-            fn = make_imagined_eval(policy, world, num_chunks)
-            out.update(imagined_success(fn, params, wm_params, start, jax.random.fold_in(key, 7), batch))
-        results["policies"][name] = out
-        line = (f"[evaluate] {name}: held-out action MSE {out['action_mse']:.5f}, L1 {out['action_l1']:.4f}, "
-                f"gripper agreement {out['gripper_accuracy']:.3f} ({out['samples']} steps)")
-        if imagine:
-            lo, hi = out["imagined_ci95"]
-            line += (f"; imagined success {out['imagined_success_rate']:.3f} [{lo:.3f}, {hi:.3f}] over "
-                     f"{out['imagined_branches']} branches")
-        print(line)
-    if stats is not None:  # reference: always predicting the mean logged (training) action
-        mean = np.asarray(stats["action"].mean, np.float32)
-        results["baselines"] = {"mean_action": action_errors(
-            lambda b, _: np.broadcast_to(mean, b["actions"].shape), samples, key, batch,
-            int(config.data.gripper_dim), int(ev.action_stride))}
-    path = Path(ctx.stage_dir) / "results.json"
-    path.write_text(json.dumps(results, indent=2, default=float))
-    summary = {"results": str(path), "mode": "offline"}
-    for name, r in results["policies"].items():
-        summary[f"{name}_action_mse"] = r["action_mse"]
-        if "imagined_success_rate" in r:
-            summary[f"{name}_imagined_success"] = r["imagined_success_rate"]
-    return summary
 
 
 # --------------------------------------------------------------------------------------- report
@@ -379,42 +259,3 @@ def report_lines(results: dict, logged_steps: int | None) -> list[str]:
     if logged_steps is not None:
         lines += ["", f"Real robot steps used: {logged_steps} logged steps (no new interaction)."]
     return lines + [""]
-
-
-def imagined_vs_logged(ctx, num_videos: int, num_chunks: int, upscale: int = 4) -> tuple[list[str], list[str]]:
-    """GIFs of held-out episodes: the logged frames at 0, k, 2k, ... (left) and the world model driven
-    open-loop by the logged action chunks from the same first frame (right)."""
-    import imageio.v2 as imageio
-
-    from vlambpo_jax.models import wm_train
-
-    config, k = ctx.config, int(ctx.config.chunk_size)
-    samples = dict(np.load(ctx.stage_summary("logged_roots")["heldout"]))
-    wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
-                                                 config)
-    predict = jax.jit(wm.predict)
-    firsts = np.flatnonzero(samples["t"] == 0)[:num_videos]
-    paths, texts = [], []
-    for b, row in enumerate(firsts):
-        T = int(samples["episode_length"][row])
-        real, imagined = [samples["images"][row]], [samples["images"][row]]
-        for c in range(num_chunks):
-            t = c * k
-            if t >= T - 1:
-                break
-            s = row + t
-            real.append(samples["images"][row + min(t + k, T - 1)])
-            imagined.append(np.asarray(predict(
-                wm_params, jnp.asarray(imagined[-1][None]), jnp.asarray(samples["wm_tokens"][s:s + 1]),
-                jnp.asarray(samples["wm_token_mask"][s:s + 1]), jnp.asarray(samples["actions"][s:s + 1]),
-                jax.random.fold_in(jax.random.PRNGKey(config.seed + 4242), b * 1000 + c)))[0])
-        frames = []
-        for r, m in zip(real, imagined):
-            row_img = np.concatenate([r[0], r[1], np.full_like(r[0][:, :2], 255), m[0], m[1]], 1)
-            frames.append(np.kron(row_img, np.ones((upscale, upscale, 1), np.uint8)))
-        path = Path(ctx.stage_dir) / f"imagined_vs_logged_{b}.gif"
-        imageio.mimsave(path, frames, duration=0.6, loop=0)
-        paths.append(str(path))
-        texts.append(str(samples["instruction"][row]))
-    return paths, texts
-

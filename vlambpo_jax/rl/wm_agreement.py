@@ -11,16 +11,21 @@ there can a reward rank actions). If `imagined` is no better than `current`, the
 about the action's effect, and a policy gradient from imagined branches is mostly noise.
 
 The report stage runs it (config.report.agreement_*); on a finished run, with more samples:
-  python -m vlambpo_jax.rl.wm_agreement --config=configs/tabletop.py --workdir=DIR [--states 64
-  --samples 8 --chunks 4] [--policy STAGE] [--set KEY=VALUE ...] [--out FILE]
+  python -m vlambpo_jax.tools.wm_agreement --config=configs/tabletop.py --workdir=DIR [--states=64
+  --samples=8 --chunks=4] [--policy=STAGE] [--config.KEY=VALUE ...] [--out=FILE]
 """
 from __future__ import annotations
 
+import json
+import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vlambpo_jax.data.tokenizer import ByteTokenizer
+from vlambpo_jax.envs.tabletop import make_env
 
 
 def auc(score: np.ndarray, label: np.ndarray) -> float:
@@ -52,8 +57,6 @@ def agreement_metrics(group: np.ndarray, success: np.ndarray, scores: dict[str, 
 
 def to_json(metrics: dict) -> str:
     """The metrics as strict JSON: an undefined AUC (NaN: one class only) becomes null."""
-    import json
-    import math
     return json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()},
                       indent=2)
 
@@ -105,9 +108,6 @@ def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable,
 def run_check(config, policy, params, tokenizer, wm, wm_params, key: jax.Array, num_states: int,
               samples_per_state: int, num_chunks: int) -> dict:
     """`measure` with a policy (models/policy.Policy) and a world model (models/world_model)."""
-    from vlambpo_jax.envs.tabletop import make_env
-    from vlambpo_jax.models.tokenizer import ByteTokenizer
-
     env = make_env(config)
     texts = list(env.instructions)
     tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
@@ -124,48 +124,3 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, key: jax.Array, 
                    lambda images, ids, actions, k: predict(wm_params, images, wtok[ids], wmask[ids], actions, k),
                    lambda images, ids: reward(wm_params, images, wtok[ids], wmask[ids]),
                    key, num_states, samples_per_state, num_chunks)
-
-
-
-def main(argv=None) -> int:
-    """The check on a finished run, with more samples than the report stage draws."""
-    import argparse
-
-    from etils import epath
-
-    from vlambpo_jax import pipeline
-    from vlambpo_jax.config_checks import apply_overrides, load_config
-    from vlambpo_jax.config_checks import validate as validate_config
-    from vlambpo_jax.rl.report import final_policy_and_world_model
-
-    parser = argparse.ArgumentParser(
-        description="Does the world model's reward rank action chunks as the simulator's outcomes do? "
-                    "Runs on a finished run's policy and fine-tuned world model; prints "
-                    "the metrics as JSON.")
-    parser.add_argument("--config", required=True, help="the run's config file[:arg]")
-    parser.add_argument("--workdir", required=True, help="the run's workdir")
-    parser.add_argument("--states", type=int, default=64, help="real states (fresh episodes)")
-    parser.add_argument("--samples", type=int, default=8, help="Flow-SDE chunks per state")
-    parser.add_argument("--chunks", type=int, default=4, help="chunk positions per episode")
-    parser.add_argument("--policy", default="", help="the stage whose policy acts (e.g. sft, mbpo, wm_bc; "
-                        "default: mbpo's, sft's before MBPO ran)")
-    parser.add_argument("--out", default="", help="also write the JSON here")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, repeatable (e.g. wm.sample_temperature=1.0)")
-    args = parser.parse_args(argv)
-    config = apply_overrides(load_config(args.config), args.set)
-    validate_config(config)
-    ctx = pipeline.StageContext(config, epath.Path(args.workdir).absolute(), "report", None, None)
-    metrics = run_check(config, *final_policy_and_world_model(ctx, args.policy),
-                        jax.random.PRNGKey(int(config.seed) + 778),
-                        args.states, args.samples, args.chunks)
-    text = to_json(metrics)
-    if args.out:
-        epath.Path(args.out).write_text(text)
-    print(text)
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""The `wm_bc` stage: "BC on world-model data", filtered behaviour cloning on imagined successes.
+"""The library of the `wm_bc` stage (stages/wm_bc.py): "BC on world-model data", filtered behaviour
+cloning on imagined successes.
 
 A baseline for VLA-MBPO that uses the same world model and the same collected roots but no RL: starting
 from the SFT policy, each of config.rl.bc_rounds rounds
@@ -23,7 +24,6 @@ Single-process only (the rollout's outputs are gathered on the host).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import jax
@@ -31,8 +31,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlambpo_jax.rl.rollout import ImaginedState, ModelWorld, rollout
-from vlambpo_jax.train import sharding
+from vlambpo_jax.envs import has_simulator
+from vlambpo_jax.models import policy_train
+from vlambpo_jax.rl.rollout import ImaginedState, rollout
 
 CKPT_NAME = "policy"          # the sft stage's name, so tools treating both alike keep working
 OBS_KEYS = ("images", "tokens", "token_mask")
@@ -65,17 +66,11 @@ def successful_pairs(obs: dict, actions: np.ndarray, terminal: np.ndarray, mask:
 
 def chunk_budgets(config, roots: dict, idx: np.ndarray, num_chunks: int) -> np.ndarray:
     """Chunks the branch from each root in `idx` may take: ceil((H[task] - t) / k), capped at num_chunks."""
-    if "task_id" not in roots or "t" not in roots or "env" not in config:
+    if "task_id" not in roots or "t" not in roots or not has_simulator(config):
         return np.full(len(idx), num_chunks, np.int32)
     horizons = np.asarray([int(config.env.horizons[name]) for name in config.env.tasks])
     left = horizons[np.asarray(roots["task_id"])[idx]] - np.asarray(roots["t"])[idx]
     return np.clip(-(-left // int(config.chunk_size)), 0, num_chunks).astype(np.int32)
-
-
-def full_horizon_chunks(config, roots: dict) -> int:
-    if "env" in config:
-        return math.ceil(max(int(config.env.horizons[n]) for n in config.env.tasks) / int(config.chunk_size))
-    return int(np.max(roots["t"])) // int(config.chunk_size) + 1
 
 
 class RoundData:
@@ -157,92 +152,7 @@ def make_collector(config, policy, world, world_params, roots: dict, num_chunks:
 
 def bc_optimizer(config, total_steps: int):
     """The sft stage's AdamW + warm-up/cosine schedule with lr = config.rl.bc_lr."""
-    from vlambpo_jax.models import sft as sft_lib
-
     s = ml_collections.ConfigDict(config.sft.to_dict())
     s.lr = float(config.rl.bc_lr)
     s.warmup = min(int(s.warmup), max(total_steps // 10, 0))
-    return sft_lib.make_optimizer(s, total_steps)
-
-
-def train(ctx, policy, params, assets: dict, world, world_params, roots: dict,
-          num_chunks: int | None = None) -> dict:
-    """Rounds of (imagined rollouts -> filter -> BC steps) from `params`; saves <stage>/policy."""
-    from vlambpo_jax.models import sft as sft_lib
-    from vlambpo_jax.train.loop import train_loop
-
-    config, rl = ctx.config, ctx.config.rl
-    if policy.dims.use_state:
-        raise ValueError("wm_bc: the world model predicts images only; a policy with "
-                         "config.policy.use_state=True cannot act in it")
-    stage_dir = Path(ctx.stage_dir)
-    seed = int(config.seed) * 7919 + 29
-    num_chunks = num_chunks or full_horizon_chunks(config, roots)
-    rounds, steps_per_round = int(rl.bc_rounds), int(rl.bc_steps)
-    total = rounds * steps_per_round
-    batch_size = int(rl.bc_batch_size)
-
-    tx, schedule = bc_optimizer(config, total)
-    dp = sharding.DataParallel(config.mesh)
-    state = sft_lib.SFTState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, head_params={},
-                             opt_state=tx.init((params, {})))
-    state, state_shardings = dp.place(state)
-    step = dp.jit_step(sft_lib.make_train_step(policy, tx, schedule, 0.0, seed + 1), state_shardings)
-    data = RoundData(stage_dir / "data", make_collector(config, policy, world, world_params, roots,
-                                                        num_chunks, seed))
-    losses: dict[int, list] = {}
-
-    def step_fn(state, i: int):
-        r = i // steps_per_round
-        for stats in data.ensure(r, state.params):
-            ctx.writer.scalars(i, {f"round/{k}": v for k, v in stats.items() if v is not None})
-            print(f"[{ctx.stage}] round {stats['round']}: imagined success {stats['imagined_success']:.3f} "
-                  f"({stats['kept_branches']}/{stats['branches']} branches, {stats['kept_pairs']} pairs "
-                  f"kept; dataset {data.size})")
-        n = data.size
-        if n == 0:  # no imagined success yet: nothing to clone, the policy stays as it is
-            return state.replace(step=state.step + 1), {"dataset_size": 0}
-        pool = data.dataset()
-        idx = np.random.default_rng([seed, i, 3]).integers(0, n, batch_size)
-        batch = {k: pool[k][idx] for k in pool}
-        batch["image_mask"] = np.ones(batch["images"].shape[:2], bool)
-        batch["action_mask"] = np.ones(batch["actions"].shape[:2], bool)
-        state, metrics = step(state, dp.shard(batch, is_global=True))
-        losses.setdefault(r, []).append(metrics["loss"])
-        return state, {**metrics, "dataset_size": n}
-
-    sft_assets = dict(assets)
-    sft_assets["config"] = json.loads(config.to_json_best_effort())
-    result = train_loop(ctx, name=CKPT_NAME, state=state, step_fn=step_fn, batch_fn=lambda i: i,
-                        num_steps=total, params_fn=lambda s: s.params, assets=sft_assets)
-    if total == 0 and rounds:  # bc_steps = 0: only measure the imagined success of the SFT policy
-        data.ensure(rounds - 1, result.state.params)
-    per_round = []
-    for r in sorted(data.stats):
-        row = dict(data.stats[r])
-        row["dataset_size"] = sum(len(data.pairs[q]["actions"]) for q in range(r + 1))
-        row["bc_loss"] = (float(np.mean(jax.device_get(losses[r]))) if losses.get(r) else None)
-        per_round.append(row)
-    (stage_dir / "rounds.json").write_text(json.dumps(per_round, indent=2))
-    summary = {"checkpoint_dir": str(stage_dir / CKPT_NAME), "steps": result.step,
-               "interrupted": result.interrupted, "rounds": per_round, "branch_chunks": num_chunks,
-               "imagined_transitions": int(sum(s["branches"] for s in data.stats.values()) * num_chunks),
-               "dataset_size": data.size, "env_steps": 0,
-               "final_loss": next((r["bc_loss"] for r in reversed(per_round) if r["bc_loss"] is not None),
-                                  None)}
-    (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    return summary
-
-
-def run(ctx) -> dict:
-    from vlambpo_jax.models import wm_train
-    from vlambpo_jax.models.sft import load_policy
-    from vlambpo_jax.rl import mbpo
-
-    config = ctx.config
-    policy, params, _, assets = load_policy(ctx.stage_summary("sft")["checkpoint_dir"], config)
-    wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
-                                                 config)
-    # the same roots MBPO draws from: 'collect' or 'logged_roots'
-    roots = dict(np.load(ctx.stage_summary(mbpo.roots_stage(ctx))["roots"]))
-    return train(ctx, policy, params, assets, ModelWorld(wm, config.rl.reward_threshold), wm_params, roots)
+    return policy_train.make_optimizer(s, total_steps)

@@ -20,7 +20,11 @@ import os
 import signal
 import sys
 
+import jax
 from absl import app, flags
+
+from vlambpo_jax.serve import server as server_lib
+from vlambpo_jax.train.checkpoints import CheckpointError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint directory of a trained policy (e.g. <workdir>/sft/policy, "
@@ -49,14 +53,9 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("absl", "jax", "orbax", "websockets"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    import jax
-
     if FLAGS.jax_cache_dir:
         jax.config.update("jax_compilation_cache_dir", FLAGS.jax_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    from vlambpo_jax.serve import server as server_lib
-    from vlambpo_jax.train.checkpoints import CheckpointError
-
     if not os.path.isdir(FLAGS.checkpoint):
         print(f"error: --checkpoint: no directory {FLAGS.checkpoint!r}", file=sys.stderr)
         sys.exit(2)

@@ -11,7 +11,8 @@ A key is looked up as written first; if absent, a key with '/' is followed throu
 "images/cam_high" reads {"images": {"cam_high": ...}} (the ALOHA client's layout).
 
 `--robot_config` takes a preset name (see PRESETS) or the path of a JSON file whose fields override those
-of the preset named by its optional "base" field (default 'libero'), e.g. ``{"image_keys": ["cam/front", ""], "default_prompt": "stack the blocks"}``
+of the preset named by its optional "base" field (default 'libero'), e.g.
+``{"image_keys": ["cam/front", ""], "default_prompt": "stack the blocks"}``
 ('' = the robot has no such camera: that view is zeros and masked out of the policy's attention).
 """
 from __future__ import annotations

@@ -34,6 +34,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from vlambpo_jax import loading
 from vlambpo_jax.serve import wire
 from vlambpo_jax.serve.batcher import BatchedSampler, Result
 from vlambpo_jax.serve.robot import ObservationMapper, RequestError, load_robot_config
@@ -196,20 +197,13 @@ def build(checkpoint, *, robot_config: str = "", batch_sizes=(1, 2, 4, 8), mode:
           batch_wait_s: float = 0.0, step: int | None = None, host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
           log_fn: Callable[[str], None] = log.info) -> PolicyServer:
-    """Loads a checkpoint (vlambpo_jax.models.sft.load_policy), compiles every batch size (warm-up) and
+    """Loads a checkpoint (vlambpo_jax.loading.load_policy), compiles every batch size (warm-up) and
     returns a PolicyServer whose sampler is started; call `await server.serve()` or ServerThread(server)."""
-    from vlambpo_jax.data import normalization
-    from vlambpo_jax.models import sft
-
     t0 = time.perf_counter()
-    policy, params, tokenizer, assets = sft.load_policy(Path(checkpoint), step=step)
+    policy, params, tokenizer, assets = loading.load_policy(Path(checkpoint), step=step)
     config, dims = policy.config, policy.dims
     robot = load_robot_config(robot_config, dims.num_views)
-    state_norm = None
-    if dims.use_state:
-        stats = normalization.NormStats.from_dict(assets["norm_stats"])["state"]
-        norm_mode = assets.get("norm_mode", config.data.norm_mode)
-        state_norm = lambda s: normalization.normalize(s, stats, norm_mode)  # noqa: E731
+    state_norm = loading.state_normalizer(assets, config) if dims.use_state else None
     max_text_len = int(config.policy.max_text_len)
     mapper = ObservationMapper(robot, image_size=dims.image_size, max_text_len=max_text_len,
                                tokenizer=tokenizer, use_state=dims.use_state, state_dim=dims.state_dim,

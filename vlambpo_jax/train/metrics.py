@@ -11,6 +11,7 @@ from typing import Iterable, Iterator
 
 import jax
 import numpy as np
+import tensorboardX
 import tqdm
 from etils import epath
 
@@ -45,11 +46,10 @@ class MetricWriter:
         else:
             self._jsonl = open(self._jsonl_path, "a")
         if (log_config is None or log_config.tensorboard) and not self._remote:
-            import tensorboardX
             self._tb = tensorboardX.SummaryWriter(str(stage_dir / "tb"))
         if log_config is not None and log_config.wandb:
             try:
-                import wandb
+                import wandb  # noqa: PLC0415  (optional: pip install 'vlambpo_jax[wandb]')
             except ImportError as e:
                 raise RuntimeError("config.log.wandb=True needs wandb: pip install 'vlambpo_jax[wandb]'") from e
             self._wandb = wandb.init(project=log_config.wandb_project,
@@ -84,7 +84,7 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.add_image(f"{self.stage}/{name}", np.asarray(image), int(step), dataformats="HWC")
         if self._wandb is not None:
-            import wandb
+            import wandb  # noqa: PLC0415  (optional; present when self._wandb is)
             self._wandb.log({f"{self.stage}/{name}": wandb.Image(np.asarray(image))}, step=int(step))
 
     def _flush_remote(self) -> None:

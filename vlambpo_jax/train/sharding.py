@@ -5,6 +5,7 @@ and optimizer state are also split over it). Batches are split over both axes to
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -12,7 +13,9 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +132,6 @@ def check_processes_agree(fingerprint: str) -> None:
     """Raises when the processes run different configs or see different device counts."""
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils
-    import hashlib
     digest = hashlib.sha256(f"{fingerprint}|{jax.local_device_count()}".encode()).digest()[:8]
     mine = np.frombuffer(digest, np.int32)
     everyone = np.asarray(multihost_utils.process_allgather(mine))
@@ -142,7 +143,6 @@ def check_processes_agree(fingerprint: str) -> None:
 
 def barrier(name: str = "exit") -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
 
 

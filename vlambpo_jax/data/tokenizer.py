@@ -4,6 +4,11 @@ Both map a string to fixed-length int32 ids plus a bool validity mask, so batche
 """
 from __future__ import annotations
 
+import json
+import os
+import re
+import tempfile
+
 import numpy as np
 
 
@@ -58,8 +63,6 @@ class WordTokenizer(_Tokenizer):
 
     @staticmethod
     def words(text: str) -> list[str]:
-        import re
-
         return re.findall(r"[a-z0-9]+", text.lower())
 
     @classmethod
@@ -85,9 +88,7 @@ class HFTokenizer(_Tokenizer):
     """
 
     def __init__(self, path: str):
-        import os
-
-        from transformers import AutoTokenizer  # imported lazily: transformers takes seconds to import
+        from transformers import AutoTokenizer  # noqa: PLC0415  (takes seconds to import; only HF tokenizers need it)
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"tokenizer directory {path!r} does not exist (config.policy.tokenizer "
@@ -110,27 +111,25 @@ class HFTokenizer(_Tokenizer):
         self._tok.save_pretrained(directory)
 
 
-def load_tokenizer(spec: str):
-    """config.policy.tokenizer -> tokenizer.
+def load_tokenizer(spec: str, texts=()):
+    """A tokenizer spec (config.policy.tokenizer) -> tokenizer.
 
-    'byte': ByteTokenizer; 'words:tabletop': WordTokenizer over every word of the tabletop task
-    instructions (seen and unseen paraphrases); anything else: a local Hugging Face tokenizer directory.
+    'byte': ByteTokenizer; 'words:NAME': WordTokenizer over every word of `texts` (the instruction
+    set NAME names; vlambpo_jax.loading.make_tokenizer supplies the tabletop one); anything else: a
+    local Hugging Face tokenizer directory.
     """
     if spec == "byte":
         return ByteTokenizer()
-    if spec == "words:tabletop":
-        from vlambpo_jax.envs import tasks  # the instruction templates; no simulator needed
-
-        names = sorted(tasks.REGISTRY)
-        return WordTokenizer.from_texts(tasks.build_instructions(tasks.get_tasks(names)).strings)
+    if spec.startswith("words:"):
+        if not texts:
+            raise ValueError(f"tokenizer {spec!r}: a word tokenizer needs the instruction texts of its "
+                             "vocabulary")
+        return WordTokenizer.from_texts(texts)
     return HFTokenizer(spec)
 
 
 def save_tokenizer(tokenizer, directory: str) -> None:
     """Writes what `load_tokenizer_from_assets` needs into `directory` (created)."""
-    import json
-    import os
-
     os.makedirs(directory, exist_ok=True)
     if isinstance(tokenizer, HFTokenizer):
         tokenizer.save(os.path.join(directory, "hf"))
@@ -143,9 +142,6 @@ def save_tokenizer(tokenizer, directory: str) -> None:
 
 def load_tokenizer_from_assets(directory: str):
     """Inverse of save_tokenizer."""
-    import json
-    import os
-
     with open(os.path.join(directory, "tokenizer_kind.json")) as f:
         desc = json.load(f)
     if desc["kind"] == "hf":
@@ -159,9 +155,6 @@ def tokenizer_assets(tokenizer) -> dict:
         return {"kind": "byte"}
     if isinstance(tokenizer, WordTokenizer):
         return {"kind": "words", "vocab": list(tokenizer.vocab)}
-    import os
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save(tmp)
         files = {}
@@ -177,8 +170,6 @@ def tokenizer_from_assets(assets: dict, directory: str):
         return ByteTokenizer()
     if assets["kind"] == "words":
         return WordTokenizer(assets["vocab"])
-    import os
-
     os.makedirs(directory, exist_ok=True)
     for name, text in assets["files"].items():
         with open(os.path.join(directory, name), "w", encoding="utf-8") as f:

@@ -18,9 +18,17 @@ from pathlib import Path
 import imageio.v2 as imageio
 import jax
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
 
-from vlambpo_jax import pipeline
+from vlambpo_jax.data.tokenizer import ByteTokenizer
+from vlambpo_jax.envs import has_simulator
+from vlambpo_jax.envs.tabletop import make_env
+from vlambpo_jax.rl import offline, wm_agreement
+from vlambpo_jax.stages import common
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -29,20 +37,15 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def stage_times(workdir: Path) -> dict[str, float]:
-    out = {}
-    for stage in pipeline.STAGES:
-        done = workdir / stage / pipeline.DONE_FILE
-        if done.exists():
-            out[stage] = json.loads(done.read_text())["seconds"]
-    return out
+def stage_times(finished: dict[str, dict]) -> dict[str, float]:
+    """finished: StageContext.finished() -> {stage: seconds}."""
+    return {stage: done["seconds"] for stage, done in finished.items()}
 
 
-def real_env_steps(workdir: Path) -> dict[str, int]:
+def real_env_steps(finished: dict[str, dict]) -> dict[str, int]:
     """Real simulator steps each method consumed (demos count for every method)."""
     def summary(stage):
-        done = workdir / stage / pipeline.DONE_FILE
-        return json.loads(done.read_text())["summary"] if done.exists() else {}
+        return finished[stage]["summary"] if stage in finished else {}
     demos = int(summary("demos").get("steps", 0))
     collect = int(summary("collect").get("env_steps", 0))
     mbpo = summary("mbpo")
@@ -65,10 +68,6 @@ def results_table(results: dict, env_steps: dict) -> str:
 
 
 def plot_curves(workdir: Path, out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [("sft", ["flow_loss", "loss"]), ("wm_finetune", ["image_loss", "text_loss", "loss"]),
               ("mbpo", ["branch_success", "eval/success"]), ("mbpo", ["policy_loss", "value_loss"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
@@ -87,31 +86,13 @@ def plot_curves(workdir: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def final_policy_and_world_model(ctx, stage: str = ""):
-    """-> (policy, params, tokenizer, world model, its params): the policy of `stage` (default MBPO's,
-    SFT's before MBPO ran) and the fine-tuned world model."""
-    from vlambpo_jax.models import wm_train
-    from vlambpo_jax.models.sft import load_policy
-    from vlambpo_jax.rl.evaluate import checkpoint_of
-
-    name = stage or ("mbpo" if (ctx.workdir / "mbpo" / pipeline.DONE_FILE).exists() else "sft")
-    policy, params, tokenizer, _ = load_policy(checkpoint_of(ctx, name), ctx.config)
-    wm, wm_params, _ = wm_train.load_world_model(Path(ctx.stage_output("wm_finetune")) / wm_train.CKPT_WM,
-                                                 ctx.config)
-    return policy, params, tokenizer, wm, wm_params
-
-
 def imagined_vs_real(ctx, models: tuple, num_videos: int, num_chunks: int,
                      upscale: int = 4) -> tuple[list[str], list[str]]:
     """Plays the policy in the simulator, then the same actions in the world model; models =
-    final_policy_and_world_model(ctx)."""
-    from vlambpo_jax.envs.tabletop import make_env
-
+    common.final_policy_and_world_model(ctx)."""
     config = ctx.config
     policy, params, tokenizer, wm, wm_params = models
     env = make_env(config)
-    from vlambpo_jax.models.tokenizer import ByteTokenizer
-
     key = jax.random.PRNGKey(config.seed + 4242)
     states = jax.vmap(env.reset)(jax.random.split(key, num_videos))
     ids = np.asarray(states.obs["instruction_id"])
@@ -142,10 +123,8 @@ def imagined_vs_real(ctx, models: tuple, num_videos: int, num_chunks: int,
 
 
 def reward_agreement_lines(ctx, models: tuple, out: Path) -> list[str]:
-    """Runs rl/wm_agreement.py's check with models = final_policy_and_world_model(ctx), writes
+    """Runs rl/wm_agreement.py's check with models = common.final_policy_and_world_model(ctx), writes
     wm_agreement.json, returns its markdown section."""
-    from vlambpo_jax.rl import wm_agreement
-
     r = ctx.config.report
     m = wm_agreement.run_check(ctx.config, *models,
                                jax.random.PRNGKey(ctx.config.seed + 777), r.agreement_states,
@@ -167,22 +146,54 @@ def reward_agreement_lines(ctx, models: tuple, out: Path) -> list[str]:
                 for v in range(len(ctx.config.views))) + "."]
 
 
+def imagined_vs_logged(ctx, num_videos: int, num_chunks: int, upscale: int = 4) -> tuple[list[str], list[str]]:
+    """GIFs of held-out episodes: the logged frames at 0, k, 2k, ... (left) and the world model driven
+    open-loop by the logged action chunks from the same first frame (right)."""
+    config, k = ctx.config, int(ctx.config.chunk_size)
+    samples = dict(np.load(ctx.stage_summary("logged_roots")["heldout"]))
+    wm, wm_params, _ = common.load_world_model(ctx)
+    predict = jax.jit(wm.predict)
+    firsts = np.flatnonzero(samples["t"] == 0)[:num_videos]
+    paths, texts = [], []
+    for b, row in enumerate(firsts):
+        T = int(samples["episode_length"][row])
+        real, imagined = [samples["images"][row]], [samples["images"][row]]
+        for c in range(num_chunks):
+            t = c * k
+            if t >= T - 1:
+                break
+            s = row + t
+            real.append(samples["images"][row + min(t + k, T - 1)])
+            imagined.append(np.asarray(predict(
+                wm_params, jnp.asarray(imagined[-1][None]), jnp.asarray(samples["wm_tokens"][s:s + 1]),
+                jnp.asarray(samples["wm_token_mask"][s:s + 1]), jnp.asarray(samples["actions"][s:s + 1]),
+                jax.random.fold_in(jax.random.PRNGKey(config.seed + 4242), b * 1000 + c)))[0])
+        frames = []
+        for r, m in zip(real, imagined):
+            row_img = np.concatenate([r[0], r[1], np.full_like(r[0][:, :2], 255), m[0], m[1]], 1)
+            frames.append(np.kron(row_img, np.ones((upscale, upscale, 1), np.uint8)))
+        path = Path(ctx.stage_dir) / f"imagined_vs_logged_{b}.gif"
+        imageio.mimsave(path, frames, duration=0.6, loop=0)
+        paths.append(str(path))
+        texts.append(str(samples["instruction"][row]))
+    return paths, texts
+
+
 def run(ctx) -> dict:
     workdir = Path(ctx.workdir)
     out = Path(ctx.stage_dir)
-    times = stage_times(workdir)
-    steps = real_env_steps(workdir)
+    finished = ctx.finished()
+    times = stage_times(finished)
+    steps = real_env_steps(finished)
     results_path = workdir / "evaluate" / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     plot_curves(workdir, out / "curves.png")
     lines = ["# VLA-MBPO run report", "",
              f"Workdir `{workdir}`; the config is in config.json there.", ""]
-    offline = results.get("mode") == "offline"
-    if offline:
-        from vlambpo_jax.rl.offline import report_lines
-        logged = workdir / "logged_roots" / pipeline.DONE_FILE
-        logged_steps = json.loads(logged.read_text())["summary"].get("logged_steps") if logged.exists() else None
-        lines += report_lines(results, logged_steps)
+    offline_mode = results.get("mode") == "offline"
+    if offline_mode:
+        logged = finished.get("logged_roots")
+        lines += offline.report_lines(results, logged["summary"].get("logged_steps") if logged else None)
     elif results:
         lines += ["## Success rates (simulator, deterministic sampling)", "",
                   results_table(results, steps), ""]
@@ -190,17 +201,16 @@ def run(ctx) -> dict:
     lines += [f"| {s} | {t:.1f} |" for s, t in times.items()]
     lines += ["", f"Total: {sum(times.values()):.1f} s", "", "![curves](curves.png)", ""]
     videos = []
-    has_wm = (workdir / "wm_finetune" / pipeline.DONE_FILE).exists()
-    if has_wm and "env" not in ctx.config and (workdir / "logged_roots" / pipeline.DONE_FILE).exists():
-        from vlambpo_jax.rl.offline import imagined_vs_logged
+    has_wm = "wm_finetune" in finished
+    if has_wm and not has_simulator(ctx.config) and "logged_roots" in finished:
         videos, instructions = imagined_vs_logged(ctx, ctx.config.report.num_videos,
                                                   ctx.config.report.video_chunks)
         lines += ["## Imagined vs logged", "", "Each GIF: a held-out logged episode (head | wrist at "
                   "steps 0, k, 2k, ...), then the world model (head | wrist) driven open-loop by the "
                   "logged action chunks from the same first frame.", ""]
         lines += [f"- `{Path(v).name}`: {text}" for v, text in zip(videos, instructions)]
-    elif has_wm and "env" in ctx.config:
-        models = final_policy_and_world_model(ctx)  # loaded once for the videos and the check
+    elif has_wm and has_simulator(ctx.config):
+        models = common.final_policy_and_world_model(ctx)  # loaded once for the videos and the check
         videos, instructions = imagined_vs_real(ctx, models, ctx.config.report.num_videos,
                                                 ctx.config.report.video_chunks)
         lines += ["## Imagined vs real", "", "Each GIF: simulator head | wrist, then world model "

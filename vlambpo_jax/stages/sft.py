@@ -1,4 +1,4 @@
-"""Pipeline stage `sft`: behaviour cloning of the VLA policy by flow matching on RLDS demonstrations.
+"""The `sft` stage: behaviour cloning of the VLA policy by flow matching on RLDS demonstrations.
 
 AdamW with linear warmup + cosine decay, global grad-norm clipping, an EMA of the parameters (used for
 evaluation and saved as the inference `params` item), periodic evaluation in the simulator, orbax
@@ -11,87 +11,31 @@ config.sft.in_memory (default True) every episode is read once into memory and b
 seeded per-epoch permutation of all (episode, step) samples; otherwise batches stream from the reader
 and a resumed run skips the batches already consumed.
 
-Other stages load the result with `load_policy(ctx.stage_output('sft') / 'policy')`.
+The train step is vlambpo_jax/models/policy_train.py. Other stages load the result with
+`vlambpo_jax.loading.load_policy(ctx.stage_output('sft') / 'policy')`.
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from vlambpo_jax import loading
+from vlambpo_jax.data import normalization, rlds_reader
+from vlambpo_jax.data import tokenizer as tok_lib
+from vlambpo_jax.envs import evaluation, has_simulator, scene_pool, tabletop
 from vlambpo_jax.models import grounding
 from vlambpo_jax.models import policy as policy_lib
-from vlambpo_jax.models import tokenizer as tok_lib
-from vlambpo_jax.train import sharding
+from vlambpo_jax.models.policy_train import SFTState, make_optimizer, make_train_step
+from vlambpo_jax.train import checkpoints, sharding
+from vlambpo_jax.train.loop import train_loop
 
 CKPT_NAME = "policy"
 MODEL_KEYS = ("images", "image_mask", "tokens", "token_mask", "actions", "action_mask", "state")
-
-
-@flax.struct.dataclass
-class SFTState:
-    """step int32[]; params / ema_params {'vlm', 'action_expert', 'value_head'}; head_params: the
-    grounding head's ({} without grounding co-training); opt_state of optax over (params, head_params)."""
-    step: jax.Array
-    params: Any
-    ema_params: Any
-    head_params: Any
-    opt_state: Any
-
-
-def make_optimizer(sft, num_steps: int):
-    """AdamW (decay on matrices only) after global-norm clipping; lr warmup + cosine. -> (tx, schedule)."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=float(sft.lr), warmup_steps=int(sft.warmup),
-        decay_steps=max(int(num_steps), int(sft.warmup) + 1), end_value=float(sft.lr) * float(sft.min_lr_ratio))
-    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
-    tx = optax.chain(optax.clip_by_global_norm(float(sft.clip)),
-                     optax.adamw(schedule, b1=float(sft.b1), b2=float(sft.b2),
-                                 weight_decay=float(sft.weight_decay), mask=decay_mask))
-    return tx, schedule
-
-
-def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: int, noise_samples: int = 1,
-                    head: grounding.GroundingHead | None = None, grounding_weight: float = 0.0,
-                    grounding_layer: int = -1):
-    """Returns step(state, batch) -> (state, metrics) (jit it on a mesh with
-    sharding.DataParallel.jit_step); the flow noise of step s is fold_in(key, s). With a grounding
-    `head`, the batch also holds grounding rows (grounding.pool_batch) and the loss is
-    flow loss + grounding_weight x grounding loss."""
-    base_key = jax.random.key(seed)
-
-    def loss_fn(trainable, batch, key):
-        params, head_params = trainable
-        demo, ground = grounding.split_batch(batch)
-        loss, metrics = policy.flow_matching_loss(params, demo, key, noise_samples)
-        if head is not None:
-            g_loss, g_metrics = grounding.grounding_loss(policy, head, params, head_params, ground,
-                                                         grounding_layer)
-            loss = loss + grounding_weight * g_loss
-            metrics = dict(metrics, **g_metrics)
-        return loss, metrics
-
-    def step(state: SFTState, batch):
-        key = jax.random.fold_in(base_key, state.step)
-        trainable = (state.params, state.head_params)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, batch, key)
-        updates, opt_state = tx.update(grads, state.opt_state, trainable)
-        params, head_params = optax.apply_updates(trainable, updates)
-        ema_params = (jax.tree.map(lambda e, p: ema * e + (1.0 - ema) * p, state.ema_params, params)
-                      if ema > 0 else params)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step),
-                       param_norm=optax.tree.norm(params))
-        return SFTState(step=state.step + 1, params=params, ema_params=ema_params, head_params=head_params,
-                        opt_state=opt_state), metrics
-
-    return step
 
 
 def model_batch(batch: dict, use_state: bool) -> dict:
@@ -149,12 +93,8 @@ def _evaluator(ctx, policy, tokenizer, stats, key):
     the config has no simulator (Bridge) or config.sft.eval_episodes is 0."""
     config = ctx.config
     episodes = int(config.sft.eval_episodes)
-    if episodes <= 0 or "env" not in config:
+    if episodes <= 0 or not has_simulator(config):
         return None
-    from vlambpo_jax.data import normalization
-    from vlambpo_jax.envs import evaluation
-    from vlambpo_jax.envs import tabletop
-
     env = tabletop.make_env(config)
     policy_fn = policy_lib.make_env_policy_fn(
         policy, tokenizer, env.instructions, int(config.data.max_text_len), mode="eval",
@@ -190,12 +130,9 @@ def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int):
     config, sft = ctx.config, ctx.config.sft
     if float(sft.grounding_weight) <= 0:
         return None, {}, batch_fn
-    if "env" not in config:
-        raise ValueError("config.sft.grounding_weight > 0 needs a simulator (config.env) to render its "
-                         "scenes; set it to 0 for datasets without one (e.g. configs/bridge.py)")
     t0 = time.time()
-    pool = grounding.make_scene_pool(config, tokenizer, int(sft.grounding_scenes),
-                                     jax.random.key(int(config.seed) + 3))
+    pool = scene_pool.make_scene_pool(config, tokenizer, int(sft.grounding_scenes),
+                                      jax.random.key(int(config.seed) + 3), grounding.POSITION_SCALE)
     print(f"[{ctx.stage}] grounding co-training: {len(pool['targets'])} reset scenes rendered "
           f"({time.time() - t0:.1f} s), weight {float(sft.grounding_weight)}")
     head = grounding.GroundingHead(tuple(sft.grounding_hidden), pool["targets"].shape[1])
@@ -224,25 +161,17 @@ def make_trainer(ctx, policy, tokenizer, params, batch_fn):
 
 def run(ctx) -> dict:
     """The `sft` stage. Returns a JSON-able summary (steps, losses, timing, last evaluation)."""
-    from vlambpo_jax.data import rlds_reader
-    from vlambpo_jax.train import checkpoints
-    from vlambpo_jax.train.loop import train_loop
-
     config, sft = ctx.config, ctx.config.sft
     stage_dir = Path(ctx.stage_dir)
-    tokenizer = tok_lib.load_tokenizer(config.policy.tokenizer)
+    tokenizer = loading.make_tokenizer(config.policy.tokenizer)
     loader = rlds_reader.RLDSLoader(config, workdir=ctx.workdir, tokenizer=tokenizer)
     stats_dir = config.data.stats_cache_dir or str(Path(ctx.workdir) / "norm_stats")
     stats = loader.norm_stats(stats_dir)
-    policy = policy_lib.Policy(config, unnormalize=policy_lib.make_unnormalizer(stats["action"],
-                                                                               config.data.norm_mode),
-                               vocab_size=tokenizer.vocab_size)
+    policy = policy_lib.Policy(config, vocab_size=tokenizer.vocab_size,
+                               unnormalize=loading.action_unnormalizer(stats, config.data.norm_mode))
     use_state = policy.dims.use_state
     batch_size = int(sft.batch_size)
     max_len = int(config.data.max_text_len)
-    if int(config.policy.max_text_len) != max_len:
-        raise ValueError(f"config.policy.max_text_len ({config.policy.max_text_len}) must equal "
-                         f"config.data.max_text_len ({max_len})")
 
     if sft.in_memory:
         # Every process holds every episode and builds the same global batch, then keeps its rows, so
@@ -294,28 +223,3 @@ def run(ctx) -> dict:
                "eval": dict(getattr(eval_fn, "last", {}) or {})}
     print(f"[{ctx.stage}] " + json.dumps({k: v for k, v in summary.items() if k != "params"}))
     return summary
-
-
-def load_policy(directory, config=None, step: int | None = None):
-    """Loads an SFT (or later) checkpoint for inference -> (Policy, params, tokenizer, assets).
-
-    directory: the checkpoint dir (e.g. workdir/sft/policy). config: defaults to the one saved in the
-    assets (pass the live config to override sizes consistently). The Policy unnormalizes actions with
-    the saved statistics.
-    """
-    import ml_collections
-
-    from vlambpo_jax.data import normalization
-    from vlambpo_jax.train import checkpoints
-
-    directory = Path(directory)
-    raw, assets = checkpoints.load_params(directory, step=step)
-    if config is None:
-        config = ml_collections.ConfigDict(assets["config"])
-    tokenizer = tok_lib.tokenizer_from_assets(assets.get("tokenizer", {"kind": "byte"}),
-                                              str(directory / "tokenizer_files"))
-    stats = normalization.NormStats.from_dict(assets["norm_stats"])
-    policy = policy_lib.Policy(config, unnormalize=policy_lib.make_unnormalizer(
-        stats["action"], assets.get("norm_mode", config.data.norm_mode)), vocab_size=tokenizer.vocab_size)
-    params = jax.tree.map(jnp.asarray, raw)
-    return policy, params, tokenizer, assets

@@ -1,11 +1,12 @@
 """Baselines and ablations of one finished VLA-MBPO run, written as JSON + a markdown table.
 
-  python -m vlambpo_jax.rl.sweep --config=configs/tabletop.py --workdir=DIR [--variants=a,b] [-- overrides]
+  python -m vlambpo_jax.tools.sweep --config=configs/tabletop.py --workdir=DIR [--variants=a,b]
+      [--config.KEY=VALUE ...]
 
-DIR must hold a finished run of the config (at least demos, sft, collect, wm_pretrain, wm_finetune).
-Each variant gets DIR/variants/<name>/, in which the stages it shares with the base run are symlinks and
-the others run again with the variant's overrides; then its policy (MBPO's, or the baseline stage's) is
-evaluated. Variants:
+DIR must hold a finished run of the config (the stages of config.stages before mbpo). Each variant gets
+DIR/variants/<name>/, in which the stages it shares with the base run are symlinks and the others run
+again with the variant's overrides (and the --config.KEY=VALUE overrides given here, which every
+variant gets); then its policy (MBPO's, or the baseline stage's) is evaluated. Variants:
   online_ppo   PPO in the simulator with the same number of real env steps as the collect stage used
   branch_1, branch_4, branch_full   branch length n (the base run is n = config.rl.branch_chunks)
   branch_auto  the adaptive branch length (rl/branch_length.py; its simulator steps are counted)
@@ -20,17 +21,20 @@ parallel) calls.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from vlambpo_jax.config_checks import load_config
+from absl import flags
 
-SHARED = ("demos", "sft", "collect", "wm_pretrain", "wm_finetune")
+from vlambpo_jax import cli, pipeline
+from vlambpo_jax.envs import horizon_chunks
+from vlambpo_jax.stages import STAGES
+
+# Stages that train the policy a variant evaluates; the stages before them are shared with the base run.
+POLICY_STAGES = ("mbpo", "wm_bc")
 # name -> (first stage run again, overrides[, the stage whose policy is evaluated (default 'mbpo')])
 VARIANTS = {
     "online_ppo": ("mbpo", ["--config.rl.world=sim"]),
@@ -43,47 +47,54 @@ VARIANTS = {
     "no_pretrain": ("wm_pretrain", ["--config.wm.pretrain_enabled=False"]),
     "wm_bc": ("wm_bc", [], "wm_bc"),
 }
-ORDER = ("demos", "sft", "collect", "wm_pretrain", "wm_finetune", "mbpo", "evaluate")
 
 
-def variant_stages(name: str) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+def run_order(config) -> tuple[str, ...]:
+    """The base run's stages up to its evaluation, in pipeline order (the report is not redone)."""
+    return tuple(s for s in STAGES if s in tuple(config.stages) and s != "report")
+
+
+def shared_stages(order: tuple[str, ...]) -> tuple[str, ...]:
+    """The stages before any policy training: what every variant can take from the base run."""
+    return tuple(s for s in order if s not in POLICY_STAGES + ("evaluate",))
+
+
+def variant_stages(name: str, order: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...], str]:
     """-> (stages linked from the base run, stages run again, the evaluated policy's stage)."""
     first, _, *rest = VARIANTS[name]
     policy = rest[0] if rest else "mbpo"
-    cut = ORDER.index(first) if first in ORDER else len(SHARED)
-    rerun = tuple(s for s in ORDER[cut:-1] if s in SHARED) + (policy, "evaluate")
-    return ORDER[:cut], rerun, policy
+    shared = shared_stages(order)
+    cut = order.index(first) if first in order else len(shared)
+    rerun = tuple(s for s in order[cut:] if s in shared) + (policy, "evaluate")
+    return order[:cut], rerun, policy
 
 
 def _summary(workdir: Path, stage: str) -> dict:
-    return json.loads((workdir / stage / "DONE.json").read_text())["summary"]
+    return json.loads((workdir / stage / pipeline.DONE_FILE).read_text())["summary"]
 
 
-def online_iterations(base: Path, num_branches: int, horizon_chunks: int, chunk: int) -> int:
-    """Online-PPO iterations whose real env steps match the collect stage's."""
+def online_iterations(base: Path, num_branches: int, horizon: int, chunk: int) -> int:
+    """Online-PPO iterations whose real env steps match the collect stage's (horizon: chunks per
+    episode)."""
     budget = int(_summary(base, "collect")["env_steps"])
-    return max(1, math.floor(budget / (num_branches * horizon_chunks * chunk)))
+    return max(1, budget // (num_branches * horizon * chunk))
 
 
-def run_variant(name: str, args, extra: list[str]) -> dict:
-    base = Path(args.workdir).absolute()
-    overrides = VARIANTS[name][1]
-    linked, stages, policy = variant_stages(name)
+def run_variant(name: str, config_spec: str, config, base: Path, extra: list[str]) -> dict:
+    """Runs one variant in base/variants/<name> (python -m vlambpo_jax.main) -> its result row.
+    config: the base run's config (with the sweep's overrides `extra`)."""
+    overrides = list(VARIANTS[name][1])
+    linked, stages, policy = variant_stages(name, run_order(config))
     out = base / "variants" / name
     out.mkdir(parents=True, exist_ok=True)
     for stage in linked:
         link = out / stage
         if not link.exists():
             os.symlink(base / stage, link)
-    overrides = list(overrides)
     if name == "online_ppo":
-        from vlambpo_jax.envs.tabletop import make_env
-        config = load_config(args.config)
-        env = make_env(config)
-        chunks = math.ceil(env.max_horizon / config.chunk_size)
-        iters = online_iterations(base, config.rl.num_branches, chunks, config.chunk_size)
+        iters = online_iterations(base, config.rl.num_branches, horizon_chunks(config), config.chunk_size)
         overrides.append(f"--config.rl.iterations={iters}")
-    cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={args.config}", f"--workdir={out}",
+    cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={config_spec}", f"--workdir={out}",
            "--stages=" + ",".join(stages), f"--config.eval.policies=('{policy}',)",
            *overrides, *extra]
     print("+ " + " ".join(cmd), flush=True)
@@ -116,18 +127,23 @@ def _merge(out: Path, new_rows: dict) -> dict:
     return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="the base run's config file[:arg]")
-    parser.add_argument("--workdir", required=True, help="the base run's workdir")
-    parser.add_argument("--variants", default="", help="comma-separated subset (default: all of them "
-                        "but the view-decoding variant the base run already is)")
-    parser.add_argument("overrides", nargs="*", help="config overrides for every variant (after --)")
-    args = parser.parse_args(argv)
-    if not args.variants:
-        same = "ivd" if load_config(args.config).wm.view_decoding == "interleaved" else "no_ivd"
-        args.variants = ",".join(v for v in VARIANTS if v != same)
-    base = Path(args.workdir).absolute()
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_list("variants", [], "subset of " + ", ".join(VARIANTS) + " (default: all of them but "
+                      "the view-decoding variant the base run already is)", flag_values=fv)
+
+
+def main(argv: list[str]) -> int:
+    fv = cli.command_flags(argv, _define)
+    config = cli.checked(fv.config)
+    extra = [a for a in argv if a.startswith("--config.")]   # every variant gets them
+    variants = fv.variants
+    if not variants:
+        same = "ivd" if config.wm.view_decoding == "interleaved" else "no_ivd"
+        variants = [v for v in VARIANTS if v != same]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        cli.fail(f"--variants: unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    base = Path(cli.workdir_path(fv.workdir))
     base_results = json.loads((base / "evaluate" / "results.json").read_text())
     demos = int(_summary(base, "demos").get("steps", 0))
     collect = int(_summary(base, "collect")["env_steps"])
@@ -136,10 +152,8 @@ def main(argv=None) -> int:
     # Rows of other sweep calls on this run are kept, so variants can run in separate (parallel) calls.
     rows = _merge(out, {"sft": {**base_results["sft"], "real_env_steps": demos},
                         "vla_mbpo": {**base_results["mbpo"], "real_env_steps": demos + collect}})
-    for name in filter(None, args.variants.split(",")):
-        if name not in VARIANTS:
-            parser.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
-        r = run_variant(name, args, args.overrides)
+    for name in variants:
+        r = run_variant(name, cli.config_spec(argv), config, base, extra)
         r["real_env_steps"] = demos + int(r["env_steps"]) + (0 if name == "online_ppo" else collect)
         rows = _merge(out, {name: r})
     print(markdown(rows))
@@ -147,4 +161,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""Pipeline stage 'data': open the dataset config.data names, compute/cache the normalization
+"""The `data` stage: open the dataset config.data names, compute/cache the normalization
 statistics, read a few batches and print a summary of them.
 
 Writes <stage_dir>/norm_stats.json (the statistics later stages and checkpoints use) and returns the

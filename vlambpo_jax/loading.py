@@ -1,0 +1,118 @@
+"""Trained artifacts, loaded from checkpoints: the policy, the world model, their tokenizer and the
+normalization statistics saved in a checkpoint's assets.
+
+Stages, the tools and the policy server load through here; nothing loads a model by importing the
+stage that trained it.
+
+  load_policy(dir[, config])       -> (Policy, params, tokenizer, assets)
+  load_world_model(dir[, config])  -> (WorldModel, params, assets); refuses a config whose layout
+                                      settings (LAYOUT_KEYS) differ from those it was trained with
+  make_tokenizer(spec)             -> the tokenizer config.policy.tokenizer names
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vlambpo_jax.data import normalization
+from vlambpo_jax.data import tokenizer as tok_lib
+from vlambpo_jax.envs import tasks
+from vlambpo_jax.models.policy import Policy
+from vlambpo_jax.models.world_model import WorldModel, spec_from_config
+from vlambpo_jax.train import checkpoints
+
+# World-model settings that change the token sequence or the decoding but no parameter shape: a
+# checkpoint loaded under other values would run as another model without an error.
+LAYOUT_KEYS = ("view_decoding", "ivd_vit_copy", "ivd_wrist_sees_head", "action_encoding", "predict_delta",
+               "delta_pixels", "delta_scale", "timestep_shift", "reward_views")
+
+
+class LayoutMismatch(ValueError):
+    """A world-model checkpoint loaded under a config with other layout settings; str() is one line."""
+
+
+def make_tokenizer(spec: str):
+    """config.policy.tokenizer -> tokenizer: 'byte', 'words:tabletop' (every word of the tabletop task
+    instructions, seen and unseen paraphrases) or a local Hugging Face tokenizer directory."""
+    if spec == "words:tabletop":
+        names = sorted(tasks.REGISTRY)
+        return tok_lib.load_tokenizer(spec, tasks.build_instructions(tasks.get_tasks(names)).strings)
+    if spec.startswith("words:"):
+        raise ValueError(f"config.policy.tokenizer={spec!r}: the only word vocabulary is 'words:tabletop'")
+    return tok_lib.load_tokenizer(spec)
+
+
+def saved_config(assets: dict) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(assets["config"])
+
+
+def norm_stats(assets: dict) -> normalization.NormStats:
+    return normalization.NormStats.from_dict(assets["norm_stats"])
+
+
+def norm_mode(assets: dict, config) -> str:
+    return assets.get("norm_mode", config.data.norm_mode)
+
+
+def action_unnormalizer(stats: normalization.NormStats, mode: str) -> Callable[[jax.Array], jax.Array]:
+    """Normalized actions [..., action_dim] -> dataset units, with the given statistics."""
+    return lambda a: normalization.unnormalize(a, stats["action"], mode)
+
+
+def state_normalizer(assets: dict, config) -> Callable[[jax.Array], jax.Array]:
+    """Raw proprio state [..., state_dim] -> the normalization the checkpoint's policy was trained on."""
+    stats, mode = norm_stats(assets)["state"], norm_mode(assets, config)
+    return lambda s: normalization.normalize(s, stats, mode)
+
+
+def load_policy(directory, config=None, step: int | None = None):
+    """A policy checkpoint (e.g. workdir/sft/policy) -> (Policy, params, tokenizer, assets).
+
+    config: defaults to the one saved in the assets (pass the live config to override sizes
+    consistently). The Policy unnormalizes actions with the saved statistics.
+    """
+    directory = Path(directory)
+    raw, assets = checkpoints.load_params(directory, step=step)
+    if config is None:
+        config = saved_config(assets)
+    tokenizer = tok_lib.tokenizer_from_assets(assets.get("tokenizer", {"kind": "byte"}),
+                                              str(directory / "tokenizer_files"))
+    unnormalize = action_unnormalizer(norm_stats(assets), norm_mode(assets, config))
+    policy = Policy(config, unnormalize=unnormalize, vocab_size=tokenizer.vocab_size)
+    return policy, jax.tree.map(jnp.asarray, raw), tokenizer, assets
+
+
+def check_layout(saved: ml_collections.ConfigDict, config, what: str) -> None:
+    """Raises LayoutMismatch naming the first LAYOUT_KEYS setting in which `config` differs from the
+    config a world model was trained with. Settings are compared as the model reads them
+    (spec_from_config), so a key missing from an older saved config counts with its default."""
+    trained, wanted = spec_from_config(saved), spec_from_config(config)
+    for key in LAYOUT_KEYS:
+        if getattr(trained, key) != getattr(wanted, key):
+            raise LayoutMismatch(
+                f"{what} was trained with wm.{key}={saved.wm.get(key, getattr(trained, key))!r}, but the "
+                f"config says wm.{key}={config.wm.get(key)!r}; set --config.wm.{key} to the trained value")
+
+
+def load_world_model(directory, config=None):
+    """A world-model checkpoint (a stage's `world_model/`) -> (WorldModel, params, assets).
+
+    config: the live config (defaults to the one saved in the assets); its layout settings must equal
+    the saved ones (check_layout).
+    """
+    directory = Path(directory)
+    _, assets = checkpoints.load_params(directory)
+    saved = saved_config(assets)
+    if config is None:
+        config = saved
+    else:
+        check_layout(saved, config, f"the world model in {directory}")
+    wm = WorldModel(config)
+    target = jax.eval_shape(lambda: wm.init(jax.random.key(0)))
+    params, _ = checkpoints.load_params(directory, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target))
+    return wm, params, assets

@@ -1,0 +1,57 @@
+"""What several stages (and the tools that read a finished run) share: where a run's policies, world
+model and branch roots are."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlambpo_jax import loading
+from vlambpo_jax.envs import horizon_chunks
+from vlambpo_jax.stages.wm_common import CKPT_WM
+
+
+def checkpoint_of(ctx, stage: str) -> str:
+    """The policy checkpoint directory a finished stage (sft, mbpo, wm_bc) wrote."""
+    summary = ctx.stage_summary(stage)
+    if "checkpoint_dir" not in summary:
+        raise RuntimeError(f"stage '{stage}' has no policy checkpoint to evaluate")
+    return summary["checkpoint_dir"]
+
+
+def load_world_model(ctx):
+    """The fine-tuned world model of the run -> (WorldModel, params, assets), under ctx.config (whose
+    layout settings must match the checkpoint's)."""
+    return loading.load_world_model(Path(ctx.stage_output("wm_finetune")) / CKPT_WM, ctx.config)
+
+
+def roots_stage(ctx) -> str:
+    """The stage whose roots.npz branches start from: 'collect' (simulator rollouts) or 'logged_roots'
+    (logged real-robot episodes), whichever config.stages runs (else whichever has finished)."""
+    for name in ("collect", "logged_roots"):
+        if name in ctx.config.stages:
+            return name
+    for name in ("collect", "logged_roots"):
+        if ctx.is_done(name):
+            return name
+    raise RuntimeError(f"stage '{ctx.stage}' needs branch roots: add 'collect' (simulator) or "
+                       "'logged_roots' (logged episodes) to config.stages before it")
+
+
+def final_policy_and_world_model(ctx, stage: str = ""):
+    """-> (policy, params, tokenizer, world model, its params): the policy of `stage` (default MBPO's,
+    SFT's before MBPO ran) and the fine-tuned world model."""
+    name = stage or ("mbpo" if ctx.is_done("mbpo") else "sft")
+    policy, params, tokenizer, _ = loading.load_policy(checkpoint_of(ctx, name), ctx.config)
+    wm, wm_params, _ = load_world_model(ctx)
+    return policy, params, tokenizer, wm, wm_params
+
+
+def episode_chunks(config, roots: dict) -> int:
+    """Chunks that cover a whole episode (envs.horizon_chunks); without a simulator, of the longest
+    logged episode the roots come from."""
+    return horizon_chunks(config, roots.get("episode_length"))
+
+
+def branch_chunks(config, roots: dict) -> int:
+    """config.rl.branch_chunks when > 0, else (0) a whole episode."""
+    n = int(config.rl.branch_chunks)
+    return n if n > 0 else episode_chunks(config, roots)

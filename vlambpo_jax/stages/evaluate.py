@@ -1,0 +1,118 @@
+"""The `evaluate` stage: every trained policy in the simulator, deterministic sampling, same seeds.
+
+Policies come from finished stages named in config.eval.policies (e.g. 'sft', 'mbpo'); each is run
+for config.eval.episodes_per_task episodes per task from the same initial states, and gets a success
+rate per task and overall with a 95% Wilson interval. Results go to <workdir>/evaluate/results.json and
+a few episodes per policy to <workdir>/evaluate/videos/<policy>/.
+
+Without a simulator (a config with no `env` section: the real-robot path of configs/bridge.py) the
+stage runs the offline evaluation of vlambpo_jax/rl/offline.py instead: held-out action error against
+the logged actions and the imagined success rate under the world model, per policy.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from vlambpo_jax import loading
+from vlambpo_jax.envs import has_simulator
+from vlambpo_jax.envs.evaluation import evaluate
+from vlambpo_jax.envs.tabletop import make_env
+from vlambpo_jax.models import wm_training
+from vlambpo_jax.models.policy import make_env_policy_fn
+from vlambpo_jax.rl import offline
+from vlambpo_jax.rl.rollout import ModelWorld
+from vlambpo_jax.stages import common
+from vlambpo_jax.train import sharding
+
+
+def run(ctx) -> dict:
+    if not has_simulator(ctx.config):
+        return run_offline(ctx)
+    config = ctx.config
+    env = make_env(config, instruction_split=config.eval.instruction_split)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    results = {}
+    for name in config.eval.policies:
+        policy, params, tokenizer, _ = loading.load_policy(common.checkpoint_of(ctx, name), config)
+        fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len)
+        out = evaluate(env, fn, params, key, episodes_per_task=config.eval.episodes_per_task,
+                       video_dir=Path(ctx.stage_dir) / "videos" / name, num_videos=config.eval.num_videos,
+                       video_size=config.eval.video_size, mesh=mesh)
+        results[name] = out
+        lo, hi = out["ci95"]
+        print(f"[evaluate] {name}: success {out['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] over "
+              f"{out['episodes']} episodes")
+    (Path(ctx.stage_dir) / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    return {"results": str(Path(ctx.stage_dir) / "results.json"),
+            **{f"{name}_success": r["success_rate"] for name, r in results.items()}}
+
+
+def run_offline(ctx) -> dict:
+    """The offline evaluation of a config without a simulator (module docstring; rl/offline.py)."""
+    config, ev = ctx.config, ctx.config.eval
+    k = int(config.chunk_size)
+    roots_summary = ctx.stage_summary("logged_roots")
+    samples = dict(np.load(roots_summary["heldout"]))
+    held_roots = offline.roots_of(samples, k)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x0FF1)
+    batch = int(ev.batch_size)
+    results = {"mode": "offline", "heldout": {
+        "split": roots_summary["heldout_split"], "episodes": roots_summary["heldout_episodes"],
+        "steps": int(len(samples["t"])), "roots": int(len(held_roots["t"])),
+        "logged_success_rate": float(np.mean(held_roots["episode_success"]))}, "policies": {}}
+
+    has_wm = ctx.is_done("wm_finetune")
+    imagine = has_wm and int(ev.imagined_branches) > 0
+    if has_wm:
+        wm, wm_params, _ = common.load_world_model(ctx)
+        world = ModelWorld(wm, float(config.rl.reward_threshold))
+    if imagine:
+        num_chunks = int(ev.imagined_chunks) or common.branch_chunks(config, held_roots)
+        start = offline.draw_roots(held_roots, int(ev.imagined_branches), int(config.seed))
+        results["heldout"]["imagined_chunks"] = num_chunks
+    results["world_model"] = {stage: ctx.stage_summary(stage).get("eval", {}) if ctx.is_done(stage) else {}
+                              for stage in ("wm_pretrain", "wm_finetune")}
+    if has_wm and int(ev.wm_batches) > 0:  # the fine-tuned world model on the held-out split
+        batches = offline.wm_heldout_batches(samples, k, batch, int(ev.wm_batches), int(config.seed))
+        results["world_model"]["heldout_split"] = wm_training.make_evaluator(
+            wm, batches, jax.random.fold_in(key, 3))(wm_params, png=Path(ctx.stage_dir) / "wm_heldout.png")
+        m = results["world_model"]["heldout_split"]
+        print(f"[evaluate] world model on held-out split: PSNR head {m['psnr_head']:.2f} "
+              f"(copy {m['copy_psnr_head']:.2f}), wrist {m['psnr_wrist']:.2f}, reward acc {m['reward_acc']:.3f}")
+
+    stats = None
+    for name in ev.policies:
+        policy, params, _, assets = loading.load_policy(common.checkpoint_of(ctx, name), config)
+        stats = loading.norm_stats(assets)
+        act_fn = offline.policy_act_fn(policy, params, loading.state_normalizer(assets, config))
+        out = offline.action_errors(act_fn, samples, key, batch, int(config.data.gripper_dim),
+                                    int(ev.action_stride))
+        if imagine:
+            fn = offline.make_imagined_eval(policy, world, num_chunks)
+            out.update(offline.imagined_success(fn, params, wm_params, start, jax.random.fold_in(key, 7), batch))
+        results["policies"][name] = out
+        line = (f"[evaluate] {name}: held-out action MSE {out['action_mse']:.5f}, L1 {out['action_l1']:.4f}, "
+                f"gripper agreement {out['gripper_accuracy']:.3f} ({out['samples']} steps)")
+        if imagine:
+            lo, hi = out["imagined_ci95"]
+            line += (f"; imagined success {out['imagined_success_rate']:.3f} [{lo:.3f}, {hi:.3f}] over "
+                     f"{out['imagined_branches']} branches")
+        print(line)
+    if stats is not None:  # reference: always predicting the mean logged (training) action
+        mean = np.asarray(stats["action"].mean, np.float32)
+        results["baselines"] = {"mean_action": offline.action_errors(
+            lambda b, _: np.broadcast_to(mean, b["actions"].shape), samples, key, batch,
+            int(config.data.gripper_dim), int(ev.action_stride))}
+    path = Path(ctx.stage_dir) / "results.json"
+    path.write_text(json.dumps(results, indent=2, default=float))
+    summary = {"results": str(path), "mode": "offline"}
+    for name, r in results["policies"].items():
+        summary[f"{name}_action_mse"] = r["action_mse"]
+        if "imagined_success_rate" in r:
+            summary[f"{name}_imagined_success"] = r["imagined_success_rate"]
+    return summary

@@ -1,0 +1,127 @@
+"""The `mbpo` stage: PPO on chunk-level branches imagined by the world model (VLA-MBPO), from the SFT
+policy (rl/mbpo.py holds the iteration).
+
+Roots come from the `collect` stage (simulator rollouts) or, on the real-robot path without a
+simulator (no `env` section), from the `logged_roots` stage; periodic simulator evaluation needs the
+simulator. With `rl.world = 'sim'` the same loop runs in the MJX simulator from fresh episodes instead
+(the online-PPO baseline), and the real env steps it uses are counted. Branch length: config.rl.
+branch_chunks chunks, a whole episode (0), or the adaptive choice of rl/branch_length.py (-1).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlambpo_jax import loading
+from vlambpo_jax.envs import has_simulator, horizon_chunks
+from vlambpo_jax.envs.evaluation import make_evaluator
+from vlambpo_jax.envs.tabletop import make_env
+from vlambpo_jax.models.policy import make_env_policy_fn
+from vlambpo_jax.rl import branch_length, mbpo, ppo
+from vlambpo_jax.rl.rollout import ModelWorld, SimWorld
+from vlambpo_jax.stages import common
+from vlambpo_jax.train import sharding
+from vlambpo_jax.train.loop import train_loop
+
+
+def run(ctx) -> dict:
+    config, rl = ctx.config, ctx.config.rl
+    sft_dir = ctx.stage_summary("sft")["checkpoint_dir"]
+    policy, params, tokenizer, assets = loading.load_policy(sft_dir, config)
+    seed = int(config.seed) * 7919 + 17
+    k = config.chunk_size
+
+    if rl.world == "model":
+        wm, wm_params, _ = common.load_world_model(ctx)
+        world = ModelWorld(wm, rl.reward_threshold)
+        roots = dict(np.load(ctx.stage_summary(common.roots_stage(ctx))["roots"]))
+        start_fn = mbpo.branch_sampler(roots, rl.num_branches, seed)
+        env_steps_per_iteration, extra_env_steps = 0, 0
+        if rl.branch_chunks < 0:
+            choice = adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params)
+            num_chunks, extra_env_steps = choice["branch_chunks"], choice["env_steps"]
+        else:
+            num_chunks = common.branch_chunks(config, roots)
+    else:
+        env = make_env(config)
+        tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
+        world, wm_params = SimWorld(env, tokens, token_mask), None
+        reset = jax.jit(jax.vmap(env.reset))
+        start_fn = lambda i: reset(jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), i),  # noqa: E731
+                                                   rl.num_branches))
+        num_chunks = horizon_chunks(config)
+        env_steps_per_iteration, extra_env_steps = rl.num_branches * num_chunks * k, 0
+
+    optimizer = ppo.make_optimizer(rl, params)
+    dp = sharding.DataParallel(config.mesh)
+    if rl.num_branches % dp.mesh.size:
+        raise ValueError(f"config.rl.num_branches={rl.num_branches} must be divisible by the number of "
+                         f"devices ({dp.mesh.size}) the branches are split over")
+    state, state_shardings = dp.place(ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32)))
+    iteration = mbpo.make_iteration(policy, rl, world, wm_params, start_fn, num_chunks, seed, optimizer, dp,
+                               state_shardings)
+    eval_fn = _sim_evaluator(ctx, policy, tokenizer) if rl.eval_every and has_simulator(config) else None
+    result = train_loop(ctx, name="ppo", state=state, step_fn=iteration, batch_fn=lambda i: i,
+                        num_steps=rl.iterations, params_fn=lambda s: s.params, assets=assets,
+                        eval_fn=eval_fn, eval_every=rl.eval_every)
+    summary = {"checkpoint_dir": str(Path(ctx.stage_dir) / "ppo"), "iterations": result.step,
+               "world": rl.world, "branch_chunks": num_chunks,
+               "env_steps": env_steps_per_iteration * result.step + extra_env_steps,
+               "imagined_transitions": (rl.num_branches * num_chunks * result.step
+                                        if rl.world == "model" else 0),
+               **{k: v for k, v in ctx.writer.last.items()}}
+    (Path(ctx.stage_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params) -> dict:
+    """rl.branch_chunks = -1: the Thm 4.2 choice from the world model's measured error growth
+    (rl/branch_length.py), on the simulator's rollouts of the SFT policy or on held-out logged
+    episodes. Saved to <stage>/branch_length.json and reused when the stage resumes.
+    -> branch_length.choose's dict plus env_steps (simulator steps the measurement used)."""
+    path = Path(ctx.stage_dir) / "branch_length.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    config, rl = ctx.config, ctx.config.rl
+    key = jax.random.PRNGKey(int(config.seed) * 7919 + 0xB1)
+    if has_simulator(config):
+        env = make_env(config)
+        n_max = int(rl.adaptive_max_chunks) or horizon_chunks(config)
+        seqs = branch_length.sim_sequences(env, policy, params, tokenizer, config, key,
+                                           int(rl.adaptive_sequences), n_max)
+    else:
+        samples = dict(np.load(ctx.stage_summary("logged_roots")["heldout"]))
+        # at most as many chunks as the longest held-out episode holds after its first frame
+        n_max = min(int(rl.adaptive_max_chunks) or 4,
+                    max(1, (int(samples["episode_length"].max()) - 1) // int(config.chunk_size)))
+        seqs = branch_length.logged_sequences(samples, int(config.chunk_size), int(rl.adaptive_sequences),
+                                              n_max, int(config.seed))
+    predict = jax.jit(lambda im, t, m, a, k: wm.predict(wm_params, im, t, m, a, k))
+    reward = jax.jit(lambda im, t, m: wm.reward(wm_params, im, t, m))
+    tv = branch_length.reward_tv_by_chunks(predict, reward, seqs["images"], seqs["actions"],
+                                           jnp.asarray(seqs["wm_tokens"]), jnp.asarray(seqs["wm_token_mask"]),
+                                           key)
+    choice = {**branch_length.choose(tv, rl.gamma, int(config.chunk_size), float(rl.adaptive_eps_pi)),
+              "sequences": int(len(seqs["images"])), "env_steps": int(seqs["env_steps"])}
+    path.write_text(json.dumps(choice, indent=2))
+    print(f"[mbpo] adaptive branch length: TV after 1..{n_max} chunks "
+          + ", ".join(f"{x:.3f}" for x in choice["tv_by_chunks"]) + f" -> n = {choice['branch_chunks']}")
+    return choice
+
+
+def _sim_evaluator(ctx, policy, tokenizer):
+    """Periodic success-rate check in the simulator with deterministic sampling."""
+    config = ctx.config
+    env = make_env(config, instruction_split=config.eval.instruction_split)
+    policy_fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len)
+
+    evaluator = make_evaluator(env, policy_fn, config.rl.eval_episodes)  # compiled once, reused
+
+    def eval_fn(state, step):
+        out = evaluator(state.params, jax.random.PRNGKey(step))
+        return {"eval/success": out["success_rate"]}
+    return eval_fn

@@ -1,0 +1,50 @@
+"""Does the world model's reward rank action chunks as the simulator's outcomes do? On a finished
+run's policy and fine-tuned world model, with more samples than the report stage draws
+(vlambpo_jax/rl/wm_agreement.py explains the check):
+
+  python -m vlambpo_jax.tools.wm_agreement --config=configs/tabletop.py --workdir=DIR
+      [--states=64 --samples=8 --chunks=4] [--policy=STAGE] [--config.KEY=VALUE ...] [--out=FILE]
+
+Prints the metrics as JSON.
+"""
+from __future__ import annotations
+
+import sys
+
+import jax
+from absl import flags
+from etils import epath
+
+from vlambpo_jax import cli, loading, pipeline
+from vlambpo_jax.rl import wm_agreement
+from vlambpo_jax.stages import common
+
+
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("states", 64, "real states (fresh episodes)", flag_values=fv)
+    flags.DEFINE_integer("samples", 8, "Flow-SDE chunks per state", flag_values=fv)
+    flags.DEFINE_integer("chunks", 4, "chunk positions per episode", flag_values=fv)
+    flags.DEFINE_string("policy", "", "the stage whose policy acts (e.g. sft, mbpo, wm_bc; default: "
+                        "mbpo's, sft's before MBPO ran)", flag_values=fv)
+    flags.DEFINE_string("out", "", "also write the JSON here", flag_values=fv)
+
+
+def main(argv: list[str]) -> int:
+    fv = cli.command_flags(argv, _define)
+    config = cli.checked(fv.config)
+    ctx = pipeline.StageContext(config, cli.workdir_path(fv.workdir), "report", None, None)
+    try:
+        models = common.final_policy_and_world_model(ctx, fv.policy)
+    except (loading.LayoutMismatch, RuntimeError) as e:
+        cli.fail(str(e))
+    metrics = wm_agreement.run_check(config, *models, jax.random.PRNGKey(int(config.seed) + 778),
+                                     fv.states, fv.samples, fv.chunks)
+    text = wm_agreement.to_json(metrics)
+    if fv.out:
+        epath.Path(fv.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
