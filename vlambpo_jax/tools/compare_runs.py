@@ -2,10 +2,11 @@
 
   python -m vlambpo_jax.tools.compare_runs --a=DIR_A --b=DIR_B [--rtol=1e-6] [--atol=0]
 
-Reads each stage's summary (<stage>/DONE.json) and every results.json / summary.json under the stage
-directories, and compares the numbers leaf by leaf, leaving out wall-clock times. Prints the
-leaves that differ (or exist in one run only) and a JSON line {"compared", "differ", "missing"}; exits 1
-when anything differs. Use it to check that a change which should not change behaviour did not.
+Reads each stage's summary (<stage>/DONE.json) and every other JSON file in the stage directories
+(results, summaries, rounds, wm_agreement, ...), and compares the numbers leaf by leaf, leaving out
+wall-clock times. Prints the leaves that differ (or exist in one run only) and a JSON line
+{"compared", "differ", "missing"}; exits 1 when anything differs. Use it to check that a change which
+should not change behaviour did not.
 """
 from __future__ import annotations
 
@@ -55,11 +56,10 @@ def run_numbers(workdir: Path) -> dict[str, float]:
         done = workdir / stage / DONE_FILE
         if done.exists():
             out.update(numbers(json.loads(done.read_text())["summary"], f"{stage}/summary/"))
-        for name in ("results.json", "summary.json", "rounds.json"):
-            path = workdir / stage / name
-            if path.exists():
+        for path in sorted((workdir / stage).glob("*.json")):
+            if path.name != DONE_FILE:
                 out.update(numbers(json.loads(path.read_text(), parse_constant=lambda _: float("nan")),
-                                   f"{stage}/{name}/"))
+                                   f"{stage}/{path.name}/"))
     return out
 
 
