@@ -118,7 +118,10 @@ def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> 
       shared with the prefix), expert_mlp_dim: the action expert.
     num_denoise_steps: Euler / Flow-SDE steps; noise_level: Flow-SDE noise; stochastic_step: the one
       stochastic step drawn 'per_call' (authors' code) or 'per_sample'; noise_method: 'flow_sde' only
-      (the learned-noise 'flow_noise' variant is not implemented).
+      (the learned-noise 'flow_noise' variant is not implemented); log_prob: the chain's log-probability
+      PPO's ratio reads, 'sum' (the joint Gaussian density of the stochastic transition over its
+      chunk_size x action_dim dims) or 'mean' (its mean over those dims, as DPPO: the ratio is the
+      geometric mean of the per-dim ratios, far less sharp).
     use_state, state_dim: proprio state as one extra prefix token (off, as in the paper).
     value_hidden: value-head MLP sizes (ReLU) on the mean-pooled stop-gradient prefix outputs.
     max_text_len: tokens per instruction (a reference to data.max_text_len, which the reader uses);
@@ -131,7 +134,7 @@ def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> 
         vit_patch=8, vit_width=64, vit_depth=2, vit_heads=4, vit_mlp=128, vit_stem="patch",
         width=128, depth=2, num_heads=4, num_kv_heads=1, head_dim=32, mlp_dim=256, rope_theta=10_000.0,
         expert_width=64, expert_depth=2, expert_mlp_dim=128,
-        num_denoise_steps=3, noise_level=0.5, stochastic_step="per_call", noise_method="flow_sde",
+        num_denoise_steps=3, noise_level=0.5, stochastic_step="per_call", noise_method="flow_sde", log_prob="sum",
         use_state=False, state_dim=7, value_hidden=(128, 64),
         max_text_len=data.get_ref("max_text_len"), tokenizer="byte", action_pad_dim=7, dtype="float32",
     ))

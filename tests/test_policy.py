@@ -4,6 +4,8 @@ Every test uses the smoke-sized config (one layer per transformer) at batch 2. P
 away from their initial values because pi0.5's zero-initialised adaRMS gates make the action expert
 ignore the prefix at init, which would let mask and cache bugs pass unnoticed.
 """
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,6 +143,32 @@ def test_sde_log_prob_matches_independent_gaussian(setup, sde_sample):
     logp, value = jax.jit(pol.log_prob_and_value)(params, obs, out.chain)
     np.testing.assert_allclose(logp, out.log_prob, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(value, out.value, rtol=1e-6)
+
+
+def test_mean_log_prob_is_the_gaussian_density_averaged_over_dims(setup, sde_sample):
+    """policy.log_prob='mean': the same chain (same key), its log-probability the joint density of the
+    stochastic transition divided by k x action_dim, checked against scipy on that transition."""
+    pol, params, obs = setup
+    config = copy.deepcopy(pol.config)
+    config.policy.log_prob = "mean"
+    mean_pol = policy_lib.Policy(config, pol.dims.vocab_size)
+    out = jax.jit(mean_pol.sample_sde)(params, obs, jax.random.key(5))
+    np.testing.assert_array_equal(out.chain["x"], sde_sample.chain["x"])
+    steps, k, d = pol.num_steps, pol.dims.chunk_size, pol.dims.action_dim
+    ts = np.append(np.linspace(1.0, 1.0 / steps, steps), 0.0)
+    xs, chosen = np.asarray(out.chain["x"], np.float64), np.asarray(out.chain["step"])
+    velocity = jax.jit(lambda x, t: pol.denoise(params, pol.encode_prefix(params, obs), x, t))
+    for b in range(B):
+        i = chosen[b]
+        t, dt = ts[i], ts[i] - ts[i + 1]
+        v = np.asarray(velocity(out.chain["x"][:, i], jnp.full((B,), t, jnp.float32)), np.float64)[b]
+        sigma = 0.5 * np.sqrt(t / (1.0 - (ts[1] if t == 1.0 else t)))
+        mean = (xs[b, i] - v * t) * (1 - (t - dt)) + (xs[b, i] + v * (1 - t)) * (t - dt - sigma ** 2 * dt / (2 * t))
+        expected = stats.norm.logpdf(xs[b, i + 1, :, :d], mean[:, :d], np.sqrt(dt) * sigma).mean()
+        np.testing.assert_allclose(out.log_prob[b], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.log_prob * k * d, sde_sample.log_prob, rtol=1e-5, atol=1e-3)
+    logp, _ = jax.jit(mean_pol.log_prob_and_value)(params, obs, out.chain)
+    np.testing.assert_allclose(logp, out.log_prob, rtol=1e-5, atol=1e-5)
 
 
 def test_per_sample_steps_rescore_and_gradients(setup):

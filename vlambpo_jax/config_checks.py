@@ -144,6 +144,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("policy.num_denoise_steps", _int_range(1, 100)),
     ("policy.noise_level", _positive_float),
     ("policy.stochastic_step", _one_of("per_call", "per_sample")),
+    ("policy.log_prob", _one_of("sum", "mean")),
     ("sft.steps", _int_range(0)),
     ("sft.lr", _positive_float),
     ("sft.noise_samples", _int_range(1)),

@@ -355,7 +355,8 @@ class SDESample:
     actions float32[B, k, action_dim] normalized actions (the chain's last point, valid dims);
     chain {'x': float32[B, K + 1, k, Dp] every point from the initial noise to the actions,
            'step': int32[B] the index of the stochastic transition x[step] -> x[step + 1]};
-    log_prob float32[B] that transition's Gaussian log-density summed over k x action_dim;
+    log_prob float32[B] that transition's Gaussian log-density over k x action_dim (summed, or averaged
+      with config.policy.log_prob='mean');
     value float32[B].
     """
     actions: jax.Array
@@ -381,6 +382,7 @@ class Policy:
         self.num_steps = int(config.policy.num_denoise_steps)
         self.noise_level = float(config.policy.noise_level)
         self.per_sample = config.policy.stochastic_step == "per_sample"
+        self.mean_log_prob = config.policy.get("log_prob", "sum") == "mean"
         self.unnormalize = unnormalize or (lambda a: a)
 
     # ---------------------------------------------------------------- plumbing
@@ -512,12 +514,17 @@ class Policy:
             mean, std = fs.flow_sde_moments(x, v, t, delta, sigma)
             eps = jax.random.normal(jax.random.fold_in(noise_key, i), x.shape)
             x_next = mean + std * eps
-            lp = fs.gaussian_log_prob(x_next, mean, std)[:, :, : d.action_dim].sum(axis=(1, 2))
-            return (x_next, logp + lp), x_next
+            return (x_next, logp + self._chain_log_prob(fs.gaussian_log_prob(x_next, mean, std))), x_next
 
         (x, logp), xs = jax.lax.scan(step, (x0, jnp.zeros((b,), jnp.float32)), jnp.arange(k_steps))
         chain = {"x": jnp.concatenate([x0[:, None], jnp.moveaxis(xs, 0, 1)], axis=1), "step": chosen}
         return SDESample(actions=x[..., : d.action_dim], chain=chain, log_prob=logp, value=value)
+
+    def _chain_log_prob(self, elementwise: jax.Array) -> jax.Array:
+        """Per-element log-densities [B, k, Dp] of a transition -> [B] over the real action dims: their
+        sum (config.policy.log_prob 'sum') or mean ('mean')."""
+        lp = elementwise[:, :, : self.dims.action_dim]
+        return lp.mean(axis=(1, 2)) if self.mean_log_prob else lp.sum(axis=(1, 2))
 
     # ---------------------------------------------------------------- RL scoring
     def log_prob_and_value(self, params, obs, chain: Mapping[str, jax.Array],
@@ -528,7 +535,6 @@ class Policy:
         train_vlm=False (default, as the authors) the prefix cache is stop-gradient, so gradients reach
         only 'action_expert' and 'value_head'.
         """
-        d = self.dims
         cache = self.encode_prefix(params, obs)
         if not train_vlm:
             cache = jax.lax.stop_gradient(cache)
@@ -544,7 +550,7 @@ class Policy:
         t, delta = ts[step], ts[step] - ts[step + 1]
         v = self.denoise(params, cache, x_t, t)
         mean, std = fs.flow_sde_moments(x_t, v, t, delta, sigmas[step])
-        logp = fs.gaussian_log_prob(x_next, mean, std)[:, :, : d.action_dim].sum(axis=(1, 2))
+        logp = self._chain_log_prob(fs.gaussian_log_prob(x_next, mean, std))
         return logp, self._apply(params, cache, method=VLAModel.value)
 
     def log_prob(self, params, obs, chain, train_vlm: bool = False) -> jax.Array:

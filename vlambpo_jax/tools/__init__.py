@@ -1,9 +1,11 @@
-"""Commands that read a finished run (python -m vlambpo_jax.tools.<name> --help):
+"""Diagnostic commands, most on a finished run (python -m vlambpo_jax.tools.<name> --help):
 
   wm_eval        a world-model stage's held-out metrics, recomputed from its checkpoint
   wm_agreement   does the world model's reward rank action chunks as the simulator does
   sweep          baselines and ablations of a finished run, as a results table
+  compare_runs   do two finished runs give the same numbers
+  ppo_toy        does PPO learn: a config's policy and PPO settings in a world with a known answer
 
-All take the command-line convention of vlambpo_jax/cli.py (--config=FILE[:ARG], --config.a.b=VALUE,
---workdir=DIR).
+The ones that read a config take the command-line convention of vlambpo_jax/cli.py
+(--config=FILE[:ARG], --config.a.b=VALUE, and --workdir=DIR for those that read a run).
 """
