@@ -87,6 +87,13 @@ def checked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def emit_json(text: str, out: str = "") -> None:
+    """Prints a command's JSON result; also writes it to `out` (a path, local or gs://) when given."""
+    if out:
+        epath.Path(out).write_text(text)
+    print(text)
+
+
 def workdir_path(path: str) -> epath.Path:
     """A local path made absolute, or a remote one (gs://...) as is."""
     return epath.Path(path) if "://" in path else epath.Path(os.path.abspath(path))

@@ -15,7 +15,6 @@ import sys
 import time
 
 from absl import flags
-from etils import epath
 
 from vlambpo_jax import cli, loading
 from vlambpo_jax.models.policy import Policy
@@ -37,9 +36,7 @@ def main(argv: list[str]) -> int:
            "overrides": [a for a in argv if a.startswith("--config.")], "seconds": time.time() - start,
            "success": [round(h["branch_success"], 4) for h in history], "last": history[-1]}
     text = json.dumps(out, indent=1)
-    if fv.out:
-        epath.Path(fv.out).write_text(text)
-    print(text)
+    cli.emit_json(text, fv.out)
     return 0
 
 

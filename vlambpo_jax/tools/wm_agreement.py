@@ -13,7 +13,6 @@ import sys
 
 import jax
 from absl import flags
-from etils import epath
 
 from vlambpo_jax import cli, loading, pipeline
 from vlambpo_jax.rl import wm_agreement
@@ -40,9 +39,7 @@ def main(argv: list[str]) -> int:
     metrics = wm_agreement.run_check(config, *models, jax.random.PRNGKey(int(config.seed) + 778),
                                      fv.states, fv.samples, fv.chunks)
     text = wm_agreement.to_json(metrics)
-    if fv.out:
-        epath.Path(fv.out).write_text(text)
-    print(text)
+    cli.emit_json(text, fv.out)
     return 0
 
 

@@ -18,7 +18,6 @@ import json
 import sys
 
 from absl import flags
-from etils import epath
 
 from vlambpo_jax import cli, loading, pipeline
 from vlambpo_jax.stages import wm_common
@@ -40,9 +39,7 @@ def main(argv: list[str]) -> int:
         cli.fail(str(e))
     text = json.dumps({"stage": fv.stage, "view_decoding": config.wm.view_decoding, **metrics},
                       indent=2, default=float)
-    if fv.out:
-        epath.Path(fv.out).write_text(text)
-    print(text)
+    cli.emit_json(text, fv.out)
     return 0
 
 
