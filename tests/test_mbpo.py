@@ -70,7 +70,7 @@ def _run(workdir: Path, num_steps: int, stop_after_two: bool = False):
     (workdir / "mbpo").mkdir(parents=True, exist_ok=True)
     state = ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
     result = train_loop(ctx, name="ppo", state=state, step_fn=step_fn, batch_fn=lambda i: i,
-                        num_steps=num_steps, params_fn=lambda s: s.params)
+                        num_steps=num_steps, params_fn=lambda s: s.params, log_every=1)
     writer.close()
     return result, calls[0]
 
@@ -84,4 +84,4 @@ def test_resume_mid_mbpo_is_identical(tmp_path):
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     rows = [json.loads(x) for x in (tmp_path / "full" / "mbpo" / "metrics.jsonl").read_text().splitlines()]
-    assert rows and all(np.isfinite(r["loss"]) for r in rows)
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)

@@ -67,7 +67,8 @@ def run(ctx) -> dict:
     eval_fn = _sim_evaluator(ctx, policy, tokenizer) if rl.eval_every and has_simulator(config) else None
     result = train_loop(ctx, name="ppo", state=state, step_fn=iteration, batch_fn=lambda i: i,
                         num_steps=rl.iterations, params_fn=lambda s: s.params, assets=assets,
-                        eval_fn=eval_fn, eval_every=rl.eval_every)
+                        eval_fn=eval_fn, eval_every=rl.eval_every,
+                        log_every=1)  # an iteration is a whole buffer refill: every one is a curve point
     summary = {"checkpoint_dir": str(Path(ctx.stage_dir) / "ppo"), "iterations": result.step,
                "world": rl.world, "branch_chunks": num_chunks,
                "env_steps": env_steps_per_iteration * result.step + extra_env_steps,

@@ -29,11 +29,13 @@ def train_loop(ctx, *, name: str, state: Any, step_fn: Callable[[Any, Any], tupl
                batch_fn: Callable[[int], Any], num_steps: int,
                params_fn: Callable[[Any], Any] = lambda s: s.params,
                assets: dict | None = None,
-               eval_fn: Callable[[Any, int], dict] | None = None, eval_every: int = 0) -> LoopResult:
+               eval_fn: Callable[[Any, int], dict] | None = None, eval_every: int = 0,
+               log_every: int = 0) -> LoopResult:
     """Runs `step_fn` from the newest checkpoint in `<stage_dir>/<name>` up to `num_steps`.
 
     step_fn(state, batch) -> (state, metrics dict of scalars); typically jitted with donation.
     eval_fn(state, step) -> metrics, called every `eval_every` steps and at the end.
+    Metrics are written every `log_every` steps (0: config.log.every_steps) and at the end.
     """
     cfg = ctx.config
     ckpt = Checkpointer(Path(ctx.stage_dir) / name, keep=cfg.checkpoint.keep,
@@ -54,7 +56,7 @@ def train_loop(ctx, *, name: str, state: Any, step_fn: Callable[[Any, Any], tupl
                          mode=cfg.log.progress):
         state, metrics = step_fn(state, batch_fn(step))
         done = step + 1
-        if done % cfg.log.every_steps == 0 or done == num_steps:
+        if done % (log_every or cfg.log.every_steps) == 0 or done == num_steps:
             ctx.writer.scalars(done, jax.device_get(metrics))
         if eval_fn is not None and eval_every and done % eval_every == 0 and done != num_steps:
             ctx.writer.scalars(done, eval_fn(state, done))
