@@ -45,7 +45,7 @@ def numbers(tree, prefix: str = "") -> dict[str, float]:
     elif isinstance(tree, list):
         for i, v in enumerate(tree):
             out.update(numbers(v, f"{prefix}{i}/"))
-    elif isinstance(tree, (int, float)) and tree is not None:
+    elif isinstance(tree, (int, float)):
         out[prefix.rstrip("/")] = float(tree)
     return out
 
