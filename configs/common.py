@@ -117,7 +117,9 @@ def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> 
     expert_width, expert_depth (must equal depth: one joint attention per layer; heads and head_dim are
       shared with the prefix), expert_mlp_dim: the action expert.
     num_denoise_steps: Euler / Flow-SDE steps; noise_level: Flow-SDE noise; stochastic_step: the one
-      stochastic step drawn 'per_call' (authors' code) or 'per_sample'; noise_method: 'flow_sde' only
+      stochastic step drawn 'per_call' (authors' code) or 'per_sample', or 'all' (DPPO's chain: every
+      step stochastic, so the log-prob covers every parameter-dependent step and the action is the
+      last Gaussian draw); noise_method: 'flow_sde' only
       (the learned-noise 'flow_noise' variant is not implemented); log_prob: the chain's log-probability
       PPO's ratio reads, 'sum' (the joint Gaussian density of the stochastic transition over its
       chunk_size x action_dim dims) or 'mean' (its mean over those dims, as DPPO: the ratio is the
@@ -195,8 +197,13 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     iterations: buffer refills; epochs: PPO epochs per refill (each a scan over minibatches of
       minibatch_size transitions); critic_warmup_epochs: critic-only epochs after each refill;
       recompute_values: re-compute values and advantages with the current critic before each epoch.
+    advantage: 'gae' (chunk-level GAE from the critic) | 'group' (GRPO-style: each start state is
+      branched group_size times, a branch's return minus its group's mean is the advantage of all its
+      chunks, groups whose branches all agree are dropped; rl/ppo.group_relative_advantages);
+      group_size: branches per start state (num_branches must be a multiple; > 1 also logs the
+      exploration metrics: mixed_groups and the within-group action spread).
     gamma, gae_lambda, gae_variant ('paper' Eq. 4 | 'code' the authors' per-chunk form),
-      normalize_advantages; clip / clip_negative: PPO ratio clip of the surrogate for positive /
+      normalize_advantages (GAE only); clip / clip_negative: PPO ratio clip of the surrogate for positive /
       negative advantages (not a gradient clip); value_clip, huber_delta, value_coef: the clipped-value
       Huber critic loss.
     actor_lr / critic_lr, b1, b2, weight_decay: AdamW per group; grad_clip: global grad-norm clip;
@@ -207,6 +214,7 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
         world="model", num_branches=256, branch_chunks=2, reward_threshold=0.5,
         adaptive_max_chunks=0, adaptive_sequences=64, adaptive_eps_pi=0.1,
         iterations=30, epochs=4, critic_warmup_epochs=1, recompute_values=True, minibatch_size=128,
+        advantage="gae", group_size=1,
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
         clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,
         actor_lr=1e-5, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,

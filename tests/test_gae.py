@@ -1,8 +1,11 @@
-"""Chunk-level GAE against a plain-numpy reference with terminations and masks."""
+"""Chunk-level GAE against a plain-numpy reference with terminations and masks; group-relative
+advantages and the critic's explained variance by hand."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlambpo_jax.rl import gae
+from vlambpo_jax.rl import gae, ppo
+from vlambpo_jax.rl.rollout import Transitions
 
 
 def _reference(step_rewards, values, bootstrap, terminals, mask, gamma, lam, variant):
@@ -58,3 +61,34 @@ def test_normalize_ignores_masked():
     mask = np.array([[True, True, False]])
     out = np.asarray(gae.normalize_advantages(adv, mask))
     np.testing.assert_allclose(out, [[-1.0, 1.0, 0.0]], atol=1e-6)
+
+
+def _transitions(step_rewards, mask):
+    """Transitions with only the fields the advantage functions read."""
+    t, b = mask.shape
+    return Transitions(obs={}, chain={}, actions=np.zeros((t, b, 1, 7), np.float32), log_prob=np.zeros((t, b)),
+                       value=np.zeros((t, b)), step_rewards=jnp.asarray(step_rewards, jnp.float32),
+                       terminal=jnp.asarray(step_rewards.sum(-1) > 0), mask=jnp.asarray(mask))
+
+
+def test_group_relative_advantages_by_hand():
+    # 2 chunks, 6 branches in 2 groups of 3. Group 0: branch 0 succeeds in chunk 0 (then masked),
+    # branches 1, 2 fail -> mean 1/3; group 1: all fail -> degenerate.
+    rewards = np.zeros((2, 6, 2), np.float32)
+    rewards[0, 0, 1] = 1.0
+    mask = np.ones((2, 6), bool)
+    mask[1, 0] = False
+    adv, mixed = ppo.group_relative_advantages(_transitions(rewards, mask), group_size=3)
+    expected = np.array([[2 / 3, -1 / 3, -1 / 3, 0, 0, 0], [0, -1 / 3, -1 / 3, 0, 0, 0]])
+    np.testing.assert_allclose(adv, expected, atol=1e-6)
+    np.testing.assert_array_equal(mixed, [True, True, True, False, False, False])
+
+
+def test_explained_variance_by_hand():
+    returns = jnp.array([1.0, 0.0, 1.0, 0.0, 5.0])
+    mask = jnp.array([True, True, True, True, False])
+    assert float(ppo.explained_variance(returns, returns, mask)) == pytest.approx(1.0)
+    assert float(ppo.explained_variance(jnp.full(5, 0.5), returns, mask)) == pytest.approx(0.0, abs=1e-6)
+    # values off by +-0.25 on returns of variance 0.25 -> 1 - 0.0625 / 0.25
+    values = jnp.array([0.75, 0.25, 1.25, -0.25, 0.0])
+    assert float(ppo.explained_variance(values, returns, mask)) == pytest.approx(0.75, abs=1e-6)

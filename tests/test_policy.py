@@ -171,6 +171,35 @@ def test_mean_log_prob_is_the_gaussian_density_averaged_over_dims(setup, sde_sam
     np.testing.assert_allclose(logp, out.log_prob, rtol=1e-5, atol=1e-5)
 
 
+def test_all_steps_chain_log_prob_is_the_sum_of_its_gaussian_transitions(setup):
+    """policy.stochastic_step='all' (DPPO's chain): every transition is a Gaussian draw around the
+    Flow-SDE mean; the log-prob is the sum over transitions of each one's joint density (scipy), and
+    re-scoring the stored chain (all steps batched) gives it back, with gradients for the expert only."""
+    pol, params, obs = setup
+    config = copy.deepcopy(pol.config)
+    config.policy.stochastic_step = "all"
+    all_pol = policy_lib.Policy(config, pol.dims.vocab_size)
+    out = jax.jit(all_pol.sample_sde)(params, obs, jax.random.key(5))
+    np.testing.assert_array_equal(out.chain["step"], -1)
+    steps, d = pol.num_steps, pol.dims.action_dim
+    ts = np.append(np.linspace(1.0, 1.0 / steps, steps), 0.0)
+    xs = np.asarray(out.chain["x"], np.float64)
+    velocity = jax.jit(lambda x, t: pol.denoise(params, pol.encode_prefix(params, obs), x, t))
+    expected = np.zeros(B)
+    for i in range(steps):
+        t, dt = ts[i], ts[i] - ts[i + 1]
+        v = np.asarray(velocity(out.chain["x"][:, i], jnp.full((B,), t, jnp.float32)), np.float64)
+        sigma = 0.5 * np.sqrt(t / (1.0 - (ts[1] if t == 1.0 else t)))
+        mean = (xs[:, i] - v * t) * (1 - (t - dt)) + (xs[:, i] + v * (1 - t)) * (t - dt - sigma ** 2 * dt / (2 * t))
+        expected += stats.norm.logpdf(xs[:, i + 1, :, :d], mean[..., :d], np.sqrt(dt) * sigma).sum(axis=(1, 2))
+        assert np.abs(xs[:, i + 1] - mean).max() > 1e-3  # every step drew noise
+    np.testing.assert_allclose(out.log_prob, expected, rtol=1e-4, atol=1e-3)
+    logp_fn = jax.jit(jax.value_and_grad(lambda p: all_pol.log_prob(p, obs, out.chain).sum()))
+    logp_sum, grads = logp_fn(params)
+    np.testing.assert_allclose(logp_sum, out.log_prob.sum(), rtol=1e-5)
+    assert float(optax.tree.norm(grads["vlm"])) == 0.0 and float(optax.tree.norm(grads["action_expert"])) > 0
+
+
 def test_per_sample_steps_rescore_and_gradients(setup):
     pol, params, obs = setup
     obs4 = _obs(seed=3, b=8)

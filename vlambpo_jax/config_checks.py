@@ -143,7 +143,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("data.max_text_len", _int_range(3, 4096)),
     ("policy.num_denoise_steps", _int_range(1, 100)),
     ("policy.noise_level", _positive_float),
-    ("policy.stochastic_step", _one_of("per_call", "per_sample")),
+    ("policy.stochastic_step", _one_of("per_call", "per_sample", "all")),
     ("policy.log_prob", _one_of("sum", "mean")),
     ("sft.steps", _int_range(0)),
     ("sft.lr", _positive_float),
@@ -175,6 +175,8 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.adaptive_eps_pi", _unit_interval),
     ("rl.world", _one_of("model", "sim")),
     ("rl.gae_variant", _one_of("paper", "code")),
+    ("rl.advantage", _one_of("gae", "group")),
+    ("rl.group_size", _int_range(1)),
     ("rl.collect_mode", _one_of("train", "eval")),
     ("rl.num_branches", _int_range(1)),
     ("rl.minibatch_size", _int_range(1)),
@@ -245,6 +247,14 @@ def _cross_problems(config) -> list[tuple[str, Any, str]]:
         if config.image_size % p.vit_patch:
             out.append(("image_size", config.image_size,
                         f"must be divisible by config.policy.vit_patch ({p.vit_patch})"))
+    r = get(config, "rl")
+    if r is not _MISSING and "group_size" in r:
+        if r.num_branches % r.group_size:
+            out.append(("rl.num_branches", r.num_branches, f"must be a multiple of config.rl.group_size "
+                        f"({r.group_size}): every start state is branched group_size times"))
+        if r.advantage == "group" and r.group_size < 2:
+            out.append(("rl.group_size", r.group_size, "must be >= 2 with config.rl.advantage='group' "
+                        "(a group of one has no relative advantage)"))
     w = get(config, "wm")
     if w is not _MISSING and "vae" in w:
         down = 2 ** len(w.vae.widths)

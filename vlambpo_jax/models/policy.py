@@ -249,6 +249,11 @@ class PrefixCache:
     mask: jax.Array
     out: jax.Array
 
+    def repeat(self, n: int) -> "PrefixCache":
+        """Every observation's cache n times in a row (batch b -> b n; `out` is left as it is)."""
+        return PrefixCache(k=jnp.repeat(self.k, n, axis=1), v=jnp.repeat(self.v, n, axis=1),
+                           mask=jnp.repeat(self.mask, n, axis=0), out=self.out)
+
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     """x [B, P, W], mask bool[B, P] -> mean over the valid tokens float32[B, W]."""
@@ -354,9 +359,10 @@ class SDESample:
 
     actions float32[B, k, action_dim] normalized actions (the chain's last point, valid dims);
     chain {'x': float32[B, K + 1, k, Dp] every point from the initial noise to the actions,
-           'step': int32[B] the index of the stochastic transition x[step] -> x[step + 1]};
-    log_prob float32[B] that transition's Gaussian log-density over k x action_dim (summed, or averaged
-      with config.policy.log_prob='mean');
+           'step': int32[B] the index of the stochastic transition x[step] -> x[step + 1], or -1 when
+           every transition is stochastic (config.policy.stochastic_step='all')};
+    log_prob float32[B] the stochastic transitions' Gaussian log-density over k x action_dim (summed, or
+      averaged with config.policy.log_prob='mean'), summed over the stochastic transitions;
     value float32[B].
     """
     actions: jax.Array
@@ -382,6 +388,7 @@ class Policy:
         self.num_steps = int(config.policy.num_denoise_steps)
         self.noise_level = float(config.policy.noise_level)
         self.per_sample = config.policy.stochastic_step == "per_sample"
+        self.all_steps = config.policy.stochastic_step == "all"
         self.mean_log_prob = config.policy.get("log_prob", "sum") == "mean"
         self.unnormalize = unnormalize or (lambda a: a)
 
@@ -450,8 +457,7 @@ class Policy:
         x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
         cache = self.encode_prefix(params, batch)
         if n > 1:
-            cache = PrefixCache(k=jnp.repeat(cache.k, n, axis=1), v=jnp.repeat(cache.v, n, axis=1),
-                                mask=jnp.repeat(cache.mask, n, axis=0), out=cache.out)
+            cache = cache.repeat(n)
         v = self.denoise(params, cache, x_t, t)
         err = jnp.mean((v - (noise - actions)) ** 2, axis=-1)                         # [B n, k]
         mask = batch.get("action_mask")
@@ -488,11 +494,13 @@ class Policy:
         return x[..., : d.action_dim]
 
     def sample_sde(self, params, obs, key: jax.Array, per_sample: bool | None = None) -> SDESample:
-        """Flow-SDE sampling for RL: one randomly chosen stochastic step, all others Euler.
+        """Flow-SDE sampling for RL: one randomly chosen stochastic step, all others Euler; or, with
+        config.policy.stochastic_step='all' (DPPO's chain), every step stochastic, so the actions are
+        the last Gaussian draw and the log-prob covers everything the parameters change.
 
-        per_sample: draw the stochastic step per sample (True) or once per call (False, the authors'
-        code); default config.policy.stochastic_step. Returns SDESample (actions, chain, log_prob, value),
-        all from one prefix pass.
+        per_sample: draw the one stochastic step per sample (True) or once per call (False, the
+        authors' code); default config.policy.stochastic_step. Returns SDESample (actions, chain,
+        log_prob, value), all from one prefix pass.
         """
         per_sample = self.per_sample if per_sample is None else per_sample
         d, k_steps = self.dims, self.num_steps
@@ -502,14 +510,17 @@ class Policy:
         value = self._apply(params, cache, method=VLAModel.value)
         ts = jnp.asarray(fs.sde_timesteps(k_steps))
         sigmas = jnp.asarray(fs.sde_sigmas(k_steps, self.noise_level))
-        chosen = fs.choose_stochastic_step(step_key, b, k_steps, per_sample)
+        if self.all_steps:
+            chosen = jnp.full((b,), -1, jnp.int32)
+        else:
+            chosen = fs.choose_stochastic_step(step_key, b, k_steps, per_sample)
         x0 = jax.random.normal(init_key, (b, d.chunk_size, d.action_pad_dim))
 
         def step(carry, i):
             x, logp = carry
             t = jnp.full((b,), ts[i])
             delta = jnp.full((b,), ts[i] - ts[i + 1])
-            sigma = jnp.where(chosen == i, sigmas[i], 0.0)
+            sigma = jnp.where((chosen == i) | self.all_steps, sigmas[i], 0.0)
             v = self.denoise(params, cache, x, t)
             mean, std = fs.flow_sde_moments(x, v, t, delta, sigma)
             eps = jax.random.normal(jax.random.fold_in(noise_key, i), x.shape)
@@ -531,7 +542,8 @@ class Policy:
                            train_vlm: bool = False) -> tuple[jax.Array, jax.Array]:
         """Re-scores a stored chain: (log_prob [B], value [B]).
 
-        One prefix pass and one action-expert pass at each sample's stochastic step. With
+        One prefix pass and one action-expert pass at each sample's stochastic step (at every step,
+        batched, with stochastic_step='all'). With
         train_vlm=False (default, as the authors) the prefix cache is stop-gradient, so gradients reach
         only 'action_expert' and 'value_head'.
         """
@@ -545,13 +557,22 @@ class Policy:
         if xs.shape[1] != self.num_steps + 1:
             raise ValueError(f"chain has {xs.shape[1] - 1} denoising steps; config.policy.num_denoise_steps "
                              f"is {self.num_steps}")
-        rows = jnp.arange(b)
-        x_t, x_next = xs[rows, step], xs[rows, step + 1]
-        t, delta = ts[step], ts[step] - ts[step + 1]
+        value = self._apply(params, cache, method=VLAModel.value)
+        if self.all_steps:
+            k_steps = self.num_steps
+            steps = jnp.tile(jnp.arange(k_steps), b)                                  # [B K], b-major
+            x_t = xs[:, :-1].reshape((b * k_steps,) + xs.shape[2:])
+            x_next = xs[:, 1:].reshape((b * k_steps,) + xs.shape[2:])
+            cache = cache.repeat(k_steps)
+        else:
+            steps = step
+            rows = jnp.arange(b)
+            x_t, x_next = xs[rows, step], xs[rows, step + 1]
+        t, delta = ts[steps], ts[steps] - ts[steps + 1]
         v = self.denoise(params, cache, x_t, t)
-        mean, std = fs.flow_sde_moments(x_t, v, t, delta, sigmas[step])
+        mean, std = fs.flow_sde_moments(x_t, v, t, delta, sigmas[steps])
         logp = self._chain_log_prob(fs.gaussian_log_prob(x_next, mean, std))
-        return logp, self._apply(params, cache, method=VLAModel.value)
+        return logp.reshape(b, -1).sum(axis=1), value
 
     def log_prob(self, params, obs, chain, train_vlm: bool = False) -> jax.Array:
         """log_prob [B] of a stored chain under `params` (see log_prob_and_value)."""

@@ -19,12 +19,19 @@ from vlambpo_jax.rl.rollout import ImaginedState, rollout
 from vlambpo_jax.train import sharding
 
 
-def branch_sampler(roots: dict, num_branches: int, seed: int):
-    """iteration -> ImaginedState of `num_branches` roots drawn uniformly (deterministic per iteration)."""
+def repeat_groups(tree, group_size: int):
+    """Every start state `group_size` times in a row (leading axis b -> b group_size): the groups of
+    group-relative advantages (rl/ppo.group_relative_advantages)."""
+    return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), tree) if group_size > 1 else tree
+
+
+def branch_sampler(roots: dict, num_branches: int, seed: int, group_size: int = 1):
+    """iteration -> ImaginedState of `num_branches` branches from roots drawn uniformly (deterministic
+    per iteration), each root `group_size` times in a row."""
     n = len(roots["t"])
 
     def draw(i: int) -> ImaginedState:
-        idx = np.random.default_rng([seed, i]).integers(0, n, num_branches)
+        idx = np.repeat(np.random.default_rng([seed, i]).integers(0, n, num_branches // group_size), group_size)
         return ImaginedState(**{key: jnp.asarray(roots[key][idx]) for key in (
             "images", "tokens", "token_mask", "wm_tokens", "wm_token_mask")})
     return draw
@@ -70,7 +77,10 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
                 buffer = buffer_fn(traj, values, boot)
             state, m = epoch(state, buffer, jax.random.fold_in(epoch_key, e))
             metrics.update(m)
+        metrics.update(exploration_metrics(traj, int(rl.group_size)))
         metrics.update({
+            "explained_variance": ppo.explained_variance(traj.value, buffer.returns.reshape(traj.value.shape),
+                                                         traj.mask),
             "branch_success": jnp.mean(traj.terminal.any(axis=0)),
             "branch_return": jnp.mean(traj.step_rewards.sum(axis=(0, 2))),
             "chunks_taken": jnp.mean(traj.mask.sum(axis=0)),
@@ -79,3 +89,18 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
         return state, metrics
 
     return iteration
+
+
+def exploration_metrics(traj, group_size: int) -> dict:
+    """How much the sampled branches of one start state differ: with groups (group_size > 1),
+    'mixed_groups' (fraction of groups whose branches' returns differ: the states PPO can learn
+    from) and the within-group std of the first chunk's actions in env units, averaged over the
+    position (dims 0-2), rotation (3-5) and gripper (6) dims."""
+    if group_size < 2:
+        return {}
+    b = traj.mask.shape[1]
+    returns = traj.step_rewards.sum(axis=(0, 2)).reshape(b // group_size, group_size)
+    first = traj.actions[0].reshape((b // group_size, group_size) + traj.actions.shape[2:])  # [G, n, k, 7]
+    spread = first.std(axis=1).mean(axis=(0, 1))                                              # [7]
+    return {"mixed_groups": jnp.mean(returns.max(axis=1) > returns.min(axis=1)),
+            "spread_pos": spread[:3].mean(), "spread_rot": spread[3:6].mean(), "spread_grip": spread[6:].mean()}

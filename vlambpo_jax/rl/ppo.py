@@ -51,27 +51,56 @@ class Buffer:
     old_value: jax.Array
     advantages: jax.Array
     returns: jax.Array
-    mask: jax.Array
+    mask: jax.Array          # the chunk was taken (value loss)
+    policy_mask: jax.Array   # ... and carries a learning signal (policy loss; drops degenerate groups)
+
+
+def group_relative_advantages(transitions: Transitions, group_size: int) -> tuple[jax.Array, jax.Array]:
+    """GRPO-style advantages: branches come in consecutive groups of `group_size` from the same start
+    state; every chunk of a branch gets its branch's return (the sum of its step rewards) minus its
+    group's mean return. Not divided by the group's std, so a group whose outcomes barely differ is
+    not blown up. -> (advantages f32[T, B], mixed bool[B]: the branch's group has differing returns;
+    the others carry no signal)."""
+    t, b = transitions.mask.shape
+    returns = transitions.step_rewards.sum(axis=(0, 2)).reshape(b // group_size, group_size)
+    adv = (returns - returns.mean(axis=1, keepdims=True)).reshape(b)
+    mixed = jnp.repeat(returns.max(axis=1) > returns.min(axis=1), group_size)
+    return adv[None, :] * transitions.mask, mixed
 
 
 def compute_targets(transitions: Transitions, values: jax.Array, bootstrap: jax.Array,
-                    rl_config) -> tuple[jax.Array, jax.Array]:
-    """Chunk-level GAE with the configured variant; returns (normalized advantages, returns) [T, B]."""
+                    rl_config) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Advantages per rl_config.advantage and the critic's returns (chunk-level GAE returns), all
+    [T, B]: (advantages, returns, policy_mask). 'gae': the configured GAE variant, normalized when
+    rl_config.normalize_advantages; 'group': group_relative_advantages, degenerate groups masked."""
     rewards, discount = gae.chunk_rewards_and_discount(transitions.step_rewards, rl_config.gamma,
                                                        rl_config.gae_variant)
     adv, ret = gae.chunk_gae(rewards, values, bootstrap, transitions.terminal, transitions.mask,
                              discount, rl_config.gae_lambda)
+    if rl_config.advantage == "group":
+        adv, mixed = group_relative_advantages(transitions, int(rl_config.group_size))
+        return adv, ret, transitions.mask & mixed[None, :]
     if rl_config.normalize_advantages:
         adv = gae.normalize_advantages(adv, transitions.mask)
-    return adv, ret
+    return adv, ret, transitions.mask
 
 
 def make_buffer(transitions: Transitions, values: jax.Array, bootstrap: jax.Array, rl_config) -> Buffer:
-    adv, ret = compute_targets(transitions, values, bootstrap, rl_config)
+    adv, ret, policy_mask = compute_targets(transitions, values, bootstrap, rl_config)
     flat = lambda x: x.reshape((-1,) + x.shape[2:])
     return Buffer(obs=jax.tree.map(flat, transitions.obs), chain=jax.tree.map(flat, transitions.chain),
                   old_log_prob=flat(transitions.log_prob), old_value=flat(values),
-                  advantages=flat(adv), returns=flat(ret), mask=flat(transitions.mask))
+                  advantages=flat(adv), returns=flat(ret), mask=flat(transitions.mask),
+                  policy_mask=flat(policy_mask))
+
+
+def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:
+    """1 - Var(returns - values) / Var(returns) over the valid entries (1 = perfect critic, 0 = a
+    constant, < 0 = worse than a constant)."""
+    m = mask.astype(jnp.float32)
+    n = jnp.maximum(m.sum(), 1.0)
+    var = lambda x: ((x - (x * m).sum() / n) ** 2 * m).sum() / n  # noqa: E731
+    return 1.0 - var(returns - values) / jnp.maximum(var(returns), 1e-8)
 
 
 def recompute_values(policy, params, transitions: Transitions, final_obs: dict,
@@ -97,7 +126,7 @@ def make_update_fns(policy, rl_config, optimizer: optax.GradientTransformation):
                                      c.huber_delta)
         if critic_only:
             return c.value_coef * v_loss, {"value_loss": v_loss}
-        p_loss, stats = ppo_loss.policy_loss(logp, mb.old_log_prob, mb.advantages, mb.mask, c.clip,
+        p_loss, stats = ppo_loss.policy_loss(logp, mb.old_log_prob, mb.advantages, mb.policy_mask, c.clip,
                                             c.clip_negative)
         return p_loss + c.value_coef * v_loss, {"policy_loss": p_loss, "value_loss": v_loss, **stats}
 

@@ -39,7 +39,7 @@ def run(ctx) -> dict:
         wm, wm_params, _ = common.load_world_model(ctx)
         world = ModelWorld(wm, rl.reward_threshold)
         roots = dict(np.load(ctx.stage_summary(common.roots_stage(ctx))["roots"]))
-        start_fn = mbpo.branch_sampler(roots, rl.num_branches, seed)
+        start_fn = mbpo.branch_sampler(roots, rl.num_branches, seed, rl.group_size)
         env_steps_per_iteration, extra_env_steps = 0, 0
         if rl.branch_chunks < 0:
             choice = adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params)
@@ -51,8 +51,8 @@ def run(ctx) -> dict:
         tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
         world, wm_params = SimWorld(env, tokens, token_mask), None
         reset = jax.jit(jax.vmap(env.reset))
-        start_fn = lambda i: reset(jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), i),  # noqa: E731
-                                                   rl.num_branches))
+        start_fn = lambda i: mbpo.repeat_groups(reset(jax.random.split(  # noqa: E731
+            jax.random.fold_in(jax.random.PRNGKey(seed), i), rl.num_branches // rl.group_size)), rl.group_size)
         num_chunks = horizon_chunks(config)
         env_steps_per_iteration, extra_env_steps = rl.num_branches * num_chunks * k, 0
 
