@@ -186,8 +186,10 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     """config.rl: MBPO / online PPO (the `mbpo` stage, vlambpo_jax/stages/mbpo.py; the algorithms in
     vlambpo_jax/rl); configs add their own fields (collect, baselines).
 
-    world: 'model' (VLA-MBPO: branches in the world model from branch roots) or 'sim' (the online-PPO
-      baseline: full episodes in the simulator, real env steps counted).
+    world: 'model' (VLA-MBPO: branches in the world model from branch roots), 'sim' (the online-PPO
+      baseline: full episodes in the simulator, real env steps counted) or 'sim_roots' (MBPO with a
+      perfect world model: the same branches as 'model', stepped in the simulator restored to each
+      root's state recorded by the collect stage).
     num_branches: M branches per refill; branch_chunks: n chunks per branch (0 = full horizon;
       -1 = adaptive, rl/branch_length.py: the n <= adaptive_max_chunks (0 = the horizon; 4 for logged
       episodes, and never more than the longest held-out episode holds) minimizing the Thm 4.2 bound
@@ -196,6 +198,7 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     reward_threshold: world-model P(Yes) above which a chunk counts as success.
     iterations: buffer refills; epochs: PPO epochs per refill (each a scan over minibatches of
       minibatch_size transitions); critic_warmup_epochs: critic-only epochs after each refill;
+      critic_warmup_iterations: refills at the start that train the critic alone (no actor update);
       recompute_values: re-compute values and advantages with the current critic before each epoch.
     advantage: 'gae' (chunk-level GAE from the critic) | 'group' (GRPO-style: each start state is
       branched group_size times, a branch's return minus its group's mean is the advantage of all its
@@ -213,7 +216,8 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict(dict(
         world="model", num_branches=256, branch_chunks=2, reward_threshold=0.5,
         adaptive_max_chunks=0, adaptive_sequences=64, adaptive_eps_pi=0.1,
-        iterations=30, epochs=4, critic_warmup_epochs=1, recompute_values=True, minibatch_size=128,
+        iterations=30, epochs=4, critic_warmup_epochs=1, critic_warmup_iterations=0, recompute_values=True,
+        minibatch_size=128,
         advantage="gae", group_size=1,
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
         clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,

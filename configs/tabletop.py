@@ -111,13 +111,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # episodes_per_task: episodes per task in one evaluation (one vmapped batch of tasks x episodes);
     # instruction_split: 'seen' or 'unseen' paraphrases; num_videos: episodes written as GIFs (head |
     # wrist); video_size: their render resolution (px); policies: finished stages whose policies the
-    # 'evaluate' stage compares.
+    # 'evaluate' stage compares; stochastic: also evaluate them under the RL sampler (Flow-SDE with
+    # config.policy's stochastic_step and noise_level), on the same initial states.
     c.eval = ml_collections.ConfigDict()
     c.eval.episodes_per_task = per_task(200)
     c.eval.instruction_split = "seen"
     c.eval.num_videos = 8
     c.eval.video_size = 128
     c.eval.policies = ("sft", "mbpo")
+    c.eval.stochastic = False
     if args.smoke:
         c.demos.update(dict(episodes_per_task=4, batch_size=16))
         c.eval.update(dict(episodes_per_task=4, num_videos=4, video_size=96))

@@ -173,10 +173,11 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.adaptive_max_chunks", _int_range(0)),
     ("rl.adaptive_sequences", _int_range(1)),
     ("rl.adaptive_eps_pi", _unit_interval),
-    ("rl.world", _one_of("model", "sim")),
+    ("rl.world", _one_of("model", "sim", "sim_roots")),
     ("rl.gae_variant", _one_of("paper", "code")),
     ("rl.advantage", _one_of("gae", "group")),
     ("rl.group_size", _int_range(1)),
+    ("rl.critic_warmup_iterations", _int_range(0)),
     ("rl.collect_mode", _one_of("train", "eval")),
     ("rl.num_branches", _int_range(1)),
     ("rl.minibatch_size", _int_range(1)),
@@ -298,8 +299,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             if stages is not _MISSING and stage in tuple(stages):
                 raise ConfigError("stages", tuple(config.stages), f"stage {stage!r} needs a simulator "
                                   "(config.env); without one use 'logged_roots' for branch roots")
-        if get(config, "rl.world") == "sim":
-            raise ConfigError("rl.world", "sim", "needs a simulator (config.env); without one use 'model'")
+        if get(config, "rl.world") in ("sim", "sim_roots"):
+            raise ConfigError("rl.world", config.rl.world, "needs a simulator (config.env); without one use 'model'")
         weight = get(config, "sft.grounding_weight")
         if weight is not _MISSING and weight > 0:
             raise ConfigError("sft.grounding_weight", weight, "grounding co-training renders simulator "

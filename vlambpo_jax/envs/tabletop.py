@@ -177,6 +177,24 @@ class TabletopEnv:
         other.instruction_split = split
         return other
 
+    def state_arrays(self, state: State) -> dict[str, jax.Array]:
+        """Every leaf of a (batched) State by its key path ('data.qpos', "info['rng']", ...): what
+        `restore` needs to rebuild the state bit for bit (savable with np.savez)."""
+        return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
+
+    def restore(self, arrays: dict) -> State:
+        """The State `state_arrays` recorded (any leading batch shape): the simulator continues from it
+        exactly as from the original (the branch roots of MBPO with a perfect world model).
+        Raises KeyError naming a missing leaf."""
+        template = jax.eval_shape(self.reset, jax.random.PRNGKey(0))
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(template)]
+        missing = [p for p in paths if p not in arrays]
+        if missing:
+            raise KeyError(f"simulator state arrays lack {missing[0]} ({len(missing)} of {len(paths)} "
+                           "leaves missing): record them with TabletopEnv.state_arrays")
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
+                                            [jnp.asarray(arrays[p]) for p in paths])
+
     def render_poses(self, data: mjx.Data) -> dict[str, jax.Array]:
         """The pose arrays the renderer reads (small enough to record every step for videos)."""
         return dict(geom_xpos=data.geom_xpos, geom_xmat=data.geom_xmat, cam_xpos=data.cam_xpos,

@@ -19,9 +19,12 @@ from vlambpo_jax.data.tokenizer import ByteTokenizer
 from vlambpo_jax.envs.demos import episodes_from_batch
 from vlambpo_jax.train.metrics import progress
 
+SIM_PREFIX = "sim"   # roots.npz keys of the simulator states (SIM_PREFIX + TabletopEnv.state_arrays key)
+
 
 def make_episode_runner(env, policy, params, tokens: np.ndarray, token_mask: np.ndarray, mode: str):
-    """A jitted function (keys [B, 2], task_ids [B]) -> (final states, records [T, k, B, ...]).
+    """A jitted function (keys [B, 2], task_ids [B]) -> (final states, (records [T, k, B, ...],
+    chunk-start simulator states {TabletopEnv.state_arrays key: [T, B, ...]})).
 
     Each record holds the observation before the step, the action, and the reward / success / done
     after it; `done_before` marks steps taken after the episode had ended.
@@ -45,7 +48,8 @@ def make_episode_runner(env, policy, params, tokens: np.ndarray, token_mask: np.
                              "reward": new.reward, "success": new.success, "done": new.done,
                              "done_before": s.done}
 
-            return jax.lax.scan(step, states, jnp.swapaxes(actions, 0, 1))
+            new_states, records = jax.lax.scan(step, states, jnp.swapaxes(actions, 0, 1))
+            return new_states, (records, env.state_arrays(states))
 
         return jax.lax.scan(chunk, states, chunk_keys)
 
@@ -68,14 +72,20 @@ def episodes_from_records(env, records: dict, final_obs: dict, task_ids: np.ndar
 
 
 def branch_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int,
-                 task_names: tuple[str, ...], wm_max_text_len: int) -> dict[str, np.ndarray]:
+                 task_names: tuple[str, ...], wm_max_text_len: int,
+                 sim_states: list[dict] | None = None) -> dict[str, np.ndarray]:
     """Chunk-aligned start states (frames 0, k, 2k, ... of every episode, before its end), with the
-    instruction tokenized for the policy and (byte tokens) for the world model."""
+    instruction tokenized for the policy and (byte tokens) for the world model. sim_states (one dict
+    per episode, as `collect` returns them) adds each root's full simulator state under
+    SIM_PREFIX + its state_arrays key, for restoring the simulator there (rl.world='sim_roots')."""
     images, texts, task, success, episode, t_index = [], [], [], [], [], []
-    for ep in episodes:
+    sim = {}
+    for i, ep in enumerate(episodes):
         obs = ep["steps"]["observation"]
         n = ep["episode_metadata"]["length"]
         for t in range(0, n, chunk_size):
+            for key, value in (sim_states[i].items() if sim_states is not None else ()):
+                sim.setdefault(SIM_PREFIX + key, []).append(value[t // chunk_size])
             images.append(np.stack([obs["image_0"][t], obs["image_1"][t]]))
             texts.append(ep["steps"]["language_instruction"])
             task.append(task_names.index(ep["episode_metadata"]["task"]))
@@ -88,21 +98,24 @@ def branch_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len:
             "wm_tokens": wm_tokens, "wm_token_mask": wm_token_mask,
             "instruction": np.asarray(texts), "task_id": np.asarray(task, np.int32),
             "episode_success": np.asarray(success), "episode_id": np.asarray(episode, np.int32),
-            "t": np.asarray(t_index, np.int32)}
+            "t": np.asarray(t_index, np.int32), **{key: np.stack(v) for key, v in sim.items()}}
 
 
 def collect(env, policy, params, tokenizer, key, episodes_per_task: int, mode: str, batch_size: int,
-            max_text_len: int, progress_mode: str = "auto") -> list[dict]:
-    """Runs `episodes_per_task` episodes of every task; returns RLDS episode dicts."""
+            max_text_len: int, progress_mode: str = "auto") -> tuple[list[dict], list[dict]]:
+    """Runs `episodes_per_task` episodes of every task -> (RLDS episode dicts, per episode its
+    chunk-start simulator states {state_arrays key: [T chunks, ...]})."""
     tokens, token_mask = tokenizer.encode_batch(list(env.instructions), max_text_len)
     runner = make_episode_runner(env, policy, params, tokens, token_mask, mode)
     task_ids = np.repeat(np.arange(env.num_tasks, dtype=np.int32), episodes_per_task)
-    episodes = []
+    episodes, sim_states = [], []
     starts = range(0, len(task_ids), batch_size)
     for i, start in enumerate(progress(starts, total=len(starts), desc="collect", mode=progress_mode)):
         ids = task_ids[start:start + batch_size]
         keys = jax.random.split(jax.random.fold_in(key, i), len(ids))
-        final, records = runner(keys, jnp.asarray(ids))
+        final, (records, states) = runner(keys, jnp.asarray(ids))
         episodes += episodes_from_records(env, jax.device_get(records), jax.device_get(final.obs), ids,
                                           start)
-    return episodes
+        states = jax.device_get(states)
+        sim_states += [{key: v[:, b] for key, v in states.items()} for b in range(len(ids))]
+    return episodes, sim_states

@@ -25,15 +25,18 @@ def repeat_groups(tree, group_size: int):
     return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), tree) if group_size > 1 else tree
 
 
-def branch_sampler(roots: dict, num_branches: int, seed: int, group_size: int = 1):
-    """iteration -> ImaginedState of `num_branches` branches from roots drawn uniformly (deterministic
-    per iteration), each root `group_size` times in a row."""
+def branch_sampler(roots: dict, num_branches: int, seed: int, group_size: int = 1, make_state=None):
+    """iteration -> start states of `num_branches` branches from roots drawn uniformly (deterministic
+    per iteration), each root `group_size` times in a row. make_state(root indices int[B]) builds
+    them; default: the world model's ImaginedState."""
     n = len(roots["t"])
-
-    def draw(i: int) -> ImaginedState:
-        idx = np.repeat(np.random.default_rng([seed, i]).integers(0, n, num_branches // group_size), group_size)
-        return ImaginedState(**{key: jnp.asarray(roots[key][idx]) for key in (
+    if make_state is None:
+        make_state = lambda idx: ImaginedState(**{key: jnp.asarray(roots[key][idx]) for key in (  # noqa: E731
             "images", "tokens", "token_mask", "wm_tokens", "wm_token_mask")})
+
+    def draw(i: int):
+        return make_state(np.repeat(np.random.default_rng([seed, i]).integers(0, n, num_branches // group_size),
+                                    group_size))
     return draw
 
 
@@ -71,7 +74,8 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
         for e in range(rl.critic_warmup_epochs):
             state, m = critic_epoch(state, buffer, jax.random.fold_in(warm_key, e))
             metrics["warmup_value_loss"] = m["value_loss"]
-        for e in range(rl.epochs):
+        # The first critic_warmup_iterations refills train the critic alone, on the returns collected.
+        for e in range(rl.epochs if i >= rl.critic_warmup_iterations else 0):
             if rl.recompute_values and (e > 0 or rl.critic_warmup_epochs > 0):
                 values, boot = values_fn(state.params, traj, world.observe(final), alive)
                 buffer = buffer_fn(traj, values, boot)

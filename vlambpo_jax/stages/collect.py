@@ -1,5 +1,6 @@
 """The `collect` stage: the SFT policy acts in the simulator; its episodes become RLDS data for the
-world model (<stage_dir>/rlds) and chunk-aligned branch roots for MBPO (<stage_dir>/roots.npz).
+world model (<stage_dir>/rlds) and chunk-aligned branch roots for MBPO (<stage_dir>/roots.npz, with
+each root's full simulator state for MBPO with a perfect world model, rl.world='sim_roots').
 
 Episodes are recorded step by step (the world model learns frame t -> t + k for every t), in the
 Bridge schema the rest of the project reads (vlambpo_jax/rl/collect.py). Successes and failures are
@@ -21,13 +22,13 @@ def run(ctx) -> dict:
     policy, params, tokenizer, _ = loading.load_policy(ctx.stage_summary("sft")["checkpoint_dir"], config)
     env = make_env(config)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xC011EC7)
-    episodes = collect.collect(env, policy, params, tokenizer, key, config.rl.collect_episodes_per_task,
+    episodes, sim_states = collect.collect(env, policy, params, tokenizer, key, config.rl.collect_episodes_per_task,
                        config.rl.collect_mode, config.rl.collect_batch, config.data.max_text_len,
                        config.log.progress)
     builder_dir = write_rlds(ctx.stage_dir / "rlds", episodes, dataset_name="tabletop_rollouts",
                              image_shape=(config.image_size, config.image_size, 3), overwrite=True)
     roots = collect.branch_roots(episodes, config.chunk_size, tokenizer, config.data.max_text_len, env.task_names,
-                         config.wm.max_text_len)
+                         config.wm.max_text_len, sim_states)
     np.savez_compressed(ctx.stage_dir / "roots.npz", **roots)
     per_task = {name: float(np.mean([e["episode_metadata"]["success"] for e in episodes
                                      if e["episode_metadata"]["task"] == name])) for name in env.task_names}

@@ -1,4 +1,5 @@
-"""The `evaluate` stage: every trained policy in the simulator, deterministic sampling, same seeds.
+"""The `evaluate` stage: every trained policy in the simulator, deterministic sampling, same seeds
+(and, with config.eval.stochastic, also under the RL training sampler).
 
 Policies come from finished stages named in config.eval.policies (e.g. 'sft', 'mbpo'); each is run
 for config.eval.episodes_per_task episodes per task from the same initial states, and gets a success
@@ -43,10 +44,16 @@ def run(ctx) -> dict:
         out = evaluate(env, fn, params, key, episodes_per_task=config.eval.episodes_per_task,
                        video_dir=Path(ctx.stage_dir) / "videos" / name, num_videos=config.eval.num_videos,
                        video_size=config.eval.video_size, mesh=mesh)
-        results[name] = out
         lo, hi = out["ci95"]
         print(f"[evaluate] {name}: success {out['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] over "
               f"{out['episodes']} episodes")
+        if config.eval.get("stochastic", False):  # the same episodes under the RL sampler (Flow-SDE)
+            fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len, mode="train")
+            sde = evaluate(env, fn, params, key, episodes_per_task=config.eval.episodes_per_task, mesh=mesh)
+            out["stochastic"] = {k: sde[k] for k in ("success_rate", "ci95", "mean_length", "episodes")}
+            print(f"[evaluate] {name}: stochastic (Flow-SDE) success {sde['success_rate']:.3f} "
+                  f"[{sde['ci95'][0]:.3f}, {sde['ci95'][1]:.3f}]")
+        results[name] = out
     (Path(ctx.stage_dir) / "results.json").write_text(json.dumps(results, indent=2, default=float))
     return {"results": str(Path(ctx.stage_dir) / "results.json"),
             **{f"{name}_success": r["success_rate"] for name, r in results.items()}}

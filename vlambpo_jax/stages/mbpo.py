@@ -4,7 +4,10 @@ policy (rl/mbpo.py holds the iteration).
 Roots come from the `collect` stage (simulator rollouts) or, on the real-robot path without a
 simulator (no `env` section), from the `logged_roots` stage; periodic simulator evaluation needs the
 simulator. With `rl.world = 'sim'` the same loop runs in the MJX simulator from fresh episodes instead
-(the online-PPO baseline), and the real env steps it uses are counted. Branch length: config.rl.
+(the online-PPO baseline), and the real env steps it uses are counted. With `rl.world = 'sim_roots'`
+it is MBPO with a perfect world model: the same branches from the collected roots, stepped in the
+simulator restored to each root's recorded state (the ceiling a learned world model is measured
+against; its simulated transitions are counted as imagined ones). Branch length: config.rl.
 branch_chunks chunks, a whole episode (0), or the adaptive choice of rl/branch_length.py (-1).
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from vlambpo_jax.envs.evaluation import make_evaluator
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.models.policy import make_env_policy_fn
 from vlambpo_jax.rl import branch_length, mbpo, ppo
+from vlambpo_jax.rl.collect import SIM_PREFIX
 from vlambpo_jax.rl.rollout import ModelWorld, SimWorld
 from vlambpo_jax.stages import common
 from vlambpo_jax.train import sharding
@@ -46,6 +50,20 @@ def run(ctx) -> dict:
             num_chunks, extra_env_steps = choice["branch_chunks"], choice["env_steps"]
         else:
             num_chunks = common.branch_chunks(config, roots)
+    elif rl.world == "sim_roots":
+        env = make_env(config)
+        tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
+        world, wm_params = SimWorld(env, tokens, token_mask), None
+        roots_file = ctx.stage_summary(common.roots_stage(ctx))["roots"]
+        roots = dict(np.load(roots_file))
+        sim = {key[len(SIM_PREFIX):]: v for key, v in roots.items() if key.startswith(SIM_PREFIX)}
+        if not sim:
+            raise ValueError(f"rl.world='sim_roots': {roots_file} holds no simulator states (written by an "
+                             "older collect stage); run the collect stage again")
+        start_fn = mbpo.branch_sampler(roots, rl.num_branches, seed, rl.group_size,
+                                       lambda idx: env.restore({key: v[idx] for key, v in sim.items()}))
+        num_chunks = common.branch_chunks(config, roots)
+        env_steps_per_iteration, extra_env_steps = 0, 0
     else:
         env = make_env(config)
         tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
@@ -73,7 +91,7 @@ def run(ctx) -> dict:
                "world": rl.world, "branch_chunks": num_chunks,
                "env_steps": env_steps_per_iteration * result.step + extra_env_steps,
                "imagined_transitions": (rl.num_branches * num_chunks * result.step
-                                        if rl.world == "model" else 0),
+                                        if rl.world != "sim" else 0),
                **{k: v for k, v in ctx.writer.last.items()}}
     (Path(ctx.stage_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary

@@ -2,6 +2,8 @@
 
 <workdir>/report/report.md   success rates with 95% intervals, real env steps, wall time per stage
 <workdir>/report/curves.png  SFT loss, world-model losses, MBPO branch success and losses
+<workdir>/report/rl_curves.png  the mbpo stage per iteration: success (vs iterations and real env
+                                steps), clip fraction, approx KL, mixed groups, explained variance
 <workdir>/report/imagined_vs_real_<i>.gif   the policy's actions played in the simulator (left)
                                            and in the world model from the same start (right)
 <workdir>/report/wm_agreement.json  does the imagined reward rank action chunks as the simulator's
@@ -51,7 +53,8 @@ def real_env_steps(finished: dict[str, dict]) -> dict[str, int]:
     mbpo = summary("mbpo")
     steps = {"sft": demos}
     if mbpo:
-        steps["mbpo"] = demos + (collect if mbpo.get("world") == "model" else 0) + int(mbpo.get("env_steps", 0))
+        from_roots = mbpo.get("world") in ("model", "sim_roots")   # branches from the collected roots
+        steps["mbpo"] = demos + (collect if from_roots else 0) + int(mbpo.get("env_steps", 0))
     return steps
 
 
@@ -84,6 +87,37 @@ def plot_curves(workdir: Path, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def plot_rl_curves(workdir: Path, out: Path, mbpo_summary: dict) -> bool:
+    """The RL stage's per-iteration curves: success against iterations and against real env steps
+    (online PPO only), the size of each update (clip fraction, approx KL), and the learning signal
+    (mixed groups, the critic's explained variance). False when the stage logged nothing."""
+    rows = _read_jsonl(workdir / "mbpo" / "metrics.jsonl")
+    if not rows:
+        return False
+    iterations = max(int(mbpo_summary.get("iterations", 0)), 1)
+    steps_per_iteration = int(mbpo_summary.get("env_steps", 0)) / iterations
+    panels = [("success vs iteration", "iteration", 1, ["branch_success", "eval/success"]),
+              ("success vs real env steps", "env steps", steps_per_iteration, ["branch_success", "eval/success"]),
+              ("update size", "iteration", 1, ["clip_frac", "approx_kl"]),
+              ("learning signal", "iteration", 1, ["mixed_groups", "explained_variance"])]
+    if not steps_per_iteration:
+        panels.pop(1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
+    for ax, (title, xlabel, scale, keys) in zip(axes, panels):
+        for key in keys:
+            pts = [(r["step"] * scale, r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=key)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def imagined_vs_real(ctx, models: tuple, num_videos: int, num_chunks: int,
@@ -200,6 +234,10 @@ def run(ctx) -> dict:
     lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {s} | {t:.1f} |" for s, t in times.items()]
     lines += ["", f"Total: {sum(times.values()):.1f} s", "", "![curves](curves.png)", ""]
+    if "mbpo" in finished and plot_rl_curves(workdir, out / "rl_curves.png", finished["mbpo"]["summary"]):
+        lines += ["## RL, per iteration", "", f"World: {finished['mbpo']['summary'].get('world')}. Branch "
+                  "success is under the stochastic training sampler; eval/success (when rl.eval_every > 0) "
+                  "under deterministic sampling.", "", "![rl curves](rl_curves.png)", ""]
     videos = []
     has_wm = "wm_finetune" in finished
     if has_wm and not has_simulator(ctx.config) and "logged_roots" in finished:
