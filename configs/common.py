@@ -187,7 +187,8 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     vlambpo_jax/rl); configs add their own fields (collect, baselines).
 
     world: 'model' (VLA-MBPO: branches in the world model from branch roots), 'sim' (the online-PPO
-      baseline: full episodes in the simulator, real env steps counted) or 'sim_roots' (MBPO with a
+      baseline: full episodes in the simulator, real env steps counted; fixed_starts: from the same
+      num_branches / group_size scenes every iteration, a diagnostic) or 'sim_roots' (MBPO with a
       perfect world model: the same branches as 'model', stepped in the simulator restored to each
       root's state recorded by the collect stage).
     num_branches: M branches per refill; branch_chunks: n chunks per branch (0 = full horizon;
@@ -199,6 +200,8 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     iterations: buffer refills; epochs: PPO epochs per refill (each a scan over minibatches of
       minibatch_size transitions); critic_warmup_epochs: critic-only epochs after each refill;
       critic_warmup_iterations: refills at the start that train the critic alone (no actor update);
+      target_kl: stop a refill's epochs once an epoch's mean approx KL (of the log-prob policy.log_prob
+      defines) exceeds it (0 = always run every epoch);
       recompute_values: re-compute values and advantages with the current critic before each epoch.
     advantage: 'gae' (chunk-level GAE from the critic) | 'group' (GRPO-style: each start state is
       branched group_size times, a branch's return minus its group's mean is the advantage of all its
@@ -214,9 +217,10 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     eval_every / eval_episodes: periodic simulator evaluation (iterations; 0 = off).
     """
     c = ml_collections.ConfigDict(dict(
-        world="model", num_branches=256, branch_chunks=2, reward_threshold=0.5,
+        world="model", fixed_starts=False, num_branches=256, branch_chunks=2, reward_threshold=0.5,
         adaptive_max_chunks=0, adaptive_sequences=64, adaptive_eps_pi=0.1,
-        iterations=30, epochs=4, critic_warmup_epochs=1, critic_warmup_iterations=0, recompute_values=True,
+        iterations=30, epochs=4, critic_warmup_epochs=1, critic_warmup_iterations=0, target_kl=0.0,
+        recompute_values=True,
         minibatch_size=128,
         advantage="gae", group_size=1,
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,

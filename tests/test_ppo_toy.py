@@ -2,6 +2,7 @@
 is positive. From a fresh policy (about half the chunks succeed) success must pass 90%: the policy
 gradient has the right sign, and the Flow-SDE sampler explores enough to find it."""
 import numpy as np
+import pytest
 
 from configs import tabletop
 from vlambpo_jax import loading
@@ -10,11 +11,13 @@ from vlambpo_jax.models.policy import Policy
 from vlambpo_jax.rl import toy_world
 
 
-def test_ppo_raises_toy_success_above_90_percent():
+@pytest.mark.parametrize("stochastic_step,advantage,group_size", [("per_sample", "gae", 1), ("all", "group", 8)])
+def test_ppo_raises_toy_success_above_90_percent(stochastic_step, advantage, group_size):
     config = tabletop.get_config("smoke")
-    config.rl.update(dict(num_branches=64, minibatch_size=32, epochs=4, critic_warmup_epochs=1, actor_lr=1e-3))
+    config.rl.update(dict(num_branches=64, minibatch_size=32, epochs=4, critic_warmup_epochs=1, actor_lr=1e-3,
+                          advantage=advantage, group_size=group_size))
     config.policy.log_prob = "mean"
-    config.policy.stochastic_step = "per_sample"
+    config.policy.stochastic_step = stochastic_step
     validate(config)
     policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
     history = toy_world.run_ppo(policy, config.rl, iterations=20)
@@ -36,3 +39,12 @@ def test_toy_world_scores_the_mean_action():
     np.testing.assert_array_equal(rewards[:, -1], [1, 0, 0])
     assert float(np.abs(rewards[:, :-1]).sum()) == 0
     assert world.observe(state)["images"].shape == (3, 2, 8, 8, 3)
+
+
+def test_target_kl_stops_the_epochs_of_a_refill():
+    config = tabletop.get_config("smoke")
+    config.rl.update(dict(num_branches=16, minibatch_size=8, epochs=4, actor_lr=1e-3))
+    policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
+    assert [h["epochs_run"] for h in toy_world.run_ppo(policy, config.rl, iterations=2)] == [4, 4]
+    config.rl.target_kl = 1e-12   # the second minibatch of the first epoch already sees a moved policy
+    assert [h["epochs_run"] for h in toy_world.run_ppo(policy, config.rl, iterations=2)] == [1, 1]

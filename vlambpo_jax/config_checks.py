@@ -67,6 +67,10 @@ def get(config: ml_collections.ConfigDict, key: str) -> Any:
     return node
 
 
+def _nonnegative_number(v) -> str | None:
+    return None if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else "must be a number >= 0"
+
+
 def _int_range(lo: int, hi: int | None = None) -> Callable[[Any], str | None]:
     def check(v):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
@@ -148,7 +152,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("sft.steps", _int_range(0)),
     ("sft.lr", _positive_float),
     ("sft.noise_samples", _int_range(1)),
-    ("sft.grounding_weight", lambda v: None if isinstance(v, (int, float)) and v >= 0 else "must be a number >= 0"),
+    ("sft.grounding_weight", _nonnegative_number),
     ("sft.grounding_scenes", _int_range(1)),
     ("sft.grounding_layer", _int_range(-1)),
     ("policy.vit_stem", _one_of("patch", "conv")),
@@ -177,12 +181,14 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.gae_variant", _one_of("paper", "code")),
     ("rl.advantage", _one_of("gae", "group")),
     ("rl.group_size", _int_range(1)),
+    ("rl.fixed_starts", _bool),
     ("rl.critic_warmup_iterations", _int_range(0)),
+    ("rl.target_kl", _nonnegative_number),
     ("rl.collect_mode", _one_of("train", "eval")),
     ("rl.num_branches", _int_range(1)),
     ("rl.minibatch_size", _int_range(1)),
     ("rl.iterations", _int_range(0)),
-    ("rl.actor_lr", lambda v: None if isinstance(v, (int, float)) and v >= 0 else "must be a number >= 0"),
+    ("rl.actor_lr", _nonnegative_number),
     ("rl.critic_lr", _positive_float),
     ("rl.reward_threshold", _unit_interval),
     ("rl.bc_rounds", _int_range(0)),
@@ -190,7 +196,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.bc_steps", _int_range(0)),
     ("rl.bc_lr", _positive_float),
     ("rl.bc_batch_size", _int_range(1)),
-    ("rl.bc_initial_roots", lambda v: None if isinstance(v, bool) else "must be True or False"),
+    ("rl.bc_initial_roots", _bool),
     ("logged.max_episodes", _int_range(0)),
     ("logged.heldout_max_episodes", _int_range(0)),
     ("logged.heldout_split", lambda v: None if isinstance(v, str) and v else "must name a dataset split"),

@@ -81,6 +81,9 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
                 buffer = buffer_fn(traj, values, boot)
             state, m = epoch(state, buffer, jax.random.fold_in(epoch_key, e))
             metrics.update(m)
+            metrics["epochs_run"] = e + 1
+            if rl.target_kl and float(m["approx_kl"]) > rl.target_kl:
+                break   # the policy moved far enough from the sampling one for this refill
         metrics.update(exploration_metrics(traj, int(rl.group_size)))
         metrics.update({
             "explained_variance": ppo.explained_variance(traj.value, buffer.returns.reshape(traj.value.shape),

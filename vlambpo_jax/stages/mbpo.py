@@ -69,8 +69,11 @@ def run(ctx) -> dict:
         tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
         world, wm_params = SimWorld(env, tokens, token_mask), None
         reset = jax.jit(jax.vmap(env.reset))
+        # rl.fixed_starts: the same scenes every iteration (the diagnostic of whether PPO can improve
+        # a policy at all on states it trains on, apart from generalizing to new ones)
         start_fn = lambda i: mbpo.repeat_groups(reset(jax.random.split(  # noqa: E731
-            jax.random.fold_in(jax.random.PRNGKey(seed), i), rl.num_branches // rl.group_size)), rl.group_size)
+            jax.random.fold_in(jax.random.PRNGKey(seed), 0 if rl.fixed_starts else i),
+            rl.num_branches // rl.group_size)), rl.group_size)
         num_chunks = horizon_chunks(config)
         env_steps_per_iteration, extra_env_steps = rl.num_branches * num_chunks * k, 0
 
