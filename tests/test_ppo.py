@@ -17,7 +17,7 @@ def rl_config(**kw):
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True, clip=0.1,
         clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0, actor_lr=1e-3,
         critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0, train_vlm=False,
-        minibatch_size=4))
+        minibatch_size=4, advantage="gae", group_size=1))
     c.update(kw)
     return c
 
