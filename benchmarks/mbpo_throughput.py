@@ -65,7 +65,8 @@ def main(argv: list[str]) -> dict:
     t_policy = timed(sample, params, obs, key, repeats=args.repeats)
     t_world = timed(wstep, wparams, start, actions, key, repeats=args.repeats)
     result = {
-        "device": str(jax.devices()[0].device_kind), "config": args.config, "overrides": args.set,
+        "device": str(jax.devices()[0].device_kind), "config": cli.config_spec(argv) or "configs/tabletop.py",
+        "overrides": [a for a in argv if a.startswith("--config.")],
         "branches": b, "chunks_per_branch": n, "chunk_size": k,
         "view_decoding": str(config.wm.view_decoding), "num_sample_steps": int(config.wm.num_sample_steps),
         "policy_denoise_steps": int(config.policy.num_denoise_steps),

@@ -62,7 +62,8 @@ def main(argv: list[str]) -> dict:
     samples = b * n
     minibatches = max(1, samples // int(rl.minibatch_size))
     result = {
-        "device": str(jax.devices()[0].device_kind), "config": args.config, "overrides": args.set,
+        "device": str(jax.devices()[0].device_kind), "config": cli.config_spec(argv) or "configs/tabletop.py",
+        "overrides": [a for a in argv if a.startswith("--config.")],
         "episodes": b, "chunks_per_episode": n, "chunk_size": k,
         "stochastic_step": str(config.policy.stochastic_step),
         "policy_denoise_steps": int(config.policy.num_denoise_steps),
