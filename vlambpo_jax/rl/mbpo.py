@@ -70,7 +70,9 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
         traj, bootstrap, final = roll(state.params, start, roll_key)
         alive = ~traj.terminal.any(axis=0)
         buffer = buffer_fn(traj, traj.value, bootstrap)
-        metrics = {}
+        # how well the critic that sampled the branches predicted their returns
+        metrics = {"explained_variance": ppo.explained_variance(
+            traj.value, buffer.returns.reshape(traj.value.shape), traj.mask)}
         for e in range(rl.critic_warmup_epochs):
             state, m = critic_epoch(state, buffer, jax.random.fold_in(warm_key, e))
             metrics["warmup_value_loss"] = m["value_loss"]
@@ -86,8 +88,6 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
                 break   # the policy moved far enough from the sampling one for this refill
         metrics.update(exploration_metrics(traj, int(rl.group_size)))
         metrics.update({
-            "explained_variance": ppo.explained_variance(traj.value, buffer.returns.reshape(traj.value.shape),
-                                                         traj.mask),
             "branch_success": jnp.mean(traj.terminal.any(axis=0)),
             "branch_return": jnp.mean(traj.step_rewards.sum(axis=(0, 2))),
             "chunks_taken": jnp.mean(traj.mask.sum(axis=0)),
