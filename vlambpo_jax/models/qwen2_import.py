@@ -4,7 +4,8 @@ As BAGEL does, both experts of every layer start from the language model's decod
 generation expert is an exact copy). Qwen2 has no QK-norm; `qk_norm=True` adds BAGEL's per-head q/k
 RMSNorms with weight one (this changes the numerics, so the parity test uses qk_norm=False).
 Weights are read with safetensors.numpy (no PyTorch needed); torch Linear weights [out, in] become
-Flax kernels [in, out].
+Flax kernels [in, out]. Only full attention and plain RoPE are implemented: a config.json with
+sliding-window layers or any rope scaling is refused in one line rather than loaded with other numerics.
 """
 from __future__ import annotations
 
@@ -29,16 +30,38 @@ def qwen2_config(path: str, qk_norm: bool = False, dtype: str = "float32") -> UM
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{cfg_file}: hidden_act {hf['hidden_act']!r}; only silu is supported")
     heads = hf["num_attention_heads"]
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise ValueError(f"{cfg_file}: rope type {rope.get('rope_type')!r} is not supported")
+    _refuse_sliding_window(hf, cfg_file)
+    theta = _rope_theta(hf, cfg_file)
     return UMMConfig(
         vocab_size=hf["vocab_size"], width=hf["hidden_size"], depth=hf["num_hidden_layers"],
         heads=heads, kv_heads=hf.get("num_key_value_heads", heads),
         head_dim=hf.get("head_dim") or hf["hidden_size"] // heads, mlp=hf["intermediate_size"],
-        rope_theta=float(theta), rms_eps=float(hf.get("rms_norm_eps", 1e-6)), qk_norm=qk_norm,
+        rope_theta=theta, rms_eps=float(hf.get("rms_norm_eps", 1e-6)), qk_norm=qk_norm,
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), dtype=dtype)
+
+
+def _refuse_sliding_window(hf: dict, cfg_file: str) -> None:
+    """Sliding-window layers (as transformers assigns them) are not implemented: refuse them."""
+    if not hf.get("use_sliding_window") or hf.get("sliding_window") is None:
+        return  # transformers then runs every layer with full attention
+    types = hf.get("layer_types") or ["sliding_attention" if i >= hf.get("max_window_layers", 28)
+                                      else "full_attention" for i in range(hf["num_hidden_layers"])]
+    sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
+    if sliding:
+        raise ValueError(f"{cfg_file}: use_sliding_window with sliding-window layers {sliding} is not "
+                         "supported (only full attention is implemented)")
+
+
+def _rope_theta(hf: dict, cfg_file: str) -> float:
+    """The rope base frequency; any rope scaling is refused (only plain RoPE is implemented)."""
+    given = [k for k in ("rope_parameters", "rope_scaling") if hf.get(k)]
+    if len(given) == 2 and hf["rope_parameters"] != hf["rope_scaling"]:
+        raise ValueError(f"{cfg_file}: rope_parameters and rope_scaling disagree; keep one of them")
+    rope = hf[given[0]] if given else {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind != "default":
+        raise ValueError(f"{cfg_file}: rope type {kind!r} is not supported (only plain RoPE, 'default')")
+    return float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
 
 
 def _read_tensors(path: str) -> dict[str, np.ndarray]:
