@@ -17,6 +17,11 @@ The whole loop runs from logged episodes, as for a real robot whose rollouts wer
                 world model's Yes/No reward, world-model metrics -> evaluate/results.json
   report        report/report.md with those tables, curves and imagined-vs-logged GIFs
 
+Views: the head slot reads image_0 (the over-the-shoulder camera) and the wrist slot reads image_1, a
+second fixed camera: BridgeData V2's wrist camera, image_3, is blank in most episodes (in all 50 of the
+shared slice). With --config.data.image_keys="('image_0','image_3')" an episode without a wrist camera
+gets a black view with image_mask False: the policy's attention skips it; the world model learns it black.
+
 Top-level fields: seed, stages, chunk_size, action_dim, views, image_size as in configs/tabletop.py.
 Sections: data, policy, sft, wm, logged, rl, eval, report, mesh, distributed, checkpoint, log.
 """
@@ -43,7 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --- data: how RLDS episodes become training batches (fields: configs/common.py:data_config) ---
     c.data = common.data_config(
         name="bridge_dataset", version="1.0.0", layout="rail_bridge", drop_first_zero_action=True,
-        binarize_gripper=True, episode_buffer=32, max_text_len=64)
+        binarize_gripper=True, episode_buffer=32, max_text_len=64,
+        image_keys=("image_0", "image_1"))  # (head, wrist) slots; see the module docstring
     if args.smoke:  # the tiny Bridge-format fixture shipped with the tests
         c.data.update(dict(builder_dir=os.path.join(_ROOT, "tests", "fixtures", "bridge_dataset", "1.0.0"),
                            batch_size=8, shuffle_buffer=64, episode_buffer=4, max_text_len=32))

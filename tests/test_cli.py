@@ -107,3 +107,32 @@ def test_guidance_needs_conditioning_dropout():
     c.wm.cfg_text_scale = 4.0
     with pytest.raises(ConfigError, match="wm.dropout.text"):
         validate(c)
+
+
+def test_bad_data_ends_in_one_line_with_the_traceback_in_the_log(tmp_path):
+    import numpy as np
+
+    from vlambpo_jax.data.rlds_writer import write_rlds
+    from vlambpo_jax.data.synthetic import synthetic_episode
+
+    rng = np.random.default_rng(0)
+    eps = [synthetic_episode(rng, 4, image_shape=(32, 32, 3), action_dim=7,
+                             metadata={"episode_id": i, "file_path": f"traj{i}"}) for i in range(2)]
+    eps[1]["steps"]["action"][2, 3] = np.nan
+    path = write_rlds(tmp_path / "data", eps, dataset_name="nan_actions", image_shape=(32, 32, 3))
+    workdir = tmp_path / "wd"
+    r = _main("--config=configs/bridge.py:smoke", "--stages=data", f"--config.data.builder_dir={path}",
+              "--config.data.layout=generic", "--config.data.drop_first_zero_action=False", workdir=workdir)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stdout, r.stderr[-3000:]
+    assert lines[0].startswith("error: dataset 'nan_actions', episode #1"), lines[0]
+    assert "feature 'steps/action'" in lines[0] and f"traceback: {workdir / 'error.log'}" in lines[0]
+    assert "Traceback (most recent call last)" in (workdir / "error.log").read_text()
+
+
+def test_importing_the_simulator_prints_nothing():
+    """mujoco.mjx's probe for its optional Warp backend must not greet every command with 'Failed'."""
+    r = subprocess.run([sys.executable, "-c", "import vlambpo_jax.envs.tabletop"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0 and "warp" not in r.stdout + r.stderr, r.stdout + r.stderr

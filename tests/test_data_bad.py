@@ -1,6 +1,7 @@
 """Bad data: each case stops with one DataError naming dataset, episode and feature, or is skipped and
 counted when config.data.skip_bad_episodes is set. Never a silently wrong batch."""
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,56 @@ def test_unknown_dataset_path(tmp_path):
     path = _write(tmp_path, _eps(1))
     with pytest.raises(DataError, match="no split 'val'"):
         EpisodeReader(open_builder(path), "val", STD)
+
+
+def _loader_config(path, **data):
+    from configs import bridge
+
+    c = bridge.get_config("smoke")
+    c.image_size, c.chunk_size = 8, 2
+    c.data.update(dict(builder_dir=str(path), layout="generic", drop_first_zero_action=False,
+                       binarize_gripper=False, batch_size=2, shuffle_buffer=4, skip_bad_episodes=True,
+                       **data))
+    return c
+
+
+def test_skipped_episodes_are_counted_once_over_every_pass(tmp_path):
+    """The statistics pass, the batch pass and repeated epochs all meet the same lost episodes."""
+    path = _write(tmp_path / "data", _eps(6, T=6), file_format="tfrecord")
+    (data_file,) = [p for p in path.iterdir() if ".tfrecord-" in p.name]
+    with open(data_file, "r+b") as f:
+        f.truncate(data_file.stat().st_size // 2)
+    logs = []
+    loader = RLDSLoader(_loader_config(path), process_index=0, process_count=1, log=logs.append)
+    loader.norm_stats(tmp_path / "stats")
+    read = set()
+    batches = loader.batches(repeat=True, drop_remainder=False)
+    for _ in range(12):  # several epochs of the readable episodes
+        read.update(next(batches)["episode_index"].tolist())
+    lost = 6 - len(read)
+    assert 1 <= lost < 6
+    assert loader.bad_episodes == lost
+    assert sum("skipping" in m for m in logs) == 1, logs
+
+
+def test_every_episode_bad_names_the_dataset_and_says_so(tmp_path):
+    eps = _eps(3)
+    for ep in eps:
+        ep["steps"]["action"][0, 0] = np.nan
+    path = _write(tmp_path, eps)
+    loader = RLDSLoader(_loader_config(path), process_index=0, process_count=1, log=lambda s: None)
+    with pytest.raises(DataError) as info:
+        loader.norm_stats(tmp_path / "stats")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "dataset 'bad'" in msg and "all 3 episodes of split 'train' are bad" in msg, msg
+    assert "the first: dataset 'bad', episode #0" in msg and "non-finite value nan" in msg, msg
+
+
+def test_dataset_named_by_data_dir_reports_its_directory(tmp_path):
+    path = _write(tmp_path, _eps(2))
+    c = _loader_config("", name="bad", data_dir=str(tmp_path))
+    loader = RLDSLoader(c, process_index=0, process_count=1)
+    assert Path(loader.builder_dir) == path
+    assert loader.fingerprint() == RLDSLoader(_loader_config(path), process_index=0,
+                                              process_count=1).fingerprint()

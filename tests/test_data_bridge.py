@@ -167,3 +167,15 @@ def test_inspect_stage_on_fixture(tmp_path):
     assert (tmp_path / "data" / "norm_stats.json").exists()
     assert list((tmp_path / "norm_stats").glob("norm_stats_*.json"))
     assert calls and calls[0]["data/episodes"] == 4.0
+
+
+def test_bridge_config_and_docs_name_the_same_views():
+    """configs/bridge.py's view keys are the ones its docstring and the README say it reads."""
+    from configs import bridge
+
+    head, wrist = bridge.get_config().data.image_keys
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for doc in (" ".join(bridge.__doc__.split()), " ".join(readme.split())):
+        assert f"head slot reads {head}" in doc or f"reads `{head}`" in doc, doc[:200]
+        assert f"wrist slot reads {wrist}" in doc or f"and `{wrist}`" in doc
+        assert "image_3" in doc and "blank" in doc  # and what a user without a wrist camera gets

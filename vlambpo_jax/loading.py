@@ -22,6 +22,7 @@ import numpy as np
 from vlambpo_jax.data import normalization
 from vlambpo_jax.data import tokenizer as tok_lib
 from vlambpo_jax.envs import tasks
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.models.policy import Policy
 from vlambpo_jax.models.world_model import WorldModel, spec_from_config
 from vlambpo_jax.train import checkpoints
@@ -32,7 +33,7 @@ LAYOUT_KEYS = ("view_decoding", "ivd_vit_copy", "ivd_wrist_sees_head", "action_e
                "delta_pixels", "delta_scale", "timestep_shift", "reward_views")
 
 
-class LayoutMismatch(ValueError):
+class LayoutMismatch(UserError):
     """A world-model checkpoint loaded under a config with other layout settings; str() is one line."""
 
 

@@ -4,6 +4,8 @@
 
 Finished stages are skipped on rerun; an interrupted stage resumes from its newest checkpoint.
 SIGTERM (e.g. TPU preemption) or Ctrl-C makes the running stage checkpoint and exit cleanly.
+An error the user can fix (vlambpo_jax.errors.UserError: bad data, a checkpoint from another config, a
+missing stage output) ends the command with one line on stderr; its traceback goes to <workdir>/error.log.
 """
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import logging
 import os
 import sys
 import time
+import traceback
 
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
-from vlambpo_jax import cli, loading, pipeline
+from vlambpo_jax import cli, pipeline
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.train import sharding
 from vlambpo_jax.train.metrics import MetricWriter
 from vlambpo_jax.train.preemption import PreemptionGuard
@@ -50,6 +54,16 @@ def _note_config(workdir, config) -> None:
         print(f"warning: config differs from the previous run in {workdir} (top-level keys "
               f"{', '.join(changed)}); finished stages keep their old results", file=sys.stderr)
     path.write_text(text)
+
+
+def _log_traceback(workdir) -> str:
+    """Appends the exception being handled to <workdir>/error.log (error.process<i>.log on other
+    processes); returns the file's path."""
+    name = "error.log" if jax.process_index() == 0 else f"error.process{jax.process_index()}.log"
+    path = workdir / name
+    with path.open("a") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{traceback.format_exc()}\n")
+    return str(path)
 
 
 def main(argv: list[str]) -> None:
@@ -87,8 +101,8 @@ def main(argv: list[str]) -> None:
             config, workdir,
             make_writer=lambda stage: MetricWriter(workdir / stage, stage, config.log, config),
             preemption=guard)
-    except loading.LayoutMismatch as e:  # a checkpoint from another config: the user's to fix
-        cli.fail(str(e))
+    except UserError as e:  # bad data, a checkpoint from another config, a missing stage output
+        cli.fail(f"{' '.join(str(e).split())} (traceback: {_log_traceback(workdir)})")
     sharding.barrier("vlambpo_jax_exit")
     if jax.process_index() != 0:
         return

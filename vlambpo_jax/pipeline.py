@@ -19,6 +19,7 @@ import jax
 import ml_collections
 from etils import epath
 
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.stages import STAGES
 from vlambpo_jax.train import sharding
 
@@ -42,8 +43,8 @@ class StageContext:
         """Directory of another stage, which must have finished."""
         path = self.workdir / name
         if not (path / DONE_FILE).exists():
-            raise RuntimeError(f"stage '{self.stage}' needs the output of stage '{name}', which has not "
-                               f"finished in {self.workdir}; add '{name}' to config.stages before it")
+            raise UserError(f"stage '{self.stage}' needs the output of stage '{name}', which has not "
+                            f"finished in {self.workdir}; add '{name}' to config.stages before it")
         return path
 
     def stage_summary(self, name: str) -> dict:

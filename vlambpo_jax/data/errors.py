@@ -5,11 +5,13 @@ the feature, so a user can find the bad record; readers may instead skip and cou
 """
 from __future__ import annotations
 
+from vlambpo_jax.errors import UserError
+
 TF_MISSING = ("reading tfrecord RLDS (e.g. the BridgeData V2 release) needs TensorFlow: "
               "pip install 'vlambpo_jax[bridge]'")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad or unreadable data. The message names dataset, episode and feature where they are known."""
 
 

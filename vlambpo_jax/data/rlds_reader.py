@@ -143,15 +143,18 @@ class EpisodeReader:
 
     builder: an opened TFDS builder (open_builder). std: StandardizeConfig.
     shuffle: permute the episode order each epoch (seed, epoch, process_index); else file order.
-    skip_bad: on a bad episode (DataError) or an unreadable record, log, count in `.bad_episodes` and go
+    skip_bad: on a bad episode (DataError) or an unreadable record, log, record it in `.bad` and go
       on; otherwise raise the DataError.
+    bad: {episode index: message} of the episodes skipped as bad; readers of one loader share one, so
+      an episode is counted (and logged) once however many passes read it.
     episode_buffer: size of the seeded shuffle buffer used for tfrecord (no random access).
     decode_images: False skips image decoding (episodes then carry no 'images'; for statistics).
     """
 
     def __init__(self, builder, split: str, std: StandardizeConfig, *, shuffle: bool = False, seed: int = 0,
                  process_index: int = 0, process_count: int = 1, skip_bad: bool = False,
-                 episode_buffer: int = 16, decode_images: bool = True, log: Callable[[str], None] = print):
+                 episode_buffer: int = 16, decode_images: bool = True, log: Callable[[str], None] = print,
+                 bad: dict[int, str] | None = None):
         self.builder = builder
         self.split = split
         self.std = std
@@ -180,10 +183,14 @@ class EpisodeReader:
                 self._ranges.append((file_idx, a, b))
             start += n
         self._filenames = list(info.filenames)
-        self.bad_episodes = 0
-        self.bad_messages: list[str] = []
+        self.bad = {} if bad is None else bad
         if self.file_format == "tfrecord":
             import_tensorflow()
+
+    @property
+    def bad_episodes(self) -> int:
+        """Distinct episodes skipped as bad so far."""
+        return len(self.bad)
 
     @property
     def num_episodes(self) -> int:
@@ -200,19 +207,21 @@ class EpisodeReader:
             try:
                 yield standardize(raw, self._std_for_read(), dataset=self.name, index=index)
             except DataError as e:
-                self._bad(e, 1)
+                self._bad(e, [index])
 
     def _std_for_read(self) -> StandardizeConfig:
         if self.decode_images:
             return self.std
         return dataclasses.replace(self.std, image_keys=("",) * len(self.std.image_keys))
 
-    def _bad(self, error: DataError, count: int) -> None:
+    def _bad(self, error: DataError, indices) -> None:
         if not self.skip_bad:
             raise error
-        self.bad_episodes += count
-        self.bad_messages.append(str(error))
-        self.log(f"WARNING: skipping {count} bad episode(s) (config.data.skip_bad_episodes=True): {error}")
+        new = [i for i in indices if i not in self.bad]
+        self.bad.update((i, str(error)) for i in new)
+        if new:
+            self.log(f"WARNING: skipping {len(new)} bad episode(s) (config.data.skip_bad_episodes=True): "
+                     f"{error}")
 
     def _rng(self, epoch: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, self.process_index, stream])
@@ -239,7 +248,7 @@ class EpisodeReader:
         if self.shuffle:
             order = self._rng(epoch, 0).permutation(order)
         lost: set[int] = set()
-        done_per_file: collections.Counter = collections.Counter()
+        done_per_file: dict[int, set[int]] = collections.defaultdict(set)
         for index in order.tolist():
             file_idx, a, b = next(r for r in self._ranges if r[1] <= index < r[2])
             if file_idx in lost:
@@ -253,10 +262,10 @@ class EpisodeReader:
                 step_list = [steps[i] for i in range(len(steps))]
             except Exception as e:  # noqa: BLE001  (any reader failure becomes one clear DataError)
                 lost.add(file_idx)
-                n_lost = (b - a) - done_per_file[file_idx]
-                self._bad(self._read_error(file_idx, index, n_lost, e), n_lost)
+                unread = sorted(set(range(a, b)) - done_per_file[file_idx])
+                self._bad(self._read_error(file_idx, index, len(unread), e), unread)
                 continue
-            done_per_file[file_idx] += 1
+            done_per_file[file_idx].add(index)
             steps = _stack(step_list) if step_list else _empty_like_spec(self.builder.info.features["steps"].feature)
             yield index, {"steps": steps, "episode_metadata": record.get("episode_metadata", {})}
 
@@ -282,7 +291,7 @@ class EpisodeReader:
                     except StopIteration:
                         break
                     except Exception as e:  # noqa: BLE001  (tf DataLossError etc. -> one clear DataError)
-                        self._bad(self._read_error(file_idx, index, b - index, e), b - index)
+                        self._bad(self._read_error(file_idx, index, b - index, e), range(index, b))
                         break
                     steps = batches[0] if batches else _empty_like_spec(self.builder.info.features["steps"].feature)
                     yield index, {"steps": steps, "episode_metadata": ep.get("episode_metadata", {})}
@@ -508,13 +517,14 @@ class RLDSLoader:
             process_index, process_count = jax.process_index(), jax.process_count()
         self.process_index, self.process_count = process_index, process_count
         self.split = split or d.split
-        self.builder_dir = resolve_builder_dir(config, workdir)
-        self.builder = open_builder(self.builder_dir, name=d.name, data_dir=d.data_dir, version=d.version)
+        self.builder = open_builder(resolve_builder_dir(config, workdir), name=d.name, data_dir=d.data_dir,
+                                    version=d.version)
+        self.builder_dir = str(self.builder.data_dir)  # the version directory, however it was named
         self.std = StandardizeConfig.from_config(config)
         self.tokenizer = tokenizer
         self.stats = stats
         self.log = log
-        self._readers: list[EpisodeReader] = []
+        self._bad: dict[int, str] = {}  # shared by every reader of this loader
 
     @property
     def name(self) -> str:
@@ -522,18 +532,27 @@ class RLDSLoader:
 
     @property
     def bad_episodes(self) -> int:
-        """Episodes skipped as bad so far, over every pass this loader made."""
-        return sum(r.bad_episodes for r in self._readers)
+        """Distinct episodes skipped as bad so far, over every pass this loader made."""
+        return len(self._bad)
 
     def reader(self, *, shuffle: bool, all_hosts: bool = False, decode_images: bool = True) -> EpisodeReader:
         d = self.config.data
-        r = EpisodeReader(self.builder, self.split, self.std, shuffle=shuffle, seed=int(self.config.seed),
-                          process_index=0 if all_hosts else self.process_index,
-                          process_count=1 if all_hosts else self.process_count,
-                          skip_bad=bool(d.skip_bad_episodes), episode_buffer=int(d.episode_buffer),
-                          decode_images=decode_images, log=self.log)
-        self._readers.append(r)
-        return r
+        return EpisodeReader(self.builder, self.split, self.std, shuffle=shuffle, seed=int(self.config.seed),
+                             process_index=0 if all_hosts else self.process_index,
+                             process_count=1 if all_hosts else self.process_count,
+                             skip_bad=bool(d.skip_bad_episodes), episode_buffer=int(d.episode_buffer),
+                             decode_images=decode_images, log=self.log, bad=self._bad)
+
+    def _nothing_read(self, reader: EpisodeReader) -> DataError:
+        """The error for a pass that yielded no episode: an empty shard, or every episode bad."""
+        shard = (f"split '{self.split}'" if reader.process_count == 1 else
+                 f"host {reader.process_index}'s shard of split '{self.split}'")
+        if reader.num_episodes == 0:
+            return DataError(f"{where(self.name)}: {shard} has no episodes (the split has "
+                             f"{reader.total_episodes}, over {reader.process_count} hosts)")
+        first = self._bad[min(self._bad)] if self._bad else "none recorded"
+        return DataError(f"{where(self.name)}: all {reader.num_episodes} episodes of {shard} are bad and "
+                         f"were skipped (config.data.skip_bad_episodes=True); the first: {first}")
 
     def fingerprint(self) -> str:
         """Hash of the dataset files (names, sizes), split and every setting the statistics depend on."""
@@ -549,10 +568,14 @@ class RLDSLoader:
         d = self.config.data
 
         def compute():
-            eps = self.reader(shuffle=False, all_hosts=True, decode_images=False)
+            reader = self.reader(shuffle=False, all_hosts=True, decode_images=False)
+            episodes = iter(reader)
+            first = next(episodes, None)
+            if first is None:
+                raise self._nothing_read(reader)
             masks = {"action": normalization.dims_mask(self.std.action_dim, d.norm_skip_action_dims),
                      "state": normalization.dims_mask(self.std.state_dim, d.norm_skip_state_dims)}
-            return normalization.compute_stats(eps, masks=masks)
+            return normalization.compute_stats(itertools.chain([first], episodes), masks=masks)
 
         self.stats = normalization.load_or_compute(cache_dir, self.fingerprint(), compute, log=self.log)
         return self.stats
@@ -575,8 +598,7 @@ class RLDSLoader:
         local_bs = global_bs // self.process_count
         reader = self.reader(shuffle=shuffle)
         if reader.num_episodes == 0:
-            raise DataError(f"{where(self.name)}: split '{self.split}' has {reader.total_episodes} episodes, "
-                            f"none for host {self.process_index} of {self.process_count}")
+            raise self._nothing_read(reader)
         mode = d.norm_mode
 
         def samples():
@@ -588,8 +610,7 @@ class RLDSLoader:
                     n += 1
                     yield s
                 if n == 0:
-                    raise DataError(f"{where(self.name)}: every episode of host {self.process_index}'s "
-                                    f"shard of split '{self.split}' was bad ({reader.bad_episodes} skipped)")
+                    raise self._nothing_read(reader)
 
         batches = iter_batches(samples(), local_bs, drop_remainder=drop_remainder,
                                chunk_size=int(self.config.chunk_size), tokenizer=self.tokenizer,

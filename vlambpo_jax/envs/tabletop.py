@@ -17,8 +17,11 @@ state is frozen: stepping it changes nothing and gives reward 0 (AutoReset reset
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
+import sys
 from typing import Any
 
 import jax
@@ -26,11 +29,20 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 from flax import struct
-from mujoco import mjx
 
 from vlambpo_jax.envs import render as render_lib
 from vlambpo_jax.envs import scene as S
 from vlambpo_jax.envs import tasks as tasks_lib
+
+# Importing mujoco.mjx probes its optional NVIDIA Warp backend and prints "Failed to import warp: No
+# module named 'warp'" (and the same for mujoco_warp) when it is not installed. That is the normal case
+# here (MJX's JAX backend is used), and a new user reads it as an error: drop exactly those lines.
+WARP_ABSENT_LINES = ("Failed to import warp: No module named 'warp'",
+                     "Failed to import mujoco_warp: No module named 'warp'")
+with contextlib.redirect_stdout(io.StringIO()) as _mjx_import_output:
+    from mujoco import mjx
+sys.stdout.write("".join(line for line in _mjx_import_output.getvalue().splitlines(keepends=True)
+                         if line.strip() not in WARP_ABSENT_LINES))
 
 OBJECT_GEOMS = tuple(f"obj{i}" for i in range(S.NUM_OBJECTS))   # the drawn geom of each object
 RENDERED_GEOMS = ("table", "zone0", "zone1", "palm", "finger_l", "finger_r") + OBJECT_GEOMS

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from vlambpo_jax import loading
 from vlambpo_jax.envs import horizon_chunks
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.stages.wm_common import CKPT_WM
 
 
@@ -13,7 +14,7 @@ def checkpoint_of(ctx, stage: str) -> str:
     """The policy checkpoint directory a finished stage (sft, mbpo, wm_bc) wrote."""
     summary = ctx.stage_summary(stage)
     if "checkpoint_dir" not in summary:
-        raise RuntimeError(f"stage '{stage}' has no policy checkpoint to evaluate")
+        raise UserError(f"stage '{stage}' has no policy checkpoint to evaluate")
     return summary["checkpoint_dir"]
 
 
@@ -32,8 +33,8 @@ def roots_stage(ctx) -> str:
     for name in ("collect", "logged_roots"):
         if ctx.is_done(name):
             return name
-    raise RuntimeError(f"stage '{ctx.stage}' needs branch roots: add 'collect' (simulator) or "
-                       "'logged_roots' (logged episodes) to config.stages before it")
+    raise UserError(f"stage '{ctx.stage}' needs branch roots: add 'collect' (simulator) or "
+                    "'logged_roots' (logged episodes) to config.stages before it")
 
 
 def final_policy_and_world_model(ctx, stage: str = ""):

@@ -17,6 +17,7 @@ import jax
 from vlambpo_jax.data.rlds_writer import write_rlds
 from vlambpo_jax.envs import demos, evaluation, experts
 from vlambpo_jax.envs.tabletop import make_env
+from vlambpo_jax.errors import UserError
 
 
 def run(ctx) -> dict:
@@ -31,8 +32,8 @@ def run(ctx) -> dict:
     if episodes is None:
         return {}
     if not episodes:
-        raise RuntimeError("demos: no successful expert episode to write; check config.demos.noise "
-                           "or set config.demos.keep_failures=True")
+        raise UserError("demos: no successful expert episode to write; check config.demos.noise "
+                        "or set config.demos.keep_failures=True")
     collect_s = time.time() - start
     builder_dir = write_rlds(stage_dir / "rlds", episodes, dataset_name=d.dataset_name,
                              image_keys=("image_0", "image_1"),

@@ -23,6 +23,7 @@ from vlambpo_jax import loading
 from vlambpo_jax.envs import has_simulator, horizon_chunks
 from vlambpo_jax.envs.evaluation import make_evaluator
 from vlambpo_jax.envs.tabletop import make_env
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.models.policy import make_env_policy_fn
 from vlambpo_jax.rl import branch_length, mbpo, ppo
 from vlambpo_jax.rl.collect import SIM_PREFIX
@@ -58,8 +59,8 @@ def run(ctx) -> dict:
         roots = dict(np.load(roots_file))
         sim = {key[len(SIM_PREFIX):]: v for key, v in roots.items() if key.startswith(SIM_PREFIX)}
         if not sim:
-            raise ValueError(f"rl.world='sim_roots': {roots_file} holds no simulator states (written by an "
-                             "older collect stage); run the collect stage again")
+            raise UserError(f"rl.world='sim_roots': {roots_file} holds no simulator states (written by an "
+                            "older collect stage); run the collect stage again")
         start_fn = mbpo.branch_sampler(roots, rl.num_branches, seed, rl.group_size,
                                        lambda idx: env.restore({key: v[idx] for key, v in sim.items()}))
         num_chunks = common.branch_chunks(config, roots)

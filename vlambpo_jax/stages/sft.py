@@ -28,6 +28,7 @@ from vlambpo_jax import loading
 from vlambpo_jax.data import normalization, rlds_reader
 from vlambpo_jax.data import tokenizer as tok_lib
 from vlambpo_jax.envs import evaluation, has_simulator, scene_pool, tabletop
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import grounding
 from vlambpo_jax.models import policy as policy_lib
 from vlambpo_jax.models.policy_train import SFTState, make_optimizer, make_train_step
@@ -50,7 +51,7 @@ class InMemoryBatches:
     def __init__(self, episodes: list[dict], batch_size: int, seed: int, make_batch):
         self.pairs = [(ep, t) for ep in episodes for t in range(ep["length"])]
         if not self.pairs:
-            raise ValueError("sft: the dataset has no steps (config.data points at an empty split?)")
+            raise UserError("sft: the dataset has no steps (config.data points at an empty split?)")
         self.batch_size, self.seed, self.make_batch = batch_size, seed, make_batch
         self._perms: dict[int, np.ndarray] = {}
 

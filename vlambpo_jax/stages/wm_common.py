@@ -23,6 +23,7 @@ import optax
 
 from vlambpo_jax import loading
 from vlambpo_jax.data import normalization, rlds_reader
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import state_probe, wm_training
 from vlambpo_jax.models.vae import VAE, to_float, vae_loss
 from vlambpo_jax.models.world_model import WorldModel
@@ -41,7 +42,7 @@ class Batches:
     def __init__(self, episodes, batch_size, seed, make):
         self.pairs = [(ep, t) for ep in episodes for t in range(ep["length"])]
         if not self.pairs:
-            raise ValueError("world model: the dataset has no steps (config.data / config.wm.*_data)")
+            raise UserError("world model: the dataset has no steps (config.data / config.wm.*_data)")
         self.batch_size, self.seed, self.make = batch_size, seed, make
 
     def __call__(self, step: int) -> dict:
@@ -77,7 +78,7 @@ class RewardExamples:
             for i in t[valid]:
                 self.pools[bool(yes[i])].append((ep, int(i)))
         if not self.pools[False] and not self.pools[True]:
-            raise ValueError("world model: no labelled reward frame in the data (config.wm.*_data)")
+            raise UserError("world model: no labelled reward frame in the data (config.wm.*_data)")
 
     def _batch(self, samples, yes):
         b = self.make(samples)

@@ -14,7 +14,8 @@ import sys
 import jax
 from absl import flags
 
-from vlambpo_jax import cli, loading, pipeline
+from vlambpo_jax import cli, pipeline
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.rl import wm_agreement
 from vlambpo_jax.stages import common
 
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> int:
     ctx = pipeline.StageContext(config, cli.workdir_path(fv.workdir), "report", None, None)
     try:
         models = common.final_policy_and_world_model(ctx, fv.policy)
-    except (loading.LayoutMismatch, RuntimeError) as e:
+    except UserError as e:
         cli.fail(str(e))
     metrics = wm_agreement.run_check(config, *models, jax.random.PRNGKey(int(config.seed) + 778),
                                      fv.states, fv.samples, fv.chunks)

@@ -19,7 +19,8 @@ import sys
 
 from absl import flags
 
-from vlambpo_jax import cli, loading, pipeline
+from vlambpo_jax import cli, pipeline
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.stages import wm_common
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> int:
     ctx = pipeline.StageContext(config, cli.workdir_path(fv.workdir), fv.stage, None, None)
     try:
         metrics = wm_common.evaluate_checkpoint(ctx, fv.stage)
-    except (loading.LayoutMismatch, RuntimeError) as e:
+    except UserError as e:
         cli.fail(str(e))
     text = json.dumps({"stage": fv.stage, "view_decoding": config.wm.view_decoding, **metrics},
                       indent=2, default=float)
