@@ -156,6 +156,8 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("sft.grounding_scenes", _int_range(1)),
     ("sft.grounding_layer", _int_range(-1)),
     ("policy.vit_stem", _one_of("patch", "conv")),
+    ("policy.vit_patch", _int_range(1)),
+    ("policy.num_kv_heads", _int_range(1)),
     ("policy.dtype", _one_of("float32", "bfloat16")),
     ("policy.head_dim", _even),
     ("policy.noise_method", lambda v: None if v == "flow_sde" else
@@ -164,6 +166,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("wm.grad_clip", _positive_float),
     ("rl.grad_clip", _positive_float),
     ("demos.targets_per_scene", _int_range(1)),
+    ("wm.latent_patch", _int_range(1)),
     ("wm.view_decoding", _one_of("interleaved", "independent", "joint")),
     ("wm.action_encoding", _one_of("bins", "continuous")),
     ("wm.cfg_renorm_type", _one_of(*CFG_RENORM_TYPES)),
@@ -219,6 +222,25 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("data.norm_skip_action_dims", _dims),
     ("data.norm_skip_state_dims", _dims),
 ]
+
+# Sizes (a width, a batch, a count of layers or of episodes) and counts where 0 means "none".
+SIZES = ("policy.width", "policy.mlp_dim", "policy.num_heads", "policy.expert_width", "policy.expert_mlp_dim",
+         "policy.vit_width", "policy.vit_depth", "policy.vit_heads", "policy.vit_mlp", "policy.state_dim",
+         "wm.umm.width", "wm.umm.depth", "wm.umm.heads", "wm.umm.kv_heads", "wm.umm.mlp",
+         "wm.vit.width", "wm.vit.depth", "wm.vit.heads", "wm.vit.mlp", "wm.vit.patch",
+         "wm.vae.latent_channels", "wm.vae.batch_size", "wm.batch_size", "wm.reward_batch_size",
+         "wm.max_text_len", "wm.num_sample_steps", "wm.probe.batch_size", "demos.batch_size",
+         "demos.episodes_per_task", "env.substeps", "env.physics.solver_iterations", "env.physics.ls_iterations",
+         "eval.episodes_per_task", "eval.video_size", "rl.collect_batch", "rl.epochs",
+         "rl.collect_episodes_per_task")
+COUNTS = ("eval.num_videos", "report.num_videos", "report.video_chunks", "report.agreement_chunks",
+          "report.agreement_samples", "report.agreement_states", "rl.critic_warmup_epochs", "rl.eval_episodes",
+          "rl.bc_rounds", "rl.bc_steps", "rl.iterations", "sft.eval_episodes", "sft.warmup", "sft.steps",
+          "wm.warmup_steps", "wm.eval_batches", "wm.eval_reward_frames", "wm.finetune_steps",
+          "wm.pretrain_steps", "wm.probe.steps", "wm.probe.train_batches", "wm.vae.steps",
+          "data.inspect_batches", "data.prefetch", "data.shuffle_buffer", "mesh.fsdp_min_size")
+RULES += [(key, _int_range(1)) for key in SIZES] + [(key, _int_range(0)) for key in COUNTS]
+RULES.append(("wm.umm.head_dim", _even))
 
 # Stages that need the simulator (config.env); configs without one (the real-robot path) use
 # logged_roots instead of collect.

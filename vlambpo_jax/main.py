@@ -9,12 +9,14 @@ missing stage output) ends the command with one line on stderr; its traceback go
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import sys
 import time
 import traceback
+from typing import NoReturn
 
 import jax
 from absl import app, flags
@@ -56,14 +58,51 @@ def _note_config(workdir, config) -> None:
     path.write_text(text)
 
 
+# Errors of the machine the user can fix: a full disk, a read-only or foreign workdir.
+USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _log_traceback(workdir) -> str:
     """Appends the exception being handled to <workdir>/error.log (error.process<i>.log on other
-    processes); returns the file's path."""
+    processes); returns the file's path, or a note when it cannot be written either."""
     name = "error.log" if jax.process_index() == 0 else f"error.process{jax.process_index()}.log"
     path = workdir / name
-    with path.open("a") as f:
-        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{traceback.format_exc()}\n")
+    try:
+        with path.open("a") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{traceback.format_exc()}\n")
+    except OSError:
+        return "not saved: the workdir is not writable"
     return str(path)
+
+
+def _exit_with_error(message: str, status: int) -> NoReturn:
+    """Prints `error: message` and ends the process at once. os._exit skips the interpreter's teardown,
+    where orbax's background threads would otherwise add walls of asyncio tracebacks, and a process
+    that stops here must not wait at a barrier for peers that will never come."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _run(config, workdir, guard) -> dict:
+    """pipeline.run_stages; any failure ends the process with one `error:` line."""
+    try:
+        return pipeline.run_stages(
+            config, workdir,
+            make_writer=lambda stage: MetricWriter(workdir / stage, stage, config.log, config),
+            preemption=guard)
+    except UserError as e:  # bad data, a checkpoint from another config, a missing stage output
+        _exit_with_error(f"{e} (traceback: {_log_traceback(workdir)})", 2)
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        _exit_with_error(f"cannot write {e.filename or workdir}: {e.strerror} (traceback: "
+                         f"{_log_traceback(workdir)})", 2)
+    except Exception as e:  # noqa: BLE001 - a bug: keep its traceback on stderr, then the one line
+        traceback.print_exc()
+        _exit_with_error(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+                         f"(traceback above and in {_log_traceback(workdir)})", 1)
 
 
 def main(argv: list[str]) -> None:
@@ -88,7 +127,13 @@ def main(argv: list[str]) -> None:
     except RuntimeError as e:
         cli.fail(str(e))
     workdir = cli.workdir_path(FLAGS.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write_probe{jax.process_index()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        cli.fail(f"cannot write the workdir {workdir}: {e.strerror or e}")
     local_cache = os.path.join(os.path.expanduser("~"), ".cache", "vlambpo_jax", "jax_cache")
     _setup_jax(FLAGS.jax_cache_dir or (local_cache if "://" in str(workdir) else str(workdir / "jax_cache")))
     if jax.process_index() == 0:
@@ -96,21 +141,18 @@ def main(argv: list[str]) -> None:
 
     guard = PreemptionGuard()
     start = time.time()
-    try:
-        results = pipeline.run_stages(
-            config, workdir,
-            make_writer=lambda stage: MetricWriter(workdir / stage, stage, config.log, config),
-            preemption=guard)
-    except UserError as e:  # bad data, a checkpoint from another config, a missing stage output
-        cli.fail(f"{' '.join(str(e).split())} (traceback: {_log_traceback(workdir)})")
+    results = _run(config, workdir, guard)
     sharding.barrier("vlambpo_jax_exit")
-    if jax.process_index() != 0:
-        return
+    if jax.process_index() == 0:
+        _print_outcome(results, workdir, guard, time.time() - start)
+    sharding.shutdown_distributed()
+
+
+def _print_outcome(results: dict, workdir, guard, seconds: float) -> None:
     if guard.requested:
-        print(f"stopped by {guard.signal_name} after {time.time() - start:.1f} s; rerun the same "
-              "command to resume")
+        print(f"stopped by {guard.signal_name} after {seconds:.1f} s; rerun the same command to resume")
         return
-    print(f"done in {time.time() - start:.1f} s; outputs in {workdir}")
+    print(f"done in {seconds:.1f} s; outputs in {workdir}")
     for stage, summary in results.items():
         brief = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
         print(f"  {stage}: {json.dumps(brief, default=str)[:300]}")

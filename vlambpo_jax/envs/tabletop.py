@@ -148,7 +148,9 @@ class TabletopEnv:
         self.shadows = bool(shadows)
 
         self.mj_model = mujoco.MjModel.from_xml_string(S.scene_xml(**self.physics))
-        self.mjx_model = mjx.put_model(self.mj_model, impl="jax")
+        # On this process's own device: MJX's default, global device 0, belongs to process 0 only.
+        self._device = jax.local_devices()[0]
+        self.mjx_model = mjx.put_model(self.mj_model, device=self._device, impl="jax")
         m = self.mj_model
         self._ee_mocap = int(m.body_mocapid[m.body("ee_target").id])
         self._ee_qadr = int(m.jnt_qposadr[m.joint("ee").id])
@@ -163,7 +165,7 @@ class TabletopEnv:
         self.instructions = self.table.strings
         self._goal_kind = np.array([{"none": 0, "zone": 1, "object": 2}[t.goal_kind] for t in self.tasks],
                                    np.int32)
-        self._data0 = mjx.make_data(self.mjx_model)
+        self._data0 = mjx.make_data(self.mjx_model, device=self._device)
         self._slots = np.array([(x, y) for x in (-1, 0, 1) for y in (-1, 0, 1)], np.float32) * SLOT_SPACING
 
     # ----------------------------------------------------------------------------------- helpers

@@ -228,11 +228,13 @@ def train_dynamics(ctx, wm: WorldModel, params, batch_fn, heldout, num_steps, fr
     w = ctx.config.wm
     tx = wm_training.make_optimizer(w, num_steps, frozen=frozen)
     ema = float(w.ema)
-    fixed = {"vae": params["vae"], "stats": params["stats"]}
     state = wm_training.TrainState(jnp.zeros((), jnp.int32), params["net"], params["net"], tx.init(params["net"]))
     base = jax.random.key(int(ctx.config.seed) + 13)
     dp = sharding.DataParallel(ctx.config.mesh)
     state, state_shardings = dp.place(state)
+    # On the mesh too: the checkpoint saves them with the net, and orbax refuses host-local arrays
+    # when there are several processes.
+    fixed = dp.on_mesh({"vae": params["vae"], "stats": params["stats"]})
 
     def step_fn(state, batch):
         key = jax.random.fold_in(base, state.step)

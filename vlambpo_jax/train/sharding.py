@@ -146,6 +146,13 @@ def barrier(name: str = "exit") -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def shutdown_distributed() -> None:
+    """Leaves jax.distributed together with the other processes. Left to the interpreter's exit, process
+    0 (which hosts the coordination service) could go first, and a peer still shutting down then aborts."""
+    if jax.process_count() > 1:
+        jax.distributed.shutdown()
+
+
 class DataParallel:
     """Runs a train step on the config's mesh: state sharded by the FSDP rules, batches split over all
     devices of all processes, the step jitted with explicit shardings and a donated state.
@@ -165,6 +172,18 @@ class DataParallel:
         shardings = param_shardings(state, self.mesh, self.min_size, self.rules)
         state = jax.tree.map(lambda x: jax.numpy.array(x, copy=True), state)
         return jax.device_put(state, shardings), shardings
+
+    def on_mesh(self, tree: Any) -> Any:
+        """Leaves already on this mesh stay as they are; the rest (numpy, single-device arrays, which
+        must hold the same values on every process) become arrays replicated over the mesh."""
+        devices = set(self.mesh.devices.flat)
+
+        def put(x):
+            if isinstance(x, jax.Array) and x.sharding.device_set == devices:
+                return x
+            return jax.device_put(np.asarray(x), replicated(self.mesh))
+
+        return jax.tree.map(put, tree)
 
     def local_rows(self, global_batch: Any) -> Any:
         """This process's contiguous block of rows of a batch every process built identically."""
