@@ -4,7 +4,6 @@ may raise. It runs main's own parsing and checks in-process (cli.command_flags +
 covers every key in seconds; accepted configs are not run (the pipeline tests run the shipped ones)."""
 import random
 
-
 import ml_collections
 import pytest
 
