@@ -1,6 +1,6 @@
 """The package's layering, read from every module's imports with `ast`.
 
-Layers, lowest first: train/ and data/; envs/; models/; rl/ and the artifact loader; stages/; the
+Layers, lowest first: the error base class (errors); train/ and data/; envs/; models/; rl/ and the artifact loader; stages/; the
 pipeline runner and config checks; the entry points (main, cli, serve, tools). A module may import
 its own layer or a lower one, at module level only (optional heavy dependencies, which are not project
 modules, may be imported inside functions), and the module graph has no cycle.
@@ -16,6 +16,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "vlambpo_jax"
 
 # top-level name under vlambpo_jax -> layer (lower numbers are lower layers)
 LAYERS = {
+    "errors": -1,
     "train": 0, "data": 0,
     "envs": 1,
     "models": 2,

@@ -1,5 +1,6 @@
-"""Two local processes joined by jax.distributed (127.0.0.1) train the smoke SFT with the same losses as
-one process at the same global batch, and resume together from a checkpoint they saved together."""
+"""Two local processes joined by jax.distributed (127.0.0.1) run every stage of both smoke pipelines, with
+the numbers of one process where the math is the same (the same global batches), and resume together
+from a checkpoint they saved together."""
 import json
 import os
 import shutil
@@ -8,10 +9,51 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--config=configs/bridge.py:smoke", "--stages=sft", "--config.sft.in_memory=True",
-        "--config.sft.steps=4", "--config.log.every_steps=1", "--config.checkpoint.every_steps=2"]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+# in_memory SFT: every process builds the same global batch (a streamed one is per-host shards).
+BRIDGE = ["--config=configs/bridge.py:smoke", "--config.sft.in_memory=True", "--config.sft.steps=4",
+          "--config.log.every_steps=1", "--config.checkpoint.every_steps=2"]
+TABLETOP = ["--config=configs/tabletop.py:smoke", "--config.sft.steps=4", "--config.sft.eval_episodes=0",
+            "--config.checkpoint.every_steps=2"]
+# Summary numbers that are not the math: timings; the data stage's look at one batch, which is this
+# host's share; and the critic's explained variance, a ratio of two near-zero variances on smoke-sized
+# batches (1 - 0.7 / 1e-6) that rounding alone moves by 50%.
+NOT_COMPARED = ("sec", "time", "explained_variance", "batch.")
+
+
+def _one(args, workdir):
+    r = subprocess.run([sys.executable, "-m", "vlambpo_jax.main", *args, f"--workdir={workdir}"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _two(args, workdir):
+    r = subprocess.run([sys.executable, "launch/local_multiprocess.py", "--processes=2", "--", *args,
+                        f"--workdir={workdir}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stderr[-3000:], (Path(workdir) / "processes" / "process1.log").read_text()[-3000:])
+    return r
+
+
+def _numbers(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _numbers(v, f"{prefix}{k}.")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        if not any(word in prefix for word in NOT_COMPARED):
+            yield prefix[:-1], float(tree)
+
+
+def _assert_same_numbers(one: Path, two: Path, stages) -> None:
+    for stage in stages:
+        a = dict(_numbers(json.loads((one / stage / "DONE.json").read_text())["summary"]))
+        b = dict(_numbers(json.loads((two / stage / "DONE.json").read_text())["summary"]))
+        assert a.keys() == b.keys(), stage
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=f"{stage}: {key}")
 
 
 def _losses(workdir: Path):
@@ -19,30 +61,33 @@ def _losses(workdir: Path):
     return np.array([r["loss"] for r in rows if "loss" in r])
 
 
-def test_two_processes_match_one(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    one = subprocess.run([sys.executable, "-m", "vlambpo_jax.main", *ARGS, f"--workdir={tmp_path / 'one'}"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    def run_two():
-        two = subprocess.run([sys.executable, "launch/local_multiprocess.py", "--processes=2", "--",
-                              *ARGS, f"--workdir={tmp_path / 'two'}"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert two.returncode == 0, two.stderr[-3000:]
-        return two
+def test_bridge_pipeline_under_two_processes_matches_one_and_resumes(tmp_path):
+    from configs import bridge
 
-    run_two()
-    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert len(a) == 4 and len(b) == 4
-    np.testing.assert_allclose(a, b, rtol=1e-5)
-    assert (tmp_path / "two" / "sft" / "DONE.json").exists()
+    stages = bridge.get_config("smoke").stages
+    _one(BRIDGE, tmp_path / "one")
+    _two(BRIDGE, tmp_path / "two")
+    _assert_same_numbers(tmp_path / "one", tmp_path / "two", stages)
+    a = _losses(tmp_path / "one")
+    np.testing.assert_allclose(_losses(tmp_path / "two"), a, rtol=1e-5)
 
     # As if preempted after step 2: both processes restore the step-2 checkpoint and redo steps 3-4.
     (tmp_path / "two" / "sft" / "DONE.json").unlink()
     shutil.rmtree(tmp_path / "two" / "sft" / "policy" / "4")
-    again = run_two()
+    again = _two(BRIDGE + ["--stages=sft"], tmp_path / "two")
     assert "resuming from checkpoint step 2" in again.stdout
     np.testing.assert_allclose(_losses(tmp_path / "two")[4:], a[2:], rtol=1e-5)
+
+
+@pytest.mark.parametrize("stages", [("demos", "sft", "collect", "wm_pretrain", "wm_finetune", "mbpo",
+                                     "evaluate", "report")])
+def test_tabletop_pipeline_under_two_processes_matches_one(tmp_path, stages):
+    from configs import tabletop
+
+    assert tuple(tabletop.get_config("smoke").stages) == stages  # every stage of the pipeline
+    _one(TABLETOP, tmp_path / "one")
+    _two(TABLETOP, tmp_path / "two")
+    _assert_same_numbers(tmp_path / "one", tmp_path / "two", stages)
 
 
 def test_processes_with_different_configs_stop_with_a_clear_error(tmp_path):

@@ -77,6 +77,11 @@ def _scalar_feature(name: str, value: Any):
                     "(use str, int, bool or float)")
 
 
+def builder_dir(directory, dataset_name: str, version: str = "1.0.0") -> Path:
+    """Where write_rlds(directory, ..., dataset_name, version) puts the dataset (what open_builder takes)."""
+    return Path(directory) / dataset_name / version
+
+
 def write_rlds(directory, episodes, *, dataset_name: str, image_keys=("image_0", "image_1"),
                image_shape=(64, 64, 3), split: str = "train", file_format: str = "array_record",
                version: str = "1.0.0", extra_step_features: Mapping[str, Any] | None = None,
@@ -117,7 +122,7 @@ def write_rlds(directory, episodes, *, dataset_name: str, image_keys=("image_0",
             metadata=first.get("episode_metadata", {}), image_encoding=image_encoding,
             extra_step_features=extra_step_features)
 
-    out = Path(directory) / dataset_name / version
+    out = builder_dir(directory, dataset_name, version)
     if (out / "dataset_info.json").exists():
         if not overwrite:
             raise FileExistsError(f"an RLDS dataset already exists at {out}; pass overwrite=True to replace it")

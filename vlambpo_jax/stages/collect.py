@@ -12,9 +12,13 @@ import jax
 import numpy as np
 
 from vlambpo_jax import loading
+from vlambpo_jax.data.rlds_writer import builder_dir as rlds_builder_dir
 from vlambpo_jax.data.rlds_writer import write_rlds
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.rl import collect
+from vlambpo_jax.stages import common
+
+DATASET = "tabletop_rollouts"
 
 
 def run(ctx) -> dict:
@@ -25,11 +29,16 @@ def run(ctx) -> dict:
     episodes, sim_states = collect.collect(env, policy, params, tokenizer, key, config.rl.collect_episodes_per_task,
                        config.rl.collect_mode, config.rl.collect_batch, config.data.max_text_len,
                        config.log.progress)
-    builder_dir = write_rlds(ctx.stage_dir / "rlds", episodes, dataset_name="tabletop_rollouts",
-                             image_shape=(config.image_size, config.image_size, 3), overwrite=True)
     roots = collect.branch_roots(episodes, config.chunk_size, tokenizer, config.data.max_text_len, env.task_names,
-                         config.wm.max_text_len, sim_states)
-    np.savez_compressed(ctx.stage_dir / "roots.npz", **roots)
+                                 config.wm.max_text_len, sim_states)
+
+    def write():
+        write_rlds(ctx.stage_dir / "rlds", episodes, dataset_name=DATASET,
+                   image_shape=(config.image_size, config.image_size, 3), overwrite=True)
+        np.savez_compressed(ctx.stage_dir / "roots.npz", **roots)
+
+    common.write_once("collect", write)
+    builder_dir = rlds_builder_dir(ctx.stage_dir / "rlds", DATASET)
     per_task = {name: float(np.mean([e["episode_metadata"]["success"] for e in episodes
                                      if e["episode_metadata"]["task"] == name])) for name in env.task_names}
     steps = int(sum(e["episode_metadata"]["length"] for e in episodes))

@@ -1,13 +1,25 @@
 """What several stages (and the tools that read a finished run) share: where a run's policies, world
-model and branch roots are."""
+model and branch roots are, and how a stage writes a data file once in a multi-process run."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+
+import jax
 
 from vlambpo_jax import loading
 from vlambpo_jax.envs import horizon_chunks
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.stages.wm_common import CKPT_WM
+from vlambpo_jax.train import sharding
+
+
+def write_once(name: str, write: Callable[[], object]) -> None:
+    """Runs `write` (files every process computed identically) on process 0 only; every process returns
+    once they are written. Two processes writing one path race: an RLDS overwrite deletes the other's."""
+    if jax.process_index() == 0:
+        write()
+    sharding.barrier(f"written_{name}")
 
 
 def checkpoint_of(ctx, stage: str) -> str:

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import jax
 
+from vlambpo_jax.data.rlds_writer import builder_dir as rlds_builder_dir
 from vlambpo_jax.data.rlds_writer import write_rlds
 from vlambpo_jax.envs import demos, evaluation, experts
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.errors import UserError
+from vlambpo_jax.stages import common
 
 
 def run(ctx) -> dict:
@@ -35,9 +37,10 @@ def run(ctx) -> dict:
         raise UserError("demos: no successful expert episode to write; check config.demos.noise "
                         "or set config.demos.keep_failures=True")
     collect_s = time.time() - start
-    builder_dir = write_rlds(stage_dir / "rlds", episodes, dataset_name=d.dataset_name,
-                             image_keys=("image_0", "image_1"),
-                             image_shape=(env.image_size, env.image_size, 3), overwrite=True)
+    builder_dir = rlds_builder_dir(stage_dir / "rlds", d.dataset_name)
+    common.write_once("demos_rlds", lambda: write_rlds(
+        stage_dir / "rlds", episodes, dataset_name=d.dataset_name, image_keys=("image_0", "image_1"),
+        image_shape=(env.image_size, env.image_size, 3), overwrite=True))
     steps = int(sum(len(e["steps"]["action"]) for e in episodes))
     rates = {k: v[0] / max(v[1], 1) for k, v in stats.items()}
     ctx.writer.scalars(0, {f"demos/success_{k}": v for k, v in rates.items()})

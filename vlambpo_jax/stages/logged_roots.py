@@ -13,6 +13,7 @@ import numpy as np
 
 from vlambpo_jax import loading
 from vlambpo_jax.rl import offline
+from vlambpo_jax.stages import common
 
 
 def run(ctx) -> dict:
@@ -21,10 +22,10 @@ def run(ctx) -> dict:
     k, L, Lw = int(config.chunk_size), int(config.data.max_text_len), int(config.wm.max_text_len)
     train = offline.read_episodes(config, config.data.split, int(logged.max_episodes), ctx.workdir)
     roots = offline.logged_roots(train, k, tokenizer, L, Lw)
-    np.savez_compressed(Path(ctx.stage_dir) / "roots.npz", **roots)
     held = offline.read_episodes(config, logged.heldout_split, int(logged.heldout_max_episodes), ctx.workdir)
     samples = offline.heldout_samples(held, k, tokenizer, L, Lw)
-    np.savez_compressed(Path(ctx.stage_dir) / "heldout.npz", **samples)
+    common.write_once("logged_roots", lambda: (np.savez_compressed(Path(ctx.stage_dir) / "roots.npz", **roots),
+                                               np.savez_compressed(Path(ctx.stage_dir) / "heldout.npz", **samples)))
     summary = {
         "roots": str(Path(ctx.stage_dir) / "roots.npz"), "heldout": str(Path(ctx.stage_dir) / "heldout.npz"),
         "split": config.data.split, "episodes": len(train), "num_roots": int(len(roots["t"])),
