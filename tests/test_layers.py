@@ -1,9 +1,10 @@
 """The package's layering, read from every module's imports with `ast`.
 
-Layers, lowest first: the error base class (errors); train/ and data/; envs/; models/; rl/ and the artifact loader; stages/; the
-pipeline runner and config checks; the entry points (main, cli, serve, tools). A module may import
-its own layer or a lower one, at module level only (optional heavy dependencies, which are not project
-modules, may be imported inside functions), and the module graph has no cycle.
+Layers, lowest first: the error base class (errors); train/ and data/; envs/; models/; rl/ and the
+artifact loader; stages/; the pipeline runner and config checks; the entry points (main, cli, serve,
+tools). A module may import its own layer or a lower one, at module level only (optional heavy
+dependencies, which are not project modules, may be imported inside functions), and the module graph
+has no cycle.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Two local processes joined by jax.distributed (127.0.0.1) run every stage of both smoke pipelines, with
 the numbers of one process where the math is the same (the same global batches), and resume together
 from a checkpoint they saved together."""
+import concurrent.futures
 import json
 import os
 import shutil
@@ -17,7 +18,8 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 BRIDGE = ["--config=configs/bridge.py:smoke", "--config.sft.in_memory=True", "--config.sft.steps=4",
           "--config.log.every_steps=1", "--config.checkpoint.every_steps=2"]
 TABLETOP = ["--config=configs/tabletop.py:smoke", "--config.sft.steps=4", "--config.sft.eval_episodes=0",
-            "--config.checkpoint.every_steps=2"]
+            "--config.checkpoint.every_steps=2", "--config.eval.num_videos=1", "--config.report.num_videos=1",
+            "--config.report.video_chunks=2"]
 # Summary numbers that are not the math: timings; the data stage's look at one batch, which is this
 # host's share; and the critic's explained variance, a ratio of two near-zero variances on smoke-sized
 # batches (1 - 0.7 / 1e-6) that rounding alone moves by 50%.
@@ -36,6 +38,14 @@ def _two(args, workdir):
                         f"--workdir={workdir}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stderr[-3000:], (Path(workdir) / "processes" / "process1.log").read_text()[-3000:])
     return r
+
+
+def _one_and_two(args, tmp_path):
+    """The one-process and the two-process run side by side (each is mostly single-threaded)."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(_one, args, tmp_path / "one"), pool.submit(_two, args, tmp_path / "two")]
+        for run in runs:
+            run.result()
 
 
 def _numbers(tree, prefix=""):
@@ -65,8 +75,7 @@ def test_bridge_pipeline_under_two_processes_matches_one_and_resumes(tmp_path):
     from configs import bridge
 
     stages = bridge.get_config("smoke").stages
-    _one(BRIDGE, tmp_path / "one")
-    _two(BRIDGE, tmp_path / "two")
+    _one_and_two(BRIDGE, tmp_path)
     _assert_same_numbers(tmp_path / "one", tmp_path / "two", stages)
     a = _losses(tmp_path / "one")
     np.testing.assert_allclose(_losses(tmp_path / "two"), a, rtol=1e-5)
@@ -85,8 +94,7 @@ def test_tabletop_pipeline_under_two_processes_matches_one(tmp_path, stages):
     from configs import tabletop
 
     assert tuple(tabletop.get_config("smoke").stages) == stages  # every stage of the pipeline
-    _one(TABLETOP, tmp_path / "one")
-    _two(TABLETOP, tmp_path / "two")
+    _one_and_two(TABLETOP, tmp_path)
     _assert_same_numbers(tmp_path / "one", tmp_path / "two", stages)
 
 

@@ -121,8 +121,9 @@ def make_evaluator(env, policy_fn: Callable, episodes_per_task: int, *, privileg
 
     def evaluate_once(params, key, video_dir: str | Path | None = None) -> dict:
         state, _, poses = run(params, key)
-        success = np.asarray(state.success)
-        length = np.asarray(state.info["step"])
+        # episodes split over a multi-process mesh: every process gathers the whole batch
+        success, length, instruction_id = sharding.to_host(
+            (state.success, state.info["step"], state.info["instruction_id"]))
         per_task = {}
         for i, name in enumerate(env.task_names):
             s = success[tids == i]
@@ -136,11 +137,12 @@ def make_evaluator(env, policy_fn: Callable, episodes_per_task: int, *, privileg
         if n_video and video_dir is not None:
             video_dir = Path(video_dir)
             video_dir.mkdir(parents=True, exist_ok=True)
-            frames = np.asarray(draw(poses, state.info["rgb"][:n_video]))   # [R, 1 + T, V, H, W, 3]
+            recorded, rgb = sharding.to_host((poses, state.info["rgb"]))   # poses: the first n_video only
+            frames = np.asarray(draw(recorded, rgb[:n_video]))   # [R, 1 + T, V, H, W, 3]
             for r in range(n_video):
                 clip = frames[r, :int(length[r]) + 1]
                 name = env.task_names[int(tids[r])]
-                text = env.instructions[int(state.info["instruction_id"][r])]
+                text = env.instructions[int(instruction_id[r])]
                 tag = "success" if success[r] else "fail"
                 path = video_dir / f"{r:02d}_{name}_{tag}_{_slug(text)}.gif"
                 write_gif(path, clip)

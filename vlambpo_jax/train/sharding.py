@@ -141,6 +141,16 @@ def check_processes_agree(fingerprint: str) -> None:
                            "count; start every process with the same command and config")
 
 
+def to_host(tree: Any) -> Any:
+    """Arrays -> numpy, the whole global value on every process (gathered from the other processes
+    when an array is split over devices this process cannot address)."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+    return jax.tree.map(get, tree)
+
+
 def barrier(name: str = "exit") -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
