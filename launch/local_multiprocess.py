@@ -101,6 +101,8 @@ def main(argv=None) -> int:
         out = open(log, "w") if log else None
         procs.append(subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out,
                                       stderr=subprocess.STDOUT if out else None))
+        if out:
+            out.close()   # the child holds its own descriptor
         logs.append(log)
     return wait_all(procs, logs) if procs else 0
 

@@ -94,12 +94,10 @@ def _run(config, workdir, guard) -> dict:
             preemption=guard)
     except UserError as e:  # bad data, a checkpoint from another config, a missing stage output
         _exit_with_error(f"{e} (traceback: {_log_traceback(workdir)})", 2)
-    except OSError as e:
-        if e.errno not in USER_OS_ERRORS:
-            raise
-        _exit_with_error(f"cannot write {e.filename or workdir}: {e.strerror} (traceback: "
-                         f"{_log_traceback(workdir)})", 2)
     except Exception as e:  # noqa: BLE001 - a bug: keep its traceback on stderr, then the one line
+        if isinstance(e, OSError) and e.errno in USER_OS_ERRORS:
+            _exit_with_error(f"cannot write {e.filename or workdir}: {e.strerror} (traceback: "
+                             f"{_log_traceback(workdir)})", 2)
         traceback.print_exc()
         _exit_with_error(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
                          f"(traceback above and in {_log_traceback(workdir)})", 1)
