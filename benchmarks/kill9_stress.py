@@ -48,11 +48,13 @@ def _env() -> dict:
     return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 
 
-def _run(workdir: Path, stages: str) -> None:
+def _run(workdir: Path, stages: str) -> list[str]:
+    """Runs the stages; -> the 'resuming from checkpoint step N' lines it printed."""
     r = subprocess.run(_cmd(workdir, stages), cwd=ROOT, env=_env(), capture_output=True, text=True,
                        timeout=1800)
     if r.returncode:
         raise RuntimeError(f"{stages} failed in {workdir}: {r.stderr.strip().splitlines()[-1:]}")
+    return [line.split("] ", 1)[-1] for line in r.stdout.splitlines() if "resuming from checkpoint" in line]
 
 
 def _outcome(workdir: Path, stage: str) -> tuple[list[np.ndarray], float | None]:
@@ -113,12 +115,12 @@ def main(argv=None) -> int:
         shutil.rmtree(trial, ignore_errors=True)
         shutil.copytree(base, trial)
         info = _kill_run(trial, args.stage, rng, steps_total)
-        _run(trial, args.stage)
+        resumed = _run(trial, args.stage)
         got_params, got_loss = _outcome(trial, args.stage)
         same = (len(got_params) == len(want_params)
                 and all(np.array_equal(a, b) for a, b in zip(got_params, want_params))
                 and got_loss == want_loss)
-        trials.append({**info, "identical": bool(same), "last_loss": got_loss})
+        trials.append({**info, "resumed": resumed, "identical": bool(same), "last_loss": got_loss})
         shutil.rmtree(trial, ignore_errors=True)
     result = {"benchmark": "kill9_stress", "stage": args.stage, "config": COMMON, "seed": args.seed,
               "kills": args.kills, "identical": sum(t["identical"] for t in trials),
