@@ -28,14 +28,14 @@ NOT_COMPARED = ("sec", "time", "explained_variance", "batch.")
 
 def _one(args, workdir):
     r = subprocess.run([sys.executable, "-m", "vlambpo_jax.main", *args, f"--workdir={workdir}"],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
 
 def _two(args, workdir):
     r = subprocess.run([sys.executable, "launch/local_multiprocess.py", "--processes=2", "--", *args,
-                        f"--workdir={workdir}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+                        f"--workdir={workdir}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, (r.stderr[-3000:], (Path(workdir) / "processes" / "process1.log").read_text()[-3000:])
     return r
 
@@ -88,6 +88,8 @@ def test_bridge_pipeline_under_two_processes_matches_one_and_resumes(tmp_path):
     np.testing.assert_allclose(_losses(tmp_path / "two")[4:], a[2:], rtol=1e-5)
 
 
+@pytest.mark.skipif(not os.environ.get("VLAMBPO_SLOW_TESTS"), reason="about 20 min on 2 cores: set "
+                    "VLAMBPO_SLOW_TESTS=1 (docs/results.md section 20 has its last result)")
 @pytest.mark.parametrize("stages", [("demos", "sft", "collect", "wm_pretrain", "wm_finetune", "mbpo",
                                      "evaluate", "report")])
 def test_tabletop_pipeline_under_two_processes_matches_one(tmp_path, stages):
