@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.experimental import multihost_utils
+
+from vlambpo_jax.train import sharding
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +89,6 @@ class Checkpointer:
         self._manager.close()
 
 
-def _host_copy(x) -> np.ndarray:
-    """A restored leaf as numpy on this process. With several processes orbax restores onto every
-    device of every process; such an array cannot be read whole, and mixing it with this process's own
-    arrays in one computation fails."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        if x.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-
 def load_params(directory, params_target: Any | None = None,
                 step: int | None = None) -> tuple[Any, dict]:
     """Loads (params, assets) for inference from the newest intact step (or `step`).
@@ -122,7 +112,9 @@ def load_params(directory, params_target: Any | None = None,
                 raise CheckpointError("params do not match the expected structure")
             manager.close()
             if params_target is None:
-                params = jax.tree.map(_host_copy, params)
+                # With several processes orbax restores onto every device of every process; such
+                # arrays cannot be mixed with this process's own in one computation.
+                params = sharding.to_host(params)
             return params, dict(out["assets"] or {})
         except Exception as e:  # noqa: BLE001
             errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")

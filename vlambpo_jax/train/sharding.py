@@ -142,10 +142,13 @@ def check_processes_agree(fingerprint: str) -> None:
 
 
 def to_host(tree: Any) -> Any:
-    """Arrays -> numpy, the whole global value on every process (gathered from the other processes
-    when an array is split over devices this process cannot address)."""
+    """Arrays -> numpy, the whole global value on every process: a replicated array from this process's
+    own copy, an array split over devices this process cannot address gathered from the others (a
+    collective: every process must call it)."""
     def get(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                return np.asarray(x.addressable_data(0))
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
     return jax.tree.map(get, tree)
