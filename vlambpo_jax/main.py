@@ -144,6 +144,12 @@ def main(argv: list[str]) -> None:
     if jax.process_index() == 0:
         _print_outcome(results, workdir, guard, time.time() - start)
     sharding.shutdown_distributed()
+    # Every checkpoint and metrics file is closed by now. Ending here, rather than in the interpreter's
+    # teardown, keeps native threads of TensorFlow's readers from aborting the exit ("terminate called
+    # ... exception not rethrown", status -6) after a run that succeeded.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _print_outcome(results: dict, workdir, guard, seconds: float) -> None:
