@@ -3,8 +3,8 @@
   python benchmarks/pipeline_summary.py --workdir=DIR [--out benchmarks/results/NAME.json] [--note TEXT]
 
 Reads DIR/<stage>/DONE.json of every stage (seconds, summaries), DIR/evaluate/results.json (success with Wilson 95%
-intervals), the world-model stages' held-out metrics, DIR/report/wm_agreement.json and, when a sweep
-ran, DIR/sweep/results.json (baselines and ablations). Nothing is recomputed.
+intervals), the mbpo stage's per-iteration curve (rl_history), the world-model stages' held-out
+metrics, DIR/report/wm_agreement.json and, when a sweep ran, DIR/sweep/results.json (baselines and ablations). Nothing is recomputed.
 """
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlambpo_jax.pipeline import DONE_FILE  # noqa: E402
 from vlambpo_jax.stages import STAGES  # noqa: E402
+
+
+# per-iteration numbers of the mbpo stage kept in rl_history
+RL_CURVE_KEYS = ("branch_success", "approx_kl", "clip_frac", "mixed_groups", "explained_variance", "epochs_run")
 
 
 def _read(path: Path):
@@ -41,6 +45,11 @@ def summarize(workdir: Path) -> dict:
         metrics = _read(workdir / stage / DONE_FILE)
         if metrics and "eval" in metrics["summary"]:
             out[f"{stage}_eval"] = metrics["summary"]["eval"]
+    history = workdir / "mbpo" / "metrics.jsonl"
+    if history.exists():  # the RL curve: one row per iteration (and per periodic evaluation)
+        rows = [json.loads(line, parse_constant=lambda name: None) for line in history.read_text().splitlines()]
+        out["rl_history"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                              if k == "step" or k.startswith("eval/") or k in RL_CURVE_KEYS} for row in rows]
     for name, path in (("wm_agreement", workdir / "report" / "wm_agreement.json"),
                        ("sweep", workdir / "sweep" / "results.json")):
         data = _read(path)
