@@ -3,8 +3,9 @@
   python benchmarks/pipeline_summary.py --workdir=DIR [--out benchmarks/results/NAME.json] [--note TEXT]
 
 Reads DIR/<stage>/DONE.json of every stage (seconds, summaries), DIR/evaluate/results.json (success with Wilson 95%
-intervals), the mbpo stage's per-iteration curve (rl_history), the world-model stages' held-out
-metrics, DIR/report/wm_agreement.json and, when a sweep ran, DIR/sweep/results.json (baselines and ablations). Nothing is recomputed.
+intervals), the mbpo stage's per-iteration curve (rl_history), the world-model stages' held-out metrics,
+DIR/report/wm_agreement.json and, when a sweep ran, DIR/sweep/results.json (baselines and ablations). Nothing is
+recomputed.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlambpo_jax.pipeline import DONE_FILE  # noqa: E402
 from vlambpo_jax.stages import STAGES  # noqa: E402
-
 
 # per-iteration numbers of the mbpo stage kept in rl_history
 RL_CURVE_KEYS = ("branch_success", "approx_kl", "clip_frac", "mixed_groups", "explained_variance", "epochs_run")

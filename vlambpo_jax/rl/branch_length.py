@@ -60,7 +60,7 @@ def sim_sequences(env, policy, params, tokenizer, config, key: jax.Array, num: i
     wtok, wmask = ByteTokenizer().encode_batch(texts, config.wm.max_text_len)
     sample = jax.jit(lambda p, o, k: policy.sample(p, o, k, mode=config.rl.collect_mode))
     step_chunk = jax.jit(jax.vmap(env.step_chunk))
-    states = jax.vmap(env.reset)(jax.random.split(jax.random.fold_in(key, 0), num))
+    states = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.fold_in(key, 0), num))
     ids = np.asarray(states.obs["instruction_id"])
     images, actions = [np.asarray(states.obs["images"])], []
     for c in range(num_chunks):

@@ -75,7 +75,7 @@ def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable,
     """
     a = samples_per_state
     step_chunk = jax.jit(jax.vmap(env.step_chunk))
-    states = jax.vmap(env.reset)(jax.random.split(jax.random.fold_in(key, 0), num_states))
+    states = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.fold_in(key, 0), num_states))
     # Every state is carried as `a` identical copies, so the simulator sees one batch shape.
     branched = jax.tree.map(lambda x: jnp.repeat(x, a, axis=0), states)
     rows = []

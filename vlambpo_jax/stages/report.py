@@ -128,7 +128,7 @@ def imagined_vs_real(ctx, models: tuple, num_videos: int, num_chunks: int,
     policy, params, tokenizer, wm, wm_params = models
     env = make_env(config)
     key = jax.random.PRNGKey(config.seed + 4242)
-    states = jax.vmap(env.reset)(jax.random.split(key, num_videos))
+    states = jax.jit(jax.vmap(env.reset))(jax.random.split(key, num_videos))
     ids = np.asarray(states.obs["instruction_id"])
     texts = [env.instructions[i] for i in ids]
     tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
@@ -137,9 +137,10 @@ def imagined_vs_real(ctx, models: tuple, num_videos: int, num_chunks: int,
     imagined = [real[0]]
     step_chunk = jax.jit(jax.vmap(env.step_chunk))
     predict = jax.jit(wm.predict)
+    sample = jax.jit(lambda p, o, k: policy.sample(p, o, k, mode="eval"))
     for c in range(num_chunks):
         obs = {"images": states.obs["images"], "tokens": tok, "token_mask": tmask}
-        actions = policy.sample(params, obs, jax.random.fold_in(key, c), mode="eval")
+        actions = sample(params, obs, jax.random.fold_in(key, c))
         states, _, _ = step_chunk(states, actions)
         real.append(np.asarray(states.obs["images"]))
         imagined.append(np.asarray(predict(wm_params, jnp.asarray(imagined[-1]), wm_tok, wm_tmask, actions,
