@@ -24,12 +24,3 @@ jax.config.update("jax_compilation_cache_dir",
                                  os.path.join(tempfile.gettempdir(), "vlambpo_jax_test_cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-# The longest test file: whole smoke pipelines, each run as one and as two processes (about 30 min on
-# 2 cores). Collected first, so that under `pytest -n 2 --dist loadfile --no-loadscope-reorder` one
-# worker starts it at once while the other runs every other file.
-LONGEST_FIRST = "test_multiprocess.py"
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name != LONGEST_FIRST)  # stable: the rest keep their order
