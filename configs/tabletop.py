@@ -2,7 +2,10 @@
 
 Usage: python -m vlambpo_jax.main --config=configs/tabletop.py[:ARG] --workdir=DIR
 ARG (comma separated): `smoke` shrinks every size so the whole pipeline runs in a couple of minutes;
-`tasks=NAME+NAME...` picks the task suite (default `pick`; `tasks=all` = pick+push+place+stack). The
+`tasks=NAME+NAME...` picks the task suite (default `pick`; `tasks=all` = pick+push+place+stack);
+`truth` is the privileged-state diagnostic: the policy also reads the instructed object's and the
+goal's true xy as a state token (env.privileged_state), so what it must otherwise read from 32 px
+images is given; only stages that act in the simulator can run it (no world-model imagination). The
 counts of demos, collected rollouts and evaluation episodes are totals split over the tasks.
 Why pick alone by default: at this CPU size behaviour cloning on the four tasks stays near chance,
 while on pick alone it succeeds often enough to leave RL room to improve (docs/results.md, sections 9
@@ -26,7 +29,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, smoke=False, tasks="pick")
+    args = common.parse_arg(arg, smoke=False, tasks="pick", truth=False)
     tasks = ("pick", "push", "place", "stack") if args.tasks == "all" else tuple(args.tasks.split("+"))
     per_task = lambda total: -(-total // len(tasks))  # noqa: E731  (a total split over the tasks)
     c = ml_collections.ConfigDict()
@@ -45,6 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # max_delta_pos / max_delta_rot: action scale: metres / radians per control step (actions are
     #   clipped to +-these); max_tilt: roll/pitch limit (rad). shadows: renderer hard shadows.
     # physics: MJCF settings (see vlambpo_jax/envs/scene.py; the defaults are what grasped reliably).
+    # privileged_state: the observation's state also holds the instructed object's and the goal's
+    #   true xy (11 dims instead of 7; the `truth` diagnostic, envs/tabletop.py).
     c.env = ml_collections.ConfigDict()
     c.env.tasks = tasks
     c.env.horizons = ml_collections.ConfigDict(dict(pick=50, push=80, place=80, stack=80))
@@ -54,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.env.max_delta_rot = 0.1
     c.env.max_tilt = 0.5
     c.env.shadows = True
+    c.env.privileged_state = args.truth
     c.env.physics = ml_collections.ConfigDict(dict(
         timestep=0.005, solver="Newton", solver_iterations=4, ls_iterations=4, friction=1.5,
         solref_timeconst=0.01, grip_kp=1000.0, grip_force=40.0, finger_damping=20.0, weld_timeconst=0.01))
@@ -75,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --- data: how RLDS episodes become training batches (fields: configs/common.py:data_config) ---
     # builder_dir '' (and no name) = the RLDS dataset the demos stage wrote under <workdir>/demos; the
     # word tokenizer needs <= 14 tokens for every tabletop instruction.
-    c.data = common.data_config(max_text_len=16)
+    c.data = common.data_config(max_text_len=16, state_dim=11 if args.truth else 7)
     if args.smoke:
         c.data.update(dict(batch_size=8, shuffle_buffer=256))
 
@@ -84,6 +90,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # SFT success (docs/results.md, sections 9-10). The grounding head reads the stream entering the
     # last prefix block, which the action expert's last layer attends to.
     c.policy = common.policy_config(c.data, args.smoke, tokenizer="words:tabletop", vit_stem="conv")
+    if args.truth:
+        c.policy.update(dict(use_state=True, state_dim=c.data.state_dim))
     c.sft = common.sft_config(c.data, args.smoke, steps=3000, grounding_weight=1.0,
                               grounding_layer=c.policy.depth - 1, eval_every=0, eval_episodes=0)
     if args.smoke:
@@ -102,6 +110,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rl = common.rl_config(
         collect_episodes_per_task=per_task(200), collect_mode="train", collect_batch=100, iterations=20,
         bc_rounds=3, bc_branches=128, bc_steps=200, bc_lr=1e-4, bc_batch_size=32, bc_initial_roots=True)
+    if args.truth:  # the world model predicts images, not the privileged state: online PPO only
+        c.stages = ("demos", "sft", "mbpo", "evaluate")
+        c.rl.world = "sim"
     if args.smoke:
         c.rl.update(dict(collect_episodes_per_task=2, collect_batch=8, num_branches=8, iterations=2,
                          epochs=1, minibatch_size=8, eval_episodes=2, bc_rounds=2, bc_branches=8,

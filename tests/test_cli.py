@@ -55,6 +55,16 @@ def test_shipped_configs_validate(module, arg):
     validate(module.get_config(arg))
 
 
+def test_privileged_state_config_runs_only_simulator_stages():
+    c = tabletop.get_config("truth")
+    validate(c)
+    assert c.env.privileged_state and c.policy.use_state and c.policy.state_dim == c.data.state_dim == 11
+    for stages, world in ((c.stages + ("report",), "sim"), (("demos", "sft", "mbpo"), "model")):
+        c.stages, c.rl.world = stages, world
+        with pytest.raises(ConfigError, match="policy.use_state=True: cannot run stage"):
+            validate(c)
+
+
 def test_chunk_longer_than_horizon_is_rejected():
     config = tabletop.get_config("smoke")
     with config.unlocked():

@@ -56,6 +56,24 @@ def test_targets_are_the_positions_the_instruction_names(config):
             np.testing.assert_allclose(y[10:13], np.asarray(state.info["ee_pos"]), atol=1e-6)
 
 
+def test_privileged_state_holds_the_instructed_positions():
+    env = tabletop_env.make_env(tabletop.get_config("smoke,tasks=all,truth"))
+    plain = tabletop_env.make_env(tabletop.get_config("smoke,tasks=all"))
+    reset, plain_reset = jax.jit(env.reset), jax.jit(plain.reset)
+    targets_fn, step = jax.jit(env.grounding_targets), jax.jit(env.step)
+    for task_id in range(env.num_tasks):
+        key = jax.random.key(task_id)
+        state = reset(key, task_id)
+        # the first four grounding targets (instructed object xy, goal xy) are checked against the
+        # instruction text and the raw qpos above
+        np.testing.assert_allclose(np.asarray(state.obs["state"][7:]), np.asarray(targets_fn(state))[:4],
+                                   atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(state.obs["state"][:7]),
+                                      np.asarray(plain_reset(key, task_id).obs["state"]))
+    moved = step(state, jnp.array([0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))
+    np.testing.assert_allclose(np.asarray(moved.obs["state"][7:]), np.asarray(targets_fn(moved))[:4], atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def pool(config):
     tok = loading.make_tokenizer(config.policy.tokenizer)

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import tabletop
 from vlambpo_jax import loading
@@ -10,13 +11,16 @@ from vlambpo_jax.models.policy import Policy
 from vlambpo_jax.rl.rollout import SimWorld, rollout
 
 
-def test_sim_world_rollout_matches_manual_loop():
-    config = tabletop.get_config("smoke")
+@pytest.mark.parametrize("arg", ["smoke", "smoke,truth"])
+def test_sim_world_rollout_matches_manual_loop(arg):
+    """`truth`: the policy also reads the privileged state, normalized by the world."""
+    config = tabletop.get_config(arg)
     env = make_env(config)
     tokenizer = loading.make_tokenizer(config.policy.tokenizer)
     tokens, mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
     policy = Policy(config, unnormalize=lambda a: a * 0.8, vocab_size=tokenizer.vocab_size)
-    world = SimWorld(env, tokens, mask)
+    normalize_state = (lambda s: s * 3.0 - 0.1) if config.policy.use_state else None
+    world = SimWorld(env, tokens, mask, normalize_state)
     b, n = 3, 2
     start = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), b), jnp.arange(b) % env.num_tasks)
     params = policy.init(jax.random.PRNGKey(1), jax.tree.map(lambda x: x[:1], world.observe(start)))
@@ -31,6 +35,8 @@ def test_sim_world_rollout_matches_manual_loop():
         ids = np.asarray(state.obs["instruction_id"])
         obs = {"images": state.obs["images"], "tokens": jnp.asarray(tokens[ids]),
                "token_mask": jnp.asarray(mask[ids])}
+        if normalize_state is not None:
+            obs["state"] = state.obs["state"] * 3.0 - 0.1
         policy_key, _ = jax.random.split(chunk_key)
         sample = policy.sample_sde(params, obs, policy_key)
         np.testing.assert_array_equal(np.asarray(traj.obs["images"][c]), np.asarray(obs["images"]))

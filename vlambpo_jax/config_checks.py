@@ -276,6 +276,13 @@ def _cross_problems(config) -> list[tuple[str, Any, str]]:
         if config.image_size % p.vit_patch:
             out.append(("image_size", config.image_size,
                         f"must be divisible by config.policy.vit_patch ({p.vit_patch})"))
+        stages = tuple(get(config, "stages")) if get(config, "stages") is not _MISSING else ()
+        imagining = [s for s in stages if s in ("wm_bc", "report")
+                     or (s == "mbpo" and get(config, "rl.world") == "model")]
+        if p.use_state and imagining:
+            out.append(("policy.use_state", True, f"cannot run stage {imagining[0]!r}: the world model "
+                        "predicts images, not the state this policy reads (use rl.world='sim' or "
+                        "'sim_roots', and drop the stages that imagine)"))
     r = get(config, "rl")
     if r is not _MISSING and "group_size" in r:
         if r.num_branches % r.group_size:

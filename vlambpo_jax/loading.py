@@ -71,6 +71,11 @@ def state_normalizer(assets: dict, config) -> Callable[[jax.Array], jax.Array]:
     return lambda s: normalization.normalize(s, stats, mode)
 
 
+def policy_state_normalizer(policy, assets: dict, config) -> Callable[[jax.Array], jax.Array] | None:
+    """state_normalizer for a policy that reads a state token (config.policy.use_state), else None."""
+    return state_normalizer(assets, config) if policy.dims.use_state else None
+
+
 def load_policy(directory, config=None, step: int | None = None):
     """A policy checkpoint (e.g. workdir/sft/policy) -> (Policy, params, tokenizer, assets).
 

@@ -13,7 +13,8 @@ def make_scene_pool(config, tokenizer, num_scenes: int, key: jax.Array, target_s
     """Renders `num_scenes` freshly reset tabletop scenes (uniform task, random target and paraphrase).
 
     Returns numpy {'images': uint8[N, V, H, W, 3], 'image_mask': bool[N, V], 'tokens': int32[N, L],
-    'token_mask': bool[N, L], 'targets': float32[N, 13] (TabletopEnv.grounding_targets x target_scale)}.
+    'token_mask': bool[N, L], 'state': float32[N, S] (raw, as the env observes it), 'targets':
+    float32[N, 13] (TabletopEnv.grounding_targets x target_scale)}.
     """
     env = tabletop.make_env(config)
     ids, mask = tokenizer.encode_batch(list(env.instructions), int(config.data.max_text_len))
@@ -21,11 +22,12 @@ def make_scene_pool(config, tokenizer, num_scenes: int, key: jax.Array, target_s
     def one(k):
         k_task, k_reset = jax.random.split(k)
         state = env.reset(k_reset, jax.random.randint(k_task, (), 0, env.num_tasks))
-        return state.obs["images"], state.obs["instruction_id"], env.grounding_targets(state)
+        return state.obs["images"], state.obs["instruction_id"], state.obs["state"], env.grounding_targets(state)
 
     reset = jax.jit(jax.vmap(one))
     keys = jax.random.split(key, max(int(num_scenes), 1))
     parts = [jax.device_get(reset(keys[i:i + chunk])) for i in range(0, len(keys), chunk)]
-    images, instr, targets = (np.concatenate(p) for p in zip(*parts))
+    images, instr, state, targets = (np.concatenate(p) for p in zip(*parts))
     return {"images": images, "image_mask": np.ones(images.shape[:2], bool), "tokens": ids[instr],
-            "token_mask": mask[instr], "targets": (targets * target_scale).astype(np.float32)}
+            "token_mask": mask[instr], "state": state.astype(np.float32),
+            "targets": (targets * target_scale).astype(np.float32)}

@@ -9,7 +9,9 @@ position is clipped to the workspace box and roll/pitch to +-max_tilt.
 
 Observation (unbatched; vmap adds the batch axis):
   images: uint8 [V, H, W, 3], V = 2: index 0 = head camera, 1 = wrist camera.
-  state: f32 [7] = [x, y, z, roll, pitch, yaw, gripper opening in [0, 1], 1 = fully open].
+  state: f32 [7] = [x, y, z, roll, pitch, yaw, gripper opening in [0, 1], 1 = fully open]; with
+    privileged_state, f32 [11]: those 7, then the instructed object's xy and the goal's xy in metres
+    (grounding_targets' first four values: the truth a policy otherwise has to read from the images).
   instruction_id: int32 [] index into env.instructions.   task_id: int32 [] index into env.task_names.
 
 Episodes end (`done`) when the task's success predicate holds or after the task's horizon. A done
@@ -129,7 +131,7 @@ class TabletopEnv:
 
     def __init__(self, task_names=("pick", "push", "place", "stack"), horizons=None, image_size=32,
                  instruction_split="seen", physics=None, substeps=4, max_delta_pos=0.015,
-                 max_delta_rot=0.1, max_tilt=0.5, shadows=True):
+                 max_delta_rot=0.1, max_tilt=0.5, shadows=True, privileged_state=False):
         if instruction_split not in ("seen", "unseen"):
             raise ValueError(f"instruction_split must be 'seen' or 'unseen', got {instruction_split!r}")
         self.tasks = tasks_lib.get_tasks(list(task_names))
@@ -146,6 +148,7 @@ class TabletopEnv:
         self.max_delta_rot = float(max_delta_rot)
         self.max_tilt = float(max_tilt)
         self.shadows = bool(shadows)
+        self.privileged_state = bool(privileged_state)
 
         self.mj_model = mujoco.MjModel.from_xml_string(S.scene_xml(**self.physics))
         # On this process's own device: MJX's default, global device 0, belongs to process 0 only.
@@ -220,7 +223,9 @@ class TabletopEnv:
 
     def scene(self, state: State) -> tasks_lib.Scene:
         """Privileged scene quantities (for success predicates and scripted experts)."""
-        d, info = state.data, state.info
+        return self._scene(state.data, state.info)
+
+    def _scene(self, d: mjx.Data, info: dict) -> tasks_lib.Scene:
         obj_pos = jnp.stack([d.qpos[a:a + 3] for a in self._obj_qadr])
         obj_yaw = jnp.stack([object_yaw(o, d.qpos[a + 3:a + 7]) for o, a in zip(S.OBJECTS, self._obj_qadr)])
         fingers = d.qpos[self._finger_qadr]
@@ -235,8 +240,11 @@ class TabletopEnv:
         f32[13] = instructed object xy, goal xy (the zone for push/place, the base object for stack, the
         object itself for pick), the xy of every object in fixed order (red cube, green cylinder, blue
         block), and the commanded tool centre point xyz."""
-        sc = self.scene(state)
-        kind = jnp.asarray(self._goal_kind)[state.info["task_id"]]
+        return self._grounding_targets(state.data, state.info)
+
+    def _grounding_targets(self, data: mjx.Data, info: dict) -> jax.Array:
+        sc = self._scene(data, info)
+        kind = jnp.asarray(self._goal_kind)[info["task_id"]]
         target = sc.obj_pos[sc.obj, :2]
         goal = jnp.where(kind == 1, sc.zone_pos[jnp.clip(sc.goal, 0, S.NUM_ZONES - 1), :2],
                          jnp.where(kind == 2, sc.obj_pos[sc.goal, :2], target))
@@ -250,6 +258,8 @@ class TabletopEnv:
         fingers = data.qpos[self._finger_qadr]
         opening = 1.0 - (fingers[0] + fingers[1]) / (2 * S.FINGER_TRAVEL)
         state = jnp.concatenate([info["ee_pos"], info["ee_rpy"], opening[None]]).astype(jnp.float32)
+        if self.privileged_state:
+            state = jnp.concatenate([state, self._grounding_targets(data, info)[:4]])
         if render:
             images = self.render(self.render_poses(data), info["rgb"])
         elif images is None:
@@ -435,4 +445,4 @@ def make_env(config, instruction_split: str | None = None, image_size: int | Non
                        image_size=image_size or config.image_size,
                        instruction_split=instruction_split or e.instruction_split, physics=physics,
                        substeps=e.substeps, max_delta_pos=e.max_delta_pos, max_delta_rot=e.max_delta_rot,
-                       max_tilt=e.max_tilt, shadows=e.shadows)
+                       max_tilt=e.max_tilt, shadows=e.shadows, privileged_state=e.privileged_state)

@@ -17,30 +17,31 @@ import numpy as np
 
 from vlambpo_jax.data.tokenizer import ByteTokenizer
 from vlambpo_jax.envs.demos import episodes_from_batch
+from vlambpo_jax.rl.rollout import SimWorld
 from vlambpo_jax.train.metrics import progress
 
 SIM_PREFIX = "sim"   # roots.npz keys of the simulator states (SIM_PREFIX + TabletopEnv.state_arrays key)
 
 
-def make_episode_runner(env, policy, params, tokens: np.ndarray, token_mask: np.ndarray, mode: str):
+def make_episode_runner(env, policy, params, tokens: np.ndarray, token_mask: np.ndarray, mode: str,
+                        normalize_state=None):
     """A jitted function (keys [B, 2], task_ids [B]) -> (final states, (records [T, k, B, ...],
     chunk-start simulator states {TabletopEnv.state_arrays key: [T, B, ...]})).
 
     Each record holds the observation before the step, the action, and the reward / success / done
-    after it; `done_before` marks steps taken after the episode had ended.
+    after it; `done_before` marks steps taken after the episode had ended. normalize_state: as
+    SimWorld's (None for a policy without a state token).
     """
     k = policy.dims.chunk_size
     num_chunks = math.ceil(env.max_horizon / k)
-    tokens, token_mask = jnp.asarray(tokens), jnp.asarray(token_mask)
+    world = SimWorld(env, tokens, token_mask, normalize_state)
 
     def run(keys, task_ids):
         states = jax.vmap(env.reset)(keys, task_ids)
         chunk_keys = jax.random.split(jax.random.fold_in(keys[0], 1), num_chunks)
 
         def chunk(states, key):
-            ids = states.obs["instruction_id"]
-            obs = {"images": states.obs["images"], "tokens": tokens[ids], "token_mask": token_mask[ids]}
-            actions = policy.sample(params, obs, key, mode=mode)
+            actions = policy.sample(params, world.observe(states), key, mode=mode)
 
             def step(s, a):
                 new = jax.vmap(env.step)(s, a)
@@ -102,11 +103,11 @@ def branch_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len:
 
 
 def collect(env, policy, params, tokenizer, key, episodes_per_task: int, mode: str, batch_size: int,
-            max_text_len: int, progress_mode: str = "auto") -> tuple[list[dict], list[dict]]:
+            max_text_len: int, progress_mode: str = "auto", normalize_state=None) -> tuple[list[dict], list[dict]]:
     """Runs `episodes_per_task` episodes of every task -> (RLDS episode dicts, per episode its
     chunk-start simulator states {state_arrays key: [T chunks, ...]})."""
     tokens, token_mask = tokenizer.encode_batch(list(env.instructions), max_text_len)
-    runner = make_episode_runner(env, policy, params, tokens, token_mask, mode)
+    runner = make_episode_runner(env, policy, params, tokens, token_mask, mode, normalize_state)
     task_ids = np.repeat(np.arange(env.num_tasks, dtype=np.int32), episodes_per_task)
     episodes, sim_states = [], []
     starts = range(0, len(task_ids), batch_size)

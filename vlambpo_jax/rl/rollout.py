@@ -79,18 +79,22 @@ class SimWorld:
     """The MJX tabletop as a World: state = a batch of env States.
 
     tokens: int32[num_instructions, L] and token_mask bool[num_instructions, L], the tokenized
-    env.instructions, looked up by each state's instruction_id.
+    env.instructions, looked up by each state's instruction_id. normalize_state: raw env state ->
+    the policy's normalized state token input (None: the policy reads no state).
     """
 
-    def __init__(self, env, tokens: np.ndarray, token_mask: np.ndarray):
+    def __init__(self, env, tokens: np.ndarray, token_mask: np.ndarray, normalize_state=None):
         self.env = env
         self.tokens = jnp.asarray(tokens)
         self.token_mask = jnp.asarray(token_mask)
+        self.normalize_state = normalize_state
 
     def observe(self, state) -> dict:
         ids = state.obs["instruction_id"]
-        return {"images": state.obs["images"], "tokens": self.tokens[ids],
-                "token_mask": self.token_mask[ids]}
+        obs = {"images": state.obs["images"], "tokens": self.tokens[ids], "token_mask": self.token_mask[ids]}
+        if self.normalize_state is not None:
+            obs["state"] = self.normalize_state(state.obs["state"])
+        return obs
 
     def step(self, params, state, actions, key):
         del params, key  # the simulator is deterministic given the state

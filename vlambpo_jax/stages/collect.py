@@ -23,12 +23,12 @@ DATASET = "tabletop_rollouts"
 
 def run(ctx) -> dict:
     config = ctx.config
-    policy, params, tokenizer, _ = loading.load_policy(ctx.stage_summary("sft")["checkpoint_dir"], config)
+    policy, params, tokenizer, assets = loading.load_policy(ctx.stage_summary("sft")["checkpoint_dir"], config)
     env = make_env(config)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xC011EC7)
     episodes, sim_states = collect.collect(env, policy, params, tokenizer, key, config.rl.collect_episodes_per_task,
                        config.rl.collect_mode, config.rl.collect_batch, config.data.max_text_len,
-                       config.log.progress)
+                       config.log.progress, loading.policy_state_normalizer(policy, assets, config))
     roots = collect.branch_roots(episodes, config.chunk_size, tokenizer, config.data.max_text_len, env.task_names,
                                  config.wm.max_text_len, sim_states)
 

@@ -39,8 +39,10 @@ def run(ctx) -> dict:
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     results = {}
     for name in config.eval.policies:
-        policy, params, tokenizer, _ = loading.load_policy(common.checkpoint_of(ctx, name), config)
-        fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len)
+        policy, params, tokenizer, assets = loading.load_policy(common.checkpoint_of(ctx, name), config)
+        normalize_state = loading.policy_state_normalizer(policy, assets, config)
+        fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len,
+                                normalize_state=normalize_state)
         out = evaluate(env, fn, params, key, episodes_per_task=config.eval.episodes_per_task,
                        video_dir=Path(ctx.stage_dir) / "videos" / name, num_videos=config.eval.num_videos,
                        video_size=config.eval.video_size, mesh=mesh)
@@ -48,7 +50,8 @@ def run(ctx) -> dict:
         print(f"[evaluate] {name}: success {out['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] over "
               f"{out['episodes']} episodes")
         if config.eval.get("stochastic", False):  # the same episodes under the RL sampler (Flow-SDE)
-            fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len, mode="train")
+            fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len, mode="train",
+                                    normalize_state=normalize_state)
             sde = evaluate(env, fn, params, key, episodes_per_task=config.eval.episodes_per_task, mesh=mesh)
             out["stochastic"] = {k: sde[k] for k in ("success_rate", "ci95", "mean_length", "episodes")}
             print(f"[evaluate] {name}: stochastic (Flow-SDE) success {sde['success_rate']:.3f} "

@@ -37,6 +37,7 @@ def run(ctx) -> dict:
     config, rl = ctx.config, ctx.config.rl
     sft_dir = ctx.stage_summary("sft")["checkpoint_dir"]
     policy, params, tokenizer, assets = loading.load_policy(sft_dir, config)
+    normalize_state = loading.policy_state_normalizer(policy, assets, config)
     seed = int(config.seed) * 7919 + 17
     k = config.chunk_size
 
@@ -54,7 +55,7 @@ def run(ctx) -> dict:
     elif rl.world == "sim_roots":
         env = make_env(config)
         tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
-        world, wm_params = SimWorld(env, tokens, token_mask), None
+        world, wm_params = SimWorld(env, tokens, token_mask, normalize_state), None
         roots_file = ctx.stage_summary(common.roots_stage(ctx))["roots"]
         roots = dict(np.load(roots_file))
         sim = {key[len(SIM_PREFIX):]: v for key, v in roots.items() if key.startswith(SIM_PREFIX)}
@@ -68,7 +69,7 @@ def run(ctx) -> dict:
     else:
         env = make_env(config)
         tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
-        world, wm_params = SimWorld(env, tokens, token_mask), None
+        world, wm_params = SimWorld(env, tokens, token_mask, normalize_state), None
         reset = jax.jit(jax.vmap(env.reset))
         # rl.fixed_starts: the same scenes every iteration (the diagnostic of whether PPO can improve
         # a policy at all on states it trains on, apart from generalizing to new ones)
@@ -86,7 +87,7 @@ def run(ctx) -> dict:
     state, state_shardings = dp.place(ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32)))
     iteration = mbpo.make_iteration(policy, rl, world, wm_params, start_fn, num_chunks, seed, optimizer, dp,
                                state_shardings)
-    eval_fn = _sim_evaluator(ctx, policy, tokenizer) if rl.eval_every and has_simulator(config) else None
+    eval_fn = _sim_evaluator(ctx, policy, tokenizer, normalize_state) if rl.eval_every and has_simulator(config) else None
     result = train_loop(ctx, name="ppo", state=state, step_fn=iteration, batch_fn=lambda i: i,
                         num_steps=rl.iterations, params_fn=lambda s: s.params, assets=assets,
                         eval_fn=eval_fn, eval_every=rl.eval_every,
@@ -136,11 +137,12 @@ def adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params) -> dic
     return choice
 
 
-def _sim_evaluator(ctx, policy, tokenizer):
+def _sim_evaluator(ctx, policy, tokenizer, normalize_state):
     """Periodic success-rate check in the simulator with deterministic sampling."""
     config = ctx.config
     env = make_env(config, instruction_split=config.eval.instruction_split)
-    policy_fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len)
+    policy_fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len,
+                                   normalize_state=normalize_state)
 
     evaluator = make_evaluator(env, policy_fn, config.rl.eval_episodes)  # compiled once, reused
 

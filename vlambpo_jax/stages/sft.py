@@ -99,7 +99,7 @@ def _evaluator(ctx, policy, tokenizer, stats, key):
     env = tabletop.make_env(config)
     policy_fn = policy_lib.make_env_policy_fn(
         policy, tokenizer, env.instructions, int(config.data.max_text_len), mode="eval",
-        normalize_state=lambda x: normalization.normalize(x, stats["state"], config.data.norm_mode))
+        normalize_state=state_normalizer(config, stats))
 
     evaluator = evaluation.make_evaluator(env, policy_fn, episodes)  # compiled once, reused
 
@@ -125,9 +125,15 @@ def _evaluator(ctx, policy, tokenizer, stats, key):
     return eval_fn
 
 
-def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int):
+def state_normalizer(config, stats):
+    """Raw state [..., S] -> what the policy's state token reads, with the dataset's statistics."""
+    return lambda x: normalization.normalize(x, stats["state"], config.data.norm_mode)
+
+
+def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int, normalize_state=None):
     """Grounding co-training (models/grounding.py) when config.sft.grounding_weight > 0: renders the
-    scene pool and wraps batch_fn to add grounding rows. -> (head or None, head params, batch_fn)."""
+    scene pool and wraps batch_fn to add grounding rows. normalize_state: needed when the policy reads
+    a state token (config.policy.use_state). -> (head or None, head params, batch_fn)."""
     config, sft = ctx.config, ctx.config.sft
     if float(sft.grounding_weight) <= 0:
         return None, {}, batch_fn
@@ -136,6 +142,9 @@ def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int):
                                       jax.random.key(int(config.seed) + 3), grounding.POSITION_SCALE)
     print(f"[{ctx.stage}] grounding co-training: {len(pool['targets'])} reset scenes rendered "
           f"({time.time() - t0:.1f} s), weight {float(sft.grounding_weight)}")
+    state = pool.pop("state")
+    if policy.dims.use_state:
+        pool["state"] = np.asarray(normalize_state(state), np.float32)
     head = grounding.GroundingHead(tuple(sft.grounding_hidden), pool["targets"].shape[1])
     head_params = head.init(jax.random.key(int(config.seed) + 4), jnp.zeros((1, policy.dims.width)))["params"]
     seed = int(config.seed)
@@ -143,11 +152,13 @@ def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int):
     return head, head_params, lambda step: {**batch_fn(step), **grounding.pool_batch(pool, rows, seed, step)}
 
 
-def make_trainer(ctx, policy, tokenizer, params, batch_fn):
+def make_trainer(ctx, policy, tokenizer, params, batch_fn, normalize_state=None):
     """The SFT training state on the config mesh, its jitted step and the sharded batch function
-    (grounding rows added when config.sft.grounding_weight > 0) -> (state, step_fn, batch_fn(step))."""
+    (grounding rows added when config.sft.grounding_weight > 0) -> (state, step_fn, batch_fn(step)).
+    normalize_state: as setup_grounding's."""
     config, sft = ctx.config, ctx.config.sft
-    head, head_params, batch_fn = setup_grounding(ctx, policy, tokenizer, batch_fn, int(sft.batch_size))
+    head, head_params, batch_fn = setup_grounding(ctx, policy, tokenizer, batch_fn, int(sft.batch_size),
+                                                  normalize_state)
     tx, schedule = make_optimizer(sft, int(sft.steps))
     state = SFTState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
                      head_params=head_params, opt_state=tx.init((params, head_params)))
@@ -197,7 +208,8 @@ def run(ctx) -> dict:
         print(f"[{ctx.stage}] initialised from {sft.init_from}")
     counts = {g: policy_lib.count_params(p) for g, p in params.items()}
     print(f"[{ctx.stage}] params: " + ", ".join(f"{g} {n / 1e6:.2f}M" for g, n in counts.items()))
-    state, step_fn, batch_fn = make_trainer(ctx, policy, tokenizer, params, batch_fn)
+    state, step_fn, batch_fn = make_trainer(ctx, policy, tokenizer, params, batch_fn,
+                                            state_normalizer(config, stats))
     assets = {"config": json.loads(config.to_json_best_effort()), "norm_stats": stats.to_dict(),
               "norm_mode": config.data.norm_mode, "tokenizer": tok_lib.tokenizer_assets(tokenizer),
               "vocab_size": int(tokenizer.vocab_size)}
