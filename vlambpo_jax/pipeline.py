@@ -48,8 +48,14 @@ class StageContext:
         return path
 
     def stage_summary(self, name: str) -> dict:
-        """The summary another (finished) stage returned, e.g. its checkpoint directory."""
-        return json.loads((self.stage_output(name) / DONE_FILE).read_text())["summary"]
+        """The summary another (finished) stage returned, e.g. its checkpoint directory. Paths inside
+        the workdir the stage ran in point into this workdir, so a copied or moved workdir resumes."""
+        done = json.loads((self.stage_output(name) / DONE_FILE).read_text())
+        old, new = done.get("workdir"), str(self.workdir)
+        if not old or old == new:
+            return done["summary"]
+        inside = lambda v: isinstance(v, str) and (v == old or v.startswith(old.rstrip("/") + "/"))  # noqa: E731
+        return {k: new + v[len(old):] if inside(v) else v for k, v in done["summary"].items()}
 
     def is_done(self, name: str) -> bool:
         return is_done(self.workdir, name)
@@ -73,8 +79,8 @@ def is_done(workdir: epath.Path, stage: str) -> bool:
 def mark_done(workdir: epath.Path, stage: str, summary: dict, seconds: float) -> None:
     path = workdir / stage / DONE_FILE
     tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(json.dumps({"stage": stage, "seconds": seconds, "summary": summary}, indent=2,
-                              default=str))
+    tmp.write_text(json.dumps({"stage": stage, "seconds": seconds, "summary": summary,
+                               "workdir": str(workdir)}, indent=2, default=str))
     tmp.rename(path)  # a crash never leaves a half-written marker
 
 
