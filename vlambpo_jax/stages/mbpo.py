@@ -87,7 +87,8 @@ def run(ctx) -> dict:
     state, state_shardings = dp.place(ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32)))
     iteration = mbpo.make_iteration(policy, rl, world, wm_params, start_fn, num_chunks, seed, optimizer, dp,
                                state_shardings)
-    eval_fn = _sim_evaluator(ctx, policy, tokenizer, normalize_state) if rl.eval_every and has_simulator(config) else None
+    eval_fn = (_sim_evaluator(ctx, policy, tokenizer, normalize_state)
+               if rl.eval_every and has_simulator(config) else None)
     result = train_loop(ctx, name="ppo", state=state, step_fn=iteration, batch_fn=lambda i: i,
                         num_steps=rl.iterations, params_fn=lambda s: s.params, assets=assets,
                         eval_fn=eval_fn, eval_every=rl.eval_every,
