@@ -1,6 +1,8 @@
 """Grounding co-training (vlambpo_jax/models/grounding.py): its labels say what the instruction text
 names, its loss trains the prefix (not the action expert) at the chosen layer. The `sft` stage with it
 (the smoke config's default) resumes exactly: tests/test_policy_sft.py."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from configs import tabletop
 from tests.test_policy_sft import _config, _run, _StopAfter, dataset  # noqa: F401  (fixture)
-from vlambpo_jax import loading
+from vlambpo_jax import loading, pipeline
 from vlambpo_jax.config_checks import ConfigError, validate
 from vlambpo_jax.envs import scene as S
 from vlambpo_jax.envs import scene_pool
@@ -18,6 +20,9 @@ from vlambpo_jax.envs import tasks as tasks_lib
 from vlambpo_jax.models import grounding
 from vlambpo_jax.models import policy as policy_lib
 from vlambpo_jax.models.policy import Policy
+from vlambpo_jax.stages import sft
+from vlambpo_jax.tools import grounding_eval
+from vlambpo_jax.train import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +164,43 @@ def test_grounding_layer_reads_the_stream_the_expert_attends_to(config, pool):
         assert float(optax.tree.norm(vlm[name])) == 0, name
     with pytest.raises(ValueError, match="grounding_layer"):
         grounding.grounding_loss(policy, head, params, head_params, batch, layer=policy.dims.depth + 1)
+
+
+def test_xy_errors_are_distances_in_cm():
+    err = np.zeros((2, 13), np.float32)
+    err[0, :4] = [0.3, 0.4, 0.0, -0.6]        # decimetres (POSITION_SCALE 10): 5 cm and 6 cm
+    err[1, 4:] = 1.0                          # the other targets do not count
+    np.testing.assert_allclose(np.asarray(grounding.xy_errors_cm(jnp.asarray(err))), [[5.0, 6.0], [0.0, 0.0]],
+                               atol=1e-5)
+
+
+def test_grounding_eval_reads_the_trained_head(dataset, tmp_path):  # noqa: F811
+    config = _config(dataset)
+    pipeline.mark_done(tmp_path, "sft", _run(config, tmp_path, _StopAfter(10 ** 9)), 0.0)
+    args = ["--config=configs/tabletop.py:smoke", f"--workdir={tmp_path}", "--scenes=8",
+            f"--out={tmp_path / 'grounding.json'}"]
+    assert grounding_eval.main(args) == 0
+    out = json.loads((tmp_path / "grounding.json").read_text())
+
+    # The same training scenes through the training loss, with the head and parameters SFT saved.
+    tok = loading.make_tokenizer(config.policy.tokenizer)
+    pool = scene_pool.make_scene_pool(config, tok, config.sft.grounding_scenes, jax.random.key(config.seed + 3),
+                                      grounding.POSITION_SCALE)
+    pool.pop("state")
+    state, _ = checkpoints.load_params(tmp_path / "sft" / sft.CKPT_NAME, item="train_state")
+    policy = loading.load_policy(tmp_path / "sft" / sft.CKPT_NAME, config)[0]
+    head = grounding.GroundingHead(tuple(config.sft.grounding_hidden), 13)
+    _, metrics = grounding.grounding_loss(policy, head, state["params"], state["head_params"],
+                                          {k: v[:8] for k, v in pool.items()}, config.sft.grounding_layer)
+    np.testing.assert_allclose(out["params"]["training_scenes"]["target"],
+                               float(metrics["grounding_target_err_cm"]), rtol=1e-4)
+    assert out["ema_params"]["training_scenes"]["target"] != out["params"]["training_scenes"]["target"]
+    # the baseline: always answering the pool's mean instructed-object position
+    xy = pool["targets"][:, :2] / grounding.POSITION_SCALE
+    expected = 100 * np.linalg.norm(xy[:8] - xy.mean(0), axis=1).mean()
+    np.testing.assert_allclose(out["mean_position_cm"]["training_scenes"]["target"], expected, rtol=1e-4)
+    assert set(out["params"]) == {"training_scenes", "new_scenes"}
+    assert out["params"]["new_scenes"]["target"] != out["params"]["training_scenes"]["target"]
+
+    with pytest.raises(SystemExit):
+        grounding_eval.main(args + ["--config.sft.grounding_weight=0"])

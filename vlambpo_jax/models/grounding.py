@@ -72,11 +72,15 @@ def grounding_loss(policy: policy_lib.Policy, head: GroundingHead, params, head_
     """Mean squared error of the head's prediction from the prefix of `batch` (observation keys +
     'targets' float32[B, T]), read at `layer` (pooled_features). Returns (loss, metrics with the mean
     xy errors of the named targets in cm)."""
-    pred = head.apply({"params": head_params}, pooled_features(policy, params, batch, layer))
-    err = pred - batch["targets"]
-    loss = jnp.mean(err ** 2)
-    metrics = {"grounding_loss": loss}
+    err = head.apply({"params": head_params}, pooled_features(policy, params, batch, layer)) - batch["targets"]
+    metrics = {"grounding_loss": jnp.mean(err ** 2)}
     for i, name in enumerate(TARGET_NAMES):
-        dist = jnp.linalg.norm(err[:, 2 * i:2 * i + 2], axis=-1) / POSITION_SCALE
-        metrics[f"grounding_{name}_err_cm"] = 100.0 * jnp.mean(dist)
-    return loss, metrics
+        metrics[f"grounding_{name}_err_cm"] = jnp.mean(xy_errors_cm(err)[:, i])
+    return metrics["grounding_loss"], metrics
+
+
+def xy_errors_cm(err: jax.Array) -> jax.Array:
+    """Prediction minus targets float32[B, T] (scaled by POSITION_SCALE) -> the xy distance in cm of
+    each named target (TARGET_NAMES) float32[B, len(TARGET_NAMES)]."""
+    pairs = err[:, :2 * len(TARGET_NAMES)].reshape(err.shape[0], len(TARGET_NAMES), 2)
+    return 100.0 * jnp.linalg.norm(pairs, axis=-1) / POSITION_SCALE

@@ -90,10 +90,11 @@ class Checkpointer:
 
 
 def load_params(directory, params_target: Any | None = None,
-                step: int | None = None) -> tuple[Any, dict]:
+                step: int | None = None, item: str = "params") -> tuple[Any, dict]:
     """Loads (params, assets) for inference from the newest intact step (or `step`).
 
-    Without a target the arrays come back as numpy in the saved tree structure.
+    Without a target the arrays come back as numpy in the saved tree structure. item 'train_state'
+    reads the training state instead (e.g. the SFT grounding head, which inference does not keep).
     """
     directory = _dir(directory)
     manager = ocp.CheckpointManager(directory, item_names=ITEMS)
@@ -103,9 +104,9 @@ def load_params(directory, params_target: Any | None = None,
         try:
             restore = (ocp.args.StandardRestore({"tree": params_target}) if params_target is not None
                        else ocp.args.StandardRestore())
-            out = manager.restore(s, args=ocp.args.Composite(params=restore,
+            out = manager.restore(s, args=ocp.args.Composite(**{item: restore},
                                                              assets=ocp.args.JsonRestore()))
-            params = (out["params"] or {}).get("tree")
+            params = (out[item] or {}).get("tree")
             if params is None or not jax.tree_util.tree_leaves(params):
                 raise CheckpointError("empty params")
             if params_target is not None and not _same_structure(params, params_target):

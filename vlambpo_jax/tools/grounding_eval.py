@@ -1,0 +1,91 @@
+"""Does the SFT policy's image pathway find the instructed object and goal in scenes it never trained
+on? The grounding co-training head (models/grounding.py), restored with the SFT training state, is read
+on the training pool and on as many freshly reset scenes:
+
+  python -m vlambpo_jax.tools.grounding_eval --config=configs/tabletop.py --workdir=DIR [--scenes=512]
+      [--config.KEY=VALUE ...] [--out=FILE]
+
+Prints JSON: per parameter set ('params', what trained with the head; 'ema_params', the policy that
+acts) and per scene set ('training_scenes', the first --scenes of the pool; 'new_scenes'), the mean xy
+error in cm of the instructed object and of the goal, beside 'mean_position_cm', the error of always
+answering the pool's mean position. A new-scene error far above the training one means the policy
+memorised where things were in its training scenes rather than learning to find them.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import numpy as np
+from absl import flags
+
+from vlambpo_jax import cli, loading, pipeline
+from vlambpo_jax.envs import scene_pool
+from vlambpo_jax.errors import UserError
+from vlambpo_jax.models import grounding
+from vlambpo_jax.train import checkpoints
+
+NEW_SCENES_SEED = 0x5EE   # offset from config.seed; SFT's pool uses + 3
+
+
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("scenes", 512, "scenes per set (new ones, and the first of the training pool)",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("batch_size", 256, "scenes per forward pass", lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("out", "", "also write the JSON here", flag_values=fv)
+
+
+def errors_cm(error_fn, params, head_params, pool: dict, batch_size: int) -> np.ndarray:
+    """Per-scene xy errors float32[N, len(TARGET_NAMES)] of the head over a whole pool."""
+    n = len(pool["targets"])
+    return np.concatenate([np.asarray(error_fn(params, head_params, {k: v[i:i + batch_size] for k, v in pool.items()}))
+                           for i in range(0, n, batch_size)])
+
+
+def main(argv: list[str]) -> int:
+    fv = cli.command_flags(argv, _define)
+    config = cli.checked(fv.config)
+    if float(config.sft.grounding_weight) <= 0:
+        cli.fail("config.sft.grounding_weight is 0: the policy trained without a grounding head to read")
+    ctx = pipeline.StageContext(config, cli.workdir_path(fv.workdir), "sft", None, None)
+    try:
+        checkpoint_dir = ctx.stage_summary("sft")["checkpoint_dir"]
+    except UserError as e:
+        cli.fail(str(e))
+    policy, _, tokenizer, assets = loading.load_policy(checkpoint_dir, config)
+    train_state, _ = checkpoints.load_params(checkpoint_dir, item="train_state")
+    head_params = train_state["head_params"]
+    head = grounding.GroundingHead(tuple(config.sft.grounding_hidden), int(head_params["out"]["bias"].shape[0]))
+    layer = int(config.sft.grounding_layer)
+    normalize_state = loading.policy_state_normalizer(policy, assets, config)
+
+    def policy_rows(pool: dict) -> dict:
+        state = pool.pop("state")
+        if normalize_state is not None:
+            pool["state"] = np.asarray(normalize_state(state), np.float32)
+        return pool
+
+    seed = int(config.seed)
+    training = policy_rows(scene_pool.make_scene_pool(config, tokenizer, int(config.sft.grounding_scenes),
+                                                      jax.random.key(seed + 3), grounding.POSITION_SCALE))
+    pools = {"training_scenes": {k: v[:fv.scenes] for k, v in training.items()},
+             "new_scenes": policy_rows(scene_pool.make_scene_pool(
+                 config, tokenizer, fv.scenes, jax.random.key(seed + NEW_SCENES_SEED), grounding.POSITION_SCALE))}
+
+    error_fn = jax.jit(lambda p, h, batch: grounding.xy_errors_cm(
+        head.apply({"params": h}, grounding.pooled_features(policy, p, batch, layer)) - batch["targets"]))
+    mean_target = training["targets"].mean(axis=0, keepdims=True)
+    out = {"checkpoint_dir": str(checkpoint_dir), "scenes": fv.scenes, "layer": layer}
+    for scenes, pool in pools.items():
+        baseline = np.asarray(grounding.xy_errors_cm(mean_target - pool["targets"]))
+        out.setdefault("mean_position_cm", {})[scenes] = dict(zip(grounding.TARGET_NAMES, baseline.mean(0).tolist()))
+        for name in ("params", "ema_params"):
+            err = errors_cm(error_fn, train_state[name], head_params, pool, fv.batch_size)
+            out.setdefault(name, {})[scenes] = dict(zip(grounding.TARGET_NAMES, err.mean(0).tolist()))
+    cli.emit_json(json.dumps(out, indent=2), fv.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
