@@ -130,6 +130,16 @@ def state_normalizer(config, stats):
     return lambda x: normalization.normalize(x, stats["state"], config.data.norm_mode)
 
 
+def policy_pool(pool: dict, normalize_state=None) -> dict:
+    """A scene pool's rows as the policy reads them: its raw 'state' normalized (normalize_state) or
+    dropped (None: a policy without a state token)."""
+    pool = dict(pool)
+    state = pool.pop("state")
+    if normalize_state is not None:
+        pool["state"] = np.asarray(normalize_state(state), np.float32)
+    return pool
+
+
 def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int, normalize_state=None):
     """Grounding co-training (models/grounding.py) when config.sft.grounding_weight > 0: renders the
     scene pool and wraps batch_fn to add grounding rows. normalize_state: needed when the policy reads
@@ -142,9 +152,7 @@ def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int, normalize
                                       jax.random.key(int(config.seed) + 3), grounding.POSITION_SCALE)
     print(f"[{ctx.stage}] grounding co-training: {len(pool['targets'])} reset scenes rendered "
           f"({time.time() - t0:.1f} s), weight {float(sft.grounding_weight)}")
-    state = pool.pop("state")
-    if policy.dims.use_state:
-        pool["state"] = np.asarray(normalize_state(state), np.float32)
+    pool = policy_pool(pool, normalize_state if policy.dims.use_state else None)
     head = grounding.GroundingHead(tuple(sft.grounding_hidden), pool["targets"].shape[1])
     head_params = head.init(jax.random.key(int(config.seed) + 4), jnp.zeros((1, policy.dims.width)))["params"]
     seed = int(config.seed)

@@ -24,6 +24,7 @@ from vlambpo_jax import cli, loading, pipeline
 from vlambpo_jax.envs import scene_pool
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import grounding
+from vlambpo_jax.stages import sft
 from vlambpo_jax.train import checkpoints
 
 NEW_SCENES_SEED = 0x5EE   # offset from config.seed; SFT's pool uses + 3
@@ -59,12 +60,7 @@ def main(argv: list[str]) -> int:
     head = grounding.GroundingHead(tuple(config.sft.grounding_hidden), int(head_params["out"]["bias"].shape[0]))
     layer = int(config.sft.grounding_layer)
     normalize_state = loading.policy_state_normalizer(policy, assets, config)
-
-    def policy_rows(pool: dict) -> dict:
-        state = pool.pop("state")
-        if normalize_state is not None:
-            pool["state"] = np.asarray(normalize_state(state), np.float32)
-        return pool
+    policy_rows = lambda pool: sft.policy_pool(pool, normalize_state)  # noqa: E731
 
     seed = int(config.seed)
     training = policy_rows(scene_pool.make_scene_pool(config, tokenizer, int(config.sft.grounding_scenes),
