@@ -1,6 +1,8 @@
 """Scripted experts through the evaluation harness: >= 95% success per task over 100+ episodes."""
 import jax
+import numpy as np
 import pytest
+from scipy import stats
 
 from vlambpo_jax.envs import evaluation, experts, tabletop
 
@@ -27,6 +29,8 @@ def test_each_expert_succeeds(result):
         lo, hi = v["ci95"]
         assert lo <= v["success_rate"] <= hi
         assert 1 <= v["mean_length"] <= env.horizons[env.task_names.index(name)]
+    assert len(res["successes"]) == EPISODES * len(env.task_names)
+    assert np.mean(res["successes"]) == pytest.approx(res["success_rate"])
 
 
 def test_harness_writes_videos(result):
@@ -45,3 +49,21 @@ def test_wilson_interval():
     assert evaluation.wilson_interval(0, 10)[0] == 0.0
     assert evaluation.wilson_interval(10, 10)[1] == pytest.approx(1.0)
     assert evaluation.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_paired_comparison_is_mcnemars_exact_test():
+    base = np.array([1] * 50 + [1] + [0] * 9 + [0] * 40, bool)     # 1 episode only base wins, 9 only other
+    other = np.array([1] * 50 + [0] + [1] * 9 + [0] * 40, bool)
+    p = evaluation.paired_comparison(base, other)
+    assert (p["episodes"], p["only_base"], p["only_other"]) == (100, 1, 9)
+    assert p["p_value"] == pytest.approx(22 / 1024)   # 2 * (C(10,0) + C(10,1)) / 2^10, by hand
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.random(200) < rng.random(), rng.random(200) < rng.random()
+        q = evaluation.paired_comparison(a, b)
+        n = q["only_base"] + q["only_other"]
+        want = stats.binomtest(q["only_base"], n, 0.5).pvalue if n else 1.0
+        assert q["p_value"] == pytest.approx(want)
+    assert evaluation.paired_comparison(base, base)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="same episodes"):
+        evaluation.paired_comparison(base, other[:10])

@@ -4,8 +4,9 @@
 (vmapped), then runs `lax.scan` over ceil(max_horizon / k) chunks; in each, the policy sees the
 (unbatched, vmapped) observation and returns an action chunk f32[k, 7] that `env.rollout_chunk`
 executes. Episodes end at success or at their task's horizon (the env freezes done states).
-Returns success rates per task and overall with Wilson 95% intervals and mean episode lengths, and
-writes a few episodes as GIFs (head | wrist side by side, rendered at `video_size` px).
+Returns success rates per task and overall with Wilson 95% intervals, mean episode lengths and each
+episode's outcome, and writes a few episodes as GIFs (head | wrist side by side, rendered at
+`video_size` px). `paired_comparison` compares two policies run on the same episodes.
 """
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_comparison(base: np.ndarray, other: np.ndarray) -> dict:
+    """Two policies' outcomes on the same episodes (bool [N] each, same initial states and keys):
+    the discordant counts and the exact two-sided McNemar p-value (a binomial test of how the
+    discordant episodes split, at 1/2). Far more sensitive than comparing two Wilson intervals when
+    the policies agree on most episodes."""
+    base, other = np.asarray(base, bool), np.asarray(other, bool)
+    if base.shape != other.shape:
+        raise ValueError(f"paired outcomes need the same episodes, got {base.shape} and {other.shape}")
+    only_base, only_other = int((base & ~other).sum()), int((other & ~base).sum())
+    n, low = only_base + only_other, min(only_base, only_other)
+    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2.0 ** n
+    return dict(episodes=int(base.size), only_base=only_base, only_other=only_other,
+                p_value=min(1.0, 2.0 * tail))
 
 
 def _slug(text: str, n: int = 60) -> str:
@@ -133,7 +149,8 @@ def make_evaluator(env, policy_fn: Callable, episodes_per_task: int, *, privileg
                        ci95=wilson_interval(int(success.sum()), len(success)),
                        mean_length=float(length.mean()), episodes=int(len(success)))
         result = dict(per_task=per_task, overall=overall, **overall,
-                      instruction_split=env.instruction_split, videos=[])
+                      instruction_split=env.instruction_split, videos=[],
+                      successes=np.asarray(success, np.int32).tolist())
         if n_video and video_dir is not None:
             video_dir = Path(video_dir)
             video_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +183,9 @@ def evaluate(env, policy_fn: Callable, params: Any, key: jax.Array, episodes_per
       mesh: a ('data', 'fsdp') device mesh to split the episodes over (when they divide evenly).
     Returns:
       dict with per_task {name: {success_rate, ci95, mean_length, episodes}}, overall (the same four
-      over all episodes; also repeated at the top level), instruction_split, videos (GIF paths).
+      over all episodes; also repeated at the top level), instruction_split, videos (GIF paths),
+      successes (0/1 per episode, in a fixed order: with the same key, another policy's list pairs
+      with it episode by episode; see paired_comparison).
     For repeated evaluations use `make_evaluator`, which compiles once.
     """
     evaluator = make_evaluator(env, policy_fn, episodes_per_task, privileged=privileged,

@@ -3,8 +3,9 @@
 
 Policies come from finished stages named in config.eval.policies (e.g. 'sft', 'mbpo'); each is run
 for config.eval.episodes_per_task episodes per task from the same initial states, and gets a success
-rate per task and overall with a 95% Wilson interval. Results go to <workdir>/evaluate/results.json and
-a few episodes per policy to <workdir>/evaluate/videos/<policy>/.
+rate per task and overall with a 95% Wilson interval; every later policy is also compared with the
+first on the same episodes (its 'paired' entry: discordant counts and McNemar's exact p). Results go
+to <workdir>/evaluate/results.json and a few episodes per policy to <workdir>/evaluate/videos/<policy>/.
 
 Without a simulator (a config with no `env` section: the real-robot path of configs/bridge.py) the
 stage runs the offline evaluation of vlambpo_jax/rl/offline.py instead: held-out action error against
@@ -20,7 +21,7 @@ import numpy as np
 
 from vlambpo_jax import loading
 from vlambpo_jax.envs import has_simulator
-from vlambpo_jax.envs.evaluation import evaluate
+from vlambpo_jax.envs.evaluation import evaluate, paired_comparison
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.models import wm_training
 from vlambpo_jax.models.policy import make_env_policy_fn
@@ -57,9 +58,21 @@ def run(ctx) -> dict:
             print(f"[evaluate] {name}: stochastic (Flow-SDE) success {sde['success_rate']:.3f} "
                   f"[{sde['ci95'][0]:.3f}, {sde['ci95'][1]:.3f}]")
         results[name] = out
+    for name, p in paired_against_first(results).items():
+        results[name]["paired"] = p
+        print(f"[evaluate] {name} vs {p['base']} on the same {p['episodes']} episodes: {p['only_other']} "
+              f"succeed only under {name}, {p['only_base']} only under {p['base']} (McNemar p = {p['p_value']:.3g})")
     (Path(ctx.stage_dir) / "results.json").write_text(json.dumps(results, indent=2, default=float))
     return {"results": str(Path(ctx.stage_dir) / "results.json"),
             **{f"{name}_success": r["success_rate"] for name, r in results.items()}}
+
+
+def paired_against_first(results: dict) -> dict:
+    """{policy: paired_comparison against the first evaluated policy, plus 'base'} for every later one."""
+    names = list(results)
+    return {name: {"base": names[0], **paired_comparison(results[names[0]]["successes"],
+                                                          results[name]["successes"])}
+            for name in names[1:]}
 
 
 def run_offline(ctx) -> dict:
