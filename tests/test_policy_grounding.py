@@ -13,14 +13,14 @@ from configs import tabletop
 from tests.test_policy_sft import _config, _run, _StopAfter, dataset  # noqa: F401  (fixture)
 from vlambpo_jax import loading, pipeline
 from vlambpo_jax.config_checks import ConfigError, validate
+from vlambpo_jax.envs import evaluation, scene_pool
 from vlambpo_jax.envs import scene as S
-from vlambpo_jax.envs import scene_pool
 from vlambpo_jax.envs import tabletop as tabletop_env
 from vlambpo_jax.envs import tasks as tasks_lib
 from vlambpo_jax.models import grounding
 from vlambpo_jax.models import policy as policy_lib
 from vlambpo_jax.models.policy import Policy
-from vlambpo_jax.stages import sft
+from vlambpo_jax.stages import evaluate, sft
 from vlambpo_jax.tools import grounding_eval
 from vlambpo_jax.train import checkpoints
 
@@ -179,7 +179,7 @@ def test_grounding_eval_reads_the_trained_head(dataset, tmp_path):  # noqa: F811
     pipeline.mark_done(tmp_path, "sft", _run(config, tmp_path, _StopAfter(10 ** 9)), 0.0)
     args = ["--config=configs/tabletop.py:smoke", f"--workdir={tmp_path}", "--scenes=8",
             f"--out={tmp_path / 'grounding.json'}"]
-    assert grounding_eval.main(args) == 0
+    assert grounding_eval.main(args + ["--episodes=4"]) == 0
     out = json.loads((tmp_path / "grounding.json").read_text())
 
     # The same training scenes through the training loss, with the head and parameters SFT saved.
@@ -202,5 +202,24 @@ def test_grounding_eval_reads_the_trained_head(dataset, tmp_path):  # noqa: F811
     assert set(out["params"]) == {"training_scenes", "new_scenes"}
     assert out["params"]["new_scenes"]["target"] != out["params"]["training_scenes"]["target"]
 
+    # --episodes: the evaluate stage's episodes (same key, same policy), each with its first-frame error
+    env = tabletop_env.make_env(config)
+    fn = policy_lib.make_env_policy_fn(policy, tok, env.instructions, config.data.max_text_len)
+    res = evaluation.evaluate(env, fn, state["ema_params"], evaluate.evaluation_key(config), 4)
+    assert out["outcomes"]["episodes"] == 4
+    assert out["outcomes"]["success_rate"] == res["success_rate"]
+    assert sum(q["episodes"] for q in out["outcomes"]["by_error_quartile"]) == 4
+
     with pytest.raises(SystemExit):
         grounding_eval.main(args + ["--config.sft.grounding_weight=0"])
+
+
+def test_outcome_table_by_hand():
+    errors = np.arange(1.0, 9.0)
+    success = np.array([1, 1, 1, 0, 1, 0, 0, 0], bool)
+    t = grounding_eval.outcome_table(errors, success)
+    assert t["episodes"] == 8 and t["success_rate"] == 0.5
+    assert t["error_cm_successes"] == pytest.approx(2.75) and t["error_cm_failures"] == pytest.approx(6.25)
+    assert [q["success_rate"] for q in t["by_error_quartile"]] == [1.0, 0.5, 0.5, 0.0]
+    assert [q["episodes"] for q in t["by_error_quartile"]] == [2, 2, 2, 2]
+    assert t["by_error_quartile"][0]["error_cm"] == [1.0, 2.75]

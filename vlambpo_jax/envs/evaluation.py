@@ -55,6 +55,21 @@ def _slug(text: str, n: int = 60) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:n]
 
 
+def episode_task_ids(num_tasks: int, episodes_per_task: int) -> np.ndarray:
+    """int32[num_tasks x M]: each evaluation episode's task, ordered so that the first episodes (the
+    recorded ones) cycle through the tasks."""
+    t, m = int(num_tasks), int(episodes_per_task)
+    order = np.argsort(np.tile(np.arange(m), t) * t + np.repeat(np.arange(t), m), kind="stable")
+    return np.repeat(np.arange(t, dtype=np.int32), m)[order]
+
+
+def reset_episodes(env, key: jax.Array, task_ids: jax.Array):
+    """The initial states of an evaluation with this key (one per task id), and the key that then
+    drives its rollout: (State batched [B], key)."""
+    k_reset, k_run = jax.random.split(key)
+    return jax.vmap(env.reset)(jax.random.split(k_reset, task_ids.shape[0]), task_ids), k_run
+
+
 def rollout(env, policy_fn: Callable, params: Any, key: jax.Array, task_ids: jax.Array, *,
             privileged: bool = False, record: int = 0, chunk_size: int | None = None,
             episode_sharding=None):
@@ -65,15 +80,14 @@ def rollout(env, policy_fn: Callable, params: Any, key: jax.Array, task_ids: jax
     their per-step render poses. episode_sharding: a NamedSharding of the episode axis (splits the
     episodes over a device mesh). Returns (final State, per-chunk rewards [B, n, k], poses or None).
     """
-    k_reset, k_run = jax.random.split(key)
+    state, k_run = reset_episodes(env, key, task_ids)
     b = task_ids.shape[0]
-    state = jax.vmap(env.reset)(jax.random.split(k_reset, b), task_ids)
     if episode_sharding is not None:
         state = jax.lax.with_sharding_constraint(state, episode_sharding)
     first = jax.tree.map(lambda x: x[:record, None], env.render_poses(state.data)) if record else None
     if chunk_size is None:
         probe = jax.tree.map(lambda x: x[0], state)
-        out = jax.eval_shape(policy_fn, params, probe if privileged else probe.obs, k_reset)
+        out = jax.eval_shape(policy_fn, params, probe if privileged else probe.obs, k_run)
         if out.ndim != 2 or out.shape[1] != 7:
             raise ValueError(f"policy_fn must return actions f32[k, 7], got shape {out.shape}")
         chunk_size = out.shape[0]
@@ -119,11 +133,8 @@ def make_evaluator(env, policy_fn: Callable, episodes_per_task: int, *, privileg
     m = int(episodes_per_task)
     if m < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
-    task_ids = jnp.repeat(jnp.arange(t, dtype=jnp.int32), m)
-    # Order episodes so that the recorded (first) ones cycle through the tasks.
-    order = np.argsort(np.tile(np.arange(m), t) * t + np.repeat(np.arange(t), m), kind="stable")
-    task_ids = task_ids[order]
-    tids = np.asarray(task_ids)
+    tids = episode_task_ids(t, m)
+    task_ids = jnp.asarray(tids)
     n_video = min(int(num_videos), t * m)
     shard_kw, episode_sharding = {}, None
     if mesh is not None and len(task_ids) % mesh.size == 0:

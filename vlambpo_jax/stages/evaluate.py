@@ -31,12 +31,17 @@ from vlambpo_jax.stages import common
 from vlambpo_jax.train import sharding
 
 
+def evaluation_key(config) -> jax.Array:
+    """The key of this stage's episodes: every policy, every run of the config, the same initial states."""
+    return jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
+
+
 def run(ctx) -> dict:
     if not has_simulator(ctx.config):
         return run_offline(ctx)
     config = ctx.config
     env = make_env(config, instruction_split=config.eval.instruction_split)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
+    key = evaluation_key(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     results = {}
     for name in config.eval.policies:

@@ -3,13 +3,18 @@ on? The grounding co-training head (models/grounding.py), restored with the SFT 
 on the training pool and on as many freshly reset scenes:
 
   python -m vlambpo_jax.tools.grounding_eval --config=configs/tabletop.py --workdir=DIR [--scenes=512]
-      [--config.KEY=VALUE ...] [--out=FILE]
+      [--episodes=200] [--config.KEY=VALUE ...] [--out=FILE]
 
 Prints JSON: per parameter set ('params', what trained with the head; 'ema_params', the policy that
 acts) and per scene set ('training_scenes', the first --scenes of the pool; 'new_scenes'), the mean xy
 error in cm of the instructed object and of the goal, beside 'mean_position_cm', the error of always
 answering the pool's mean position. A new-scene error far above the training one means the policy
 memorised where things were in its training scenes rather than learning to find them.
+
+With --episodes=N it also runs the evaluate stage's first N deterministic episodes (the same initial
+states) and links each outcome to the acting policy's object error in its first frame: 'outcomes'
+holds the mean error of the successes and of the failures, and the success rate per error quartile.
+If success falls as the error grows, finding the object is what the policy fails at.
 """
 from __future__ import annotations
 
@@ -21,10 +26,11 @@ import numpy as np
 from absl import flags
 
 from vlambpo_jax import cli, loading, pipeline
-from vlambpo_jax.envs import scene_pool
+from vlambpo_jax.envs import evaluation, scene_pool, tabletop
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import grounding
-from vlambpo_jax.stages import sft
+from vlambpo_jax.models.policy import make_env_policy_fn
+from vlambpo_jax.stages import evaluate, sft
 from vlambpo_jax.train import checkpoints
 
 NEW_SCENES_SEED = 0x5EE   # offset from config.seed; SFT's pool uses + 3
@@ -34,6 +40,8 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("scenes", 512, "scenes per set (new ones, and the first of the training pool)",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("batch_size", 256, "scenes per forward pass", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("episodes", 0, "also link the outcomes of this many evaluation episodes to the "
+                         "first frame's object error (0 = off)", lower_bound=0, flag_values=fv)
     flags.DEFINE_string("out", "", "also write the JSON here", flag_values=fv)
 
 
@@ -42,6 +50,33 @@ def errors_cm(error_fn, params, head_params, pool: dict, batch_size: int) -> np.
     n = len(pool["targets"])
     return np.concatenate([np.asarray(error_fn(params, head_params, {k: v[i:i + batch_size] for k, v in pool.items()}))
                            for i in range(0, n, batch_size)])
+
+
+def outcome_table(errors_cm: np.ndarray, success: np.ndarray) -> dict:
+    """Episode outcomes against the first frame's object error (cm), both [N]: mean error of the
+    successes and failures, and the success rate within each error quartile (with its bounds)."""
+    success = np.asarray(success, bool)
+    bounds = np.quantile(errors_cm, [0.0, 0.25, 0.5, 0.75, 1.0])
+    quartile = np.clip(np.searchsorted(bounds[1:-1], errors_cm, side="right"), 0, 3)
+    mean_of = lambda x: float(x.mean()) if x.size else None  # noqa: E731
+    return {"episodes": int(success.size), "success_rate": float(success.mean()),
+            "error_cm_successes": mean_of(errors_cm[success]), "error_cm_failures": mean_of(errors_cm[~success]),
+            "by_error_quartile": [{"error_cm": [float(bounds[q]), float(bounds[q + 1])],
+                                   "episodes": int((quartile == q).sum()),
+                                   "success_rate": mean_of(success[quartile == q].astype(float))}
+                                  for q in range(4)]}
+
+
+def episode_pool(config, tokenizer, env, task_ids: np.ndarray) -> dict:
+    """The evaluate stage's initial frames for these episodes, as a scene pool (scene_pool's fields)."""
+    states, _ = evaluation.reset_episodes(env, evaluate.evaluation_key(config), jax.numpy.asarray(task_ids))
+    ids, mask = tokenizer.encode_batch(list(env.instructions), int(config.data.max_text_len))
+    instr = np.asarray(states.obs["instruction_id"])
+    targets = np.asarray(jax.vmap(env.grounding_targets)(states)) * grounding.POSITION_SCALE
+    images = np.asarray(states.obs["images"])
+    return {"images": images, "image_mask": np.ones(images.shape[:2], bool), "tokens": ids[instr],
+            "token_mask": mask[instr], "state": np.asarray(states.obs["state"], np.float32),
+            "targets": targets.astype(np.float32)}
 
 
 def main(argv: list[str]) -> int:
@@ -79,6 +114,16 @@ def main(argv: list[str]) -> int:
         for name in ("params", "ema_params"):
             err = errors_cm(error_fn, train_state[name], head_params, pool, fv.batch_size)
             out.setdefault(name, {})[scenes] = dict(zip(grounding.TARGET_NAMES, err.mean(0).tolist()))
+    if fv.episodes:
+        env = tabletop.make_env(config, instruction_split=config.eval.instruction_split)
+        per_task = -(-fv.episodes // env.num_tasks)
+        task_ids = evaluation.episode_task_ids(env.num_tasks, per_task)
+        pool = policy_rows(episode_pool(config, tokenizer, env, task_ids))
+        err = errors_cm(error_fn, train_state["ema_params"], head_params, pool, fv.batch_size)[:, 0]
+        fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len,
+                                normalize_state=normalize_state)
+        res = evaluation.evaluate(env, fn, train_state["ema_params"], evaluate.evaluation_key(config), per_task)
+        out["outcomes"] = outcome_table(err, np.asarray(res["successes"]))
     cli.emit_json(json.dumps(out, indent=2), fv.out)
     return 0
 
