@@ -209,6 +209,10 @@ def test_grounding_eval_reads_the_trained_head(dataset, tmp_path):  # noqa: F811
     assert out["outcomes"]["episodes"] == 4
     assert out["outcomes"]["success_rate"] == res["success_rate"]
     assert sum(q["episodes"] for q in out["outcomes"]["by_error_quartile"]) == 4
+    by_object = out["outcomes"]["by_object"]
+    assert set(by_object) <= {"red cube", "green cylinder", "blue block"}
+    assert sum(o["episodes"] for o in by_object.values()) == 4
+    assert sum(o["episodes"] * o["success_rate"] for o in by_object.values()) == pytest.approx(4 * res["success_rate"])
 
     with pytest.raises(SystemExit):
         grounding_eval.main(args + ["--config.sft.grounding_weight=0"])

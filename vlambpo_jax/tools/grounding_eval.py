@@ -13,7 +13,8 @@ memorised where things were in its training scenes rather than learning to find 
 
 With --episodes=N it also runs the evaluate stage's first N deterministic episodes (the same initial
 states) and links each outcome to the acting policy's object error in its first frame: 'outcomes'
-holds the mean error of the successes and of the failures, and the success rate per error quartile.
+holds the mean error of the successes and of the failures, the success rate per error quartile and
+per instructed object.
 If success falls as the error grows, finding the object is what the policy fails at.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from absl import flags
 
 from vlambpo_jax import cli, loading, pipeline
 from vlambpo_jax.envs import evaluation, scene_pool, tabletop
+from vlambpo_jax.envs import scene as S
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import grounding
 from vlambpo_jax.models.policy import make_env_policy_fn
@@ -67,8 +69,9 @@ def outcome_table(errors_cm: np.ndarray, success: np.ndarray) -> dict:
                                   for q in range(4)]}
 
 
-def episode_pool(config, tokenizer, env, task_ids: np.ndarray) -> dict:
-    """The evaluate stage's initial frames for these episodes, as a scene pool (scene_pool's fields)."""
+def episode_pool(config, tokenizer, env, task_ids: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The evaluate stage's initial frames for these episodes, as a scene pool (scene_pool's fields),
+    and each episode's instructed object (int [N], an index into envs.scene.OBJECTS)."""
     states, _ = evaluation.reset_episodes(env, evaluate.evaluation_key(config), jax.numpy.asarray(task_ids))
     ids, mask = tokenizer.encode_batch(list(env.instructions), int(config.data.max_text_len))
     instr = np.asarray(states.obs["instruction_id"])
@@ -76,7 +79,7 @@ def episode_pool(config, tokenizer, env, task_ids: np.ndarray) -> dict:
     images = np.asarray(states.obs["images"])
     return {"images": images, "image_mask": np.ones(images.shape[:2], bool), "tokens": ids[instr],
             "token_mask": mask[instr], "state": np.asarray(states.obs["state"], np.float32),
-            "targets": targets.astype(np.float32)}
+            "targets": targets.astype(np.float32)}, np.asarray(states.info["obj"])
 
 
 def main(argv: list[str]) -> int:
@@ -118,12 +121,18 @@ def main(argv: list[str]) -> int:
         env = tabletop.make_env(config, instruction_split=config.eval.instruction_split)
         per_task = -(-fv.episodes // env.num_tasks)
         task_ids = evaluation.episode_task_ids(env.num_tasks, per_task)
-        pool = policy_rows(episode_pool(config, tokenizer, env, task_ids))
+        pool, objects = episode_pool(config, tokenizer, env, task_ids)
+        pool = policy_rows(pool)
         err = errors_cm(error_fn, train_state["ema_params"], head_params, pool, fv.batch_size)[:, 0]
         fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len,
                                 normalize_state=normalize_state)
         res = evaluation.evaluate(env, fn, train_state["ema_params"], evaluate.evaluation_key(config), per_task)
-        out["outcomes"] = outcome_table(err, np.asarray(res["successes"]))
+        success = np.asarray(res["successes"], bool)
+        out["outcomes"] = outcome_table(err, success)
+        out["outcomes"]["by_object"] = {
+            f"{o.colour} {o.noun}": {"episodes": int((objects == i).sum()),
+                                     "success_rate": float(success[objects == i].mean())}
+            for i, o in enumerate(S.OBJECTS) if (objects == i).any()}
     cli.emit_json(json.dumps(out, indent=2), fv.out)
     return 0
 
