@@ -100,6 +100,14 @@ def test_tabletop_pipeline_under_two_processes_matches_one(tmp_path):
     assert tuple(tabletop.get_config("smoke").stages) == stages  # every stage of the pipeline
     _one_and_two(TABLETOP, tmp_path)
     _assert_same_numbers(tmp_path / "one", tmp_path / "two", stages)
+    # every process gathered every episode: the paired comparison covers them all, in both runs alike
+    for run in ("one", "two"):
+        results = json.loads((tmp_path / run / "evaluate" / "results.json").read_text())
+        assert len(results["sft"]["successes"]) == results["sft"]["episodes"]
+        assert results["mbpo"]["paired"]["episodes"] == results["sft"]["episodes"]
+        assert "McNemar" in (tmp_path / run / "report" / "report.md").read_text()
+    assert (json.loads((tmp_path / "one" / "evaluate" / "results.json").read_text())["mbpo"]["paired"]
+            == json.loads((tmp_path / "two" / "evaluate" / "results.json").read_text())["mbpo"]["paired"])
 
 
 def test_processes_with_different_configs_stop_with_a_clear_error(tmp_path):

@@ -60,13 +60,16 @@ def real_env_steps(finished: dict[str, dict]) -> dict[str, int]:
 
 def results_table(results: dict, env_steps: dict) -> str:
     tasks = sorted({t for r in results.values() for t in r.get("per_task", {})})
-    head = "| policy | success (95% CI) | " + " | ".join(tasks) + " | real env steps |"
-    rows = [head, "|" + "---|" * (len(tasks) + 3)]
+    head = ("| policy | success (95% CI) | " + " | ".join(tasks) + " | real env steps | "
+            "episodes won / lost against the first row (McNemar p) |")
+    rows = [head, "|" + "---|" * (len(tasks) + 4)]
     for name, r in results.items():
         lo, hi = r["ci95"]
         cells = [f"{r['per_task'][t]['success_rate']:.2f}" for t in tasks]
+        paired = r.get("paired")
+        vs = f"{paired['only_other']} / {paired['only_base']} (p = {paired['p_value']:.2g})" if paired else ""
         rows.append(f"| {name} | {r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] (n={r['episodes']}) | "
-                    + " | ".join(cells) + f" | {env_steps.get(name, '')} |")
+                    + " | ".join(cells) + f" | {env_steps.get(name, '')} | {vs} |")
     return "\n".join(rows)
 
 
