@@ -11,3 +11,17 @@
 The ones that read a config take the command-line convention of vlambpo_jax/cli.py
 (--config=FILE[:ARG], --config.a.b=VALUE, and --workdir=DIR for those that read a run).
 """
+
+from vlambpo_jax import cli, pipeline
+from vlambpo_jax.errors import UserError
+from vlambpo_jax.stages import common
+
+
+def sft_checkpoint(config, workdir: str) -> str:
+    """The policy checkpoint the finished sft stage of the run in `workdir` wrote; exits with a one-line
+    error when there is none."""
+    ctx = pipeline.StageContext(config, cli.workdir_path(workdir), "sft", None, None)
+    try:
+        return common.checkpoint_of(ctx, "sft")
+    except UserError as e:
+        cli.fail(str(e))

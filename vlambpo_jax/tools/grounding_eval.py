@@ -26,13 +26,13 @@ import jax
 import numpy as np
 from absl import flags
 
-from vlambpo_jax import cli, loading, pipeline
+from vlambpo_jax import cli, loading
 from vlambpo_jax.envs import evaluation, scene_pool, tabletop
 from vlambpo_jax.envs import scene as S
-from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import grounding
 from vlambpo_jax.models.policy import make_env_policy_fn
 from vlambpo_jax.stages import evaluate, sft
+from vlambpo_jax.tools import sft_checkpoint
 from vlambpo_jax.train import checkpoints
 
 NEW_SCENES_SEED = 0x5EE   # offset from config.seed; SFT's pool uses + 3
@@ -87,11 +87,7 @@ def main(argv: list[str]) -> int:
     config = cli.checked(fv.config)
     if float(config.sft.grounding_weight) <= 0:
         cli.fail("config.sft.grounding_weight is 0: the policy trained without a grounding head to read")
-    ctx = pipeline.StageContext(config, cli.workdir_path(fv.workdir), "sft", None, None)
-    try:
-        checkpoint_dir = ctx.stage_summary("sft")["checkpoint_dir"]
-    except UserError as e:
-        cli.fail(str(e))
+    checkpoint_dir = sft_checkpoint(config, fv.workdir)
     policy, _, tokenizer, assets = loading.load_policy(checkpoint_dir, config)
     train_state, _ = checkpoints.load_params(checkpoint_dir, item="train_state")
     head_params = train_state["head_params"]

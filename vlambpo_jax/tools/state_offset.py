@@ -20,11 +20,11 @@ import sys
 import jax.numpy as jnp
 from absl import flags
 
-from vlambpo_jax import cli, loading, pipeline
+from vlambpo_jax import cli, loading
 from vlambpo_jax.envs import evaluation, tabletop
-from vlambpo_jax.errors import UserError
 from vlambpo_jax.models.policy import make_env_policy_fn
 from vlambpo_jax.stages import evaluate
+from vlambpo_jax.tools import sft_checkpoint
 
 POSITIONS = slice(7, 11)   # the privileged state's object xy and goal xy (envs/tabletop.py)
 
@@ -52,11 +52,7 @@ def main(argv: list[str]) -> int:
         offsets = [float(x) for x in fv.offsets_cm]
     except ValueError:
         cli.fail(f"--offsets_cm: numbers in cm, comma separated, got {','.join(fv.offsets_cm)!r}")
-    ctx = pipeline.StageContext(config, cli.workdir_path(fv.workdir), "sft", None, None)
-    try:
-        checkpoint_dir = ctx.stage_summary("sft")["checkpoint_dir"]
-    except UserError as e:
-        cli.fail(str(e))
+    checkpoint_dir = sft_checkpoint(config, fv.workdir)
     policy, params, tokenizer, assets = loading.load_policy(checkpoint_dir, config)
     normalize = loading.policy_state_normalizer(policy, assets, config)
     env = tabletop.make_env(config, instruction_split=config.eval.instruction_split)
