@@ -17,7 +17,6 @@ def make_scene_pool(config, tokenizer, num_scenes: int, key: jax.Array, target_s
     float32[N, 13] (TabletopEnv.grounding_targets x target_scale)}.
     """
     env = tabletop.make_env(config)
-    ids, mask = tokenizer.encode_batch(list(env.instructions), int(config.data.max_text_len))
 
     def one(k):
         k_task, k_reset = jax.random.split(k)
@@ -27,7 +26,19 @@ def make_scene_pool(config, tokenizer, num_scenes: int, key: jax.Array, target_s
     reset = jax.jit(jax.vmap(one))
     keys = jax.random.split(key, max(int(num_scenes), 1))
     parts = [jax.device_get(reset(keys[i:i + chunk])) for i in range(0, len(keys), chunk)]
-    images, instr, state, targets = (np.concatenate(p) for p in zip(*parts))
-    return {"images": images, "image_mask": np.ones(images.shape[:2], bool), "tokens": ids[instr],
-            "token_mask": mask[instr], "state": state.astype(np.float32),
-            "targets": (targets * target_scale).astype(np.float32)}
+    return pool_rows(config, tokenizer, env, *(np.concatenate(p) for p in zip(*parts)), target_scale)
+
+
+def pool_from_states(config, tokenizer, env, states, target_scale: float) -> dict:
+    """The same rows for given env States batched [N] (e.g. an evaluation's initial states)."""
+    targets = jax.vmap(env.grounding_targets)(states)
+    return pool_rows(config, tokenizer, env, *jax.device_get(
+        (states.obs["images"], states.obs["instruction_id"], states.obs["state"], targets)), target_scale)
+
+
+def pool_rows(config, tokenizer, env, images, instruction_id, state, targets, target_scale: float) -> dict:
+    """make_scene_pool's dict from per-scene observations (numpy) and grounding targets in metres."""
+    ids, mask = tokenizer.encode_batch(list(env.instructions), int(config.data.max_text_len))
+    return {"images": images, "image_mask": np.ones(images.shape[:2], bool), "tokens": ids[instruction_id],
+            "token_mask": mask[instruction_id], "state": np.asarray(state, np.float32),
+            "targets": (np.asarray(targets) * target_scale).astype(np.float32)}

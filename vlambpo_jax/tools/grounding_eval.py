@@ -73,13 +73,8 @@ def episode_pool(config, tokenizer, env, task_ids: np.ndarray) -> tuple[dict, np
     """The evaluate stage's initial frames for these episodes, as a scene pool (scene_pool's fields),
     and each episode's instructed object (int [N], an index into envs.scene.OBJECTS)."""
     states, _ = evaluation.reset_episodes(env, evaluate.evaluation_key(config), jax.numpy.asarray(task_ids))
-    ids, mask = tokenizer.encode_batch(list(env.instructions), int(config.data.max_text_len))
-    instr = np.asarray(states.obs["instruction_id"])
-    targets = np.asarray(jax.vmap(env.grounding_targets)(states)) * grounding.POSITION_SCALE
-    images = np.asarray(states.obs["images"])
-    return {"images": images, "image_mask": np.ones(images.shape[:2], bool), "tokens": ids[instr],
-            "token_mask": mask[instr], "state": np.asarray(states.obs["state"], np.float32),
-            "targets": targets.astype(np.float32)}, np.asarray(states.info["obj"])
+    pool = scene_pool.pool_from_states(config, tokenizer, env, states, grounding.POSITION_SCALE)
+    return pool, np.asarray(states.info["obj"])
 
 
 def main(argv: list[str]) -> int:
