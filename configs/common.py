@@ -125,6 +125,10 @@ def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> 
       chunk_size x action_dim dims) or 'mean' (its mean over those dims, as DPPO: the ratio is the
       geometric mean of the per-dim ratios, far less sharp).
     use_state, state_dim: proprio state as one extra prefix token (off, as in the paper).
+    perception_dim: 0 (off), or the number of grounding targets (13 in the tabletop) a perception head
+      predicts from the prefix stream entering block sft.grounding_layer; its stop-gradient prediction
+      joins the action expert's adaRMS condition (vlambpo_jax/models/policy.py; trained by the
+      grounding loss, so it needs sft.grounding_weight > 0).
     value_hidden: value-head MLP sizes (ReLU) on the mean-pooled stop-gradient prefix outputs.
     max_text_len: tokens per instruction (a reference to data.max_text_len, which the reader uses);
       tokenizer: 'byte' (UTF-8 bytes), 'words:tabletop' (whole words of the tabletop instructions) or a
@@ -137,7 +141,7 @@ def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> 
         width=128, depth=2, num_heads=4, num_kv_heads=1, head_dim=32, mlp_dim=256, rope_theta=10_000.0,
         expert_width=64, expert_depth=2, expert_mlp_dim=128,
         num_denoise_steps=3, noise_level=0.5, stochastic_step="per_call", noise_method="flow_sde", log_prob="sum",
-        use_state=False, state_dim=7, value_hidden=(128, 64),
+        use_state=False, state_dim=7, perception_dim=0, value_hidden=(128, 64),
         max_text_len=data.get_ref("max_text_len"), tokenizer="byte", action_pad_dim=7, dtype="float32",
     ))
     c.update(overrides)

@@ -166,6 +166,67 @@ def test_grounding_layer_reads_the_stream_the_expert_attends_to(config, pool):
         grounding.grounding_loss(policy, head, params, head_params, batch, layer=policy.dims.depth + 1)
 
 
+def _perceiving_policy(config, layer: int):
+    config = config.copy_and_resolve_references()
+    config.policy.perception_dim = 13
+    config.sft.grounding_layer = layer
+    config.sft.grounding_hidden = (16,)
+    return Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
+
+
+def test_perception_head_learns_from_grounding_alone_and_steers_the_expert(config, pool):
+    layer = 0
+    policy = _perceiving_policy(config, layer)
+    batch = {k: jnp.asarray(v) for k, v in pool.items()}
+    obs = {k: batch[k] for k in ("images", "image_mask", "tokens", "token_mask")}
+    params = policy.init(jax.random.key(0), {k: v[:1] for k, v in obs.items()})
+    leaves, treedef = jax.tree.flatten(params)   # away from init: zero-init adaRMS would hide the expert's use
+    params = treedef.unflatten([x + 0.2 * jax.random.normal(jax.random.key(i), x.shape) for i, x in enumerate(leaves)])
+    assert set(params["vlm"]["perception"]) == {"dense_0", "out"}
+
+    # The prediction is the head applied to the pooled, RMS-normalized stream entering block `layer`.
+    head = grounding.GroundingHead((16,), 13)
+    for read_layer, pol in ((layer, policy), (policy.dims.depth, _perceiving_policy(config, -1))):
+        hidden, mask = policy.prefix_hidden(params, obs, read_layer)
+        pooled = np.asarray(policy_lib.masked_mean(hidden, mask))
+        pooled = pooled / np.sqrt(np.mean(pooled ** 2, axis=-1, keepdims=True) + 1e-6)
+        expected = head.apply({"params": params["vlm"]["perception"]}, jnp.asarray(pooled))
+        np.testing.assert_allclose(pol.perceive(params, obs), expected, atol=1e-5)
+
+    norm = lambda t: float(optax.tree.norm(t))  # noqa: E731
+    g_ground = jax.grad(lambda p: grounding.grounding_loss(policy, None, p, {}, batch)[0])(params)
+    assert norm(g_ground["vlm"]["perception"]) > 0 and norm(g_ground["action_expert"]) == 0
+    demo = dict(obs, actions=jax.random.normal(jax.random.key(3), (len(batch["targets"]), policy.dims.chunk_size, 7)))
+    g_flow = jax.grad(lambda p: policy.flow_matching_loss(p, demo, jax.random.key(4))[0])(params)
+    assert norm(g_flow["vlm"]["perception"]) == 0    # the expert reads a stop-gradient prediction
+    assert norm(g_flow["action_expert"]["percept_in"]) > 0
+
+    # The expert's velocity follows the prediction: shift the head's output and the actions change.
+    x = jax.random.normal(jax.random.key(5), (len(batch["targets"]), policy.dims.chunk_size, 7))
+    t = jnp.full((len(batch["targets"]),), 0.5)
+    shifted = jax.tree.map(lambda a: a, params)
+    shifted["vlm"]["perception"]["out"]["bias"] = params["vlm"]["perception"]["out"]["bias"] + 1.0
+    v0 = policy.denoise(params, policy.encode_prefix(params, obs), x, t)
+    v1 = policy.denoise(shifted, policy.encode_prefix(shifted, obs), x, t)
+    assert float(jnp.max(jnp.abs(v1 - v0))) > 1e-3
+    # ... and the uncached reference path (joint attention) agrees with the cached one.
+    cached = policy.sample_actions(params, obs, jax.random.key(6))
+    joint = policy.sample_actions(params, obs, jax.random.key(6), use_cache=False)
+    np.testing.assert_allclose(cached, joint, rtol=1e-4, atol=1e-4)
+
+
+def test_perception_needs_grounding_and_the_simulator_target_count(dataset, tmp_path):  # noqa: F811
+    config = _config(dataset)
+    config.policy.perception_dim = 13
+    config.sft.grounding_weight = 0.0
+    with pytest.raises(ConfigError, match="perception_dim.*grounding_weight > 0"):
+        validate(config)
+    config.sft.grounding_weight = 1.0
+    config.policy.perception_dim = 5
+    with pytest.raises(ValueError, match="perception_dim=5: the simulator gives 13 grounding targets"):
+        _run(config, tmp_path, _StopAfter(10 ** 9))
+
+
 def test_xy_errors_are_distances_in_cm():
     err = np.zeros((2, 13), np.float32)
     err[0, :4] = [0.3, 0.4, 0.0, -0.6]        # decimetres (POSITION_SCALE 10): 5 cm and 6 cm

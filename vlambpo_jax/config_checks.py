@@ -156,6 +156,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("sft.grounding_scenes", _int_range(1)),
     ("sft.grounding_layer", _int_range(-1)),
     ("policy.vit_stem", _one_of("patch", "conv")),
+    ("policy.perception_dim", _int_range(0)),
     ("policy.vit_patch", _int_range(1)),
     ("policy.num_kv_heads", _int_range(1)),
     ("policy.dtype", _one_of("float32", "bfloat16")),
@@ -279,6 +280,10 @@ def _cross_problems(config) -> list[tuple[str, Any, str]]:
         stages = tuple(get(config, "stages")) if get(config, "stages") is not _MISSING else ()
         imagining = [s for s in stages if s in ("wm_bc", "report")
                      or (s == "mbpo" and get(config, "rl.world") == "model")]
+        weight = get(config, "sft.grounding_weight")
+        if p.get("perception_dim", 0) and (weight is _MISSING or weight <= 0):
+            out.append(("policy.perception_dim", p.perception_dim, "the perception head learns from the "
+                        "grounding loss: needs config.sft.grounding_weight > 0"))
         if p.use_state and imagining:
             out.append(("policy.use_state", True, f"cannot run stage {imagining[0]!r}: the world model "
                         "predicts images, not the state this policy reads (use rl.world='sim' or "

@@ -8,35 +8,27 @@ its instruction's object and goal are (`TabletopEnv.grounding_targets`). A small
 from the mean-pooled prefix (by default its final output; `grounding_layer` l reads the stream entering
 block l instead, the one the action expert's attention reads at layer l) and its squared error joins the
 flow loss, so its gradients shape the ViT and prefix transformer whose keys and values the action expert
-attends to. The head is a
-training-only auxiliary: it lives in the SFT state, not in the policy's parameters.
+attends to. The head is a training-only auxiliary that lives in the SFT state, not in the policy's
+parameters, except with a perceived state (config.policy.perception_dim > 0): then the loss trains the
+policy's own perception head, whose prediction the action expert reads (models/policy.py).
 """
 from __future__ import annotations
 
 from typing import Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vlambpo_jax.models import policy as policy_lib
+from vlambpo_jax.models.layers import GeluMLP
 
 POSITION_SCALE = 10.0       # metres -> decimetres, so the targets are of order one
 BATCH_PREFIX = "ground_"    # the pool's rows ride in the SFT batch under these keys
 TARGET_NAMES = ("target", "goal")   # the first two xy pairs of the targets (metrics)
 
 
-class GroundingHead(nn.Module):
-    """MLP (GELU) on pooled prefix features float32[B, W] -> predicted targets float32[B, out_dim]."""
-    hidden: tuple[int, ...]
-    out_dim: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for i, h in enumerate(self.hidden):
-            x = nn.gelu(nn.Dense(h, name=f"dense_{i}")(x))
-        return nn.Dense(self.out_dim, name="out")(x)
+GroundingHead = GeluMLP   # on pooled prefix features float32[B, W] -> predicted targets float32[B, T]
 
 
 def pool_batch(pool: Mapping[str, np.ndarray], batch_size: int, seed: int, step: int) -> dict:
@@ -62,17 +54,24 @@ def pooled_features(policy: policy_lib.Policy, params, obs, layer: int) -> jax.A
     if not 0 <= layer <= depth:
         raise ValueError(f"config.sft.grounding_layer={layer}: must be -1 or in [0, {depth}] "
                          f"(config.policy.depth={depth})")
-    hidden, mask = policy.prefix_hidden(params, obs, layer)
-    x = policy_lib.masked_mean(hidden, mask)
-    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+    return policy_lib.pooled_rms(*policy.prefix_hidden(params, obs, layer))
 
 
-def grounding_loss(policy: policy_lib.Policy, head: GroundingHead, params, head_params,
+def predict_targets(policy: policy_lib.Policy, head: GroundingHead | None, params, head_params, obs,
+                    layer: int = -1) -> jax.Array:
+    """The grounding prediction float32[B, T] for `obs`: the separate `head` reading the prefix at
+    `layer` (pooled_features), or with head None the policy's own perception head."""
+    if head is None:
+        return policy.perceive(params, obs)
+    return head.apply({"params": head_params}, pooled_features(policy, params, obs, layer))
+
+
+def grounding_loss(policy: policy_lib.Policy, head: GroundingHead | None, params, head_params,
                    batch: Mapping[str, jax.Array], layer: int = -1) -> tuple[jax.Array, dict]:
-    """Mean squared error of the head's prediction from the prefix of `batch` (observation keys +
-    'targets' float32[B, T]), read at `layer` (pooled_features). Returns (loss, metrics with the mean
-    xy errors of the named targets in cm)."""
-    err = head.apply({"params": head_params}, pooled_features(policy, params, batch, layer)) - batch["targets"]
+    """Mean squared error of the prediction (predict_targets) from the prefix of `batch` (observation
+    keys + 'targets' float32[B, T]). Returns (loss, metrics with the mean xy errors of the named
+    targets in cm)."""
+    err = predict_targets(policy, head, params, head_params, batch, layer) - batch["targets"]
     metrics = {"grounding_loss": jnp.mean(err ** 2)}
     for i, name in enumerate(TARGET_NAMES):
         metrics[f"grounding_{name}_err_cm"] = jnp.mean(xy_errors_cm(err)[:, i])

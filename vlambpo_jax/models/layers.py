@@ -1,4 +1,5 @@
-"""Layers shared by the policy and the world model: RMSNorm, rotary embeddings, attention, gated MLP.
+"""Layers shared by the policy and the world model: RMSNorm, rotary embeddings, attention, gated MLP,
+small GELU MLP heads.
 
 Conventions follow Hugging Face Qwen2/Gemma so ported weights load unchanged: RoPE rotates the two
 halves of each head dimension ("rotate_half"), and RMSNorm computes in float32.
@@ -78,3 +79,15 @@ class GatedMLP(nn.Module):
         up = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name="up")(x)
         return nn.Dense(x.shape[-1], use_bias=False, dtype=self.dtype, name="down")(
             nn.gelu(gate, approximate=True) * up)
+
+
+class GeluMLP(nn.Module):
+    """MLP head (GELU between Dense layers): float32[B, W] -> float32[B, out_dim]."""
+    hidden: tuple[int, ...]
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, h in enumerate(self.hidden):
+            x = nn.gelu(nn.Dense(h, name=f"dense_{i}")(x))
+        return nn.Dense(self.out_dim, name="out")(x)

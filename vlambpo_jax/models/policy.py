@@ -5,6 +5,7 @@ them (optax.multi_transform):
   'vlm'           the prefix: ViT shared over views, text embedding, optional state token, and a
                   Gemma-style transformer (zero-centred RMSNorm, RoPE, grouped/multi-query attention,
                   gated GELU MLP), bidirectional over [head tokens, wrist tokens, (state), text tokens];
+                  optionally a perception head (below);
   'action_expert' a narrower transformer with its own weights in every layer over the k action tokens,
                   time-conditioned by adaptive RMSNorm (pi0.5), plus the action in/out projections;
   'value_head'    an MLP on the mean-pooled, stop-gradient prefix outputs.
@@ -14,6 +15,13 @@ only, action tokens see the valid prefix and every action token. Because the pre
 actions, the prefix keys/values can be computed once and cached; `VLAModel.denoise` runs the action
 expert against that cache, and `VLAModel.joint` is the uncached reference that runs both experts
 together (tests check they agree).
+
+Perceived state (config.policy.perception_dim > 0, off by default): an MLP head in 'vlm' reads the
+mean-pooled prefix stream entering block config.sft.grounding_layer and predicts where things are
+(the simulator's grounding targets, trained by the SFT grounding loss on rendered scenes). Its
+stop-gradient prediction joins the action expert's adaRMS condition, so the expert reads the estimated
+positions the way a privileged-state policy reads the true ones (docs/results.md, section 23: such a
+policy keeps most of its success with positions 1.5 cm off).
 
 Policy API (`Policy`, pure functions of an explicit params pytree, all jittable and scan-able):
   init, flow_matching_loss, sample_actions (deterministic Euler), sample_sde (Flow-SDE: actions, chain,
@@ -37,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlambpo_jax.models import flow_sampling as fs
-from vlambpo_jax.models.layers import GatedMLP, RMSNorm, apply_rope, dot_product_attention
+from vlambpo_jax.models.layers import GatedMLP, GeluMLP, RMSNorm, apply_rope, dot_product_attention
 from vlambpo_jax.models.vit import ViT
 
 PARAM_GROUPS = ("vlm", "action_expert", "value_head")
@@ -71,11 +79,15 @@ class ModelDims:
     value_hidden: tuple[int, ...]
     dtype: str = "float32"
     vit_stem: str = "patch"
+    perception_dim: int = 0
+    perception_layer: int = -1
+    perception_hidden: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> "ModelDims":
         """The sizes the config names (checked by vlambpo_jax.config_checks before any run)."""
         p = config.policy
+        sft = config.get("sft") or {}
         return cls(
             image_size=config.image_size, num_views=len(config.views), chunk_size=config.chunk_size,
             action_dim=config.action_dim, action_pad_dim=p.action_pad_dim, vocab_size=vocab_size,
@@ -84,7 +96,9 @@ class ModelDims:
             num_kv_heads=p.num_kv_heads, head_dim=p.head_dim, mlp_dim=p.mlp_dim,
             expert_width=p.expert_width, expert_mlp_dim=p.expert_mlp_dim, rope_theta=float(p.rope_theta),
             use_state=bool(p.use_state), state_dim=p.state_dim, value_hidden=tuple(p.value_hidden),
-            dtype=p.dtype, vit_stem=p.get("vit_stem", "patch"))
+            dtype=p.dtype, vit_stem=p.get("vit_stem", "patch"), perception_dim=int(p.get("perception_dim", 0)),
+            perception_layer=int(sft.get("grounding_layer", -1)),
+            perception_hidden=tuple(sft.get("grounding_hidden", ())))
 
     @property
     def compute_dtype(self):
@@ -178,6 +192,8 @@ class PrefixEncoder(nn.Module):
             self.state_proj = nn.Dense(d.width, dtype=dt)
         self.blocks = [Block(d, d.width, d.mlp_dim, adaptive=False) for _ in range(d.depth)]
         self.final_norm = RMSNorm(zero_centered=True)
+        if d.perception_dim:
+            self.perception = GeluMLP(d.perception_hidden, d.perception_dim)
 
     def embed_prefix(self, obs: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """obs -> (tokens [B, P, W], mask bool[B, P]) with P = V * patches (+1 state) + L."""
@@ -213,11 +229,18 @@ class ActionExpert(nn.Module):
         self.blocks = [Block(d, d.expert_width, d.expert_mlp_dim, adaptive=True) for _ in range(d.depth)]
         self.final_norm = AdaRMSNorm(dtype=dt)
         self.action_out = nn.Dense(d.action_pad_dim, dtype=jnp.float32)
+        if d.perception_dim:
+            self.percept_in = nn.Dense(d.expert_width, dtype=dt)
+            self.percept_out = nn.Dense(d.expert_width, dtype=dt)
 
-    def embed_suffix(self, x_t: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x_t [B, k, Dp], t [B] -> (tokens [B, k, We], adaRMS condition [B, We])."""
+    def embed_suffix(self, x_t: jax.Array, t: jax.Array, percept: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x_t [B, k, Dp], t [B], percept [B, perception_dim] (stop-gradient here) -> (tokens [B, k, We],
+        adaRMS condition [B, We])."""
         cond = time_embedding(t, self.dims.expert_width)
         cond = nn.swish(self.time_out(nn.swish(self.time_in(cond))))
+        if self.dims.perception_dim:
+            percept = jax.lax.stop_gradient(percept.astype(jnp.float32))
+            cond = cond + self.percept_out(nn.swish(self.percept_in(percept)))
         return self.action_in(x_t), cond
 
     def output(self, x: jax.Array, cond: jax.Array) -> jax.Array:
@@ -242,23 +265,33 @@ class PrefixCache:
     """The prefix computed once per observation.
 
     k, v: [depth, B, P, KV, D] per-layer keys (after RoPE) and values; mask bool[B, P] valid tokens;
-    out [B, P, W] final-normed prefix outputs (for the value head).
+    out [B, P, W] final-normed prefix outputs (for the value head); percept float32[B, perception_dim]
+    the perception head's prediction ([B, 0] without one).
     """
     k: jax.Array
     v: jax.Array
     mask: jax.Array
     out: jax.Array
+    percept: jax.Array
 
     def repeat(self, n: int) -> "PrefixCache":
         """Every observation's cache n times in a row (batch b -> b n; `out` is left as it is)."""
         return PrefixCache(k=jnp.repeat(self.k, n, axis=1), v=jnp.repeat(self.v, n, axis=1),
-                           mask=jnp.repeat(self.mask, n, axis=0), out=self.out)
+                           mask=jnp.repeat(self.mask, n, axis=0), out=self.out,
+                           percept=jnp.repeat(self.percept, n, axis=0))
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     """x [B, P, W], mask bool[B, P] -> mean over the valid tokens float32[B, W]."""
     m = mask[..., None].astype(jnp.float32)
     return jnp.sum(x.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+def pooled_rms(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+    """hidden [B, P, W], mask bool[B, P] -> the mean over valid tokens, RMS-normalized, float32[B, W]
+    (what the perception and grounding heads read)."""
+    x = masked_mean(hidden, mask)
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
 
 
 def pooled_prefix(cache: PrefixCache) -> jax.Array:
@@ -302,14 +335,19 @@ class VLAModel(nn.Module):
             ks.append(k)
             vs.append(v)
         out = self.vlm.final_norm(x)
-        return PrefixCache(k=jnp.stack(ks), v=jnp.stack(vs), mask=mask, out=out), hidden + [out]
+        hidden.append(out)
+        if self.dims.perception_dim:
+            percept = self.vlm.perception(pooled_rms(hidden[self.dims.perception_layer], mask))
+        else:
+            percept = jnp.zeros((x.shape[0], 0), jnp.float32)
+        return PrefixCache(k=jnp.stack(ks), v=jnp.stack(vs), mask=mask, out=out, percept=percept), hidden
 
     def denoise(self, cache: PrefixCache, x_t: jax.Array, t: jax.Array) -> jax.Array:
         """Velocity of the action expert attending to the cached prefix.
 
         x_t [B, k, Dp] noisy actions, t float[B] -> v float32[B, k, Dp].
         """
-        s, cond = self.action_expert.embed_suffix(x_t, t)
+        s, cond = self.action_expert.embed_suffix(x_t, t, cache.percept)
         b, k = s.shape[:2]
         positions = jnp.sum(cache.mask, axis=1, keepdims=True) + jnp.arange(k)[None, :]
         attn_mask = jnp.concatenate([jnp.broadcast_to(cache.mask[:, None, :], (b, k, cache.mask.shape[1])),
@@ -329,10 +367,13 @@ class VLAModel(nn.Module):
         """Uncached reference: both experts in one transformer over [prefix, actions] with openpi's mask.
 
         ar = [0] * P + [1] + [0] * (k - 1), c = cumsum(ar); token i sees token j iff c_j <= c_i and j is
-        valid. Positions are cumsum(valid) - 1. Returns (cache with k = v = None-like zeros, v [B, k, Dp]).
+        valid. Positions are cumsum(valid) - 1. The perception head's prediction, which the expert reads
+        from its first layer, comes from a separate prefix pass. Returns (cache with k = v = empty, v
+        [B, k, Dp]).
         """
+        percept = self._prefix(obs)[0].percept
         px, pmask = self.vlm.embed_prefix(obs)
-        sx, cond = self.action_expert.embed_suffix(x_t, t)
+        sx, cond = self.action_expert.embed_suffix(x_t, t, percept)
         b, p = pmask.shape
         k = sx.shape[1]
         valid = jnp.concatenate([pmask, jnp.ones((b, k), bool)], axis=1)
@@ -349,7 +390,7 @@ class VLAModel(nn.Module):
             px = pb.finish(px, attn[:, :p], None, None)
             sx = eb.finish(sx, attn[:, p:].astype(sx.dtype), gate, cond)
         empty = jnp.zeros((0,), jnp.float32)
-        cache = PrefixCache(k=empty, v=empty, mask=pmask, out=self.vlm.final_norm(px))
+        cache = PrefixCache(k=empty, v=empty, mask=pmask, out=self.vlm.final_norm(px), percept=percept)
         return cache, self.action_expert.output(sx, cond)
 
 
@@ -436,6 +477,13 @@ class Policy:
         """VLAModel.prefix_hidden: (hidden [B, P, W] entering prefix block `layer`, mask bool[B, P])."""
         self.check_obs(obs)
         return self._apply(params, obs, layer, method=VLAModel.prefix_hidden)
+
+    def perceive(self, params, obs) -> jax.Array:
+        """The perception head's prediction float32[B, perception_dim] (with gradients; see the module
+        docstring)."""
+        if not self.dims.perception_dim:
+            raise ValueError("Policy.perceive: this policy has no perception head (config.policy.perception_dim=0)")
+        return self.encode_prefix(params, obs).percept
 
     # ---------------------------------------------------------------- training
     def flow_matching_loss(self, params, batch: Mapping[str, Any], key: jax.Array,

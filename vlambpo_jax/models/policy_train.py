@@ -42,16 +42,17 @@ def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: i
                     head: grounding.GroundingHead | None = None, grounding_weight: float = 0.0,
                     grounding_layer: int = -1):
     """Returns step(state, batch) -> (state, metrics) (jit it on a mesh with
-    sharding.DataParallel.jit_step); the flow noise of step s is fold_in(key, s). With a grounding
-    `head`, the batch also holds grounding rows (grounding.pool_batch) and the loss is
-    flow loss + grounding_weight x grounding loss."""
+    sharding.DataParallel.jit_step); the flow noise of step s is fold_in(key, s). With grounding_weight
+    > 0, the batch also holds grounding rows (grounding.pool_batch) and the loss is flow loss +
+    grounding_weight x grounding loss, of the separate `head` or, with head None, of the policy's own
+    perception head."""
     base_key = jax.random.key(seed)
 
     def loss_fn(trainable, batch, key):
         params, head_params = trainable
         demo, ground = grounding.split_batch(batch)
         loss, metrics = policy.flow_matching_loss(params, demo, key, noise_samples)
-        if head is not None:
+        if grounding_weight > 0:
             g_loss, g_metrics = grounding.grounding_loss(policy, head, params, head_params, ground,
                                                          grounding_layer)
             loss = loss + grounding_weight * g_loss

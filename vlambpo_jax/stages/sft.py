@@ -143,7 +143,8 @@ def policy_pool(pool: dict, normalize_state=None) -> dict:
 def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int, normalize_state=None):
     """Grounding co-training (models/grounding.py) when config.sft.grounding_weight > 0: renders the
     scene pool and wraps batch_fn to add grounding rows. normalize_state: needed when the policy reads
-    a state token (config.policy.use_state). -> (head or None, head params, batch_fn)."""
+    a state token (config.policy.use_state). -> (head, head params, batch_fn); the head is None without
+    grounding or when the policy's perception head takes its place."""
     config, sft = ctx.config, ctx.config.sft
     if float(sft.grounding_weight) <= 0:
         return None, {}, batch_fn
@@ -153,8 +154,15 @@ def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int, normalize
     print(f"[{ctx.stage}] grounding co-training: {len(pool['targets'])} reset scenes rendered "
           f"({time.time() - t0:.1f} s), weight {float(sft.grounding_weight)}")
     pool = policy_pool(pool, normalize_state if policy.dims.use_state else None)
-    head = grounding.GroundingHead(tuple(sft.grounding_hidden), pool["targets"].shape[1])
-    head_params = head.init(jax.random.key(int(config.seed) + 4), jnp.zeros((1, policy.dims.width)))["params"]
+    num_targets = pool["targets"].shape[1]
+    if policy.dims.perception_dim:   # the policy's own head learns the targets (models/policy.py)
+        if policy.dims.perception_dim != num_targets:
+            raise ValueError(f"config.policy.perception_dim={policy.dims.perception_dim}: the simulator gives "
+                             f"{num_targets} grounding targets; set it to {num_targets}")
+        head, head_params = None, {}
+    else:
+        head = grounding.GroundingHead(tuple(sft.grounding_hidden), num_targets)
+        head_params = head.init(jax.random.key(int(config.seed) + 4), jnp.zeros((1, policy.dims.width)))["params"]
     seed = int(config.seed)
     rows = batch_size if sft.in_memory else batch_size // jax.process_count()  # streamed batches are local
     return head, head_params, lambda step: {**batch_fn(step), **grounding.pool_batch(pool, rows, seed, step)}

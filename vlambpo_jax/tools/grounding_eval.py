@@ -86,7 +86,8 @@ def main(argv: list[str]) -> int:
     policy, _, tokenizer, assets = loading.load_policy(checkpoint_dir, config)
     train_state, _ = checkpoints.load_params(checkpoint_dir, item="train_state")
     head_params = train_state["head_params"]
-    head = grounding.GroundingHead(tuple(config.sft.grounding_hidden), int(head_params["out"]["bias"].shape[0]))
+    head = (None if policy.dims.perception_dim else   # the policy's own perception head (models/policy.py)
+            grounding.GroundingHead(tuple(config.sft.grounding_hidden), int(head_params["out"]["bias"].shape[0])))
     layer = int(config.sft.grounding_layer)
     normalize_state = loading.policy_state_normalizer(policy, assets, config)
     policy_rows = lambda pool: sft.policy_pool(pool, normalize_state)  # noqa: E731
@@ -99,7 +100,7 @@ def main(argv: list[str]) -> int:
                  config, tokenizer, fv.scenes, jax.random.key(seed + NEW_SCENES_SEED), grounding.POSITION_SCALE))}
 
     error_fn = jax.jit(lambda p, h, batch: grounding.xy_errors_cm(
-        head.apply({"params": h}, grounding.pooled_features(policy, p, batch, layer)) - batch["targets"]))
+        grounding.predict_targets(policy, head, p, h, batch, layer) - batch["targets"]))
     mean_target = training["targets"].mean(axis=0, keepdims=True)
     out = {"checkpoint_dir": str(checkpoint_dir), "scenes": fv.scenes, "layer": layer}
     for scenes, pool in pools.items():
