@@ -172,13 +172,17 @@ def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_
       off; needs a simulator); grounding_scenes: freshly reset scenes rendered for it once before
       training (vlambpo_jax/envs/scene_pool.py; each step draws batch_size of them); grounding_hidden:
       its MLP head's hidden sizes; grounding_layer: the prefix layer whose input stream the head reads
-      (-1 = the final output; l = what the action expert's attention reads at layer l).
+      (-1 = the final output; l = what the action expert's attention reads at layer l);
+      grounding_frames: 'reset' (freshly reset scenes) or 'episodes' (frames along scripted-expert
+      episodes with the demos' action noise, at a uniformly drawn step: the gripper near, over and
+      holding the objects; slower to render, since the physics runs).
     """
     c = ml_collections.ConfigDict(dict(
         steps=3000, batch_size=data.get_ref("batch_size"), lr=5e-4, min_lr_ratio=0.1, warmup=100,
         b1=0.9, b2=0.95, weight_decay=1e-4, grad_clip=1.0, ema=0.999, eval_every=1000, eval_episodes=16,
         init_from="", in_memory=True, noise_samples=1,
         grounding_weight=0.0, grounding_scenes=4096, grounding_hidden=(128,), grounding_layer=-1,
+        grounding_frames="reset",
     ))
     c.update(overrides)
     if smoke:

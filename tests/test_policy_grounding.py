@@ -85,6 +85,22 @@ def pool(config):
     return scene_pool.make_scene_pool(config, tok, 16, jax.random.key(0), grounding.POSITION_SCALE)
 
 
+def test_episode_pool_frames_come_from_along_expert_episodes(config, pool):
+    tok = loading.make_tokenizer(config.policy.tokenizer)
+    frames = scene_pool.make_episode_pool(config, tok, 32, jax.random.key(1), grounding.POSITION_SCALE, noise=0.1)
+    assert {k: v.shape[1:] for k, v in frames.items()} == {k: v.shape[1:] for k, v in pool.items()}
+    # The observation is the labelled state's own (not the reset one's): its tool position is the target's.
+    np.testing.assert_allclose(frames["state"][:, :3] * grounding.POSITION_SCALE, frames["targets"][:, 10:13],
+                               atol=1e-5)
+    # The experts moved the gripper: many frames have it lower than any freshly reset scene does.
+    lowest_reset = pool["targets"][:, 12].min()
+    assert np.mean(frames["targets"][:, 12] < lowest_reset - 0.02 * grounding.POSITION_SCALE) > 0.25
+    with pytest.raises(ConfigError, match="grounding_frames"):
+        bad = config.copy_and_resolve_references()
+        bad.sft.grounding_frames = "demos"
+        validate(bad)
+
+
 def test_pool_rows_and_batches(config, pool):
     n, v, s = 16, len(config.views), config.image_size
     assert pool["images"].shape == (n, v, s, s, 3) and pool["images"].dtype == np.uint8
@@ -209,6 +225,9 @@ def test_perception_head_learns_from_grounding_alone_and_steers_the_expert(confi
     v0 = policy.denoise(params, policy.encode_prefix(params, obs), x, t)
     v1 = policy.denoise(shifted, policy.encode_prefix(shifted, obs), x, t)
     assert float(jnp.max(jnp.abs(v1 - v0))) > 1e-3
+    # A diagnostic's replacement of the prediction acts exactly like a head that predicts it.
+    np.testing.assert_allclose(policy.sample_actions(params, obs, jax.random.key(7), percept_fn=lambda p: p + 1.0),
+                               policy.sample_actions(shifted, obs, jax.random.key(7)), rtol=1e-4, atol=1e-4)
     # ... and the uncached reference path (joint attention) agrees with the cached one.
     cached = policy.sample_actions(params, obs, jax.random.key(6))
     joint = policy.sample_actions(params, obs, jax.random.key(6), use_cache=False)
@@ -269,6 +288,16 @@ def test_grounding_eval_reads_the_trained_head(dataset, tmp_path):  # noqa: F811
     res = evaluation.evaluate(env, fn, state["ema_params"], evaluate.evaluation_key(config), 4)
     assert out["outcomes"]["episodes"] == 4
     assert out["outcomes"]["success_rate"] == res["success_rate"]
+    # Along the episodes: the first chunk's frame is the first frame, read through the rollout instead
+    # of the scene pool, so its errors are the outcome table's; episodes that end stop being counted.
+    chunks = out["outcomes"]["error_by_chunk"]
+    assert len(chunks) == -(-env.max_horizon // config.chunk_size) and chunks[0]["running"] == 4
+    for kind in ("successes", "failures"):
+        first = out["outcomes"][f"error_cm_{kind}"]
+        assert (chunks[0][f"error_cm_{kind}"] is None) == (first is None)
+        if first is not None:
+            assert chunks[0][f"error_cm_{kind}"] == pytest.approx(first, rel=1e-4)
+    assert all(a["running"] >= b["running"] for a, b in zip(chunks, chunks[1:]))
     assert sum(q["episodes"] for q in out["outcomes"]["by_error_quartile"]) == 4
     by_object = out["outcomes"]["by_object"]
     assert set(by_object) <= {"red cube", "green cylinder", "blue block"}

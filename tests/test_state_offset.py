@@ -24,8 +24,19 @@ def test_offset_moves_both_positions_by_the_distance_and_nothing_else():
     np.testing.assert_array_equal(np.asarray(state_offset.offset_positions(state, 0.0)), state)
 
 
+def test_true_percept_takes_positions_and_tool_from_the_state_and_keeps_the_rest():
+    rng = np.random.default_rng(1)
+    predicted = rng.normal(size=(4, 13)).astype(np.float32)
+    state = rng.uniform(-0.3, 0.3, (4, 11)).astype(np.float32)
+    out = np.asarray(state_offset.true_percept(predicted, state))
+    np.testing.assert_allclose(out[:, 0:4], 10.0 * state[:, 7:11], rtol=1e-6)   # decimetres
+    np.testing.assert_allclose(out[:, 10:13], 10.0 * state[:, 0:3], rtol=1e-6)
+    np.testing.assert_array_equal(out[:, 4:10], predicted[:, 4:10])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/tabletop.py:smoke"], "needs a policy that reads the true positions"),
+    (["--config=configs/tabletop.py:smoke", "--config.env.privileged_state=True"], "sft"),
     (["--config=configs/tabletop.py:smoke,truth", "--offsets_cm=1,x"], "--offsets_cm: numbers in cm"),
     (["--config=configs/tabletop.py:smoke,truth"], "sft"),
 ])

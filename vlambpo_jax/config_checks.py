@@ -155,6 +155,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("sft.grounding_weight", _nonnegative_number),
     ("sft.grounding_scenes", _int_range(1)),
     ("sft.grounding_layer", _int_range(-1)),
+    ("sft.grounding_frames", _one_of("reset", "episodes")),
     ("policy.vit_stem", _one_of("patch", "conv")),
     ("policy.perception_dim", _int_range(0)),
     ("policy.vit_patch", _int_range(1)),

@@ -1,11 +1,14 @@
-"""Freshly reset tabletop scenes labelled with where things are: the data of grounding co-training
-(vlambpo_jax/models/grounding.py). No physics rollout, so thousands of scenes cost seconds."""
+"""Tabletop frames labelled with where things are: the data of grounding co-training
+(vlambpo_jax/models/grounding.py). Freshly reset scenes need no physics rollout, so thousands cost
+seconds; frames from along scripted-expert episodes also show the gripper near, over and holding the
+objects, as the policy's own frames do after the first chunk."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from vlambpo_jax.envs import tabletop
+from vlambpo_jax.envs import experts, tabletop
 
 
 def make_scene_pool(config, tokenizer, num_scenes: int, key: jax.Array, target_scale: float,
@@ -26,6 +29,36 @@ def make_scene_pool(config, tokenizer, num_scenes: int, key: jax.Array, target_s
     reset = jax.jit(jax.vmap(one))
     keys = jax.random.split(key, max(int(num_scenes), 1))
     parts = [jax.device_get(reset(keys[i:i + chunk])) for i in range(0, len(keys), chunk)]
+    return pool_rows(config, tokenizer, env, *(np.concatenate(p) for p in zip(*parts)), target_scale)
+
+
+def make_episode_pool(config, tokenizer, num_scenes: int, key: jax.Array, target_scale: float, noise: float,
+                      chunk: int = 256) -> dict:
+    """Like make_scene_pool, but each frame is taken along a scripted-expert episode (the demos'
+    experts, with their action noise `noise`), at a step drawn uniformly from the task's horizon; an
+    episode that ended before it gives its final frame. The same dict as make_scene_pool."""
+    env = tabletop.make_env(config)
+    horizons = jnp.asarray(env.horizons)
+
+    def one(k):
+        k_task, k_reset, k_stop, k_run = jax.random.split(k, 4)
+        task = jax.random.randint(k_task, (), 0, env.num_tasks)
+        state = env.reset(k_reset, task)
+        stop = jax.random.randint(k_stop, (), 0, horizons[task])
+
+        def body(s, step):
+            i, k_act = step
+            moved = env.step_chunk(s, experts.expert_action(env, s, k_act, noise)[None], render=False)[0]
+            return jax.tree.map(lambda a, b: jnp.where(i < stop, a, b), moved, s), None
+
+        steps = (jnp.arange(env.max_horizon), jax.random.split(k_run, env.max_horizon))
+        state, _ = jax.lax.scan(body, state, steps)
+        obs = env.observe(state)
+        return obs["images"], obs["instruction_id"], obs["state"], env.grounding_targets(state)
+
+    run = jax.jit(jax.vmap(one))
+    keys = jax.random.split(key, max(int(num_scenes), 1))
+    parts = [jax.device_get(run(keys[i:i + chunk])) for i in range(0, len(keys), chunk)]
     return pool_rows(config, tokenizer, env, *(np.concatenate(p) for p in zip(*parts)), target_scale)
 
 

@@ -254,6 +254,10 @@ class TabletopEnv:
         sc = self.scene(state)
         return jax.lax.switch(state.info["task_id"], [t.success for t in self.tasks], sc)
 
+    def observe(self, state: State) -> dict:
+        """A state's observation, rendered (for states stepped with render=False)."""
+        return self._observe(state.data, state.info)
+
     def _observe(self, data: mjx.Data, info: dict, render: bool = True, images=None) -> dict:
         fingers = data.qpos[self._finger_qadr]
         opening = 1.0 - (fingers[0] + fingers[1]) / (2 * S.FINGER_TRAVEL)

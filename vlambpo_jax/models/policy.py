@@ -516,11 +516,13 @@ class Policy:
 
     # ---------------------------------------------------------------- sampling
     def sample_actions(self, params, obs, key: jax.Array, num_steps: int | None = None,
-                       use_cache: bool = True) -> jax.Array:
+                       use_cache: bool = True, percept_fn: Callable | None = None) -> jax.Array:
         """Deterministic Euler ODE from t = 1 to 0 in `num_steps` steps (default config).
 
         The prefix KV cache is computed once; `use_cache=False` recomputes everything at every step
-        through the joint (uncached) path, as a reference. Returns normalized float32[B, k, action_dim].
+        through the joint (uncached) path, as a reference. percept_fn: replaces the perception head's
+        prediction [B, perception_dim] with percept_fn(prediction) (a diagnostic: e.g. the true
+        positions). Returns normalized float32[B, k, action_dim].
         """
         num_steps = num_steps or self.num_steps
         d = self.dims
@@ -529,8 +531,12 @@ class Policy:
         dt = -1.0 / num_steps
         if use_cache:
             cache = self.encode_prefix(params, obs)
+            if percept_fn is not None:
+                cache = cache.replace(percept=percept_fn(cache.percept))
             velocity = lambda x, t: self.denoise(params, cache, x, t)
         else:
+            if percept_fn is not None:
+                raise ValueError("sample_actions: percept_fn needs the cached path (use_cache=True)")
             self.check_obs(obs)
             velocity = lambda x, t: self._apply(params, obs, x, t, method=VLAModel.joint)[1]
 
@@ -631,14 +637,18 @@ class Policy:
         return self._apply(params, self.encode_prefix(params, obs), method=VLAModel.value)
 
     # ---------------------------------------------------------------- the API used by everything else
-    def sample(self, params, obs, key: jax.Array, mode: str = "eval", return_info: bool = False):
+    def sample(self, params, obs, key: jax.Array, mode: str = "eval", return_info: bool = False,
+               percept_fn: Callable | None = None):
         """Actions in environment units, float32[B, k, action_dim].
 
         mode 'eval': deterministic Euler sampling; 'train': Flow-SDE. With return_info, also returns a
-        dict with 'actions_normalized' and, in train mode, 'chain', 'log_prob', 'value'.
+        dict with 'actions_normalized' and, in train mode, 'chain', 'log_prob', 'value'. percept_fn:
+        sample_actions' (eval mode only).
         """
+        if percept_fn is not None and mode != "eval":
+            raise ValueError("Policy.sample: percept_fn is for mode 'eval' only")
         if mode == "eval":
-            norm = self.sample_actions(params, obs, key)
+            norm = self.sample_actions(params, obs, key, percept_fn=percept_fn)
             info = {"actions_normalized": norm}
         elif mode == "train":
             out = self.sample_sde(params, obs, key)
@@ -673,12 +683,15 @@ def make_unnormalizer(stats, mode: str = "zscore") -> Callable[[jax.Array], jax.
 
 
 def make_env_policy_fn(policy: Policy, tokenizer, instructions, max_text_len: int, mode: str = "eval",
-                       normalize_state: Callable[[jax.Array], jax.Array] | None = None):
+                       normalize_state: Callable[[jax.Array], jax.Array] | None = None,
+                       percept_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
     """Adapter to the simulator's per-episode interface: (params, obs, key) -> actions f32[k, action_dim].
 
     obs is one unbatched env observation {images uint8[V, H, W, 3], instruction_id int32[], state f32[S]}
     (vmapped by the caller). Every instruction string is tokenized once here into a constant table.
     normalize_state: raw state -> normalized (needed only when config.policy.use_state).
+    percept_fn(prediction [1, perception_dim], raw state [1, S]) -> what the expert reads instead of the
+    perception head's prediction (Policy.sample_actions; a diagnostic, e.g. the true positions).
     """
     ids, mask = tokenizer.encode_batch(list(instructions), max_text_len)
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
@@ -690,7 +703,8 @@ def make_env_policy_fn(policy: Policy, tokenizer, instructions, max_text_len: in
         if policy.dims.use_state:
             state = obs["state"][None]
             batch["state"] = normalize_state(state) if normalize_state is not None else state
-        return policy.sample(params, batch, key, mode=mode)[0]
+        replace = None if percept_fn is None else (lambda p: percept_fn(p, obs["state"][None]))
+        return policy.sample(params, batch, key, mode=mode, percept_fn=replace)[0]
 
     return policy_fn
 

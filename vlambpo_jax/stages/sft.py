@@ -140,6 +140,16 @@ def policy_pool(pool: dict, normalize_state=None) -> dict:
     return pool
 
 
+def grounding_pool(config, tokenizer) -> dict:
+    """The grounding co-training frames (envs/scene_pool.py) config.sft.grounding_frames names:
+    'reset' scenes or frames along scripted-expert 'episodes'."""
+    sft, key = config.sft, jax.random.key(int(config.seed) + 3)
+    if sft.grounding_frames == "episodes":
+        return scene_pool.make_episode_pool(config, tokenizer, int(sft.grounding_scenes), key,
+                                            grounding.POSITION_SCALE, float(config.demos.noise))
+    return scene_pool.make_scene_pool(config, tokenizer, int(sft.grounding_scenes), key, grounding.POSITION_SCALE)
+
+
 def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int, normalize_state=None):
     """Grounding co-training (models/grounding.py) when config.sft.grounding_weight > 0: renders the
     scene pool and wraps batch_fn to add grounding rows. normalize_state: needed when the policy reads
@@ -149,9 +159,8 @@ def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int, normalize
     if float(sft.grounding_weight) <= 0:
         return None, {}, batch_fn
     t0 = time.time()
-    pool = scene_pool.make_scene_pool(config, tokenizer, int(sft.grounding_scenes),
-                                      jax.random.key(int(config.seed) + 3), grounding.POSITION_SCALE)
-    print(f"[{ctx.stage}] grounding co-training: {len(pool['targets'])} reset scenes rendered "
+    pool = grounding_pool(config, tokenizer)
+    print(f"[{ctx.stage}] grounding co-training: {len(pool['targets'])} frames ({sft.grounding_frames}) rendered "
           f"({time.time() - t0:.1f} s), weight {float(sft.grounding_weight)}")
     pool = policy_pool(pool, normalize_state if policy.dims.use_state else None)
     num_targets = pool["targets"].shape[1]

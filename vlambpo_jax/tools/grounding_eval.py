@@ -14,8 +14,10 @@ memorised where things were in its training scenes rather than learning to find 
 With --episodes=N it also runs the evaluate stage's first N deterministic episodes (the same initial
 states) and links each outcome to the acting policy's object error in its first frame: 'outcomes'
 holds the mean error of the successes and of the failures, the success rate per error quartile and
-per instructed object.
-If success falls as the error grows, finding the object is what the policy fails at.
+per instructed object. 'error_by_chunk' follows the episodes: the object error on the frame each
+chunk starts from (episodes still running), for the successes and the failures apart.
+If success falls as the error grows, finding the object is what the policy fails at; an error that
+grows along the episode means the policy loses the object after its first frames.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import json
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
@@ -69,6 +72,48 @@ def outcome_table(errors_cm: np.ndarray, success: np.ndarray) -> dict:
                                   for q in range(4)]}
 
 
+def along_episodes(env, act_fn, error_fn, params, head_params, key, task_ids: np.ndarray, chunk_size: int,
+                   policy_rows) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluate stage's rollout of these episodes (evaluation.rollout: the same initial states,
+    keys and actions), reading the grounding prediction on the frame each chunk starts from.
+
+    act_fn: the env policy fn (params, obs, key) -> actions; error_fn(params, head_params, batch) ->
+    xy errors in cm [B, len(TARGET_NAMES)]; policy_rows(obs, targets) -> the policy's batch with
+    'targets'. Returns (success bool[B], the instructed object's error float[B, n_chunks], NaN once an
+    episode has ended)."""
+    def run(params, head_params, key):
+        state, k_run = evaluation.reset_episodes(env, key, jnp.asarray(task_ids))
+        b = task_ids.shape[0]
+        act = jax.vmap(act_fn, in_axes=(None, 0, 0))
+
+        def body(s, k):
+            batch = policy_rows(s.obs, jax.vmap(env.grounding_targets)(s) * grounding.POSITION_SCALE)
+            err = jnp.where(s.done, jnp.nan, error_fn(params, head_params, batch)[:, 0])
+            s, _, _ = jax.vmap(env.step_chunk)(s, act(params, s.obs, jax.random.split(k, b)))
+            return s, err
+
+        n_chunks = -(-env.max_horizon // chunk_size)
+        state, errs = jax.lax.scan(body, state, jax.random.split(k_run, n_chunks))
+        return state.success, errs.T
+
+    success, errs = jax.device_get(jax.jit(run)(params, head_params, key))
+    return np.asarray(success, bool), np.asarray(errs)
+
+
+def error_by_chunk(errors_cm: np.ndarray, success: np.ndarray) -> list[dict]:
+    """Per chunk index: episodes still running and their mean object error (cm), successes and
+    failures apart (None where none runs)."""
+    rows = []
+    for c in range(errors_cm.shape[1]):
+        col = errors_cm[:, c]
+        running = ~np.isnan(col)
+        mean_of = lambda m: float(col[m].mean()) if m.any() else None  # noqa: E731
+        rows.append({"chunk": c, "running": int(running.sum()),
+                     "error_cm_successes": mean_of(running & success),
+                     "error_cm_failures": mean_of(running & ~success)})
+    return rows
+
+
 def episode_pool(config, tokenizer, env, task_ids: np.ndarray) -> tuple[dict, np.ndarray]:
     """The evaluate stage's initial frames for these episodes, as a scene pool (scene_pool's fields),
     and each episode's instructed object (int [N], an index into envs.scene.OBJECTS)."""
@@ -93,8 +138,7 @@ def main(argv: list[str]) -> int:
     policy_rows = lambda pool: sft.policy_pool(pool, normalize_state)  # noqa: E731
 
     seed = int(config.seed)
-    training = policy_rows(scene_pool.make_scene_pool(config, tokenizer, int(config.sft.grounding_scenes),
-                                                      jax.random.key(seed + 3), grounding.POSITION_SCALE))
+    training = policy_rows(sft.grounding_pool(config, tokenizer))
     pools = {"training_scenes": {k: v[:fv.scenes] for k, v in training.items()},
              "new_scenes": policy_rows(scene_pool.make_scene_pool(
                  config, tokenizer, fv.scenes, jax.random.key(seed + NEW_SCENES_SEED), grounding.POSITION_SCALE))}
@@ -118,9 +162,22 @@ def main(argv: list[str]) -> int:
         err = errors_cm(error_fn, train_state["ema_params"], head_params, pool, fv.batch_size)[:, 0]
         fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len,
                                 normalize_state=normalize_state)
-        res = evaluation.evaluate(env, fn, train_state["ema_params"], evaluate.evaluation_key(config), per_task)
-        success = np.asarray(res["successes"], bool)
+        ids, mask = (jnp.asarray(a) for a in tokenizer.encode_batch(list(env.instructions),
+                                                                    int(config.data.max_text_len)))
+
+        def episode_rows(obs, targets):
+            rows = {"images": obs["images"], "image_mask": jnp.ones(obs["images"].shape[:2], bool),
+                    "tokens": ids[obs["instruction_id"]], "token_mask": mask[obs["instruction_id"]],
+                    "targets": targets}
+            if policy.dims.use_state:
+                rows["state"] = normalize_state(obs["state"])
+            return rows
+
+        success, along = along_episodes(env, fn, error_fn, train_state["ema_params"], head_params,
+                                        evaluate.evaluation_key(config), task_ids, int(config.chunk_size),
+                                        episode_rows)
         out["outcomes"] = outcome_table(err, success)
+        out["outcomes"]["error_by_chunk"] = error_by_chunk(along, success)
         out["outcomes"]["by_object"] = {
             f"{o.colour} {o.noun}": {"episodes": int((objects == i).sum()),
                                      "success_rate": float(success[objects == i].mean())}
