@@ -125,10 +125,11 @@ def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> 
       chunk_size x action_dim dims) or 'mean' (its mean over those dims, as DPPO: the ratio is the
       geometric mean of the per-dim ratios, far less sharp).
     use_state, state_dim: proprio state as one extra prefix token (off, as in the paper).
-    perception_dim: 0 (off), or the number of grounding targets (13 in the tabletop) a perception head
-      predicts from the prefix stream entering block sft.grounding_layer; its stop-gradient prediction
-      joins the action expert's adaRMS condition (vlambpo_jax/models/policy.py; trained by the
-      grounding loss, so it needs sft.grounding_weight > 0).
+    perception_dim: 0 (off), or how many of the grounding targets (the first 4 to all 13 in the
+      tabletop: object xy, goal xy, every object's xy, tool xyz) a perception head predicts from the
+      prefix stream entering block sft.grounding_layer; its stop-gradient prediction joins the action
+      expert's adaRMS condition (vlambpo_jax/models/policy.py; trained by the grounding loss, so it
+      needs sft.grounding_weight > 0).
     value_hidden: value-head MLP sizes (ReLU) on the mean-pooled stop-gradient prefix outputs.
     max_text_len: tokens per instruction (a reference to data.max_text_len, which the reader uses);
       tokenizer: 'byte' (UTF-8 bytes), 'words:tabletop' (whole words of the tabletop instructions) or a
@@ -176,13 +177,16 @@ def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_
       grounding_frames: 'reset' (freshly reset scenes) or 'episodes' (frames along scripted-expert
       episodes with the demos' action noise, at a uniformly drawn step: the gripper near, over and
       holding the objects; slower to render, since the physics runs).
+    perception_teacher: with a perceived state of 4 dims (policy.perception_dim=4), the action expert
+      reads the true object and goal xy in training (teacher forcing; the demos must carry the
+      privileged state: env.privileged_state=True, data.state_dim=11) and its head's estimate when it acts.
     """
     c = ml_collections.ConfigDict(dict(
         steps=3000, batch_size=data.get_ref("batch_size"), lr=5e-4, min_lr_ratio=0.1, warmup=100,
         b1=0.9, b2=0.95, weight_decay=1e-4, grad_clip=1.0, ema=0.999, eval_every=1000, eval_episodes=16,
         init_from="", in_memory=True, noise_samples=1,
         grounding_weight=0.0, grounding_scenes=4096, grounding_hidden=(128,), grounding_layer=-1,
-        grounding_frames="reset",
+        grounding_frames="reset", perception_teacher=False,
     ))
     c.update(overrides)
     if smoke:

@@ -228,6 +228,15 @@ def test_perception_head_learns_from_grounding_alone_and_steers_the_expert(confi
     # A diagnostic's replacement of the prediction acts exactly like a head that predicts it.
     np.testing.assert_allclose(policy.sample_actions(params, obs, jax.random.key(7), percept_fn=lambda p: p + 1.0),
                                policy.sample_actions(shifted, obs, jax.random.key(7)), rtol=1e-4, atol=1e-4)
+    # Teacher forcing: a batch 'percept' is read exactly as a head that predicts it would be.
+    constant = jax.tree.map(lambda a: a, params)
+    constant["vlm"]["perception"]["out"] = {"kernel": jnp.zeros_like(params["vlm"]["perception"]["out"]["kernel"]),
+                                             "bias": jnp.linspace(-1.0, 1.0, 13)}
+    given = dict(demo, percept=jnp.broadcast_to(jnp.linspace(-1.0, 1.0, 13), (len(batch["targets"]), 13)))
+    np.testing.assert_allclose(policy.flow_matching_loss(params, given, jax.random.key(4))[0],
+                               policy.flow_matching_loss(constant, demo, jax.random.key(4))[0], rtol=1e-5)
+    assert abs(float(policy.flow_matching_loss(params, given, jax.random.key(4))[0])
+               - float(policy.flow_matching_loss(params, demo, jax.random.key(4))[0])) > 1e-4
     # ... and the uncached reference path (joint attention) agrees with the cached one.
     cached = policy.sample_actions(params, obs, jax.random.key(6))
     joint = policy.sample_actions(params, obs, jax.random.key(6), use_cache=False)
@@ -241,9 +250,24 @@ def test_perception_needs_grounding_and_the_simulator_target_count(dataset, tmp_
     with pytest.raises(ConfigError, match="perception_dim.*grounding_weight > 0"):
         validate(config)
     config.sft.grounding_weight = 1.0
-    config.policy.perception_dim = 5
-    with pytest.raises(ValueError, match="perception_dim=5: the simulator gives 13 grounding targets"):
+    config.policy.perception_dim = 14
+    with pytest.raises(ValueError, match=r"perception_dim=14: must be in \[4, 13\]"):
         _run(config, tmp_path, _StopAfter(10 ** 9))
+    config.sft.perception_teacher = True
+    with pytest.raises(ConfigError, match="perception_teacher.*perception_dim=4"):
+        validate(config)
+    config.policy.perception_dim = 4
+    with pytest.raises(ConfigError, match="perception_teacher.*privileged_state=True"):
+        validate(config)
+
+
+def test_teacher_percept_is_the_privileged_positions_in_decimetres():
+    raw = np.arange(2 * 11, dtype=np.float32).reshape(2, 11) / 100.0
+    batch = {"images": np.zeros((2, 2, 4, 4, 3), np.uint8), "state": raw, "raw_state": raw}
+    out = sft.model_batch(batch, use_state=False, perception_teacher=True)
+    assert "state" not in out
+    np.testing.assert_allclose(out["percept"], raw[:, 7:11] * grounding.POSITION_SCALE, rtol=1e-6)
+    assert "percept" not in sft.model_batch(batch, use_state=False)
 
 
 def test_xy_errors_are_distances_in_cm():

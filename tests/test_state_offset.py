@@ -32,6 +32,8 @@ def test_true_percept_takes_positions_and_tool_from_the_state_and_keeps_the_rest
     np.testing.assert_allclose(out[:, 0:4], 10.0 * state[:, 7:11], rtol=1e-6)   # decimetres
     np.testing.assert_allclose(out[:, 10:13], 10.0 * state[:, 0:3], rtol=1e-6)
     np.testing.assert_array_equal(out[:, 4:10], predicted[:, 4:10])
+    short = np.asarray(state_offset.true_percept(predicted[:, :4], state))   # a 4-dim perceived state
+    np.testing.assert_allclose(short, 10.0 * state[:, 7:11], rtol=1e-6)
 
 
 @pytest.mark.parametrize("args, message", [

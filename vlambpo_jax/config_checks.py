@@ -285,6 +285,14 @@ def _cross_problems(config) -> list[tuple[str, Any, str]]:
         if p.get("perception_dim", 0) and (weight is _MISSING or weight <= 0):
             out.append(("policy.perception_dim", p.perception_dim, "the perception head learns from the "
                         "grounding loss: needs config.sft.grounding_weight > 0"))
+        teacher = get(config, "sft.perception_teacher")
+        if teacher is not _MISSING and teacher:
+            if p.get("perception_dim", 0) != 4:
+                out.append(("sft.perception_teacher", True, "teaches the 4 privileged positions: needs "
+                            "config.policy.perception_dim=4"))
+            elif not (get(config, "env.privileged_state") is True and get(config, "data.state_dim") == 11):
+                out.append(("sft.perception_teacher", True, "reads the true positions from the demos' "
+                            "privileged state: needs config.env.privileged_state=True and config.data.state_dim=11"))
         if p.use_state and imagining:
             out.append(("policy.use_state", True, f"cannot run stage {imagining[0]!r}: the world model "
                         "predicts images, not the state this policy reads (use rl.world='sim' or "

@@ -384,6 +384,7 @@ def make_batch(samples: list[tuple[dict, int]], *, chunk_size: int, tokenizer=No
         out["images"].append(ep["images"][t])
         out["image_mask"].append(ep["image_mask"])
         out["state"].append(ep["state_norm"][t])
+        out["raw_state"].append(ep["state"][t])
         out["actions"].append(chunk)
         out["action_mask"].append(valid)
         out["tokens"].append(ids)
@@ -395,7 +396,8 @@ def make_batch(samples: list[tuple[dict, int]], *, chunk_size: int, tokenizer=No
             out["next_images"].append(ep["images"][min(t + k, T - 1)])
             out["episode_success"].append(ep["success"])
             out["steps_to_end"].append(T - 1 - t)
-    dtypes = {"images": np.uint8, "image_mask": bool, "state": np.float32, "actions": np.float32,
+    dtypes = {"images": np.uint8, "image_mask": bool, "state": np.float32, "raw_state": np.float32,
+              "actions": np.float32,
               "action_mask": bool, "tokens": np.int32, "token_mask": bool, "episode_index": np.int32,
               "step_index": np.int32, "next_images": np.uint8, "episode_success": bool,
               "steps_to_end": np.int32}

@@ -51,6 +51,7 @@ RENDERED_GEOMS = ("table", "zone0", "zone1", "palm", "finger_l", "finger_r") + O
 SHADOW_CASTERS = ("palm", "finger_l", "finger_r") + OBJECT_GEOMS
 WORKSPACE_LO = np.array([-0.22, -0.22, 0.012], np.float32)   # tool centre point bounds
 WORKSPACE_HI = np.array([0.22, 0.22, 0.30], np.float32)
+PRIVILEGED_POSITIONS = slice(7, 11)   # privileged state: instructed object xy, goal xy (grounding targets 0:4)
 SLOT_SPACING = 0.11     # initial positions: a 3x3 grid of slots, jittered
 SLOT_JITTER = 0.015
 

@@ -59,11 +59,18 @@ def pooled_features(policy: policy_lib.Policy, params, obs, layer: int) -> jax.A
 
 def predict_targets(policy: policy_lib.Policy, head: GroundingHead | None, params, head_params, obs,
                     layer: int = -1) -> jax.Array:
-    """The grounding prediction float32[B, T] for `obs`: the separate `head` reading the prefix at
-    `layer` (pooled_features), or with head None the policy's own perception head."""
+    """The grounding prediction for `obs`: float32[B, T] of the separate `head` reading the prefix at
+    `layer` (pooled_features), or with head None float32[B, perception_dim] of the policy's own
+    perception head (the first perception_dim targets)."""
     if head is None:
         return policy.perceive(params, obs)
     return head.apply({"params": head_params}, pooled_features(policy, params, obs, layer))
+
+
+def prediction_error(pred: jax.Array, targets: jax.Array) -> jax.Array:
+    """pred float32[B, P] minus the first P targets [B, T >= P] (a perception head predicts only the
+    first perception_dim targets)."""
+    return pred - targets[:, :pred.shape[1]]
 
 
 def grounding_loss(policy: policy_lib.Policy, head: GroundingHead | None, params, head_params,
@@ -71,7 +78,7 @@ def grounding_loss(policy: policy_lib.Policy, head: GroundingHead | None, params
     """Mean squared error of the prediction (predict_targets) from the prefix of `batch` (observation
     keys + 'targets' float32[B, T]). Returns (loss, metrics with the mean xy errors of the named
     targets in cm)."""
-    err = predict_targets(policy, head, params, head_params, batch, layer) - batch["targets"]
+    err = prediction_error(predict_targets(policy, head, params, head_params, batch, layer), batch["targets"])
     metrics = {"grounding_loss": jnp.mean(err ** 2)}
     for i, name in enumerate(TARGET_NAMES):
         metrics[f"grounding_{name}_err_cm"] = jnp.mean(xy_errors_cm(err)[:, i])

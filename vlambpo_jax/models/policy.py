@@ -494,7 +494,9 @@ class Policy:
         x_t = t noise + (1 - t) a, target u = noise - a, t ~ Beta(1.5, 1); the squared error is averaged
         over all (padded) action dims and over the valid chunk steps. `noise_samples` (t, noise) draws per
         observation share one prefix pass: the action expert is cheap next to the prefix, and more draws
-        lower the variance of the gradient that teaches the expert to read the observation.
+        lower the variance of the gradient that teaches the expert to read the observation. A batch
+        'percept' float32[B, perception_dim] is what the expert reads in place of the perception head's
+        prediction (teacher forcing with the true positions; config.sft.perception_teacher).
         """
         n = int(noise_samples)
         actions = jnp.repeat(self._pad(batch["actions"].astype(jnp.float32)), n, axis=0)   # [B n, k, Dp]
@@ -504,6 +506,8 @@ class Policy:
         t = fs.sample_flow_time(time_key, b)
         x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
         cache = self.encode_prefix(params, batch)
+        if "percept" in batch:
+            cache = cache.replace(percept=jnp.asarray(batch["percept"], jnp.float32))
         if n > 1:
             cache = cache.repeat(n)
         v = self.denoise(params, cache, x_t, t)

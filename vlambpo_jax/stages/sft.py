@@ -39,10 +39,15 @@ CKPT_NAME = "policy"
 MODEL_KEYS = ("images", "image_mask", "tokens", "token_mask", "actions", "action_mask", "state")
 
 
-def model_batch(batch: dict, use_state: bool) -> dict:
-    """Numpy batch from the data reader -> the jnp arrays the model reads."""
+def model_batch(batch: dict, use_state: bool, perception_teacher: bool = False) -> dict:
+    """Numpy batch from the data reader -> the jnp arrays the model reads. perception_teacher: also
+    'percept', the true object and goal xy of the privileged state (grounding targets 0:4, x
+    POSITION_SCALE), which the action expert then reads in place of its perception head's estimate."""
     keys = [k for k in MODEL_KEYS if k in batch and (k != "state" or use_state)]
-    return {k: jnp.asarray(batch[k]) for k in keys}
+    out = {k: jnp.asarray(batch[k]) for k in keys}
+    if perception_teacher:
+        out["percept"] = jnp.asarray(batch["raw_state"][:, tabletop.PRIVILEGED_POSITIONS] * grounding.POSITION_SCALE)
+    return out
 
 
 class InMemoryBatches:
@@ -164,10 +169,10 @@ def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int, normalize
           f"({time.time() - t0:.1f} s), weight {float(sft.grounding_weight)}")
     pool = policy_pool(pool, normalize_state if policy.dims.use_state else None)
     num_targets = pool["targets"].shape[1]
-    if policy.dims.perception_dim:   # the policy's own head learns the targets (models/policy.py)
-        if policy.dims.perception_dim != num_targets:
-            raise ValueError(f"config.policy.perception_dim={policy.dims.perception_dim}: the simulator gives "
-                             f"{num_targets} grounding targets; set it to {num_targets}")
+    if policy.dims.perception_dim:   # the policy's own head learns the first targets (models/policy.py)
+        if not len(grounding.TARGET_NAMES) * 2 <= policy.dims.perception_dim <= num_targets:
+            raise ValueError(f"config.policy.perception_dim={policy.dims.perception_dim}: must be in "
+                             f"[{len(grounding.TARGET_NAMES) * 2}, {num_targets}] (the simulator's grounding targets)")
         head, head_params = None, {}
     else:
         head = grounding.GroundingHead(tuple(sft.grounding_hidden), num_targets)
@@ -207,6 +212,7 @@ def run(ctx) -> dict:
     policy = policy_lib.Policy(config, vocab_size=tokenizer.vocab_size,
                                unnormalize=loading.action_unnormalizer(stats, config.data.norm_mode))
     use_state = policy.dims.use_state
+    teacher = bool(sft.perception_teacher)
     batch_size = int(sft.batch_size)
     max_len = int(config.data.max_text_len)
 
@@ -219,10 +225,10 @@ def run(ctx) -> dict:
               f"({time.time() - t0:.1f} s)")
         make = lambda samples: model_batch(rlds_reader.make_batch(
             samples, chunk_size=int(config.chunk_size), tokenizer=tokenizer, max_text_len=max_len,
-            action_pad=config.data.action_pad), use_state)
+            action_pad=config.data.action_pad), use_state, teacher)
         batch_fn = InMemoryBatches(episodes, batch_size, int(config.seed), make)
     else:
-        stream = (model_batch(b, use_state) for b in loader.batches(batch_size=batch_size))
+        stream = (model_batch(b, use_state, teacher) for b in loader.batches(batch_size=batch_size))
         batch_fn = StreamBatches(stream)
 
     example = batch_fn(0)

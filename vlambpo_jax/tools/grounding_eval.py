@@ -143,8 +143,8 @@ def main(argv: list[str]) -> int:
              "new_scenes": policy_rows(scene_pool.make_scene_pool(
                  config, tokenizer, fv.scenes, jax.random.key(seed + NEW_SCENES_SEED), grounding.POSITION_SCALE))}
 
-    error_fn = jax.jit(lambda p, h, batch: grounding.xy_errors_cm(
-        grounding.predict_targets(policy, head, p, h, batch, layer) - batch["targets"]))
+    error_fn = jax.jit(lambda p, h, batch: grounding.xy_errors_cm(grounding.prediction_error(
+        grounding.predict_targets(policy, head, p, h, batch, layer), batch["targets"])))
     mean_target = training["targets"].mean(axis=0, keepdims=True)
     out = {"checkpoint_dir": str(checkpoint_dir), "scenes": fv.scenes, "layer": layer}
     for scenes, pool in pools.items():

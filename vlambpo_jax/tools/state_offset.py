@@ -33,16 +33,17 @@ from vlambpo_jax.models.policy import make_env_policy_fn
 from vlambpo_jax.stages import evaluate
 from vlambpo_jax.tools import sft_checkpoint
 
-POSITIONS = slice(7, 11)   # the privileged state's object xy and goal xy (envs/tabletop.py)
+POSITIONS = tabletop.PRIVILEGED_POSITIONS   # the privileged state's object xy and goal xy
 TOOL = slice(0, 3)         # its commanded tool position, also grounding targets 10:13
 
 
 def true_percept(predicted: jnp.ndarray, state: jnp.ndarray) -> jnp.ndarray:
-    """A perception head's prediction [B, 13] (grounding targets x POSITION_SCALE) with the object and
-    goal xy and the tool position taken from the raw privileged state [B, 11] instead."""
+    """A perception head's prediction [B, P] (the first P grounding targets x POSITION_SCALE) with the
+    object and goal xy (targets 0:4) and, when P covers them, the tool position (10:13) taken from the
+    raw privileged state [B, 11] instead."""
     scale = grounding.POSITION_SCALE
-    state = jnp.asarray(state)
-    return jnp.asarray(predicted).at[:, 0:4].set(state[:, POSITIONS] * scale).at[:, 10:13].set(state[:, TOOL] * scale)
+    state, out = jnp.asarray(state), jnp.asarray(predicted).at[:, 0:4].set(jnp.asarray(state)[:, POSITIONS] * scale)
+    return out.at[:, 10:13].set(state[:, TOOL] * scale) if out.shape[1] >= 13 else out
 
 
 def _define(fv: flags.FlagValues) -> None:
