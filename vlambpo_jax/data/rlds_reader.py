@@ -15,6 +15,7 @@ Batch (B = per-host batch size, V views, S = image_size, k = chunk_size, L = max
     images        uint8[B, V, S, S, 3]   view 0 = head, 1 = wrist (config.data.image_keys order)
     image_mask    bool[B, V]             False where the view is empty in that episode
     state         float32[B, D_s]        normalized (if statistics are given)
+    raw_state     float32[B, D_s]        the state as recorded (episodes read from RLDS)
     actions       float32[B, k, D_a]     normalized actions t..t+k-1
     action_mask   bool[B, k]             False past the episode end (padding: last action or zeros)
     tokens        int32[B, L]; token_mask bool[B, L]   tokenized instruction
@@ -384,7 +385,8 @@ def make_batch(samples: list[tuple[dict, int]], *, chunk_size: int, tokenizer=No
         out["images"].append(ep["images"][t])
         out["image_mask"].append(ep["image_mask"])
         out["state"].append(ep["state_norm"][t])
-        out["raw_state"].append(ep["state"][t])
+        if "state" in ep:   # the raw state beside the normalized one (read episodes have both)
+            out["raw_state"].append(ep["state"][t])
         out["actions"].append(chunk)
         out["action_mask"].append(valid)
         out["tokens"].append(ids)
