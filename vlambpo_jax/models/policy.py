@@ -20,8 +20,8 @@ Perceived state (config.policy.perception_dim > 0, off by default): an MLP head 
 mean-pooled prefix stream entering block config.sft.grounding_layer and predicts where things are
 (the simulator's grounding targets, trained by the SFT grounding loss on rendered scenes). Its
 stop-gradient prediction joins the action expert's adaRMS condition, so the expert reads the estimated
-positions the way a privileged-state policy reads the true ones (docs/results.md, section 23: such a
-policy keeps most of its success with positions 1.5 cm off).
+positions the way a privileged-state policy reads the true ones. It is a diagnostic so far: no variant
+of it beat the plain policy (docs/results.md, section 24).
 
 Policy API (`Policy`, pure functions of an explicit params pytree, all jittable and scan-able):
   init, flow_matching_loss, sample_actions (deterministic Euler), sample_sde (Flow-SDE: actions, chain,
