@@ -64,7 +64,8 @@ def main(argv: list[str]) -> int:
     fv = cli.command_flags(argv, _define)
     config = cli.checked(fv.config)
     if not config.env.get("privileged_state", False):
-        cli.fail("state_offset needs a policy that reads the true positions: --config=configs/tabletop.py:truth")
+        cli.fail("state_offset needs a policy that reads the true positions: --config=configs/tabletop.py:truth, "
+                 "or a perceived-state policy with --config.env.privileged_state=True")
     try:
         offsets = [float(x) for x in fv.offsets_cm]
     except ValueError:
