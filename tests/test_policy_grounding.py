@@ -312,15 +312,25 @@ def test_grounding_eval_reads_the_trained_head(dataset, tmp_path):  # noqa: F811
     res = evaluation.evaluate(env, fn, state["ema_params"], evaluate.evaluation_key(config), 4)
     assert out["outcomes"]["episodes"] == 4
     assert out["outcomes"]["success_rate"] == res["success_rate"]
-    # Along the episodes: the first chunk's frame is the first frame, read through the rollout instead
-    # of the scene pool, so its errors are the outcome table's; episodes that end stop being counted.
+    # The first-frame errors, read here through the scene-pool path instead of the tool's rollout.
+    task_ids = jnp.asarray(evaluation.episode_task_ids(env.num_tasks, 4))
+    states, _ = evaluation.reset_episodes(env, evaluate.evaluation_key(config), task_ids)
+    first = scene_pool.pool_from_states(config, tok, env, states, grounding.POSITION_SCALE)
+    first.pop("state")
+    pred = grounding.predict_targets(policy, head, state["ema_params"], state["head_params"], first,
+                                     config.sft.grounding_layer)
+    first_err = np.asarray(grounding.xy_errors_cm(grounding.prediction_error(pred, first["targets"])))[:, 0]
+    success = np.asarray(res["successes"], bool)
+    for kind, rows in (("successes", success), ("failures", ~success)):
+        expected = float(first_err[rows].mean()) if rows.any() else None
+        assert (out["outcomes"][f"error_cm_{kind}"] is None) == (expected is None)
+        if expected is not None:
+            assert out["outcomes"][f"error_cm_{kind}"] == pytest.approx(expected, rel=1e-4)
+    # Along the episodes: chunk 0 is the first frame; episodes that end stop being counted.
     chunks = out["outcomes"]["error_by_chunk"]
     assert len(chunks) == -(-env.max_horizon // config.chunk_size) and chunks[0]["running"] == 4
     for kind in ("successes", "failures"):
-        first = out["outcomes"][f"error_cm_{kind}"]
-        assert (chunks[0][f"error_cm_{kind}"] is None) == (first is None)
-        if first is not None:
-            assert chunks[0][f"error_cm_{kind}"] == pytest.approx(first, rel=1e-4)
+        assert chunks[0][f"error_cm_{kind}"] == out["outcomes"][f"error_cm_{kind}"]
     assert all(a["running"] >= b["running"] for a, b in zip(chunks, chunks[1:]))
     assert sum(q["episodes"] for q in out["outcomes"]["by_error_quartile"]) == 4
     by_object = out["outcomes"]["by_object"]

@@ -80,9 +80,11 @@ def along_episodes(env, act_fn, error_fn, params, head_params, key, task_ids: np
     act_fn: the env policy fn (params, obs, key) -> actions; error_fn(params, head_params, batch) ->
     xy errors in cm [B, len(TARGET_NAMES)]; policy_rows(obs, targets) -> the policy's batch with
     'targets'. Returns (success bool[B], the instructed object's error float[B, n_chunks], NaN once an
-    episode has ended)."""
+    episode has ended; column 0 is the first frame's, the instructed object int[B], an index into
+    envs.scene.OBJECTS)."""
     def run(params, head_params, key):
         state, k_run = evaluation.reset_episodes(env, key, jnp.asarray(task_ids))
+        objects = state.info["obj"]
         b = task_ids.shape[0]
         act = jax.vmap(act_fn, in_axes=(None, 0, 0))
 
@@ -94,10 +96,10 @@ def along_episodes(env, act_fn, error_fn, params, head_params, key, task_ids: np
 
         n_chunks = -(-env.max_horizon // chunk_size)
         state, errs = jax.lax.scan(body, state, jax.random.split(k_run, n_chunks))
-        return state.success, errs.T
+        return state.success, errs.T, objects
 
-    success, errs = jax.device_get(jax.jit(run)(params, head_params, key))
-    return np.asarray(success, bool), np.asarray(errs)
+    success, errs, objects = jax.device_get(jax.jit(run)(params, head_params, key))
+    return np.asarray(success, bool), np.asarray(errs), np.asarray(objects)
 
 
 def error_by_chunk(errors_cm: np.ndarray, success: np.ndarray) -> list[dict]:
@@ -112,14 +114,6 @@ def error_by_chunk(errors_cm: np.ndarray, success: np.ndarray) -> list[dict]:
                      "error_cm_successes": mean_of(running & success),
                      "error_cm_failures": mean_of(running & ~success)})
     return rows
-
-
-def episode_pool(config, tokenizer, env, task_ids: np.ndarray) -> tuple[dict, np.ndarray]:
-    """The evaluate stage's initial frames for these episodes, as a scene pool (scene_pool's fields),
-    and each episode's instructed object (int [N], an index into envs.scene.OBJECTS)."""
-    states, _ = evaluation.reset_episodes(env, evaluate.evaluation_key(config), jax.numpy.asarray(task_ids))
-    pool = scene_pool.pool_from_states(config, tokenizer, env, states, grounding.POSITION_SCALE)
-    return pool, np.asarray(states.info["obj"])
 
 
 def main(argv: list[str]) -> int:
@@ -157,9 +151,6 @@ def main(argv: list[str]) -> int:
         env = tabletop.make_env(config, instruction_split=config.eval.instruction_split)
         per_task = -(-fv.episodes // env.num_tasks)
         task_ids = evaluation.episode_task_ids(env.num_tasks, per_task)
-        pool, objects = episode_pool(config, tokenizer, env, task_ids)
-        pool = policy_rows(pool)
-        err = errors_cm(error_fn, train_state["ema_params"], head_params, pool, fv.batch_size)[:, 0]
         fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len,
                                 normalize_state=normalize_state)
         ids, mask = (jnp.asarray(a) for a in tokenizer.encode_batch(list(env.instructions),
@@ -173,10 +164,10 @@ def main(argv: list[str]) -> int:
                 rows["state"] = normalize_state(obs["state"])
             return rows
 
-        success, along = along_episodes(env, fn, error_fn, train_state["ema_params"], head_params,
-                                        evaluate.evaluation_key(config), task_ids, int(config.chunk_size),
-                                        episode_rows)
-        out["outcomes"] = outcome_table(err, success)
+        success, along, objects = along_episodes(env, fn, error_fn, train_state["ema_params"], head_params,
+                                                 evaluate.evaluation_key(config), task_ids,
+                                                 int(config.chunk_size), episode_rows)
+        out["outcomes"] = outcome_table(along[:, 0], success)
         out["outcomes"]["error_by_chunk"] = error_by_chunk(along, success)
         out["outcomes"]["by_object"] = {
             f"{o.colour} {o.noun}": {"episodes": int((objects == i).sum()),

@@ -42,7 +42,8 @@ def true_percept(predicted: jnp.ndarray, state: jnp.ndarray) -> jnp.ndarray:
     object and goal xy (targets 0:4) and, when P covers them, the tool position (10:13) taken from the
     raw privileged state [B, 11] instead."""
     scale = grounding.POSITION_SCALE
-    state, out = jnp.asarray(state), jnp.asarray(predicted).at[:, 0:4].set(jnp.asarray(state)[:, POSITIONS] * scale)
+    state = jnp.asarray(state)
+    out = jnp.asarray(predicted).at[:, 0:4].set(state[:, POSITIONS] * scale)
     return out.at[:, 10:13].set(state[:, TOOL] * scale) if out.shape[1] >= 13 else out
 
 
