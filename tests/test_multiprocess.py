@@ -23,6 +23,13 @@ TABLETOP = ["--config=configs/tabletop.py:smoke", "--config.sft.steps=4", "--con
 # host's share; and the critic's explained variance, a ratio of two near-zero variances on smoke-sized
 # batches (1 - 0.7 / 1e-6) that rounding alone moves by 50%.
 NOT_COMPARED = ("sec", "time", "explained_variance", "batch.")
+# Looser where the layout's rounding is amplified, both measured on this machine (two vs one process):
+# - the consistency probe (state_probe.train, 400 Adam steps on a small conv net) turns rounding
+#   differences of 1e-7 in its inputs into up to 10% in its training error and 6% in what it reads;
+# - the PPO policy loss at ratio 1 is minus the mean of normalized advantages, zero up to rounding
+#   (1.0e-7 in one process, 1.6e-6 in two).
+LOOSER = (("probe", dict(rtol=0.25, atol=1e-6)), ("consistency", dict(rtol=0.25, atol=1e-6)),
+          ("policy_loss", dict(rtol=1e-4, atol=1e-5)))
 
 
 # A whole smoke pipeline, three processes on two cores beside another test (pytest -n 2).
@@ -68,7 +75,8 @@ def _assert_same_numbers(one: Path, two: Path, stages) -> None:
         b = dict(_numbers(json.loads((two / stage / "DONE.json").read_text())["summary"]))
         assert a.keys() == b.keys(), stage
         for key in a:
-            np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=f"{stage}: {key}")
+            tol = next((t for word, t in LOOSER if word in key), dict(rtol=1e-4, atol=1e-6))
+            np.testing.assert_allclose(b[key], a[key], **tol, err_msg=f"{stage}: {key}")
 
 
 def _losses(workdir: Path):
