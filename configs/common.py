@@ -217,7 +217,10 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
       recompute_values: re-compute values and advantages with the current critic before each epoch.
     advantage: 'gae' (chunk-level GAE from the critic) | 'group' (GRPO-style: each start state is
       branched group_size times, a branch's return minus its group's mean is the advantage of all its
-      chunks, groups whose branches all agree are dropped; rl/ppo.group_relative_advantages);
+      chunks, groups whose branches all agree are dropped; rl/ppo.group_relative_advantages) | 'vine'
+      (TRPO's vine estimator: the same group advantage on each branch's first chunk only; every later
+      chunk is the deterministic sampler from noise shared within the group, so a group's returns
+      differ by its first chunk alone; best from roots along episodes, rl.world='sim_roots');
       group_size: branches per start state (num_branches must be a multiple; > 1 also logs the
       exploration metrics: mixed_groups and the within-group action spread).
     gamma, gae_lambda, gae_variant ('paper' Eq. 4 | 'code' the authors' per-chunk form),

@@ -1,6 +1,7 @@
-"""Chunk-level GAE against a plain-numpy reference with terminations and masks; group-relative
-advantages and the critic's explained variance by hand."""
+"""Chunk-level GAE against a plain-numpy reference with terminations and masks; group-relative and
+vine advantages and the critic's explained variance by hand."""
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -92,3 +93,18 @@ def test_explained_variance_by_hand():
     # values off by +-0.25 on returns of variance 0.25 -> 1 - 0.0625 / 0.25
     values = jnp.array([0.75, 0.25, 1.25, -0.25, 0.0])
     assert float(ppo.explained_variance(values, returns, mask)) == pytest.approx(0.75, abs=1e-6)
+
+
+def test_vine_advantages_train_the_first_chunk_of_mixed_groups():
+    # 3 chunks, 4 branches in 2 groups of 2. Group 0: branch 0 succeeds in chunk 2, branch 1 never
+    # (mixed); group 1: both succeed in chunk 1 (degenerate).
+    rewards = np.zeros((3, 4, 2), np.float32)
+    rewards[2, 0, 1] = rewards[1, 2, 1] = rewards[1, 3, 1] = 1.0
+    mask = np.ones((3, 4), bool)
+    mask[2, 2:] = False
+    c = ml_collections.ConfigDict(dict(advantage="vine", group_size=2, gamma=0.99, gae_lambda=0.95,
+                                       gae_variant="paper", normalize_advantages=True))
+    traj = _transitions(rewards, mask)
+    adv, _, policy_mask = ppo.compute_targets(traj, jnp.zeros((3, 4)), jnp.zeros(4), c)
+    np.testing.assert_allclose(adv, [[0.5, -0.5, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], atol=1e-6)
+    np.testing.assert_array_equal(policy_mask, [[True, True, False, False], [False] * 4, [False] * 4])

@@ -11,8 +11,12 @@ from vlambpo_jax.models.policy import Policy
 from vlambpo_jax.rl import toy_world
 
 
-@pytest.mark.parametrize("stochastic_step,advantage,group_size", [("per_sample", "gae", 1), ("all", "group", 8)])
-def test_ppo_raises_toy_success_above_90_percent(stochastic_step, advantage, group_size):
+# 'vine' over 2 chunks: only the first chunk is explored and trained; the second is the group's shared
+# deterministic continuation, so it must learn from the first chunk alone. Where that continuation
+# succeeds, the group carries no signal (about half the groups at the start), hence more iterations.
+@pytest.mark.parametrize("stochastic_step,advantage,group_size,num_chunks,iterations",
+                         [("per_sample", "gae", 1, 1, 20), ("all", "group", 8, 1, 20), ("all", "vine", 8, 2, 40)])
+def test_ppo_raises_toy_success_above_90_percent(stochastic_step, advantage, group_size, num_chunks, iterations):
     config = tabletop.get_config("smoke")
     config.rl.update(dict(num_branches=64, minibatch_size=32, epochs=4, critic_warmup_epochs=1, actor_lr=1e-3,
                           advantage=advantage, group_size=group_size))
@@ -20,11 +24,15 @@ def test_ppo_raises_toy_success_above_90_percent(stochastic_step, advantage, gro
     config.policy.stochastic_step = stochastic_step
     validate(config)
     policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
-    history = toy_world.run_ppo(policy, config.rl, iterations=20)
-    success = np.array([h["branch_success"] for h in history])
+    history = toy_world.run_ppo(policy, config.rl, iterations=iterations, num_chunks=num_chunks)
+    # success of the first chunk (a branch that succeeds there takes 1 chunk, otherwise 2)
+    success = np.array([h["branch_success"] if num_chunks == 1 else 2 - h["chunks_taken"] for h in history])
     assert 0.2 < success[:3].mean() < 0.8, success       # the policy starts undecided
     assert success[-5:].mean() >= 0.9, success            # and learns the answer
-    assert all(np.isfinite(h["approx_kl"]) and h["clip_frac"] < 0.5 for h in history)
+    assert all(np.isfinite(h["approx_kl"]) for h in history)
+    clip = np.array([h["clip_frac"] for h in history])
+    # vine: a minibatch holds few mixed groups, so one iteration's fraction is noisy; its mean is bounded
+    assert (clip.mean() if advantage == "vine" else clip.max()) < 0.5, clip
 
 
 def test_toy_world_scores_the_mean_action():

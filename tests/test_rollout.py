@@ -1,4 +1,5 @@
-"""The chunk rollout scan with the simulator as its world equals a plain step-by-step real rollout."""
+"""The chunk rollout scan with the simulator as its world equals a plain step-by-step real rollout; the
+vine rollout explores its first chunk and shares the deterministic rest within a group."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ from configs import tabletop
 from vlambpo_jax import loading
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.models.policy import Policy
+from vlambpo_jax.rl import toy_world
 from vlambpo_jax.rl.rollout import SimWorld, rollout
 
 
@@ -52,3 +54,36 @@ def test_sim_world_rollout_matches_manual_loop(arg):
     np.testing.assert_array_equal(np.asarray(final.obs["images"]), np.asarray(state.obs["images"]))
     assert bootstrap.shape == (b,) and np.isfinite(np.asarray(bootstrap)).all()
     assert bool(traj.mask[0].all())
+
+
+def test_vine_rollout_explores_the_first_chunk_and_shares_the_rest():
+    """explore_chunks=1: chunk 0 is the Flow-SDE sample; every later chunk is the Euler sampler from
+    noise drawn once per group of consecutive branches (in the toy world the state never changes, so
+    a group's later chunks must be identical)."""
+    config = tabletop.get_config("smoke")
+    policy = Policy(config, unnormalize=lambda a: a * 0.8,
+                    vocab_size=loading.make_tokenizer(config.policy.tokenizer).vocab_size)
+    d, b, g, n = policy.dims, 4, 2, 3
+    start = toy_world.toy_states(b, d.num_views, d.image_size, config.data.max_text_len, d.vocab_size)
+    world = toy_world.ToyWorld()
+    obs = world.observe(start)
+    params = policy.init(jax.random.PRNGKey(1), jax.tree.map(lambda x: x[:1], obs))
+    key = jax.random.PRNGKey(2)
+
+    traj, _, _ = jax.jit(lambda p, s, k: rollout(policy, p, world, None, s, k, n, explore_chunks=1,
+                                                 group_size=g))(params, start, key)
+
+    for c, chunk_key in enumerate(jax.random.split(key, n)):
+        policy_key, _ = jax.random.split(chunk_key)
+        if c == 0:
+            sample = policy.sample_sde(params, obs, policy_key)
+            np.testing.assert_allclose(traj.actions[0], np.asarray(sample.actions) * 0.8, atol=1e-5)
+            np.testing.assert_allclose(traj.log_prob[0], sample.log_prob, rtol=1e-5, atol=1e-4)
+            continue
+        noise = jax.random.normal(policy_key, (b // g, d.chunk_size, d.action_pad_dim))
+        actions = policy.sample_actions(params, obs, policy_key, noise=jnp.repeat(noise, g, axis=0))
+        np.testing.assert_allclose(traj.actions[c], np.asarray(actions) * 0.8, atol=1e-5)
+        np.testing.assert_array_equal(traj.actions[c, 0], traj.actions[c, 1])     # one group, one chunk
+        assert np.abs(np.asarray(traj.actions[c, 0] - traj.actions[c, 2])).max() > 1e-3
+        assert float(np.abs(traj.log_prob[c]).max()) == 0.0
+    assert np.abs(np.asarray(traj.actions[0, 0] - traj.actions[0, 1])).max() > 1e-3  # explored: differs

@@ -184,7 +184,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.adaptive_eps_pi", _unit_interval),
     ("rl.world", _one_of("model", "sim", "sim_roots")),
     ("rl.gae_variant", _one_of("paper", "code")),
-    ("rl.advantage", _one_of("gae", "group")),
+    ("rl.advantage", _one_of("gae", "group", "vine")),
     ("rl.group_size", _int_range(1)),
     ("rl.fixed_starts", _bool),
     ("rl.critic_warmup_iterations", _int_range(0)),
@@ -302,8 +302,8 @@ def _cross_problems(config) -> list[tuple[str, Any, str]]:
         if r.num_branches % r.group_size:
             out.append(("rl.num_branches", r.num_branches, f"must be a multiple of config.rl.group_size "
                         f"({r.group_size}): every start state is branched group_size times"))
-        if r.advantage == "group" and r.group_size < 2:
-            out.append(("rl.group_size", r.group_size, "must be >= 2 with config.rl.advantage='group' "
+        if r.advantage in ("group", "vine") and r.group_size < 2:
+            out.append(("rl.group_size", r.group_size, f"must be >= 2 with config.rl.advantage={r.advantage!r} "
                         "(a group of one has no relative advantage)"))
     w = get(config, "wm")
     if w is not _MISSING and "vae" in w:

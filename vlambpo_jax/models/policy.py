@@ -520,8 +520,10 @@ class Policy:
 
     # ---------------------------------------------------------------- sampling
     def sample_actions(self, params, obs, key: jax.Array, num_steps: int | None = None,
-                       use_cache: bool = True, percept_fn: Callable | None = None) -> jax.Array:
-        """Deterministic Euler ODE from t = 1 to 0 in `num_steps` steps (default config).
+                       use_cache: bool = True, percept_fn: Callable | None = None,
+                       noise: jax.Array | None = None) -> jax.Array:
+        """Deterministic Euler ODE from t = 1 to 0 in `num_steps` steps (default config), from the
+        initial noise f32[B, k, Dp] `noise` (default: drawn from `key`).
 
         The prefix KV cache is computed once; `use_cache=False` recomputes everything at every step
         through the joint (uncached) path, as a reference. percept_fn: replaces the perception head's
@@ -531,7 +533,7 @@ class Policy:
         num_steps = num_steps or self.num_steps
         d = self.dims
         b = obs["images"].shape[0]
-        x = jax.random.normal(key, (b, d.chunk_size, d.action_pad_dim))
+        x = jax.random.normal(key, (b, d.chunk_size, d.action_pad_dim)) if noise is None else noise
         dt = -1.0 / num_steps
         if use_cache:
             cache = self.encode_prefix(params, obs)

@@ -55,6 +55,11 @@ class Buffer:
     policy_mask: jax.Array   # ... and carries a learning signal (policy loss; drops degenerate groups)
 
 
+# rl.advantage='vine': the chunks each branch samples (Flow-SDE) before the shared deterministic
+# continuation (rollout's explore_chunks). TRPO's vine estimator with one explored action.
+VINE_EXPLORE_CHUNKS = 1
+
+
 def group_relative_advantages(transitions: Transitions, group_size: int) -> tuple[jax.Array, jax.Array]:
     """GRPO-style advantages: branches come in consecutive groups of `group_size` from the same start
     state; every chunk of a branch gets its branch's return (the sum of its step rewards) minus its
@@ -72,14 +77,20 @@ def compute_targets(transitions: Transitions, values: jax.Array, bootstrap: jax.
                     rl_config) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Advantages per rl_config.advantage and the critic's returns (chunk-level GAE returns), all
     [T, B]: (advantages, returns, policy_mask). 'gae': the configured GAE variant, normalized when
-    rl_config.normalize_advantages; 'group': group_relative_advantages, degenerate groups masked."""
+    rl_config.normalize_advantages; 'group': group_relative_advantages, degenerate groups masked;
+    'vine': the same on the first chunk only (rollout(explore_chunks=1): the later chunks are the
+    group's shared deterministic continuation, so the group's returns differ by that chunk alone)."""
     rewards, discount = gae.chunk_rewards_and_discount(transitions.step_rewards, rl_config.gamma,
                                                        rl_config.gae_variant)
     adv, ret = gae.chunk_gae(rewards, values, bootstrap, transitions.terminal, transitions.mask,
                              discount, rl_config.gae_lambda)
-    if rl_config.advantage == "group":
+    if rl_config.advantage in ("group", "vine"):
         adv, mixed = group_relative_advantages(transitions, int(rl_config.group_size))
-        return adv, ret, transitions.mask & mixed[None, :]
+        policy_mask = transitions.mask & mixed[None, :]
+        if rl_config.advantage == "vine":
+            first = (jnp.arange(adv.shape[0]) < VINE_EXPLORE_CHUNKS)[:, None]
+            adv, policy_mask = adv * first, policy_mask & first
+        return adv, ret, policy_mask
     if rl_config.normalize_advantages:
         adv = gae.normalize_advantages(adv, transitions.mask)
     return adv, ret, transitions.mask

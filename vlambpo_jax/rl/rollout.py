@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlambpo_jax.models.policy import SDESample
+
 
 class World(Protocol):
     """What a rollout needs from a simulator or a world model (all batched over branches)."""
@@ -48,19 +50,40 @@ def _where(cond: jax.Array, a, b):
 
 
 def rollout(policy, policy_params, world: World, world_params, state, key: jax.Array,
-            num_chunks: int) -> tuple[Transitions, jax.Array, Any]:
+            num_chunks: int, explore_chunks: int = 0, group_size: int = 1) -> tuple[Transitions, jax.Array, Any]:
     """Rolls `num_chunks` chunks from `state` (B branches).
+
+    explore_chunks > 0 (the vine estimator, config.rl.advantage='vine'): only the first explore_chunks
+    chunks come from the Flow-SDE sampler. The later ones come from the deterministic Euler sampler,
+    from initial noise shared by each group of `group_size` consecutive branches (common random
+    numbers), so the branches of a group differ only by their explored chunks. Those later chunks
+    store log_prob 0, value 0 and a zero chain.
 
     Returns (transitions [T, B, ...], bootstrap value f32[B] of the final observation (zero for
     terminated branches), final world state). Pure: jit it with the policy and world closed over.
     """
     b = jax.tree.leaves(world.observe(state))[0].shape[0]
 
-    def body(carry, chunk_key):
+    def follow(obs, key):
+        """The deterministic continuation, shaped like a Flow-SDE sample."""
+        d = policy.dims
+        noise = jax.random.normal(key, (b // group_size, d.chunk_size, d.action_pad_dim))
+        actions = policy.sample_actions(policy_params, obs, key, noise=jnp.repeat(noise, group_size, axis=0))
+        chain = {"x": jnp.zeros((b, policy.num_steps + 1, d.chunk_size, d.action_pad_dim)),
+                 "step": jnp.zeros((b,), jnp.int32)}
+        return SDESample(actions=actions, chain=chain, log_prob=jnp.zeros((b,)), value=jnp.zeros((b,)))
+
+    def body(carry, xs):
         state, alive = carry
+        chunk_key, index = xs
         obs = world.observe(state)
         policy_key, world_key = jax.random.split(chunk_key)
-        sample = policy.sample_sde(policy_params, obs, policy_key)
+        if explore_chunks:
+            sample = jax.lax.cond(index < explore_chunks,
+                                  lambda: policy.sample_sde(policy_params, obs, policy_key),
+                                  lambda: follow(obs, policy_key))
+        else:
+            sample = policy.sample_sde(policy_params, obs, policy_key)
         actions = policy.unnormalize(sample.actions)
         next_state, step_rewards, success = world.step(world_params, state, actions, world_key)
         success = success & alive
@@ -70,7 +93,7 @@ def rollout(policy, policy_params, world: World, world_params, state, key: jax.A
         return (_where(alive, next_state, state), alive & ~success), out
 
     keys = jax.random.split(key, num_chunks)
-    (state, alive), traj = jax.lax.scan(body, (state, jnp.ones((b,), bool)), keys)
+    (state, alive), traj = jax.lax.scan(body, (state, jnp.ones((b,), bool)), (keys, jnp.arange(num_chunks)))
     bootstrap = policy.value(policy_params, world.observe(state)) * alive
     return traj, bootstrap, state
 

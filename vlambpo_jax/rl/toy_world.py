@@ -50,16 +50,18 @@ def toy_states(batch: int, num_views: int, image_size: int, text_len: int, vocab
                     token_mask=jnp.asarray(tokens > 0))
 
 
-def run_ppo(policy, rl_config, iterations: int, seed: int = 0, dim: int = 0) -> list[dict]:
-    """PPO (config.rl's settings, rl_config.num_branches branches of one chunk) on the toy world from
-    freshly initialised policy parameters -> per-iteration metrics (branch_success, clip_frac, ...)."""
+def run_ppo(policy, rl_config, iterations: int, seed: int = 0, dim: int = 0, num_chunks: int = 1) -> list[dict]:
+    """PPO (config.rl's settings, rl_config.num_branches branches of num_chunks chunks, ending at the
+    first success) on the toy world from freshly initialised policy parameters -> per-iteration metrics
+    (branch_success, clip_frac, ...)."""
     world = ToyWorld(dim)
     d = policy.dims
     start = toy_states(int(rl_config.num_branches), d.num_views, d.image_size,
                        int(policy.config.data.max_text_len), d.vocab_size, seed)
     params = policy.init(jax.random.PRNGKey(seed), jax.tree.map(lambda x: x[:1], world.observe(start)))
     optimizer = ppo.make_optimizer(rl_config, params)
-    iteration = mbpo.make_iteration(policy, rl_config, world, None, lambda i: start, 1, seed + 1, optimizer)
+    iteration = mbpo.make_iteration(policy, rl_config, world, None, lambda i: start, num_chunks, seed + 1,
+                                    optimizer)
     state = ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
     history = []
     for i in range(iterations):
