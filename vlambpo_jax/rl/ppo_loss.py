@@ -16,7 +16,8 @@ def policy_loss(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
     """Clipped surrogate; all inputs [N]. Returns (loss, stats)."""
     m = mask.astype(jnp.float32)
     n = jnp.maximum(m.sum(), 1.0)
-    log_ratio = new_logp - old_logp
+    # Masked entries (e.g. the vine continuation's unscored chunks) must not overflow exp() into inf * 0.
+    log_ratio = jnp.where(mask, new_logp - old_logp, 0.0)
     ratio = jnp.exp(log_ratio)
     eps = jnp.where(advantages >= 0, clip, clip_negative)
     surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - eps, 1.0 + eps) * advantages)
