@@ -64,12 +64,14 @@ def test_normalize_ignores_masked():
     np.testing.assert_allclose(out, [[-1.0, 1.0, 0.0]], atol=1e-6)
 
 
-def _transitions(step_rewards, mask):
+def _transitions(step_rewards, mask, sampled=None):
     """Transitions with only the fields the advantage functions read."""
     t, b = mask.shape
+    sampled = np.ones((t, b), bool) if sampled is None else sampled
     return Transitions(obs={}, chain={}, actions=np.zeros((t, b, 1, 7), np.float32), log_prob=np.zeros((t, b)),
                        value=np.zeros((t, b)), step_rewards=jnp.asarray(step_rewards, jnp.float32),
-                       terminal=jnp.asarray(step_rewards.sum(-1) > 0), mask=jnp.asarray(mask))
+                       terminal=jnp.asarray(step_rewards.sum(-1) > 0), mask=jnp.asarray(mask),
+                       sampled=jnp.asarray(sampled))
 
 
 def test_group_relative_advantages_by_hand():
@@ -85,6 +87,18 @@ def test_group_relative_advantages_by_hand():
     np.testing.assert_array_equal(mixed, [True, True, True, False, False, False])
 
 
+def test_group_advantages_add_the_bootstrap_of_short_branches():
+    # 1 chunk, 4 branches in 2 groups of 2. Group 0: branch 0 succeeds (its bootstrap is zero: it
+    # terminated), branch 1 stops with value 0.4 -> returns 1, 0.4. Group 1: no success, values
+    # 0.2 and 0.6 -> mixed through the critic alone.
+    rewards = np.zeros((1, 4, 2), np.float32)
+    rewards[0, 0, 1] = 1.0
+    bootstrap = jnp.array([0.0, 0.4, 0.2, 0.6])
+    adv, mixed = ppo.group_relative_advantages(_transitions(rewards, np.ones((1, 4), bool)), 2, bootstrap)
+    np.testing.assert_allclose(adv, [[0.3, -0.3, -0.2, 0.2]], atol=1e-6)
+    np.testing.assert_array_equal(mixed, [True] * 4)
+
+
 def test_explained_variance_by_hand():
     returns = jnp.array([1.0, 0.0, 1.0, 0.0, 5.0])
     mask = jnp.array([True, True, True, True, False])
@@ -95,16 +109,18 @@ def test_explained_variance_by_hand():
     assert float(ppo.explained_variance(values, returns, mask)) == pytest.approx(0.75, abs=1e-6)
 
 
-def test_vine_advantages_train_the_first_chunk_of_mixed_groups():
-    # 3 chunks, 4 branches in 2 groups of 2. Group 0: branch 0 succeeds in chunk 2, branch 1 never
-    # (mixed); group 1: both succeed in chunk 1 (degenerate).
+def test_vine_advantages_train_the_explored_chunk_of_mixed_groups():
+    # 3 chunks, 4 branches in 2 groups of 2. Group 0 explores chunk 1; branch 0 succeeds in chunk 2,
+    # branch 1 never (mixed). Group 1 explores chunk 0; both succeed in chunk 1 (degenerate).
     rewards = np.zeros((3, 4, 2), np.float32)
     rewards[2, 0, 1] = rewards[1, 2, 1] = rewards[1, 3, 1] = 1.0
     mask = np.ones((3, 4), bool)
     mask[2, 2:] = False
     c = ml_collections.ConfigDict(dict(advantage="vine", group_size=2, gamma=0.99, gae_lambda=0.95,
                                        gae_variant="paper", normalize_advantages=True))
-    traj = _transitions(rewards, mask)
+    sampled = np.zeros((3, 4), bool)
+    sampled[1, :2] = sampled[0, 2:] = True
+    traj = _transitions(rewards, mask, sampled)
     adv, _, policy_mask = ppo.compute_targets(traj, jnp.zeros((3, 4)), jnp.zeros(4), c)
-    np.testing.assert_allclose(adv, [[0.5, -0.5, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], atol=1e-6)
-    np.testing.assert_array_equal(policy_mask, [[True, True, False, False], [False] * 4, [False] * 4])
+    np.testing.assert_allclose(adv, [[0, 0, 0, 0], [0.5, -0.5, 0, 0], [0, 0, 0, 0]], atol=1e-6)
+    np.testing.assert_array_equal(policy_mask, [[False] * 4, [True, True, False, False], [False] * 4])

@@ -38,7 +38,8 @@ def setup():
     traj = Transitions(obs=jax.tree.map(unflat, obs), chain=jax.tree.map(unflat, sample.chain),
                        actions=unflat(sample.actions), log_prob=unflat(sample.log_prob),
                        value=unflat(sample.value), step_rewards=jnp.asarray(rewards),
-                       terminal=jnp.asarray(rewards.sum(-1) > 0), mask=jnp.ones((T, B), bool))
+                       terminal=jnp.asarray(rewards.sum(-1) > 0), mask=jnp.ones((T, B), bool),
+                       sampled=jnp.ones((T, B), bool))
     return policy, params, traj
 
 

@@ -1,5 +1,5 @@
 """The chunk rollout scan with the simulator as its world equals a plain step-by-step real rollout; the
-vine rollout explores its first chunk and shares the deterministic rest within a group."""
+vine rollout explores one chunk per group and shares the deterministic rest within the group."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,34 +56,65 @@ def test_sim_world_rollout_matches_manual_loop(arg):
     assert bool(traj.mask[0].all())
 
 
-def test_vine_rollout_explores_the_first_chunk_and_shares_the_rest():
-    """explore_chunks=1: chunk 0 is the Flow-SDE sample; every later chunk is the Euler sampler from
-    noise drawn once per group of consecutive branches (in the toy world the state never changes, so
-    a group's later chunks must be identical)."""
+def test_sim_world_bootstrap_is_zero_past_the_time_limit():
+    """A branch that runs into the episode's time limit has nothing left to bootstrap; one cut short by
+    the branch length bootstraps the critic's value of its last observation."""
+    config = tabletop.get_config("smoke")
+    config.env.horizons.pick = 2 * config.chunk_size
+    env = make_env(config)
+    tokenizer = loading.make_tokenizer(config.policy.tokenizer)
+    tokens, mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
+    policy = Policy(config, unnormalize=lambda a: a * 0.8, vocab_size=tokenizer.vocab_size)
+    world = SimWorld(env, tokens, mask)
+    b = 3
+    start = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), b))
+    params = policy.init(jax.random.PRNGKey(1), jax.tree.map(lambda x: x[:1], world.observe(start)))
+    for n, reaches_limit in [(1, False), (2, True)]:
+        traj, bootstrap, final = jax.jit(lambda p, s, k, n=n: rollout(policy, p, world, None, s, k, n))(
+            params, start, jax.random.PRNGKey(2))
+        alive = ~np.asarray(traj.terminal).any(axis=0)
+        assert alive.all(), "a random policy should not succeed here"
+        value = np.asarray(policy.value(params, world.observe(final)))
+        np.testing.assert_array_equal(np.asarray(world.ended(final)), np.full(b, reaches_limit))
+        np.testing.assert_allclose(np.asarray(bootstrap), 0.0 if reaches_limit else value, atol=1e-6)
+        assert np.abs(value).min() > 0
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_vine_rollout_explores_one_chunk_and_shares_the_rest(window):
+    """vine_window=W: each group of consecutive branches explores one chunk, drawn from its first W:
+    that chunk is the Flow-SDE sample; every other chunk is the Euler sampler from noise drawn once
+    per group (in the toy world the state never changes, so a group's unexplored chunks must be
+    identical)."""
     config = tabletop.get_config("smoke")
     policy = Policy(config, unnormalize=lambda a: a * 0.8,
                     vocab_size=loading.make_tokenizer(config.policy.tokenizer).vocab_size)
-    d, b, g, n = policy.dims, 4, 2, 3
+    d, b, g, n = policy.dims, 8, 2, 3
     start = toy_world.toy_states(b, d.num_views, d.image_size, config.data.max_text_len, d.vocab_size)
     world = toy_world.ToyWorld()
     obs = world.observe(start)
     params = policy.init(jax.random.PRNGKey(1), jax.tree.map(lambda x: x[:1], obs))
     key = jax.random.PRNGKey(2)
 
-    traj, _, _ = jax.jit(lambda p, s, k: rollout(policy, p, world, None, s, k, n, explore_chunks=1,
+    traj, _, _ = jax.jit(lambda p, s, k: rollout(policy, p, world, None, s, k, n, vine_window=window,
                                                  group_size=g))(params, start, key)
 
+    sampled = np.asarray(traj.sampled)
+    np.testing.assert_array_equal(sampled.sum(axis=0), np.ones(b))        # one explored chunk per branch
+    np.testing.assert_array_equal(sampled[:, ::2], sampled[:, 1::2])      # ... shared by its group
+    explored_at = sampled.argmax(axis=0)
+    assert explored_at.max() < window
+    if window > 1:
+        assert len(set(explored_at.tolist())) > 1, explored_at              # groups explore different chunks
     for c, chunk_key in enumerate(jax.random.split(key, n)):
         policy_key, _ = jax.random.split(chunk_key)
-        if c == 0:
-            sample = policy.sample_sde(params, obs, policy_key)
-            np.testing.assert_allclose(traj.actions[0], np.asarray(sample.actions) * 0.8, atol=1e-5)
-            np.testing.assert_allclose(traj.log_prob[0], sample.log_prob, rtol=1e-5, atol=1e-4)
-            continue
+        sde = policy.sample_sde(params, obs, policy_key)
         noise = jax.random.normal(policy_key, (b // g, d.chunk_size, d.action_pad_dim))
-        actions = policy.sample_actions(params, obs, policy_key, noise=jnp.repeat(noise, g, axis=0))
-        np.testing.assert_allclose(traj.actions[c], np.asarray(actions) * 0.8, atol=1e-5)
-        np.testing.assert_array_equal(traj.actions[c, 0], traj.actions[c, 1])     # one group, one chunk
-        assert np.abs(np.asarray(traj.actions[c, 0] - traj.actions[c, 2])).max() > 1e-3
-        assert float(np.abs(traj.log_prob[c]).max()) == 0.0
-    assert np.abs(np.asarray(traj.actions[0, 0] - traj.actions[0, 1])).max() > 1e-3  # explored: differs
+        euler = policy.sample_actions(params, obs, policy_key, noise=jnp.repeat(noise, g, axis=0))
+        here = sampled[c]
+        expected = np.where(here[:, None, None], np.asarray(sde.actions), np.asarray(euler)) * 0.8
+        np.testing.assert_allclose(traj.actions[c], expected, atol=1e-5)
+        np.testing.assert_allclose(traj.log_prob[c], np.where(here, sde.log_prob, 0.0), rtol=1e-5, atol=1e-4)
+        for j in range(0, b, g):
+            differs = np.abs(np.asarray(traj.actions[c, j] - traj.actions[c, j + 1])).max() > 1e-3
+            assert differs == bool(here[j])   # explored chunks differ within a group, the rest do not

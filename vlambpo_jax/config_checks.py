@@ -186,6 +186,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.gae_variant", _one_of("paper", "code")),
     ("rl.advantage", _one_of("gae", "group", "vine")),
     ("rl.group_size", _int_range(1)),
+    ("rl.vine_window", _int_range(0)),
     ("rl.fixed_starts", _bool),
     ("rl.critic_warmup_iterations", _int_range(0)),
     ("rl.target_kl", _nonnegative_number),

@@ -50,9 +50,9 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
     """
     roll_kw = ({} if dp is None or state_shardings is None else
                dict(in_shardings=(state_shardings.params, dp.batch_sharding, sharding.replicated(dp.mesh))))
-    explore = ppo.VINE_EXPLORE_CHUNKS if rl.advantage == "vine" else 0
+    window = (int(rl.vine_window) or num_chunks) if rl.advantage == "vine" else 0
     roll = jax.jit(lambda params, start, key: rollout(policy, params, world, world_params, start, key,
-                                                      num_chunks, explore, int(rl.group_size)), **roll_kw)
+                                                      num_chunks, window, int(rl.group_size)), **roll_kw)
     epoch, critic_epoch = ppo.make_update_fns(policy, rl, optimizer)
     shard_kw = ({} if state_shardings is None else
                 dict(in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, None)))

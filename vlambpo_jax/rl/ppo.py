@@ -55,19 +55,19 @@ class Buffer:
     policy_mask: jax.Array   # ... and carries a learning signal (policy loss; drops degenerate groups)
 
 
-# rl.advantage='vine': the chunks each branch samples (Flow-SDE) before the shared deterministic
-# continuation (rollout's explore_chunks). TRPO's vine estimator with one explored action.
-VINE_EXPLORE_CHUNKS = 1
-
-
-def group_relative_advantages(transitions: Transitions, group_size: int) -> tuple[jax.Array, jax.Array]:
+def group_relative_advantages(transitions: Transitions, group_size: int,
+                              bootstrap: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """GRPO-style advantages: branches come in consecutive groups of `group_size` from the same start
-    state; every chunk of a branch gets its branch's return (the sum of its step rewards) minus its
-    group's mean return. Not divided by the group's std, so a group whose outcomes barely differ is
-    not blown up. -> (advantages f32[T, B], mixed bool[B]: the branch's group has differing returns;
-    the others carry no signal)."""
+    state; every chunk of a branch gets its branch's return (the sum of its step rewards, plus the
+    bootstrap f32[B], the critic's value where a short branch stops before its episode ends) minus
+    its group's mean return. Not divided by the group's std, so a group whose outcomes barely differ
+    is not blown up. -> (advantages f32[T, B], mixed bool[B]: the branch's group has differing
+    returns; the others carry no signal)."""
     t, b = transitions.mask.shape
-    returns = transitions.step_rewards.sum(axis=(0, 2)).reshape(b // group_size, group_size)
+    returns = transitions.step_rewards.sum(axis=(0, 2))
+    if bootstrap is not None:
+        returns = returns + bootstrap
+    returns = returns.reshape(b // group_size, group_size)
     adv = (returns - returns.mean(axis=1, keepdims=True)).reshape(b)
     mixed = jnp.repeat(returns.max(axis=1) > returns.min(axis=1), group_size)
     return adv[None, :] * transitions.mask, mixed
@@ -78,18 +78,17 @@ def compute_targets(transitions: Transitions, values: jax.Array, bootstrap: jax.
     """Advantages per rl_config.advantage and the critic's returns (chunk-level GAE returns), all
     [T, B]: (advantages, returns, policy_mask). 'gae': the configured GAE variant, normalized when
     rl_config.normalize_advantages; 'group': group_relative_advantages, degenerate groups masked;
-    'vine': the same on the first chunk only (rollout(explore_chunks=1): the later chunks are the
-    group's shared deterministic continuation, so the group's returns differ by that chunk alone)."""
+    'vine': the same on each group's one explored chunk only (rollout(vine_window=...): every other
+    chunk is the group's shared deterministic path, so the group's returns differ by that chunk alone)."""
     rewards, discount = gae.chunk_rewards_and_discount(transitions.step_rewards, rl_config.gamma,
                                                        rl_config.gae_variant)
     adv, ret = gae.chunk_gae(rewards, values, bootstrap, transitions.terminal, transitions.mask,
                              discount, rl_config.gae_lambda)
     if rl_config.advantage in ("group", "vine"):
-        adv, mixed = group_relative_advantages(transitions, int(rl_config.group_size))
+        adv, mixed = group_relative_advantages(transitions, int(rl_config.group_size), bootstrap)
         policy_mask = transitions.mask & mixed[None, :]
         if rl_config.advantage == "vine":
-            first = (jnp.arange(adv.shape[0]) < VINE_EXPLORE_CHUNKS)[:, None]
-            adv, policy_mask = adv * first, policy_mask & first
+            adv, policy_mask = adv * transitions.sampled, policy_mask & transitions.sampled
         return adv, ret, policy_mask
     if rl_config.normalize_advantages:
         adv = gae.normalize_advantages(adv, transitions.mask)

@@ -27,6 +27,10 @@ class World(Protocol):
     def step(self, params, state, actions: jax.Array, key: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
         """actions f32[B, k, 7] in env units -> (state, step_rewards f32[B, k], success bool[B])."""
 
+    def ended(self, state) -> jax.Array:
+        """bool[B]: the episode is over without success (a simulator's time limit): nothing follows,
+        so the bootstrap value there is zero."""
+
 
 @flax.struct.dataclass
 class Transitions:
@@ -39,6 +43,7 @@ class Transitions:
     step_rewards: jax.Array  # f32[T, B, k] (zero after termination)
     terminal: jax.Array     # bool[T, B] success inside this chunk (the branch ends here)
     mask: jax.Array         # bool[T, B] the chunk was taken (False after termination)
+    sampled: jax.Array      # bool[T, B] the chunk came from the Flow-SDE sampler (False: vine's Euler chunks)
 
 
 def _where(cond: jax.Array, a, b):
@@ -50,17 +55,19 @@ def _where(cond: jax.Array, a, b):
 
 
 def rollout(policy, policy_params, world: World, world_params, state, key: jax.Array,
-            num_chunks: int, explore_chunks: int = 0, group_size: int = 1) -> tuple[Transitions, jax.Array, Any]:
+            num_chunks: int, vine_window: int = 0, group_size: int = 1) -> tuple[Transitions, jax.Array, Any]:
     """Rolls `num_chunks` chunks from `state` (B branches).
 
-    explore_chunks > 0 (the vine estimator, config.rl.advantage='vine'): only the first explore_chunks
-    chunks come from the Flow-SDE sampler. The later ones come from the deterministic Euler sampler,
-    from initial noise shared by each group of `group_size` consecutive branches (common random
-    numbers), so the branches of a group differ only by their explored chunks. Those later chunks
-    store log_prob 0, value 0 and a zero chain.
+    vine_window > 0 (the vine estimator, config.rl.advantage='vine'): each group of `group_size`
+    consecutive branches (which share a start state) explores one chunk, its index drawn uniformly
+    from [0, min(vine_window, num_chunks)) per group: that chunk comes from the Flow-SDE sampler.
+    Every other chunk comes from the deterministic Euler sampler, from initial noise shared by the
+    group (common random numbers), so a group follows one path up to its explored chunk and its
+    branches differ only by that chunk. The unexplored chunks store log_prob 0, value 0, a zero chain
+    and sampled False.
 
     Returns (transitions [T, B, ...], bootstrap value f32[B] of the final observation (zero for
-    terminated branches), final world state). Pure: jit it with the policy and world closed over.
+    terminated and ended branches), final world state). Pure: jit it with the policy and world closed over.
     """
     b = jax.tree.leaves(world.observe(state))[0].shape[0]
 
@@ -73,28 +80,36 @@ def rollout(policy, policy_params, world: World, world_params, state, key: jax.A
                  "step": jnp.zeros((b,), jnp.int32)}
         return SDESample(actions=actions, chain=chain, log_prob=jnp.zeros((b,)), value=jnp.zeros((b,)))
 
+    if vine_window:
+        # own key, so the chunk keys (and a first-chunk vine's numbers) do not depend on the draw
+        explore_at = jnp.repeat(jax.random.randint(jax.random.fold_in(key, 0x7E), (b // group_size,), 0,
+                                                   min(vine_window, num_chunks)), group_size)
+
     def body(carry, xs):
         state, alive = carry
         chunk_key, index = xs
         obs = world.observe(state)
         policy_key, world_key = jax.random.split(chunk_key)
-        if explore_chunks:
-            sample = jax.lax.cond(index < explore_chunks,
-                                  lambda: policy.sample_sde(policy_params, obs, policy_key),
+        if vine_window:
+            sampled = index == explore_at
+            sample = jax.lax.cond(sampled.any(),
+                                  lambda: _where(sampled, policy.sample_sde(policy_params, obs, policy_key),
+                                                 follow(obs, policy_key)),
                                   lambda: follow(obs, policy_key))
         else:
+            sampled = jnp.ones((b,), bool)
             sample = policy.sample_sde(policy_params, obs, policy_key)
         actions = policy.unnormalize(sample.actions)
         next_state, step_rewards, success = world.step(world_params, state, actions, world_key)
         success = success & alive
         out = Transitions(obs=obs, chain=sample.chain, actions=actions, log_prob=sample.log_prob,
                           value=sample.value, step_rewards=step_rewards * alive[:, None],
-                          terminal=success, mask=alive)
+                          terminal=success, mask=alive, sampled=sampled)
         return (_where(alive, next_state, state), alive & ~success), out
 
     keys = jax.random.split(key, num_chunks)
     (state, alive), traj = jax.lax.scan(body, (state, jnp.ones((b,), bool)), (keys, jnp.arange(num_chunks)))
-    bootstrap = policy.value(policy_params, world.observe(state)) * alive
+    bootstrap = policy.value(policy_params, world.observe(state)) * (alive & ~world.ended(state))
     return traj, bootstrap, state
 
 
@@ -123,6 +138,9 @@ class SimWorld:
         del params, key  # the simulator is deterministic given the state
         state, rewards, success = jax.vmap(self.env.step_chunk)(state, actions)
         return state, rewards, success[:, -1]
+
+    def ended(self, state):
+        return state.done & ~state.success
 
 
 @flax.struct.dataclass
@@ -158,3 +176,6 @@ class ModelWorld:
         step_rewards = jnp.zeros((images.shape[0], k), jnp.float32).at[:, -1].set(
             success.astype(jnp.float32))
         return state.replace(images=images), step_rewards, success
+
+    def ended(self, state: ImaginedState):
+        return jnp.zeros(state.images.shape[:1], bool)   # imagined branches have no time limit

@@ -38,6 +38,9 @@ class ToyWorld:
         rewards = jnp.zeros(actions.shape[:2]).at[:, -1].set(success.astype(jnp.float32))
         return state, rewards, success
 
+    def ended(self, state: ToyState):
+        return jnp.zeros(state.images.shape[:1], bool)
+
 
 def toy_states(batch: int, num_views: int, image_size: int, text_len: int, vocab_size: int,
                seed: int = 0) -> ToyState:
