@@ -8,7 +8,9 @@ goal's true xy as a state token (env.privileged_state), so what it must otherwis
 images is given; only stages that act in the simulator can run it (no world-model imagination);
 `vine` carries the RL settings of the first PPO run that beat SFT (docs/results.md, section 25):
 whole-episode branches from the collected roots, stepped in the simulator restored there (MBPO with
-a perfect world model), vine advantages, no world-model stages. The counts of demos, collected
+a perfect world model), vine advantages, no world-model stages; `vine,online` the same as online PPO
+from fresh episodes (rl.world='sim', each group explores one chunk anywhere along its episode:
+section 26), with no collect stage. The counts of demos, collected
 rollouts and evaluation episodes are totals split over the tasks.
 Why pick alone by default: at this CPU size behaviour cloning on the four tasks stays near chance,
 while on pick alone it succeeds often enough to leave RL room to improve (docs/results.md, sections 9
@@ -32,7 +34,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, smoke=False, tasks="pick", truth=False, vine=False)
+    args = common.parse_arg(arg, smoke=False, tasks="pick", truth=False, vine=False, online=False)
     tasks = ("pick", "push", "place", "stack") if args.tasks == "all" else tuple(args.tasks.split("+"))
     per_task = lambda total: -(-total // len(tasks))  # noqa: E731  (a total split over the tasks)
     c = ml_collections.ConfigDict()
@@ -122,6 +124,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          actor_lr=1e-5, minibatch_size=512, epochs=4, target_kl=0.05, iterations=15,
                          eval_every=5, eval_episodes=100))
         c.policy.update(dict(stochastic_step="all", noise_level=0.6, log_prob="sum"))
+        if args.online:
+            c.stages = ("demos", "sft", "mbpo", "evaluate")
+            c.rl.update(dict(world="sim", vine_window=0))
     if args.smoke:
         c.rl.update(dict(collect_episodes_per_task=2, collect_batch=8, num_branches=8, iterations=2,
                          epochs=1, minibatch_size=8, eval_episodes=2, bc_rounds=2, bc_branches=8,
