@@ -216,7 +216,8 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
       defines) exceeds it (0 = always run every epoch);
       recompute_values: re-compute values and advantages with the current critic before each epoch.
     advantage: 'gae' (chunk-level GAE from the critic) | 'group' (GRPO-style: each start state is
-      branched group_size times, a branch's return minus its group's mean is the advantage of all its
+      branched group_size times, a branch's return (plus the critic's value of its last state where a
+      short branch stops before its episode ends) minus its group's mean is the advantage of all its
       chunks, groups whose branches all agree are dropped; rl/ppo.group_relative_advantages) | 'vine'
       (TRPO's vine estimator: the same group advantage on one explored chunk per group only, drawn
       uniformly from the branch's first vine_window chunks (0 = any chunk); every other chunk is the

@@ -6,12 +6,12 @@ ARG (comma separated): `smoke` shrinks every size so the whole pipeline runs in 
 `truth` is the privileged-state diagnostic: the policy also reads the instructed object's and the
 goal's true xy as a state token (env.privileged_state), so what it must otherwise read from 32 px
 images is given; only stages that act in the simulator can run it (no world-model imagination);
-`vine` carries the RL settings of the first PPO run that beat SFT (docs/results.md, section 25):
-whole-episode branches from the collected roots, stepped in the simulator restored there (MBPO with
-a perfect world model), vine advantages, no world-model stages; `vine,online` the same as online PPO
-from fresh episodes (rl.world='sim', each group explores one chunk anywhere along its episode:
-section 26), with no collect stage. The counts of demos, collected
-rollouts and evaluation episodes are totals split over the tasks.
+`vine` carries the RL settings that did best (docs/results.md, sections 25-26): 2-chunk branches
+from the collected roots, stepped in the simulator restored there (MBPO with a perfect world model),
+vine advantages with the critic's bootstrap, 3 critic-only refills first, no world-model stages;
+`vine,online` the same estimator as online PPO from fresh episodes (rl.world='sim', each group
+explores one chunk anywhere along its episode, 15 iterations), with no collect stage. The counts of
+demos, collected rollouts and evaluation episodes are totals split over the tasks.
 Why pick alone by default: at this CPU size behaviour cloning on the four tasks stays near chance,
 while on pick alone it succeeds often enough to leave RL room to improve (docs/results.md, sections 9
 and 15).
@@ -120,17 +120,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.rl.world = "sim"
     if args.vine:
         c.stages = ("demos", "sft", "collect", "mbpo", "evaluate")
-        c.rl.update(dict(world="sim_roots", branch_chunks=0, advantage="vine", group_size=8, num_branches=512,
-                         actor_lr=1e-5, minibatch_size=512, epochs=4, target_kl=0.05, iterations=15,
-                         eval_every=5, eval_episodes=100))
+        c.rl.update(dict(world="sim_roots", branch_chunks=2, advantage="vine", group_size=8, num_branches=512,
+                         actor_lr=1e-5, minibatch_size=512, epochs=4, target_kl=0.05, iterations=37,
+                         critic_warmup_iterations=3, eval_every=12, eval_episodes=100))
         c.policy.update(dict(stochastic_step="all", noise_level=0.6, log_prob="sum"))
         if args.online:
             c.stages = ("demos", "sft", "mbpo", "evaluate")
-            c.rl.update(dict(world="sim", vine_window=0))
+            c.rl.update(dict(world="sim", vine_window=0, iterations=15, critic_warmup_iterations=0, eval_every=5))
     if args.smoke:
         c.rl.update(dict(collect_episodes_per_task=2, collect_batch=8, num_branches=8, iterations=2,
                          epochs=1, minibatch_size=8, eval_episodes=2, bc_rounds=2, bc_branches=8,
-                         bc_steps=4, bc_batch_size=8))
+                         bc_steps=4, bc_batch_size=8,
+                         critic_warmup_iterations=min(c.rl.critic_warmup_iterations, 1)))
 
     # --- eval: evaluation in the simulator (vlambpo_jax/envs/evaluation.py) ---
     # episodes_per_task: episodes per task in one evaluation (one vmapped batch of tasks x episodes);

@@ -1,5 +1,5 @@
 """The `vine` config variant end to end at smoke size: demos, SFT, collect, then PPO with vine
-advantages on whole-episode branches from the collected roots in the restored simulator (MBPO with a
+advantages on 2-chunk branches from the collected roots in the restored simulator (MBPO with a
 perfect world model), then the paired evaluation; then `vine,online` (online PPO from fresh
 episodes, each group exploring one chunk anywhere along them) from the same SFT policy."""
 import json
@@ -30,8 +30,9 @@ def test_vine_variants_run_from_restored_roots_and_online(tmp_path):
     assert [s for s in config.stages if (tmp_path / s / "DONE.json").exists()] == list(config.stages)
     mbpo = done("mbpo")
     chunks = config.env.horizons.pick // config.chunk_size
-    assert (mbpo["world"], mbpo["branch_chunks"], mbpo["env_steps"]) == ("sim_roots", chunks, 0)
-    assert mbpo["imagined_transitions"] == config.rl.num_branches * chunks * config.rl.iterations
+    n = config.rl.branch_chunks
+    assert (mbpo["world"], mbpo["branch_chunks"], mbpo["env_steps"]) == ("sim_roots", n, 0)
+    assert mbpo["imagined_transitions"] == config.rl.num_branches * n * config.rl.iterations
     rows = [json.loads(x) for x in (tmp_path / "mbpo" / "metrics.jsonl").read_text().splitlines()]
     iterations = [row for row in rows if "mixed_groups" in row]
     assert [row["step"] for row in iterations] == list(range(1, config.rl.iterations + 1))
