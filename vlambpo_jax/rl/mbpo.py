@@ -71,9 +71,10 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
         traj, bootstrap, final = roll(state.params, start, roll_key)
         alive = ~traj.terminal.any(axis=0)
         buffer = buffer_fn(traj, traj.value, bootstrap)
-        # how well the critic that sampled the branches predicted their returns
+        # how well the critic that sampled the branches predicted their returns (on the chunks it
+        # valued: vine's deterministic chunks store no value)
         metrics = {"explained_variance": ppo.explained_variance(
-            traj.value, buffer.returns.reshape(traj.value.shape), traj.mask)}
+            traj.value, buffer.returns.reshape(traj.value.shape), traj.mask & traj.sampled)}
         for e in range(rl.critic_warmup_epochs):
             state, m = critic_epoch(state, buffer, jax.random.fold_in(warm_key, e))
             metrics["warmup_value_loss"] = m["value_loss"]
