@@ -69,7 +69,8 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
         if dp is not None:
             start = jax.device_put(start, dp.batch_sharding)
         traj, bootstrap, final = roll(state.params, start, roll_key)
-        alive = ~traj.terminal.any(axis=0)
+        # the branches whose last state has a future to bootstrap (as rollout's own bootstrap)
+        alive = ~traj.terminal.any(axis=0) & ~world.ended(final)
         buffer = buffer_fn(traj, traj.value, bootstrap)
         # how well the critic that sampled the branches predicted their returns (on the chunks it
         # valued: vine's deterministic chunks store no value)
