@@ -9,8 +9,8 @@ from configs import tabletop
 from vlambpo_jax import loading
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.models.policy import Policy
-from vlambpo_jax.rl import toy_world
-from vlambpo_jax.rl.rollout import SimWorld, rollout
+from vlambpo_jax.rl import ppo, toy_world
+from vlambpo_jax.rl.rollout import SimWorld, has_future, rollout
 
 
 @pytest.mark.parametrize("arg", ["smoke", "smoke,truth"])
@@ -78,6 +78,10 @@ def test_sim_world_bootstrap_is_zero_past_the_time_limit():
         np.testing.assert_array_equal(np.asarray(world.ended(final)), np.full(b, reaches_limit))
         np.testing.assert_allclose(np.asarray(bootstrap), 0.0 if reaches_limit else value, atol=1e-6)
         assert np.abs(value).min() > 0
+        # MBPO's value recomputation between epochs bootstraps the same branches
+        _, recomputed = ppo.recompute_values(policy, params, traj, world.observe(final),
+                                             has_future(world, traj, final))
+        np.testing.assert_allclose(np.asarray(recomputed), np.asarray(bootstrap), atol=1e-6)
 
 
 @pytest.mark.parametrize("window", [1, 3])

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlambpo_jax.rl import ppo
-from vlambpo_jax.rl.rollout import ImaginedState, rollout
+from vlambpo_jax.rl.rollout import ImaginedState, has_future, rollout
 from vlambpo_jax.train import sharding
 
 
@@ -69,8 +69,7 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
         if dp is not None:
             start = jax.device_put(start, dp.batch_sharding)
         traj, bootstrap, final = roll(state.params, start, roll_key)
-        # the branches whose last state has a future to bootstrap (as rollout's own bootstrap)
-        alive = ~traj.terminal.any(axis=0) & ~world.ended(final)
+        alive = has_future(world, traj, final)
         buffer = buffer_fn(traj, traj.value, bootstrap)
         # how well the critic that sampled the branches predicted their returns (on the chunks it
         # valued: vine's deterministic chunks store no value)

@@ -109,8 +109,14 @@ def rollout(policy, policy_params, world: World, world_params, state, key: jax.A
 
     keys = jax.random.split(key, num_chunks)
     (state, alive), traj = jax.lax.scan(body, (state, jnp.ones((b,), bool)), (keys, jnp.arange(num_chunks)))
-    bootstrap = policy.value(policy_params, world.observe(state)) * (alive & ~world.ended(state))
+    bootstrap = policy.value(policy_params, world.observe(state)) * has_future(world, traj, state)
     return traj, bootstrap, state
+
+
+def has_future(world: World, traj: Transitions, final) -> jax.Array:
+    """bool[B]: the branches whose final state has a future to bootstrap: neither terminated by
+    success nor past the episode's end (World.ended)."""
+    return ~traj.terminal.any(axis=0) & ~world.ended(final)
 
 
 class SimWorld:
