@@ -113,7 +113,8 @@ def test_tabletop_pipeline_under_two_processes_matches_one(tmp_path):
         results = json.loads((tmp_path / run / "evaluate" / "results.json").read_text())
         assert len(results["sft"]["successes"]) == results["sft"]["episodes"]
         assert results["mbpo"]["paired"]["episodes"] == results["sft"]["episodes"]
-        assert "McNemar" in (tmp_path / run / "report" / "report.md").read_text()
+        report = (tmp_path / run / "report" / "report.md").read_text()
+        assert "McNemar" in report and "Open-loop drift" in report
     assert (json.loads((tmp_path / "one" / "evaluate" / "results.json").read_text())["mbpo"]["paired"]
             == json.loads((tmp_path / "two" / "evaluate" / "results.json").read_text())["mbpo"]["paired"])
 

@@ -52,3 +52,46 @@ def test_copy_model_scores_like_the_current_frame():
     np.testing.assert_array_equal(samples["mse_predicted"], samples["mse_copy"])
     assert m["mse_copy_view1"] > 0  # the random chunks moved the wrist camera: real next != current
     assert not np.array_equal(samples["real_next"], samples["current"])
+
+
+def test_pair_differences_by_hand():
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 200, (6, 2, 4, 4, 3)).astype(np.uint8)         # 2 states x 3 chunks
+    cos, ratio = wm_agreement.pair_differences(real, real, 3)
+    assert cos.shape == (6, 2)                                              # 2 states x 3 pairs, 2 views
+    np.testing.assert_allclose(cos, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(ratio, 1.0, rtol=1e-6)
+    still = np.repeat(real[::3], 3, axis=0)                                 # the action changes nothing
+    cos, ratio = wm_agreement.pair_differences(still, real, 3)
+    np.testing.assert_array_equal(cos, 0.0)
+    np.testing.assert_array_equal(ratio, 0.0)
+    # one pixel, two chunks: real difference (10, 0), predicted (3, 4): cosine 3/5, ratio 5/10
+    real = np.zeros((2, 1, 1, 2, 1), np.uint8)
+    real[0, 0, 0, 0, 0] = 10
+    pred = np.zeros_like(real)
+    pred[0, 0, 0, :, 0] = (3, 4)
+    cos, ratio = wm_agreement.pair_differences(pred, real, 2)
+    np.testing.assert_allclose(cos, [[0.6]], rtol=1e-6)
+    np.testing.assert_allclose(ratio, [[0.5]], rtol=1e-6)
+    assert np.isnan(wm_agreement.pair_differences(pred, np.zeros_like(real), 2)[0]).all()
+
+
+def test_open_loop_drift_of_a_copy_model_is_copying():
+    config = tabletop.get_config("smoke")
+    env = make_env(config)
+    scale = jnp.asarray([0.015] * 3 + [0.1] * 3 + [1.0])
+
+    def sample_fn(obs, key, mode):   # a steady push along +x, so the gripper moves away from its start
+        b = obs["images"].shape[0]
+        return jnp.broadcast_to(jnp.asarray([1.0, 0, 0, 0, 0, 0, 1.0]) * scale, (b, config.chunk_size, 7))
+
+    def read_fn(images):              # a fake probe: the mean colour of each view as "xyz"
+        x = images.astype(jnp.float32).mean(axis=(2, 3)) / 255.0           # [B, V, 3]
+        return jnp.concatenate([x, jnp.zeros(x.shape[:2] + (4,))], axis=-1)
+
+    m = wm_agreement.open_loop_drift(env, sample_fn, lambda images, ids, actions, key: images, read_fn,
+                                     jax.random.PRNGKey(0), num_states=2, num_chunks=2)
+    for v in range(2):
+        assert len(m[f"drift_imagined_view{v}"]) == 2
+        assert m[f"drift_imagined_view{v}"] == m[f"drift_copy_view{v}"]
+    assert m["drift_real_view1"] != m["drift_copy_view1"]   # the wrist camera moved with the gripper

@@ -1,16 +1,25 @@
-"""Does the world model's reward tell a good action chunk from a bad one? Checked against the simulator.
+"""Can the world model stand in for the simulator? Two checks against the simulator.
 
-MBPO learns only from imagined branches, so what matters is not PSNR but whether the imagined reward
-ranks chunks the way the simulator would. From R real states, A Flow-SDE chunks each are played both in
-the simulator and in the world model; the simulator's success after the chunk is the label, scored by:
+Ranking. MBPO learns only from imagined branches, so what matters is not PSNR but whether the
+imagined reward ranks chunks the way the simulator would. From R real states, A Flow-SDE chunks each
+are played both in the simulator and in the world model; the simulator's success after the chunk is
+the label, scored by:
   imagined      the world-model reward on the predicted views (what MBPO sees)
   real_next     the same reward on the simulator's next views (the reward model alone)
   current       the same reward on the views before the chunk (no prediction: the state alone)
 AUC (Mann-Whitney) over all pairs, and within each state whose A chunks had mixed outcomes (only
 there can a reward rank actions). If `imagined` is no better than `current`, the model adds nothing
-about the action's effect, and a policy gradient from imagined branches is mostly noise.
+about the action's effect, and a policy gradient from imagined branches is mostly noise. Action
+sensitivity, beside it: for every pair of chunks from one state, the cosine between the predicted
+and the real difference of their next views, and the ratio of the two differences' norms (0 when
+the model ignores the action, 1 when it moves as much as the simulator).
 
-The report stage runs it (config.report.agreement_*); on a finished run, with more samples:
+Drift. Driven open-loop by the policy's chunks (its own predictions fed back), does the imagined
+gripper stay where the real one is? The consistency probe (models/state_probe.py) reads the
+end-effector xyz from each view after every chunk: its error against the simulator's true position
+on the imagined views, on the real views (the probe's floor) and on the first frame (copying it).
+
+The report stage runs both (config.report.agreement_*); on a finished run, with more samples:
   python -m vlambpo_jax.tools.wm_agreement --config=configs/tabletop.py --workdir=DIR [--states=64
   --samples=8 --chunks=4] [--policy=STAGE] [--config.KEY=VALUE ...] [--out=FILE]
 """
@@ -26,6 +35,7 @@ import numpy as np
 
 from vlambpo_jax.data.tokenizer import ByteTokenizer
 from vlambpo_jax.envs.tabletop import make_env
+from vlambpo_jax.models import state_probe
 
 
 def auc(score: np.ndarray, label: np.ndarray) -> float:
@@ -74,6 +84,7 @@ def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable,
     success, the three scores, pixel errors f32[N, V]) as a second output.
     """
     a = samples_per_state
+    pair_cos, pair_ratio = [], []
     step_chunk = jax.jit(jax.vmap(env.step_chunk))
     states = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.fold_in(key, 0), num_states))
     # Every state is carried as `a` identical copies, so the simulator sees one batch shape.
@@ -94,6 +105,9 @@ def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable,
                      "real_next": np.asarray(reward_fn(real, ids)),
                      "current": np.asarray(reward_fn(images, ids)),
                      "mse_predicted": np.asarray(err(predicted)), "mse_copy": np.asarray(err(images))})
+        cos, ratio = pair_differences(np.asarray(predicted), np.asarray(real), a)
+        pair_cos.append(cos)
+        pair_ratio.append(ratio)
         advance = sample_fn(branched.obs, jax.random.fold_in(ckey, 2), "eval")[::a]
         branched, _, _ = step_chunk(branched, jnp.repeat(advance, a, axis=0))
     cat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
@@ -102,12 +116,65 @@ def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable,
     for v in range(cat["mse_copy"].shape[1]):
         out[f"mse_predicted_view{v}"] = float(cat["mse_predicted"][:, v].mean())
         out[f"mse_copy_view{v}"] = float(cat["mse_copy"][:, v].mean())
+    cos, ratio = np.concatenate(pair_cos), np.concatenate(pair_ratio)
+    for v in range(cos.shape[1]):
+        moved = ~np.isnan(cos[:, v])
+        out[f"pair_cosine_view{v}"] = float(cos[moved, v].mean()) if moved.any() else float("nan")
+        out[f"pair_norm_ratio_view{v}"] = float(np.median(ratio[moved, v])) if moved.any() else float("nan")
     return (out, cat) if return_samples else out
 
 
+def pair_differences(predicted: np.ndarray, real: np.ndarray, a: int) -> tuple[np.ndarray, np.ndarray]:
+    """predicted, real uint8[S a, V, H, W, 3]: the next views of `a` consecutive chunks per state.
+    For every pair (i < j) of chunks from one state and every view: the cosine between the predicted
+    difference p_i - p_j and the real one r_i - r_j, and |p_i - p_j| / |r_i - r_j|. -> (cosine,
+    ratio) f32[S a (a - 1) / 2, V]; NaN where the real views did not differ. A predicted difference
+    of zero has cosine 0."""
+    n, v = real.shape[:2]
+    flat = lambda x: x.reshape(n // a, a, v, -1).astype(np.float32)  # noqa: E731
+    p, r = flat(predicted), flat(real)
+    i, j = np.triu_indices(a, 1)
+    dp, dr = p[:, i] - p[:, j], r[:, i] - r[:, j]                       # [S, P, V, D]
+    norm_p, norm_r = np.linalg.norm(dp, axis=-1), np.linalg.norm(dr, axis=-1)
+    moved = norm_r > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(moved, (dp * dr).sum(-1) / np.maximum(norm_p * norm_r, 1e-12), np.nan)
+        ratio = np.where(moved, norm_p / norm_r, np.nan)
+    return cos.reshape(-1, v), ratio.reshape(-1, v)
+
+
+def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Callable, key: jax.Array,
+                    num_states: int, num_chunks: int) -> dict:
+    """From `num_states` fresh episodes the policy's deterministic chunks step the simulator, and the
+    world model is driven open-loop by the same chunks from the first frame. After each chunk the
+    probe reads the end-effector xyz from the imagined views, the real views and the first frame.
+
+    sample_fn, predict_fn as in `measure`; read_fn(images uint8[B, V, H, W, 3]) -> state readings
+    f32[B, V, D] (xyz in state_probe.POS_DIMS). -> {drift_<source>_view<v>: mean xyz error (m) after
+    chunks 1..num_chunks, one list per source (imagined | real | copy) and view}."""
+    states = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.fold_in(key, 0), num_states))
+    step_chunk = jax.jit(jax.vmap(env.step_chunk))
+    first = imagined = states.obs["images"]
+    ids = states.obs["instruction_id"]
+    pos = list(state_probe.POS_DIMS)
+    errs: dict[str, list] = {}
+    for c in range(num_chunks):
+        ckey = jax.random.fold_in(key, c + 1)
+        actions = sample_fn(states.obs, jax.random.fold_in(ckey, 0), "eval")
+        imagined = predict_fn(imagined, ids, actions, jax.random.fold_in(ckey, 1))
+        states, _, _ = step_chunk(states, actions)
+        truth = np.asarray(states.obs["state"])[:, None, pos]                    # [B, 1, 3]
+        for source, images in (("imagined", imagined), ("real", states.obs["images"]), ("copy", first)):
+            err = np.linalg.norm(np.asarray(read_fn(images))[..., pos] - truth, axis=-1).mean(0)  # [V]
+            for v, e in enumerate(err):
+                errs.setdefault(f"drift_{source}_view{v}", []).append(float(e))
+    return errs
+
+
 def run_check(config, policy, params, tokenizer, wm, wm_params, key: jax.Array, num_states: int,
-              samples_per_state: int, num_chunks: int) -> dict:
-    """`measure` with a policy (models/policy.Policy) and a world model (models/world_model)."""
+              samples_per_state: int, num_chunks: int, probe: dict | None = None) -> dict:
+    """`measure` with a policy (models/policy.Policy) and a world model (models/world_model); with a
+    state probe also `open_loop_drift` from as many states over as many chunks."""
     env = make_env(config)
     texts = list(env.instructions)
     tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
@@ -120,7 +187,13 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, key: jax.Array, 
         ids = obs["instruction_id"]
         return sample[mode](params, {"images": obs["images"], "tokens": tok[ids], "token_mask": tmask[ids]}, k)
 
-    return measure(env, sample_fn,
-                   lambda images, ids, actions, k: predict(wm_params, images, wtok[ids], wmask[ids], actions, k),
-                   lambda images, ids: reward(wm_params, images, wtok[ids], wmask[ids]),
-                   key, num_states, samples_per_state, num_chunks)
+    def predict_fn(images, ids, actions, k):
+        return predict(wm_params, images, wtok[ids], wmask[ids], actions, k)
+
+    metrics = measure(env, sample_fn, predict_fn, lambda images, ids: reward(wm_params, images, wtok[ids], wmask[ids]),
+                      key, num_states, samples_per_state, num_chunks)
+    if probe is not None:
+        read = jax.jit(state_probe.read)
+        metrics.update(open_loop_drift(env, sample_fn, predict_fn, lambda images: read(probe, images),
+                                       jax.random.fold_in(key, 99), num_states, num_chunks))
+    return metrics

@@ -10,7 +10,8 @@ import jax
 from vlambpo_jax import loading
 from vlambpo_jax.envs import horizon_chunks
 from vlambpo_jax.errors import UserError
-from vlambpo_jax.stages.wm_common import CKPT_WM
+from vlambpo_jax.models import state_probe
+from vlambpo_jax.stages.wm_common import CKPT_WM, PROBE_FILE
 from vlambpo_jax.train import sharding
 
 
@@ -34,6 +35,12 @@ def load_world_model(ctx):
     """The fine-tuned world model of the run -> (WorldModel, params, assets), under ctx.config (whose
     layout settings must match the checkpoint's)."""
     return loading.load_world_model(Path(ctx.stage_output("wm_finetune")) / CKPT_WM, ctx.config)
+
+
+def load_state_probe(ctx) -> dict | None:
+    """The consistency probe the wm_finetune stage fitted (models/state_probe.py), None without one."""
+    path = Path(ctx.stage_output("wm_finetune")) / PROBE_FILE
+    return state_probe.load(path) if path.exists() else None
 
 
 def roots_stage(ctx) -> str:

@@ -166,7 +166,7 @@ def reward_agreement_lines(ctx, models: tuple, out: Path) -> list[str]:
     r = ctx.config.report
     m = wm_agreement.run_check(ctx.config, *models,
                                jax.random.PRNGKey(ctx.config.seed + 777), r.agreement_states,
-                               r.agreement_samples, r.agreement_chunks)
+                               r.agreement_samples, r.agreement_chunks, common.load_state_probe(ctx))
     (out / "wm_agreement.json").write_text(wm_agreement.to_json(m))
     fmt = lambda x: f"{x:.3f}" if x == x else "n/a"  # noqa: E731  (NaN: no mixed state)
     return ["## Does the imagined reward rank chunks like the simulator?", "",
@@ -181,7 +181,27 @@ def reward_agreement_lines(ctx, models: tuple, out: Path) -> list[str]:
             "", f"States whose chunks had mixed outcomes: {m['mixed_states']}. Pixel MSE of the prediction "
             "vs copying the current frame: " + ", ".join(
                 f"view {v}: {m[f'mse_predicted_view{v}']:.0f} vs {m[f'mse_copy_view{v}']:.0f}"
-                for v in range(len(ctx.config.views))) + "."]
+                for v in range(len(ctx.config.views))) + ".",
+            "", "Action sensitivity (pairs of chunks from one state): cosine between the predicted and the "
+            "real difference of their next views; median ratio of the two differences' norms (0: the "
+            "model ignores the action): " + ", ".join(
+                f"view {v}: {fmt(m[f'pair_cosine_view{v}'])} / {fmt(m[f'pair_norm_ratio_view{v}'])}"
+                for v in range(len(ctx.config.views))) + ".", *drift_lines(m, tuple(ctx.config.views))]
+
+
+def drift_lines(m: dict, views: tuple[str, ...]) -> list[str]:
+    """The open-loop drift table of wm_agreement.open_loop_drift's metrics (none without a probe)."""
+    if "drift_imagined_view0" not in m:
+        return []
+    chunks = len(m["drift_imagined_view0"])
+    cm = lambda xs: " | ".join(f"{100 * x:.1f}" for x in xs)  # noqa: E731
+    return ["", "Open-loop drift: the probe's end-effector xyz error (cm) against the simulator after "
+            "each chunk, the world model driven by the policy's chunks from the first frame:", "",
+            "| view, read from | " + " | ".join(f"chunk {c + 1}" for c in range(chunks)) + " |",
+            "|---|" + "---|" * chunks,
+            *[f"| {view}, {name} | {cm(m[f'drift_{src}_view{v}'])} |" for v, view in enumerate(views)
+              for name, src in (("imagined", "imagined"), ("first frame (copy)", "copy"),
+                                ("real (probe floor)", "real"))]]
 
 
 def imagined_vs_logged(ctx, num_videos: int, num_chunks: int, upscale: int = 4) -> tuple[list[str], list[str]]:

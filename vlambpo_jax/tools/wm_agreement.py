@@ -1,6 +1,7 @@
-"""Does the world model's reward rank action chunks as the simulator's outcomes do? On a finished
-run's policy and fine-tuned world model, with more samples than the report stage draws
-(vlambpo_jax/rl/wm_agreement.py explains the check):
+"""Does the world model's reward rank action chunks as the simulator's outcomes do, do its views
+move with the action, and does its gripper stay with the real one open-loop? On a finished run's
+policy and fine-tuned world model, with more samples than the report stage draws
+(vlambpo_jax/rl/wm_agreement.py explains the checks; the drift needs the wm_finetune stage's probe):
 
   python -m vlambpo_jax.tools.wm_agreement --config=configs/tabletop.py --workdir=DIR
       [--states=64 --samples=8 --chunks=4] [--policy=STAGE] [--config.KEY=VALUE ...] [--out=FILE]
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> int:
     except UserError as e:
         cli.fail(str(e))
     metrics = wm_agreement.run_check(config, *models, jax.random.PRNGKey(int(config.seed) + 778),
-                                     fv.states, fv.samples, fv.chunks)
+                                     fv.states, fv.samples, fv.chunks, common.load_state_probe(ctx))
     text = wm_agreement.to_json(metrics)
     cli.emit_json(text, fv.out)
     return 0
