@@ -241,6 +241,11 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     pretrain_enabled: run wm_pretrain on broad data (False = the "w/o pretraining" ablation).
     pretrain_data / finetune_data: TFDS builder dirs of each stage's RLDS data; '' = config.data's
       dataset (fine-tuning first looks for the collect stage's RLDS output under <workdir>/collect).
+    play_data: more builder dirs whose episodes all join pretraining's training split (not its
+      held-out one): cheap simulator play, e.g. noisy experts written by the demos stage in another
+      workdir (`--stages=demos --config.demos.noise=1.0 --config.demos.keep_failures=True`), so the
+      action varies more than the demos' given the same frame. On the command line a Python tuple:
+      `--config.wm.play_data="('DIR',)"`.
     pretrain_steps / finetune_steps / batch_size: dynamics + reward training.
     lr / weight_decay / b1 / b2 / grad_clip / warmup_steps: AdamW with linear warm-up, cosine decay;
       grad_clip is the global grad-norm clip (the same name as sft.grad_clip and rl.grad_clip).
@@ -271,7 +276,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         reward_views="wrist", reward_on_predictions=0.0,
         eval_reward_frames=512, predict_delta=True, delta_scale=(0.4, 1.0), delta_pixels=True,
         sample_temperature=0.0,
-        pretrain_enabled=True, pretrain_data="", finetune_data="", pretrain_steps=450, finetune_steps=300,
+        pretrain_enabled=True, pretrain_data="", finetune_data="", play_data=(), pretrain_steps=450, finetune_steps=300,
         batch_size=32,
         lr=3e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=50, ema=0.999,
         eval_batches=4, dtype="float32", max_text_len=64,

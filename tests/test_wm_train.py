@@ -10,6 +10,7 @@ from tests.helpers.fakes import RecordingWriter
 from vlambpo_jax import loading, pipeline
 from vlambpo_jax.data.rlds_writer import write_rlds
 from vlambpo_jax.data.synthetic import synthetic_episode
+from vlambpo_jax.data.tokenizer import ByteTokenizer
 from vlambpo_jax.models import state_probe, wm_training
 from vlambpo_jax.stages import wm_common, wm_finetune, wm_pretrain
 from vlambpo_jax.tools import wm_eval
@@ -90,6 +91,25 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path, capsys):
     still = [dict(heldout[0], next_images=heldout[0]["images"])]
     c_still = wm_training.make_evaluator(wm, still, jax.random.key(0))(params)
     assert c_still["copy_psnr_head"] == wm_training.PSNR_CAP_DB and np.isfinite(c_still["psnr_head"])
+
+
+def test_play_data_joins_the_training_split_only(dataset, tmp_path, tmp_path_factory):
+    rng = np.random.default_rng(1)
+    play = write_rlds(tmp_path_factory.mktemp("play"), iter([
+        synthetic_episode(rng, 14, image_shape=(32, 32, 3), instruction="push the blue block", success=False)
+        for _ in range(6)]), dataset_name="play", image_shape=(32, 32, 3))
+    c = tabletop.get_config("smoke")
+    c.data.builder_dir = str(dataset)
+    c.wm.reward_batch_size = 0
+    ctx = pipeline.StageContext(c, tmp_path, "wm_pretrain", RecordingWriter(), NoPreemption())
+    base_fn, base_heldout, _ = wm_common.open_data(ctx, "", 4, 0)
+    play_fn, play_heldout, _ = wm_common.open_data(ctx, "", 4, 0, extra_data=(str(play),))
+    for a, b in zip(base_heldout, play_heldout, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    push = ByteTokenizer().encode_batch(["push the blue block"], c.wm.max_text_len)[0][0]
+    seen = lambda fn: any((row == push).all() for step in range(20) for row in fn(step)["tokens"])  # noqa: E731
+    assert seen(play_fn) and not seen(base_fn)
 
 
 def test_balanced_accuracy_by_hand():

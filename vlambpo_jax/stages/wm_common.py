@@ -4,7 +4,8 @@ then dynamics + reward), plus re-evaluating a finished stage's checkpoint (tools
 
 Data: config.data's RLDS dataset (the demos stage output by default), overridden per stage by
 config.wm.pretrain_data / finetune_data (a TFDS builder dir; '' = config.data's, and for fine-tuning
-the collect stage's RLDS output under <workdir>/collect when it exists). The reward's Yes/No examples
+the collect stage's RLDS output under <workdir>/collect when it exists); config.wm.play_data adds the
+episodes of more datasets to pretraining's training split. The reward's Yes/No examples
 (config.wm.reward_batch_size per step, half Yes) are drawn from whole training episodes
 (RewardExamples), in wm_finetune also from the pretraining data (config.wm.reward_replay); held-out
 reward metrics use the labelled frames of the held-out episodes of the same datasets.
@@ -133,12 +134,15 @@ def split_heldout(episodes):
     return episodes[:len(episodes) - n_eval], episodes[len(episodes) - n_eval:]
 
 
-def open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, reward_data=()):
+def open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, reward_data=(), extra_data=()):
     """-> (train batch_fn, held-out batches list, NormStats). With config.wm.reward_batch_size > 0
     every batch also carries that many balanced reward examples (RewardExamples) drawn from the
     training episodes of this dataset and of the datasets in reward_data (builder dirs), and the
-    held-out batches carry the labelled frames of their held-out episodes."""
+    held-out batches carry the labelled frames of their held-out episodes. Every episode of the
+    datasets in extra_data (builder dirs, e.g. simulator play) joins the training split, not the
+    held-out one, so held-out metrics stay comparable with and without them."""
     episodes, stats, config = load_episodes(ctx, builder_dir, stats)
+    extra_episodes = [e for d in extra_data for e in load_episodes(ctx, d, stats)[0]]
     mode = config.data.norm_mode
 
     def make(samples):
@@ -157,6 +161,7 @@ def open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, rew
 
     train_eps, eval_eps = split_heldout(episodes)
     heldout = Batches(eval_eps or train_eps, batch_size, seed + 1, make)
+    train_eps = train_eps + extra_episodes
     w = ctx.config.wm
     n_eval_batches = int(w.eval_batches)
     train_fn, heldout = Batches(train_eps, batch_size, seed, make), [heldout(i) for i in range(n_eval_batches)]

@@ -1,5 +1,5 @@
 """The `wm_pretrain` stage: the world model trained on broad data (config.wm.pretrain_data, by default
-config.data's dataset).
+config.data's dataset, plus the training episodes of config.wm.play_data).
 
 Two phases (stages/wm_common.py): the VAE (checkpoint `vae/`): reconstruction + KL on both views'
 frames, then per-channel latent statistics; then dynamics + reward (checkpoint `world_model/`): AdamW
@@ -25,7 +25,8 @@ def run(ctx) -> dict:
         log("config.wm.pretrain_enabled is False: skipping (wm_finetune trains from scratch)")
         return {"skipped": True}
     wm = WorldModel(config)
-    batch_fn, heldout, stats = wm_common.open_data(ctx, w.pretrain_data, int(w.batch_size), int(config.seed))
+    batch_fn, heldout, stats = wm_common.open_data(ctx, w.pretrain_data, int(w.batch_size), int(config.seed),
+                                                   extra_data=tuple(w.play_data))
     params = wm.init(jax.random.key(int(config.seed)), stats["action"].min, stats["action"].max)
     params, interrupted = wm_common.train_vae(ctx, wm, params, batch_fn, log)
     if interrupted:
