@@ -80,7 +80,8 @@ def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable,
     actions, key) -> next images; reward_fn(images, instruction_id) -> p_success f32[B]. Between
     chunks the states advance with one deterministic chunk, so later chunks start from states the
     policy reaches. -> agreement_metrics plus mean squared pixel error of the prediction and of
-    copying the current frame, per view; with return_samples, also the per-chunk arrays (group,
+    copying the current frame, and the pair_differences summaries (pair_cosine_view<v>: mean,
+    pair_norm_ratio_view<v>: median), per view; with return_samples, also the per-chunk arrays (group,
     success, the three scores, pixel errors f32[N, V]) as a second output.
     """
     a = samples_per_state
