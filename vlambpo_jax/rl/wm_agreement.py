@@ -194,7 +194,6 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, key: jax.Array, 
     metrics = measure(env, sample_fn, predict_fn, lambda images, ids: reward(wm_params, images, wtok[ids], wmask[ids]),
                       key, num_states, samples_per_state, num_chunks)
     if probe is not None:
-        read = jax.jit(state_probe.read)
-        metrics.update(open_loop_drift(env, sample_fn, predict_fn, lambda images: read(probe, images),
+        metrics.update(open_loop_drift(env, sample_fn, predict_fn, lambda images: state_probe.read_jit(probe, images),
                                        jax.random.fold_in(key, 99), num_states, num_chunks))
     return metrics
