@@ -177,6 +177,8 @@ def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_
       grounding_frames: 'reset' (freshly reset scenes) or 'episodes' (frames along scripted-expert
       episodes with the demos' action noise, at a uniformly drawn step: the gripper near, over and
       holding the objects; slower to render, since the physics runs).
+    augment_shift: random-shift augmentation of the demo images, in pixels (each view moved by up to
+      +-augment_shift in x and y, edges repeated; vlambpo_jax/data/augment.py; 0 = off).
     perception_teacher: with a perceived state of 4 dims (policy.perception_dim=4), the action expert
       reads the true object and goal xy in training (teacher forcing; the demos must carry the
       privileged state: env.privileged_state=True, data.state_dim=11) and its head's estimate when it acts.
@@ -186,7 +188,7 @@ def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_
         b1=0.9, b2=0.95, weight_decay=1e-4, grad_clip=1.0, ema=0.999, eval_every=1000, eval_episodes=16,
         init_from="", in_memory=True, noise_samples=1,
         grounding_weight=0.0, grounding_scenes=4096, grounding_hidden=(128,), grounding_layer=-1,
-        grounding_frames="reset", perception_teacher=False,
+        grounding_frames="reset", perception_teacher=False, augment_shift=0,
     ))
     c.update(overrides)
     if smoke:

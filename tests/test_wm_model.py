@@ -303,3 +303,65 @@ def test_reward_on_predicted_views():
     assert np.isfinite(float(m_on[1]["reward_ce_pred"])) and "reward_ce_pred" not in m_off[1]
     assert float(m_on[0]) > float(m_off[0])
     np.testing.assert_allclose(float(m_on[1]["image_mse"]), float(m_off[1]["image_mse"]), rtol=1e-6)
+
+
+def _randomize(tree, key, scale=0.3):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+
+def test_action_adaln_modulates_the_generation_norms_by_hand():
+    """Expert.qkv / mlp of a modulated expert against the formula: RMSNorm(x) (1 + a) + b, (a, b) =
+    Dense(cond), then the plain projections; cond None leaves the block plain."""
+    from vlambpo_jax.models.layers import RMSNorm
+    from vlambpo_jax.models.umm import Expert, UMMConfig
+    cfg = UMMConfig(vocab_size=8, width=8, depth=1, heads=2, kv_heads=1, head_dim=4, mlp=16, qk_norm=False,
+                    gen_condition=True)
+    expert = Expert(cfg, modulated=True)
+    x, cond = jax.random.normal(jax.random.key(0), (2, 3, 8)), jax.random.normal(jax.random.key(1), (2, 8))
+    params = expert.init(jax.random.key(2), x, cond, method=Expert.qkv)
+    params = {"params": dict(params["params"], input_mod=_randomize(params["params"]["input_mod"],
+                                                                    jax.random.key(3)))}
+    q, _, _ = expert.apply(params, x, cond, method=Expert.qkv)
+    p = params["params"]
+    mod = cond @ p["input_mod"]["kernel"] + p["input_mod"]["bias"]
+    h = RMSNorm(cfg.rms_eps).apply({"params": p["input_norm"]}, x) * (1 + mod[:, None, :8]) + mod[:, None, 8:]
+    expected = (h @ p["q_proj"]["kernel"] + p["q_proj"]["bias"]).reshape(2, 3, 2, 4)
+    np.testing.assert_allclose(np.asarray(q), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    plain, _, _ = expert.apply(params, x, None, method=Expert.qkv)
+    assert np.abs(np.asarray(plain) - np.asarray(q)).max() > 1e-2
+
+
+def _without(tree, names):
+    return {k: _without(v, names) for k, v in tree.items() if k not in names} if isinstance(tree, dict) else tree
+
+
+def test_action_adaln_starts_as_the_plain_model_and_samples_cached_as_uncached():
+    tr = transition()
+    plain = WorldModel(tiny_config(view_decoding="independent"))
+    adaln = WorldModel(tiny_config(view_decoding="independent", action_adaln=True, cfg_text_scale=3.0,
+                                   dropout=dict(text=0.1, vit=0.0, vae=0.0)))
+    params = adaln.init(jax.random.key(0))
+    params["net"]["params"]["llm2vae"]["kernel"] = 0.3 * jax.random.normal(
+        jax.random.key(1), params["net"]["params"]["llm2vae"]["kernel"].shape)
+    plain_params = dict(params, net=_without(params["net"], ("input_mod", "mlp_mod", "cond_in", "cond_out")))
+    loss = lambda wm, p: float(wm.loss(p, tr, jax.random.key(3), train=False)[0])  # noqa: E731
+    assert loss(adaln, params) == pytest.approx(loss(plain, plain_params), abs=1e-6)  # zero-initialised
+    # the modulation switched on: the condition reaches the loss, and the KV cache keeps it
+    net = params["net"]["params"]
+    for name, sub in net["backbone"].items():
+        if name.startswith("layers_"):
+            sub["gen"]["input_mod"]["kernel"] = _randomize(sub["gen"]["input_mod"]["kernel"], jax.random.key(4), 0.1)
+            sub["gen"]["mlp_mod"]["kernel"] = _randomize(sub["gen"]["mlp_mod"]["kernel"], jax.random.key(5), 0.1)
+    assert abs(loss(adaln, params) - loss(plain, plain_params)) > 1e-4
+    args = (params, tr["images"], tr["tokens"], tr["token_mask"], tr["actions"], jax.random.key(2))
+    cached = jax.jit(lambda *a: adaln.predict(*a, return_latents=True))(*args)
+    uncached = jax.jit(lambda *a: adaln.predict(*a, use_cache=False, return_latents=True))(*args)
+    np.testing.assert_allclose(np.asarray(cached), np.asarray(uncached), atol=1e-4)
+    # the CFG branch that drops the action reads the zero action's condition
+    dropped = adaln._condition(params, tr["actions"], dropped=jnp.array([True, False]))
+    zero = adaln._condition(params, np.zeros_like(tr["actions"]))
+    own = adaln._condition(params, tr["actions"])
+    np.testing.assert_allclose(np.asarray(dropped[0]), np.asarray(zero[0]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dropped[1]), np.asarray(own[1]), atol=1e-6)

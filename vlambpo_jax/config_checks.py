@@ -156,6 +156,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("sft.grounding_scenes", _int_range(1)),
     ("sft.grounding_layer", _int_range(-1)),
     ("sft.grounding_frames", _one_of("reset", "episodes")),
+    ("sft.augment_shift", _int_range(0)),
     ("policy.vit_stem", _one_of("patch", "conv")),
     ("policy.perception_dim", _int_range(0)),
     ("policy.vit_patch", _int_range(1)),
@@ -188,6 +189,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.group_size", _int_range(1)),
     ("rl.vine_window", _int_range(0)),
     ("rl.fixed_starts", _bool),
+    ("wm.action_adaln", _bool),
     ("rl.critic_warmup_iterations", _int_range(0)),
     ("rl.target_kl", _nonnegative_number),
     ("rl.collect_mode", _one_of("train", "eval")),
@@ -358,6 +360,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     layer, depth = get(config, "sft.grounding_layer"), get(config, "policy.depth")
     if layer is not _MISSING and depth is not _MISSING and layer > depth:
         raise ConfigError("sft.grounding_layer", layer, f"must be -1 or in [0, config.policy.depth={depth}]")
+    if get(config, "wm.action_adaln") is True and get(config, "wm.view_decoding") == "interleaved":
+        raise ConfigError("wm.action_adaln", True, "conditions every generated view on the action; IVD "
+                          "generates the wrist without it: use wm.view_decoding='independent' or 'joint'")
     for guided, drops in (("wm.cfg_text_scale", ("wm.dropout.text",)),
                           ("wm.cfg_image_scale", ("wm.dropout.vit", "wm.dropout.vae"))):
         scale = get(config, guided)

@@ -11,6 +11,7 @@ import flax.struct
 import jax
 import optax
 
+from vlambpo_jax.data import augment
 from vlambpo_jax.models import grounding
 from vlambpo_jax.models import policy as policy_lib
 
@@ -40,9 +41,11 @@ def make_optimizer(sft, num_steps: int):
 
 def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: int, noise_samples: int = 1,
                     head: grounding.GroundingHead | None = None, grounding_weight: float = 0.0,
-                    grounding_layer: int = -1):
+                    grounding_layer: int = -1, shift_pad: int = 0):
     """Returns step(state, batch) -> (state, metrics) (jit it on a mesh with
-    sharding.DataParallel.jit_step); the flow noise of step s is fold_in(key, s). With grounding_weight
+    sharding.DataParallel.jit_step); the flow noise of step s is fold_in(key, s). shift_pad > 0 shifts
+    each demo view by up to +-shift_pad pixels (data/augment.random_shift; not the grounding rows,
+    whose targets are positions in the fixed head camera). With grounding_weight
     > 0, the batch also holds grounding rows (grounding.pool_batch) and the loss is flow loss +
     grounding_weight x grounding loss, of the separate `head` or, with head None, of the policy's own
     perception head."""
@@ -51,6 +54,8 @@ def make_train_step(policy: policy_lib.Policy, tx, schedule, ema: float, seed: i
     def loss_fn(trainable, batch, key):
         params, head_params = trainable
         demo, ground = grounding.split_batch(batch)
+        if shift_pad > 0:
+            demo = dict(demo, images=augment.random_shift(jax.random.fold_in(key, 1), demo["images"], shift_pad))
         loss, metrics = policy.flow_matching_loss(params, demo, key, noise_samples)
         if grounding_weight > 0:
             g_loss, g_metrics = grounding.grounding_loss(policy, head, params, head_params, ground,

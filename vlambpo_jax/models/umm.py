@@ -29,7 +29,9 @@ class UMMConfig:
     """Backbone shape. vocab_size: shared embedding / lm_head rows; width: residual width; depth: layers;
     heads / kv_heads / head_dim: grouped-query attention; mlp: SwiGLU hidden size; rope_theta: RoPE base;
     rms_eps: RMSNorm epsilon; qk_norm: per-head q/k RMSNorm in both experts (BAGEL; off for exact Qwen2);
-    tie_embeddings: lm_head = embedding^T; dtype: compute dtype (params stay float32)."""
+    tie_embeddings: lm_head = embedding^T; dtype: compute dtype (params stay float32);
+    gen_condition: the generation expert's two pre-norms are modulated by a per-sequence condition
+    vector (adaptive RMSNorm, zero-initialised so it starts as the plain block; not in Qwen2/BAGEL)."""
     vocab_size: int
     width: int
     depth: int
@@ -42,6 +44,7 @@ class UMMConfig:
     qk_norm: bool = True
     tie_embeddings: bool = False
     dtype: str = "float32"
+    gen_condition: bool = False
 
 
 def _take(x: jax.Array, idx: np.ndarray, axis: int = 1) -> jax.Array:
@@ -52,8 +55,11 @@ def _take(x: jax.Array, idx: np.ndarray, axis: int = 1) -> jax.Array:
 
 
 class Expert(nn.Module):
-    """One expert's weights in one decoder layer (a Qwen2 decoder block, optionally with QK-norm)."""
+    """One expert's weights in one decoder layer (a Qwen2 decoder block, optionally with QK-norm).
+    modulated: its pre-attention and pre-MLP norms are scaled and shifted by (1 + a, b) = Dense(cond),
+    cond [B, W] one vector per sequence (DiT's adaLN without gates; the Dense starts at zero)."""
     cfg: UMMConfig
+    modulated: bool = False
 
     def setup(self):
         c, dt = self.cfg, jnp.dtype(self.cfg.dtype)
@@ -69,12 +75,22 @@ class Expert(nn.Module):
         self.gate_proj = nn.Dense(c.mlp, use_bias=False, dtype=dt)
         self.up_proj = nn.Dense(c.mlp, use_bias=False, dtype=dt)
         self.down_proj = nn.Dense(c.width, use_bias=False, dtype=dt)
+        if self.modulated:
+            self.input_mod = nn.Dense(2 * c.width, kernel_init=nn.initializers.zeros, dtype=dt)
+            self.mlp_mod = nn.Dense(2 * c.width, kernel_init=nn.initializers.zeros, dtype=dt)
 
-    def qkv(self, x: jax.Array):
-        """x [B, T, W] -> q [B, T, H, D], k, v [B, T, KV, D] (before RoPE)."""
+    def _modulate(self, h: jax.Array, mod: str, cond: jax.Array | None) -> jax.Array:
+        """h [B, T, W] -> h (1 + scale) + shift, (scale, shift) = getattr(self, mod)(cond); h where unmodulated."""
+        if not self.modulated or cond is None:
+            return h
+        scale, shift = jnp.split(getattr(self, mod)(cond)[:, None, :].astype(h.dtype), 2, axis=-1)
+        return h * (1.0 + scale) + shift
+
+    def qkv(self, x: jax.Array, cond: jax.Array | None = None):
+        """x [B, T, W] (cond [B, W] when modulated) -> q [B, T, H, D], k, v [B, T, KV, D] (before RoPE)."""
         c = self.cfg
         b, t, _ = x.shape
-        h = self.input_norm(x)
+        h = self._modulate(self.input_norm(x), "input_mod", cond)
         q = self.q_proj(h).reshape(b, t, c.heads, c.head_dim)
         k = self.k_proj(h).reshape(b, t, c.kv_heads, c.head_dim)
         v = self.v_proj(h).reshape(b, t, c.kv_heads, c.head_dim)
@@ -86,9 +102,9 @@ class Expert(nn.Module):
         """Residual after attention: x [B, T, W], o [B, T, H*D] -> [B, T, W]."""
         return x + self.o_proj(o)
 
-    def mlp(self, x: jax.Array) -> jax.Array:
+    def mlp(self, x: jax.Array, cond: jax.Array | None = None) -> jax.Array:
         """Residual SwiGLU MLP: [B, T, W] -> [B, T, W]."""
-        h = self.post_attention_norm(x)
+        h = self._modulate(self.post_attention_norm(x), "mlp_mod", cond)
         return x + self.down_proj(nn.silu(self.gate_proj(h)) * self.up_proj(h))
 
 
@@ -97,18 +113,19 @@ class MoTLayer(nn.Module):
 
     def setup(self):
         self.und = Expert(self.cfg)
-        self.gen = Expert(self.cfg)
+        self.gen = Expert(self.cfg, modulated=self.cfg.gen_condition)
 
-    def __call__(self, x, experts: np.ndarray, positions, mask, cache=None):
+    def __call__(self, x, experts: np.ndarray, positions, mask, cache=None, cond=None):
         """x [B, T, W]; experts static int[T]; positions int[B, T]; mask bool[B, T, S + T] over
-        (cached keys, own keys); cache (k, v) [B, S, KV, D] or None -> (x [B, T, W], (k, v) of own
-        tokens [B, T, KV, D], RoPE applied)."""
+        (cached keys, own keys); cache (k, v) [B, S, KV, D] or None; cond [B, W] or None, read by a
+        modulated generation expert -> (x [B, T, W], (k, v) of own tokens [B, T, KV, D], RoPE applied)."""
         c = self.cfg
-        groups = [(e, np.nonzero(experts == i)[0]) for i, e in enumerate((self.und, self.gen))]
-        groups = [(e, idx) for e, idx in groups if len(idx)]
-        order = np.concatenate([idx for _, idx in groups])
+        groups = [(e, np.nonzero(experts == i)[0], cond if i == 1 else None)
+                  for i, e in enumerate((self.und, self.gen))]
+        groups = [g for g in groups if len(g[1])]
+        order = np.concatenate([idx for _, idx, _ in groups])
         inv = np.argsort(order)
-        qkv = [e.qkv(_take(x, idx)) for e, idx in groups]
+        qkv = [e.qkv(_take(x, idx), cnd) for e, idx, cnd in groups]
         q, k, v = (_take(jnp.concatenate([p[j] for p in qkv], axis=1), inv) for j in range(3))
         q = apply_rope(q, positions, c.rope_theta)
         k = apply_rope(k, positions, c.rope_theta)
@@ -119,7 +136,7 @@ class MoTLayer(nn.Module):
             k_all, v_all = k, v
         o = dot_product_attention(q * (c.head_dim ** -0.5), k_all, v_all, mask)
         o = o.reshape(*o.shape[:2], c.heads * c.head_dim)
-        outs = [e.mlp(e.attn_out(_take(x, idx), _take(o, idx))) for e, idx in groups]
+        outs = [e.mlp(e.attn_out(_take(x, idx), _take(o, idx)), cnd) for e, idx, cnd in groups]
         return _take(jnp.concatenate(outs, axis=1), inv), (k, v)
 
 
@@ -127,8 +144,9 @@ class MoTBackbone(nn.Module):
     """The UMM decoder. Methods (call with `apply(..., method=...)`):
 
     embed(ids int[B, T]) -> [B, T, W]
-    __call__(x [B, T, W], experts, positions, mask, cache) -> (h [B, T, W] after the per-expert final
-        norm, new_cache: tuple over layers of (k, v) [B, T, KV, D] for these tokens)
+    __call__(x [B, T, W], experts, positions, mask, cache, cond) -> (h [B, T, W] after the per-expert
+        final norm, new_cache: tuple over layers of (k, v) [B, T, KV, D] for these tokens); cond [B, W]
+        (or None) modulates the generation expert's norms where cfg.gen_condition
     logits(h [B, T, W]) -> float32[B, T, vocab]
     """
     cfg: UMMConfig
@@ -145,13 +163,13 @@ class MoTBackbone(nn.Module):
     def embed(self, ids: jax.Array) -> jax.Array:
         return self.embedder(ids).astype(jnp.dtype(self.cfg.dtype))
 
-    def __call__(self, x, experts, positions, mask, cache: KVCache | None = None):
+    def __call__(self, x, experts, positions, mask, cache: KVCache | None = None, cond=None):
         experts = np.asarray(experts)
         positions = jnp.broadcast_to(jnp.asarray(positions), x.shape[:2])
         mask = jnp.broadcast_to(jnp.asarray(mask), (x.shape[0],) + tuple(np.shape(mask))[-2:])
         new_cache = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, experts, positions, mask, None if cache is None else cache[i])
+            x, kv = layer(x, experts, positions, mask, None if cache is None else cache[i], cond)
             new_cache.append(kv)
         und, gen = np.nonzero(experts == 0)[0], np.nonzero(experts == 1)[0]
         parts, order = [], []

@@ -111,6 +111,10 @@ class WMSpec:
         return self.chunk * (self.action_dim if self.action_encoding == "bins" else 1)
 
     @property
+    def action_adaln(self) -> bool:
+        return self.umm.gen_condition
+
+    @property
     def cfg_enabled(self) -> bool:
         return self.cfg_text_scale != 1.0 or self.cfg_image_scale != 1.0
 
@@ -128,7 +132,7 @@ def spec_from_config(config) -> WMSpec:
     u = w.umm
     umm = UMMConfig(vocab_size=at.VOCAB_SIZE, width=u.width, depth=u.depth, heads=u.heads,
                     kv_heads=u.kv_heads, head_dim=u.head_dim, mlp=u.mlp, rope_theta=u.rope_theta,
-                    qk_norm=u.qk_norm, dtype=w.dtype)
+                    qk_norm=u.qk_norm, dtype=w.dtype, gen_condition=bool(w.get("action_adaln", False)))
     return WMSpec(
         image_size=config.image_size, chunk=config.chunk_size, action_dim=config.action_dim,
         vae_widths=tuple(w.vae.widths), latent_channels=w.vae.latent_channels,
@@ -197,6 +201,9 @@ class WMNet(nn.Module):
         if s.action_encoding == "continuous":
             self.action_in = nn.Dense(width)
             self.action_pos = self.param("action_pos", nn.initializers.normal(0.02), (s.chunk, width))
+        if s.umm.gen_condition:
+            self.cond_in = nn.Dense(width)
+            self.cond_out = nn.Dense(width)
         self.latent_pos = jnp.asarray(sincos_2d(s.grid, width))
 
     def embed_ids(self, ids):
@@ -216,8 +223,13 @@ class WMNet(nn.Module):
         """a [N, k, D] normalized to [-1, 1] -> [N, k, W]."""
         return self.action_in(a) + self.action_pos[None]
 
-    def run(self, x, experts, positions, mask, cache=None):
-        return self.backbone(x, experts, positions, mask, cache)
+    def action_condition(self, a):
+        """a [N, k, D] normalized to [-1, 1] -> [N, W]: the vector a modulated generation expert reads
+        (umm.gen_condition)."""
+        return self.cond_out(nn.silu(self.cond_in(a.reshape(a.shape[0], -1))))
+
+    def run(self, x, experts, positions, mask, cache=None, cond=None):
+        return self.backbone(x, experts, positions, mask, cache, cond)
 
     def velocity(self, h):
         """[N, n, W] -> [N, n, patch_dim]."""
@@ -236,10 +248,11 @@ class WMNet(nn.Module):
         if s.action_encoding == "continuous":
             tok = jnp.concatenate([tok, self.continuous_actions(
                 jnp.zeros((n, s.chunk, s.action_dim)))], axis=1)
+        cond = self.action_condition(jnp.zeros((n, s.chunk, s.action_dim))) if s.umm.gen_condition else None
         t = tok.shape[1]
         experts = np.zeros(t, np.int32)
         experts[ids.shape[1] + s.vit_tokens:ids.shape[1] + s.vit_tokens + s.latent_tokens] = 1
-        h, _ = self.run(tok, experts, jnp.arange(t)[None], jnp.ones((1, t, t), bool))
+        h, _ = self.run(tok, experts, jnp.arange(t)[None], jnp.ones((1, t, t), bool), cond=cond)
         return self.velocity(h), self.logits(h)
 
 
@@ -362,6 +375,19 @@ class WorldModel:
         a = at.normalize_actions(actions, st["action_min"], st["action_max"])
         return self.net.apply(params["net"], a, method=WMNet.continuous_actions)
 
+    def _condition(self, params, actions=None, action_bins=None, dropped=None):
+        """The generation expert's condition [B, W] from the actions (None without umm.gen_condition);
+        rows where dropped bool[B] (the text/action CFG branch) read the zero action's condition."""
+        if not self.spec.umm.gen_condition:
+            return None
+        st = params["stats"]
+        if actions is None:
+            actions = at.bins_to_actions(action_bins, st["action_min"], st["action_max"])
+        a = at.normalize_actions(actions, st["action_min"], st["action_max"])
+        if dropped is not None:
+            a = jnp.where(dropped[:, None, None], 0.0, a)
+        return self.net.apply(params["net"], a, method=WMNet.action_condition)
+
     def _context(self, params, images, tokens, actions=None, action_bins=None):
         """Embeddings of the known inputs {source: [B, n, W]} and the current latents [B, V, n, pd]."""
         s, net = self.spec, params["net"]
@@ -407,6 +433,7 @@ class WorldModel:
         branch = np.repeat(np.arange(nb), b)
         drops = {"text": jnp.asarray(branch == 1), "vit": jnp.asarray(branch == 2),
                  "vae": jnp.asarray(branch == 2)}
+        cond = self._condition(params, _tile(actions, nb), dropped=drops["text"])
         cache, known, cols = None, None, np.zeros((0,), np.int32)
         out, decoded = {}, {}
         vit_next = {sg.source[1] for sg in layout.segments if sg.source[:1] == ("vit_next",)}
@@ -417,7 +444,7 @@ class WorldModel:
                 if use_cache:
                     mask = self._mask(layout, rows, np.concatenate([cols, rows]), key_valid, drops)
                     _, kv = self.net.apply(params["net"], emb, experts[rows], pos[rows][None], mask,
-                                           cache, method=WMNet.run)
+                                           cache, cond, method=WMNet.run)
                     cache = concat_cache(cache, kv)
                 else:
                     known = emb if known is None else jnp.concatenate([known, emb], axis=1)
@@ -429,7 +456,7 @@ class WorldModel:
                     out[v], decoded[v] = self.encode_latents(params, given_next[v]), given_next[v]
             else:
                 z = self._denoise(params, layout, rows, cols, len(views), cache, known, key_valid, drops,
-                                  jax.random.fold_in(key, i), b, nb, use_cache)
+                                  jax.random.fold_in(key, i), b, nb, use_cache, cond)
                 for j, v in enumerate(views):
                     out[v] = z[:, j] * scales[v] + current[:, v] if s.predict_delta else z[:, j]
             for v in views:
@@ -453,8 +480,9 @@ class WorldModel:
         return jnp.stack([decoded[v] for v in sorted(out)], axis=1)
 
     def _denoise(self, params, layout, rows, cols, nviews, cache, known, key_valid, drops, key, b,
-                 nb, use_cache):
-        """Euler rectified-flow sampling of `rows` (nviews noise segments) -> [B, nviews, n, pd]."""
+                 nb, use_cache, cond=None):
+        """Euler rectified-flow sampling of `rows` (nviews noise segments) -> [B, nviews, n, pd];
+        cond [nb B, W] or None: the generation expert's condition per row."""
         s = self.spec
         n, pd = s.latent_tokens, s.patch_dim
         experts, pos = layout.expert_ids(), layout.rope_ids()
@@ -472,11 +500,12 @@ class WorldModel:
             if use_cache:
                 c = jax.tree_util.tree_map(lambda a: a[:nrows], cache)
                 h, _ = self.net.apply(params["net"], emb, experts[rows], pos[rows][None], mask[:nrows],
-                                      c, method=WMNet.run)
+                                      c, None if cond is None else cond[:nrows], method=WMNet.run)
             else:
                 full = jnp.concatenate([known[:nrows], emb], axis=1)
                 h, _ = self.net.apply(params["net"], full, experts[all_cols], pos[all_cols][None],
-                                      mask[:nrows], method=WMNet.run)
+                                      mask[:nrows], None, None if cond is None else cond[:nrows],
+                                      method=WMNet.run)
                 h = h[:, -len(rows):]
             return self.net.apply(params["net"], h, method=WMNet.velocity).reshape(nrows, nviews, n, pd)
 
@@ -572,10 +601,11 @@ class WorldModel:
                      "vae": jax.random.bernoulli(kd[2], s.drop_vae, (b,))}
         else:
             drops = {}
+        cond = self._condition(params, batch.get("actions"), batch.get("action_bins"), drops.get("text"))
         rows = np.arange(layout.length)
         emb = self._segments(layout, [sg.name for sg in layout.segments], src)
         mask = self._mask(layout, rows, rows, self._key_valid(layout, token_mask), drops)
-        h, _ = self.net.apply(net, emb, layout.expert_ids(), layout.rope_ids()[None], mask,
+        h, _ = self.net.apply(net, emb, layout.expert_ids(), layout.rope_ids()[None], mask, None, cond,
                               method=WMNet.run)
         metrics = {}
         mse = 0.0

@@ -196,7 +196,7 @@ def make_trainer(ctx, policy, tokenizer, params, batch_fn, normalize_state=None)
     state, state_shardings = dp.place(state)
     step_fn = dp.jit_step(make_train_step(policy, tx, schedule, float(sft.ema), int(config.seed) + 1,
                                           int(sft.noise_samples), head, float(sft.grounding_weight),
-                                          int(sft.grounding_layer)),
+                                          int(sft.grounding_layer), int(sft.augment_shift)),
                           state_shardings)
     return state, step_fn, lambda step: dp.shard(batch_fn(step), is_global=bool(sft.in_memory))
 
