@@ -91,6 +91,12 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path, capsys):
     still = [dict(heldout[0], next_images=heldout[0]["images"])]
     c_still = wm_training.make_evaluator(wm, still, jax.random.key(0))(params)
     assert c_still["copy_psnr_head"] == wm_training.PSNR_CAP_DB and np.isfinite(c_still["psnr_head"])
+    # the flow loss under another transition's actions: equal where every transition has the same ones
+    for view in ("head", "wrist"):
+        assert a[f"flow_mse_{view}_other_action"] != a[f"flow_mse_{view}"]
+    same = [dict(heldout[0], actions=np.repeat(heldout[0]["actions"][:1], len(heldout[0]["actions"]), 0))]
+    c_same = wm_training.make_evaluator(wm, same, jax.random.key(0))(params)
+    assert c_same["flow_mse_head_other_action"] == c_same["flow_mse_head"] > 0
 
 
 def test_play_data_joins_the_training_split_only(dataset, tmp_path, tmp_path_factory):

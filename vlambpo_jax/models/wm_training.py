@@ -82,11 +82,16 @@ def make_evaluator(wm: WorldModel, batches, key, probe=None):
     and the probe's xyz error against the true next state on predicted, real and current (copy_)
     frames (*probe_err_pos_head / _wrist). With interleaved view decoding also the wrist sampled from
     the real next head instead of the predicted one (given_head_psnr_wrist / given_head_ssim_wrist):
-    the wrist decoder's error apart from the head's. Same batches + key + probe -> comparable numbers across
+    the wrist decoder's error apart from the head's. flow_mse_head / _wrist: the held-out flow loss
+    (train=False), and flow_mse_*_other_action the same with each transition given the actions of
+    another one in its batch (rolled by one), same noise and times: the gap is how much the
+    denoiser reads the action (0 = it ignores it). Same batches + key + probe -> comparable numbers across
     models (e.g. view_decoding interleaved vs independent). Per-frame PSNR is capped at PSNR_CAP_DB, so
     identical frames (a copied still frame) do not make the mean infinite."""
     predict = jax.jit(wm.predict)
     reward = jax.jit(wm.reward)
+    flow_mse = jax.jit(lambda p, b, k: {v: m for v, m in wm.loss(p, b, k, train=False)[1].items()
+                                        if v in ("mse_head", "mse_wrist")})
     read = jax.jit(state_probe.read) if probe is not None else None
     given_head = None
     if wm.spec.view_decoding == "interleaved":
@@ -114,6 +119,11 @@ def make_evaluator(wm: WorldModel, batches, key, probe=None):
                     sums[f"{name}ssim_{view}"] = sums.get(f"{name}ssim_{view}", 0.0) + float(
                         jnp.sum(dm_pix.ssim(real[:, v], p[:, v])))
             n += real.shape[0]
+            other = {k: np.roll(b[k], 1, axis=0) for k in ("actions", "action_bins") if k in b}
+            for suffix, batch in (("", b), ("_other_action", {**b, **other})):
+                for k, v in flow_mse(params, batch, jax.random.fold_in(key, 10_000 + i)).items():
+                    name = f"flow_{k}{suffix}"
+                    sums[name] = sums.get(name, 0.0) + float(v) * real.shape[0]
             ex = wm.reward_examples(b)
             yes, valid = np.asarray(ex["yes"], bool), np.asarray(ex["valid"], bool)
             p_yes = np.asarray(reward(params, ex["images"], ex["tokens"], ex["token_mask"])) > 0.5
