@@ -233,7 +233,8 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
       negative advantages (not a gradient clip); value_clip, huber_delta, value_coef: the clipped-value
       Huber critic loss.
     actor_lr / critic_lr, b1, b2, weight_decay: AdamW per group; grad_clip: global grad-norm clip;
-      train_vlm: also train the VLM prefix (default: action expert + value head only, as the paper's code).
+      train_vlm: also train the VLM prefix (default: action expert + value head only, as the paper's code);
+      vlm_lr: its AdamW learning rate (0 = actor_lr).
     eval_every / eval_episodes: periodic simulator evaluation (iterations; 0 = off).
     """
     c = ml_collections.ConfigDict(dict(
@@ -246,7 +247,7 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
         clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,
         actor_lr=1e-5, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,
-        train_vlm=False, eval_every=0, eval_episodes=16,
+        train_vlm=False, vlm_lr=0.0, eval_every=0, eval_episodes=16,
     ))
     c.update(overrides)
     return c

@@ -16,7 +16,7 @@ def rl_config(**kw):
     c = ml_collections.ConfigDict(dict(
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True, clip=0.1,
         clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0, actor_lr=1e-3,
-        critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0, train_vlm=False,
+        critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0, train_vlm=False, vlm_lr=0.0,
         minibatch_size=4, advantage="gae", group_size=1))
     c.update(kw)
     return c
@@ -77,3 +77,20 @@ def test_first_update_ratio_is_one(setup):
     buffer = ppo.make_buffer(traj, traj.value, jnp.zeros(traj.mask.shape[1]), c)
     logp = policy.log_prob(params, buffer.obs, buffer.chain)
     np.testing.assert_allclose(np.asarray(logp), np.asarray(buffer.old_log_prob), rtol=1e-4, atol=1e-3)
+
+
+def test_vlm_trains_at_its_own_learning_rate(setup):
+    """Adam's first steps move every parameter by about its lr (m / sqrt(v) = +-1): two steps move the
+    VLM by at most 2 x vlm_lr while the action expert moves by the actor's lr."""
+    policy, params, traj = setup
+    c = rl_config(train_vlm=True, actor_lr=1e-3, vlm_lr=1e-6)
+    opt = ppo.make_optimizer(c, params)
+    buffer = ppo.make_buffer(traj, traj.value, jnp.zeros(traj.mask.shape[1]), c)
+    epoch, _ = ppo.make_update_fns(policy, c, opt)
+    new, _ = jax.jit(epoch)(ppo.PPOState(params, opt.init(params), jnp.zeros((), jnp.int32)), buffer,
+                            jax.random.PRNGKey(2))
+    assert int(new.step) == 2
+    moved = lambda group: max(float(np.abs(np.asarray(a) - np.asarray(b)).max())  # noqa: E731
+                              for a, b in zip(jax.tree.leaves(params[group]), jax.tree.leaves(new.params[group])))
+    assert 0 < moved("vlm") <= 2.05e-6
+    assert moved("action_expert") > 1e-4

@@ -198,6 +198,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.iterations", _int_range(0)),
     ("rl.actor_lr", _nonnegative_number),
     ("rl.critic_lr", _positive_float),
+    ("rl.vlm_lr", _nonnegative_number),
     ("rl.reward_threshold", _unit_interval),
     ("rl.bc_rounds", _int_range(0)),
     ("rl.bc_branches", _int_range(1)),

@@ -1,9 +1,9 @@
 """PPO for flow-matching VLA policies over a buffer of chunk transitions (imagined or real).
 
 The buffer is flattened over (chunk, branch); one epoch is a lax.scan over shuffled minibatches. The
-optimizer is optax.multi_transform with an actor group (the action expert, plus the VLM when
-`rl.train_vlm`) and a critic group (the value head), each AdamW with its own learning rate; the VLM
-is frozen by default. A critic-only step updates the critic group and leaves the actor's parameters
+optimizer is optax.multi_transform with an actor group (the action expert), a VLM group (when
+`rl.train_vlm`, at rl.vlm_lr) and a critic group (the value head), each AdamW with its own learning
+rate; the VLM is frozen by default. A critic-only step updates the critic group and leaves the actor's parameters
 and optimizer state untouched (used for the warm-up after each buffer refill).
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ from vlambpo_jax.rl.rollout import Transitions
 
 
 def param_groups(params: dict, train_vlm: bool) -> dict:
-    """multi_transform labels: 'actor' | 'critic' | 'frozen' per leaf of {'vlm', 'action_expert', 'value_head'}."""
-    group = {"vlm": "actor" if train_vlm else "frozen", "action_expert": "actor", "value_head": "critic"}
+    """multi_transform labels: 'actor' | 'vlm' | 'critic' | 'frozen' per leaf of {'vlm', 'action_expert',
+    'value_head'}."""
+    group = {"vlm": "vlm" if train_vlm else "frozen", "action_expert": "actor", "value_head": "critic"}
     return {name: jax.tree.map(lambda _, g=group[name]: g, sub) for name, sub in params.items()}
 
 
@@ -30,8 +31,8 @@ def make_optimizer(rl_config, params: dict) -> optax.GradientTransformation:
     adamw = lambda lr: optax.adamw(lr, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay)
     return optax.chain(
         optax.clip_by_global_norm(c.grad_clip),
-        optax.multi_transform({"actor": adamw(c.actor_lr), "critic": adamw(c.critic_lr),
-                               "frozen": optax.set_to_zero()},
+        optax.multi_transform({"actor": adamw(c.actor_lr), "vlm": adamw(c.vlm_lr or c.actor_lr),
+                               "critic": adamw(c.critic_lr), "frozen": optax.set_to_zero()},
                               param_groups(params, c.train_vlm)))
 
 
