@@ -42,6 +42,16 @@ def test_bad_config_argument_and_missing_file(tmp_path):
     assert r.returncode == 2 and "no config file" in r.stderr
 
 
+def test_print_config_needs_no_workdir_and_a_run_needs_one():
+    run = lambda *a: subprocess.run([sys.executable, "-m", "vlambpo_jax.main", "--config=configs/tabletop.py:smoke",  # noqa: E731
+                                     *a], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = run("--print_config", "--config.rl.iterations=7")
+    assert r.returncode == 0 and "iterations: 7" in r.stdout, r.stderr
+    r = run()
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--workdir" in lines[0], r.stderr
+
+
 def test_help_documents_flags(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vlambpo_jax.main", "--help"], capture_output=True,
                        text=True, cwd=ROOT, timeout=120)

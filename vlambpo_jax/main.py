@@ -37,7 +37,7 @@ flags.DEFINE_list("stages", None, "Run only these stages (comma separated), over
 flags.DEFINE_bool("print_config", False, "Print the resolved config and exit without computing.")
 flags.DEFINE_string("jax_cache_dir", None, "Persistent XLA compilation cache (default: "
                     "<workdir>/jax_cache). Cuts repeated compile times a lot on CPU.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])  # --workdir too, unless --print_config
 
 
 def _setup_jax(cache_dir: str) -> None:
@@ -116,6 +116,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.print_config:
         print(config)
         return
+    if not FLAGS.workdir:
+        cli.fail("flag --workdir must have a value: the directory for all outputs (--print_config needs none)")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     d = config.distributed
