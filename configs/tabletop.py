@@ -74,13 +74,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # action scale (0 = the clean expert); batch_size: episodes per vmapped batch; keep_failures:
     # also write failed episodes; dataset_name: RLDS dataset name under <workdir>/demos/rlds;
     # targets_per_scene: consecutive episodes sharing one initial scene, each instructed to handle a
-    # different object (1 = every episode its own scene; 3 = every object once per scene).
+    # different object (1 = every episode its own scene; 3 = every object once per scene);
+    # expert_labels: record the expert's noiseless action at each visited state instead of the noisy
+    # action that stepped the simulator (DART), so the labels show recoveries from the drift; the
+    # world model then learns from actions that differ from the executed ones by the noise.
     c.demos = ml_collections.ConfigDict()
     c.demos.episodes_per_task = per_task(204)
     c.demos.noise = 0.1
     c.demos.batch_size = 64
     c.demos.keep_failures = False
     c.demos.targets_per_scene = 3
+    c.demos.expert_labels = False
     c.demos.dataset_name = "tabletop_demos"
 
     # --- data: how RLDS episodes become training batches (fields: configs/common.py:data_config) ---

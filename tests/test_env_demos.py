@@ -65,3 +65,21 @@ def test_targets_per_scene_share_the_scene_and_change_the_target():
         colours = [w & {"red", "green", "blue"} for w in words[g:g + 3]]
         assert sorted(c.pop() for c in colours) == ["blue", "green", "red"]
     assert (first[0] != first[3]).any()
+
+
+def test_expert_labels_are_the_noiseless_expert_at_the_visited_states():
+    """DART labels: the same keys visit the same noisy states; replaying the executed actions in the
+    simulator, each recorded label is the zero-noise expert action at that state."""
+    from vlambpo_jax.envs import experts
+    env = tabletop.TabletopEnv(task_names=("pick",), horizons=(12,))
+    args = (jax.random.split(jax.random.PRNGKey(3), 1), jax.random.split(jax.random.PRNGKey(4), 1),
+            np.zeros(1, np.int32), np.full(1, -1, np.int32))
+    executed = jax.device_get(demos.make_collector(env, 0.5)(*args))
+    labelled = jax.device_get(demos.make_collector(env, 0.5, expert_labels=True)(*args))
+    np.testing.assert_array_equal(executed["images"], labelled["images"])
+    step, clean = jax.jit(env.step), jax.jit(lambda s: experts.expert_action(env, s, jax.random.PRNGKey(0), 0.0))
+    s = env.reset(args[0][0], args[2][0], args[3][0])
+    for t in range(12):
+        np.testing.assert_allclose(labelled["action"][0, t], np.asarray(clean(s)), atol=1e-6)
+        s = step(s, executed["action"][0, t])
+    assert np.abs(executed["action"][0, :, :6] - labelled["action"][0, :, :6]).max() > 1e-3

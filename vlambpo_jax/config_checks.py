@@ -190,6 +190,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.vine_window", _int_range(0)),
     ("rl.fixed_starts", _bool),
     ("wm.action_adaln", _bool),
+    ("demos.expert_labels", _bool),
     ("rl.critic_warmup_iterations", _int_range(0)),
     ("rl.target_kl", _nonnegative_number),
     ("rl.collect_mode", _one_of("train", "eval")),

@@ -24,16 +24,19 @@ from vlambpo_jax.envs import scene as S
 from vlambpo_jax.envs.tabletop import TabletopEnv
 
 
-def make_collector(env: TabletopEnv, noise: float):
+def make_collector(env: TabletopEnv, noise: float, expert_labels: bool = False):
     """jit(reset_keys [B], run_keys [B], task_ids [B], targets [B]) -> dict of per-step arrays for B
-    expert episodes of max_horizon (targets < 0: drawn at random)."""
+    expert episodes of max_horizon (targets < 0: drawn at random). The noisy action steps the
+    simulator; the recorded action is that one, or with expert_labels the expert's noiseless action
+    at the same state (DART: the labels then show how the expert recovers from the noise's drift)."""
     def one(k_reset, k_run, task_id, target):
         state = env.reset(k_reset, task_id, target)
 
         def body(s, k):
             a = experts.expert_action(env, s, k, noise)
             nxt = env.step(s, a)
-            return nxt, dict(images=s.obs["images"], state=s.obs["state"], action=a, reward=nxt.reward)
+            label = experts.expert_action(env, s, k, 0.0) if expert_labels else a
+            return nxt, dict(images=s.obs["images"], state=s.obs["state"], action=label, reward=nxt.reward)
 
         final, rec = jax.lax.scan(body, state, jax.random.split(k_run, env.max_horizon))
         rec["final_images"] = final.obs["images"]
@@ -81,8 +84,10 @@ def episodes_from_batch(env: TabletopEnv, rec: dict, task_ids: np.ndarray, first
 
 
 def collect(env: TabletopEnv, key: jax.Array, episodes_per_task: int, noise: float, batch_size: int,
-            keep_failures: bool = False, preemption=None, log=print, targets_per_scene: int = 1):
-    """All demo episodes (a list of RLDS episode dicts) and per-task success counts.
+            keep_failures: bool = False, preemption=None, log=print, targets_per_scene: int = 1,
+            expert_labels: bool = False):
+    """All demo episodes (a list of RLDS episode dicts) and per-task success counts; expert_labels:
+    see make_collector.
 
     targets_per_scene > 1: consecutive episodes of a task share their initial scene and differ in the
     target object (cycling through the objects), so only the instruction tells them apart.
@@ -93,7 +98,7 @@ def collect(env: TabletopEnv, key: jax.Array, episodes_per_task: int, noise: flo
     targets = ((within % targets_per_scene) % S.NUM_OBJECTS if targets_per_scene > 1
                else np.full_like(within, -1)).astype(np.int32)
     scene_key = jax.random.fold_in(key, 0x5CE7E)
-    run = make_collector(env, noise)
+    run = make_collector(env, noise, expert_labels)
     episodes, stats = [], {name: [0, 0] for name in env.task_names}
     for i, start in enumerate(range(0, len(task_ids), batch_size)):
         if preemption is not None and getattr(preemption, "requested", False):

@@ -30,7 +30,7 @@ def run(ctx) -> dict:
     start = time.time()
     episodes, stats = demos.collect(env, key, int(d.episodes_per_task), float(d.noise), int(d.batch_size),
                               bool(d.keep_failures), ctx.preemption,
-                              targets_per_scene=int(d.targets_per_scene))
+                              targets_per_scene=int(d.targets_per_scene), expert_labels=bool(d.expert_labels))
     if episodes is None:
         return {}
     if not episodes:
