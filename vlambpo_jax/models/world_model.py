@@ -370,20 +370,23 @@ class WorldModel:
                 action_bins = at.actions_to_bins(actions, st["action_min"], st["action_max"])
             return self.net.apply(params["net"], at.bins_to_token_ids(action_bins),
                                   method=WMNet.embed_ids)
+        return self.net.apply(params["net"], self._normalized_actions(params, actions, action_bins),
+                              method=WMNet.continuous_actions)
+
+    @staticmethod
+    def _normalized_actions(params, actions=None, action_bins=None):
+        """Env-unit actions f32[B,k,D] (or bins int[B,k,D]) -> min-max normalized to [-1, 1]."""
+        st = params["stats"]
         if actions is None:
             actions = at.bins_to_actions(action_bins, st["action_min"], st["action_max"])
-        a = at.normalize_actions(actions, st["action_min"], st["action_max"])
-        return self.net.apply(params["net"], a, method=WMNet.continuous_actions)
+        return at.normalize_actions(actions, st["action_min"], st["action_max"])
 
     def _condition(self, params, actions=None, action_bins=None, dropped=None):
         """The generation expert's condition [B, W] from the actions (None without umm.gen_condition);
         rows where dropped bool[B] (the text/action CFG branch) read the zero action's condition."""
         if not self.spec.umm.gen_condition:
             return None
-        st = params["stats"]
-        if actions is None:
-            actions = at.bins_to_actions(action_bins, st["action_min"], st["action_max"])
-        a = at.normalize_actions(actions, st["action_min"], st["action_max"])
+        a = self._normalized_actions(params, actions, action_bins)
         if dropped is not None:
             a = jnp.where(dropped[:, None, None], 0.0, a)
         return self.net.apply(params["net"], a, method=WMNet.action_condition)
