@@ -129,6 +129,15 @@ def test_guidance_needs_conditioning_dropout():
         validate(c)
 
 
+def test_action_adaln_is_refused_with_interleaved_decoding():
+    c = tabletop.get_config("smoke")
+    c.wm.action_adaln = True
+    validate(c)  # the default independent decoding
+    c.wm.view_decoding = "interleaved"
+    with pytest.raises(ConfigError, match="wm.action_adaln=True: conditions every generated view"):
+        validate(c)
+
+
 def test_bad_data_ends_in_one_line_with_the_traceback_in_the_log(tmp_path):
     import numpy as np
 
