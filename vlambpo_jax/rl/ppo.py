@@ -3,8 +3,8 @@
 The buffer is flattened over (chunk, branch); one epoch is a lax.scan over shuffled minibatches. The
 optimizer is optax.multi_transform with an actor group (the action expert), a VLM group (when
 `rl.train_vlm`, at rl.vlm_lr) and a critic group (the value head), each AdamW with its own learning
-rate; the VLM is frozen by default. A critic-only step updates the critic group and leaves the actor's parameters
-and optimizer state untouched (used for the warm-up after each buffer refill).
+rate; the VLM is frozen by default. A critic-only step updates the critic group and leaves the
+actor's parameters and optimizer state untouched (used for the warm-up after each buffer refill).
 """
 from __future__ import annotations
 
