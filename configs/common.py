@@ -182,6 +182,9 @@ def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_
     perception_teacher: with a perceived state of 4 dims (policy.perception_dim=4), the action expert
       reads the true object and goal xy in training (teacher forcing; the demos must carry the
       privileged state: env.privileged_state=True, data.state_dim=11) and its head's estimate when it acts.
+    dagger_rounds: DAgger rounds after `steps` (0 = off; stages/sft.py): each runs dagger_episodes
+      policy-then-expert takeovers in new scenes, adds the expert parts that succeed to the data and
+      trains dagger_steps more steps.
     """
     c = ml_collections.ConfigDict(dict(
         steps=3000, batch_size=data.get_ref("batch_size"), lr=5e-4, min_lr_ratio=0.1, warmup=100,
@@ -189,6 +192,7 @@ def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_
         init_from="", in_memory=True, noise_samples=1,
         grounding_weight=0.0, grounding_scenes=4096, grounding_hidden=(128,), grounding_layer=-1,
         grounding_frames="reset", perception_teacher=False, augment_shift=0,
+        dagger_rounds=0, dagger_episodes=200, dagger_steps=1000,
     ))
     c.update(overrides)
     if smoke:

@@ -113,6 +113,16 @@ def test_grounding_and_stem_rules():
     b.sft.grounding_weight = 1.0
     with pytest.raises(ConfigError, match="needs config.env"):
         validate(b)
+    b = bridge.get_config("smoke")
+    b.sft.dagger_rounds = 1
+    with pytest.raises(ConfigError, match="sft.dagger_rounds=1: DAgger runs the scripted expert"):
+        validate(b)
+    c = tabletop.get_config("smoke")
+    c.sft.dagger_rounds = 1
+    validate(c)
+    c.sft.in_memory = False
+    with pytest.raises(ConfigError, match="sft.dagger_rounds"):
+        validate(c)
 
 
 def test_guidance_needs_conditioning_dropout():

@@ -83,3 +83,28 @@ def test_expert_labels_are_the_noiseless_expert_at_the_visited_states():
         np.testing.assert_allclose(labelled["action"][0, t], np.asarray(clean(s)), atol=1e-6)
         s = step(s, executed["action"][0, t])
     assert np.abs(executed["action"][0, :, :6] - labelled["action"][0, :, :6]).max() > 1e-3
+
+
+def test_takeover_hands_the_episode_to_the_expert_after_the_policy_chunks():
+    """DAgger's takeover against a step-by-step replay: the policy's chunks act first, then the
+    zero-noise expert; the cut episode starts at the handover state and keeps only the expert's part."""
+    from vlambpo_jax.envs import experts
+    env = tabletop.TabletopEnv(task_names=("pick",), horizons=(12,))
+    chunk = np.tile(np.array([0.01, -0.005, 0.0, 0.0, 0.0, 0.05, 1.0], np.float32), (3, 1))
+    policy_fn = lambda params, obs, key: params
+    reset_key = jax.random.split(jax.random.PRNGKey(5), 1)
+    rec = jax.device_get(demos.make_takeover_collector(env, policy_fn, 3, 0.0)(
+        chunk, reset_key, jax.random.split(jax.random.PRNGKey(6), 1), np.zeros(1, np.int32), np.full(1, 2, np.int32)))
+    step, clean = jax.jit(env.step), jax.jit(lambda s: experts.expert_action(env, s, jax.random.PRNGKey(0), 0.0))
+    s = env.reset(reset_key[0], 0, -1)
+    for t in range(12):
+        want = chunk[t % 3] if t < 6 else np.asarray(clean(s))
+        np.testing.assert_allclose(rec["action"][0, t], want, atol=1e-6)
+        np.testing.assert_array_equal(rec["images"][0, t], np.asarray(s.obs["images"]))
+        s = step(s, want)
+    ep, = demos.episodes_from_batch(env, rec, np.zeros(1, np.int32), 0, 0.0, start=np.array([6]))
+    assert ep["episode_metadata"]["length"] == int(rec["length"][0]) - 6
+    np.testing.assert_array_equal(ep["steps"]["observation"]["image_0"][0], rec["images"][0, 6, 0])
+    np.testing.assert_allclose(ep["steps"]["action"][:-1], rec["action"][0, 6:int(rec["length"][0])])
+    assert not demos.episodes_from_batch(env, rec, np.zeros(1, np.int32), 0, 0.0,
+                                         start=np.array([int(rec["length"][0])]))

@@ -157,6 +157,9 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("sft.grounding_layer", _int_range(-1)),
     ("sft.grounding_frames", _one_of("reset", "episodes")),
     ("sft.augment_shift", _int_range(0)),
+    ("sft.dagger_rounds", _int_range(0)),
+    ("sft.dagger_episodes", _int_range(1)),
+    ("sft.dagger_steps", _int_range(0)),
     ("policy.vit_stem", _one_of("patch", "conv")),
     ("policy.perception_dim", _int_range(0)),
     ("policy.vit_patch", _int_range(1)),
@@ -302,6 +305,10 @@ def _cross_problems(config) -> list[tuple[str, Any, str]]:
             out.append(("policy.use_state", True, f"cannot run stage {imagining[0]!r}: the world model "
                         "predicts images, not the state this policy reads (use rl.world='sim' or "
                         "'sim_roots', and drop the stages that imagine)"))
+    rounds = get(config, "sft.dagger_rounds")
+    if rounds is not _MISSING and rounds > 0 and ("env" not in config or not get(config, "sft.in_memory")):
+        out.append(("sft.dagger_rounds", rounds, "DAgger runs the scripted expert: needs a simulator "
+                    "(config.env) and config.sft.in_memory=True"))
     r = get(config, "rl")
     if r is not _MISSING and "group_size" in r:
         if r.num_branches % r.group_size:

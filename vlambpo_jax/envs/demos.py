@@ -48,17 +48,63 @@ def make_collector(env: TabletopEnv, noise: float, expert_labels: bool = False):
     return jax.jit(jax.vmap(one))
 
 
-def episodes_from_batch(env: TabletopEnv, rec: dict, task_ids: np.ndarray, first_id: int, noise: float):
-    """Host-side cut of a collected batch into RLDS episode dicts (see the module docstring)."""
+def make_takeover_collector(env: TabletopEnv, policy_fn, chunk_size: int, noise: float):
+    """DAgger's data: the policy acts first, then the noisy expert takes over to the end of the episode.
+
+    jit(params, reset_keys [B], run_keys [B], task_ids [B], handover [B]) -> make_collector's per-step
+    arrays. policy_fn(params, obs, key) -> f32[chunk_size, 7] acts (one chunk per call, replanning at
+    chunk boundaries) for the first handover[b] chunks, then the expert (expert_action with `noise`)
+    acts at every step; the recorded action is the one executed. The steps from handover[b] x
+    chunk_size on are an expert episode that starts from a state the policy reached (episodes_from_batch
+    with `start`).
+    """
+    n_chunks = -(-env.max_horizon // chunk_size)
+
+    def one(params, k_reset, k_run, task_id, handover):
+        state = env.reset(k_reset, task_id, -1)
+
+        def chunk_body(s, xs):
+            c, k = xs
+            k_policy, k_steps = jax.random.split(k)
+            chunk = policy_fn(params, s.obs, k_policy)
+
+            def step_body(s, xs):
+                policy_action, k = xs
+                a = jnp.where(c < handover, policy_action, experts.expert_action(env, s, k, noise))
+                nxt = env.step(s, a)
+                return nxt, dict(images=s.obs["images"], state=s.obs["state"], action=a, reward=nxt.reward)
+
+            return jax.lax.scan(step_body, s, (chunk, jax.random.split(k_steps, chunk_size)))
+
+        final, rec = jax.lax.scan(chunk_body, state, (jnp.arange(n_chunks), jax.random.split(k_run, n_chunks)))
+        rec = jax.tree.map(lambda x: x.reshape((n_chunks * chunk_size,) + x.shape[2:])[:env.max_horizon], rec)
+        rec["final_images"] = final.obs["images"]
+        rec["final_state"] = final.obs["state"]
+        rec.update(success=final.success, length=final.info["step"],
+                   instruction_id=final.info["instruction_id"])
+        return rec
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0, 0)))
+
+
+def episodes_from_batch(env: TabletopEnv, rec: dict, task_ids: np.ndarray, first_id: int, noise: float,
+                        start: np.ndarray | None = None):
+    """Host-side cut of a collected batch into RLDS episode dicts (see the module docstring).
+    start [B]: the step each episode's record begins at (takeover episodes; default 0); an episode
+    that ended before its start yields none."""
     out = []
     for b in range(len(task_ids)):
+        t0 = 0 if start is None else int(start[b])
+        if t0 and int(rec["length"][b]) <= t0:
+            continue
         n = int(rec["length"][b])
-        images = np.concatenate([rec["images"][b, :n], rec["final_images"][b][None]], 0)
-        state = np.concatenate([rec["state"][b, :n], rec["final_state"][b][None]], 0)
+        images = np.concatenate([rec["images"][b, t0:n], rec["final_images"][b][None]], 0)
+        state = np.concatenate([rec["state"][b, t0:n], rec["final_state"][b][None]], 0)
         noop = np.zeros((1, 7), np.float32)
         noop[0, 6] = rec["action"][b, n - 1, 6] if n else 1.0
-        action = np.concatenate([rec["action"][b, :n], noop], 0).astype(np.float32)
-        reward = np.concatenate([rec["reward"][b, :n], [0.0]]).astype(np.float32)
+        action = np.concatenate([rec["action"][b, t0:n], noop], 0).astype(np.float32)
+        reward = np.concatenate([rec["reward"][b, t0:n], [0.0]]).astype(np.float32)
+        n -= t0
         success = bool(rec["success"][b])
         t = n + 1
         is_last = np.zeros(t, bool)
@@ -118,3 +164,32 @@ def collect(env: TabletopEnv, key: jax.Array, episodes_per_task: int, noise: flo
                 episodes.append(ep)
         log(f"[demos] {min(start + batch_size, len(task_ids))}/{len(task_ids)} episodes")
     return episodes, stats
+
+
+def collect_takeover(env: TabletopEnv, policy_fn, params, key: jax.Array, episodes: int, chunk_size: int,
+                     noise: float, batch_size: int, first_id: int = 0, log=print):
+    """DAgger episodes (make_takeover_collector): `episodes` runs over the tasks in turn, each handing
+    over after a number of policy chunks drawn uniformly from [1, n_chunks). Only the runs whose
+    expert part succeeds are kept. -> (RLDS episode dicts of the expert parts, successes, runs)."""
+    n_chunks = -(-env.max_horizon // chunk_size)
+    run = make_takeover_collector(env, policy_fn, chunk_size, noise)
+    task_ids = (np.arange(episodes) % env.num_tasks).astype(np.int32)
+    k_scene, k_run, k_handover = jax.random.split(key, 3)
+    handover = np.asarray(jax.random.randint(k_handover, (episodes,), 1, max(n_chunks, 2)), np.int32)
+    out, successes, runs = [], 0, 0
+    for i, begin in enumerate(range(0, episodes, batch_size)):
+        sl = slice(begin, begin + batch_size)
+        ids, hand = task_ids[sl], handover[sl]
+        pad = batch_size - len(ids)   # keep one compiled batch shape
+        padded = lambda a: jnp.asarray(np.concatenate([a, a[:1].repeat(pad)]))
+        reset_keys = jax.random.split(jax.random.fold_in(k_scene, i), batch_size)
+        rec = jax.device_get(run(params, reset_keys, jax.random.split(jax.random.fold_in(k_run, i), batch_size),
+                                 padded(ids), padded(hand)))
+        rec = {k: v[:len(ids)] for k, v in rec.items()}
+        for ep in episodes_from_batch(env, rec, ids, first_id + begin, noise, start=hand * chunk_size):
+            runs += 1
+            if ep["episode_metadata"]["success"]:
+                successes += 1
+                out.append(ep)
+        log(f"[takeover] {min(begin + batch_size, episodes)}/{episodes} runs, {successes} expert parts succeeded")
+    return out, successes, runs

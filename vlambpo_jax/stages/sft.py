@@ -11,6 +11,12 @@ config.sft.in_memory (default True) every episode is read once into memory and b
 seeded per-epoch permutation of all (episode, step) samples; otherwise batches stream from the reader
 and a resumed run skips the batches already consumed.
 
+DAgger (config.sft.dagger_rounds > 0, in-memory data and a simulator only): after sft.steps, each
+round lets the policy act for a random number of chunks in new scenes, hands over to the noisy
+scripted expert (envs/demos.collect_takeover), adds the successful expert parts to the data and trains
+sft.dagger_steps more steps on demos + every round's episodes. The learning-rate schedule spans all
+steps. Round r's episodes are written to <stage_dir>/dagger/round_<r> and reread on resumption.
+
 The train step is vlambpo_jax/models/policy_train.py. Other stages load the result with
 `vlambpo_jax.loading.load_policy(ctx.stage_output('sft') / 'policy')`.
 """
@@ -27,11 +33,14 @@ import numpy as np
 from vlambpo_jax import loading
 from vlambpo_jax.data import normalization, rlds_reader
 from vlambpo_jax.data import tokenizer as tok_lib
+from vlambpo_jax.data.rlds_writer import write_rlds
+from vlambpo_jax.envs import demos as demos_lib
 from vlambpo_jax.envs import evaluation, has_simulator, scene_pool, tabletop
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import grounding
 from vlambpo_jax.models import policy as policy_lib
 from vlambpo_jax.models.policy_train import SFTState, make_optimizer, make_train_step
+from vlambpo_jax.stages import common
 from vlambpo_jax.train import checkpoints, sharding
 from vlambpo_jax.train.loop import train_loop
 
@@ -94,6 +103,28 @@ class StreamBatches:
         return self.last
 
 
+class RoundBatches:
+    """batch(step) from the newest data round that has begun by `step` (DAgger: each round's
+    InMemoryBatches starts at its first step)."""
+
+    def __init__(self, first):
+        self.rounds = [(0, first)]
+
+    def add(self, start_step: int, batches) -> None:
+        self.rounds.append((start_step, batches))
+
+    def __call__(self, step: int) -> dict:
+        return next(b for start, b in reversed(self.rounds) if step >= start)(step)
+
+
+def env_policy(config, policy, tokenizer, stats):
+    """(the training-split env, its deterministic policy_fn(params, obs, key) -> f32[k, 7])."""
+    env = tabletop.make_env(config)
+    return env, policy_lib.make_env_policy_fn(
+        policy, tokenizer, env.instructions, int(config.data.max_text_len), mode="eval",
+        normalize_state=state_normalizer(config, stats))
+
+
 def _evaluator(ctx, policy, tokenizer, stats, key):
     """eval_fn(state, step) -> metrics: success rates of the EMA policy in the simulator, or None when
     the config has no simulator (Bridge) or config.sft.eval_episodes is 0."""
@@ -101,11 +132,7 @@ def _evaluator(ctx, policy, tokenizer, stats, key):
     episodes = int(config.sft.eval_episodes)
     if episodes <= 0 or not has_simulator(config):
         return None
-    env = tabletop.make_env(config)
-    policy_fn = policy_lib.make_env_policy_fn(
-        policy, tokenizer, env.instructions, int(config.data.max_text_len), mode="eval",
-        normalize_state=state_normalizer(config, stats))
-
+    env, policy_fn = env_policy(config, policy, tokenizer, stats)
     evaluator = evaluation.make_evaluator(env, policy_fn, episodes)  # compiled once, reused
 
     def eval_fn(state: SFTState, step: int) -> dict:
@@ -182,14 +209,14 @@ def setup_grounding(ctx, policy, tokenizer, batch_fn, batch_size: int, normalize
     return head, head_params, lambda step: {**batch_fn(step), **grounding.pool_batch(pool, rows, seed, step)}
 
 
-def make_trainer(ctx, policy, tokenizer, params, batch_fn, normalize_state=None):
+def make_trainer(ctx, policy, tokenizer, params, batch_fn, normalize_state=None, num_steps: int | None = None):
     """The SFT training state on the config mesh, its jitted step and the sharded batch function
     (grounding rows added when config.sft.grounding_weight > 0) -> (state, step_fn, batch_fn(step)).
-    normalize_state: as setup_grounding's."""
+    normalize_state: as setup_grounding's; num_steps: the schedule's length (default sft.steps)."""
     config, sft = ctx.config, ctx.config.sft
     head, head_params, batch_fn = setup_grounding(ctx, policy, tokenizer, batch_fn, int(sft.batch_size),
                                                   normalize_state)
-    tx, schedule = make_optimizer(sft, int(sft.steps))
+    tx, schedule = make_optimizer(sft, int(sft.steps) if num_steps is None else int(num_steps))
     state = SFTState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
                      head_params=head_params, opt_state=tx.init((params, head_params)))
     dp = sharding.DataParallel(config.mesh)
@@ -226,7 +253,7 @@ def run(ctx) -> dict:
         make = lambda samples: model_batch(rlds_reader.make_batch(
             samples, chunk_size=int(config.chunk_size), tokenizer=tokenizer, max_text_len=max_len,
             action_pad=config.data.action_pad), use_state, teacher)
-        batch_fn = InMemoryBatches(episodes, batch_size, int(config.seed), make)
+        batch_fn = RoundBatches(InMemoryBatches(episodes, batch_size, int(config.seed), make))
     else:
         stream = (model_batch(b, use_state, teacher) for b in loader.batches(batch_size=batch_size))
         batch_fn = StreamBatches(stream)
@@ -239,8 +266,11 @@ def run(ctx) -> dict:
         print(f"[{ctx.stage}] initialised from {sft.init_from}")
     counts = {g: policy_lib.count_params(p) for g, p in params.items()}
     print(f"[{ctx.stage}] params: " + ", ".join(f"{g} {n / 1e6:.2f}M" for g, n in counts.items()))
+    rounds = int(sft.dagger_rounds)
+    total_steps = int(sft.steps) + rounds * int(sft.dagger_steps)
+    rounds_data = batch_fn
     state, step_fn, batch_fn = make_trainer(ctx, policy, tokenizer, params, batch_fn,
-                                            state_normalizer(config, stats))
+                                            state_normalizer(config, stats), num_steps=total_steps)
     assets = {"config": json.loads(config.to_json_best_effort()), "norm_stats": stats.to_dict(),
               "norm_mode": config.data.norm_mode, "tokenizer": tok_lib.tokenizer_assets(tokenizer),
               "vocab_size": int(tokenizer.vocab_size)}
@@ -254,9 +284,23 @@ def run(ctx) -> dict:
         losses.append(metrics["loss"])
         return state, metrics
 
-    result = train_loop(ctx, name=CKPT_NAME, state=state, step_fn=logged_step, batch_fn=batch_fn,
-                        num_steps=int(sft.steps), params_fn=lambda s: s.ema_params, assets=assets,
-                        eval_fn=eval_fn, eval_every=int(sft.eval_every))
+    train = lambda state, num_steps: train_loop(
+        ctx, name=CKPT_NAME, state=state, step_fn=logged_step, batch_fn=batch_fn, num_steps=num_steps,
+        params_fn=lambda s: s.ema_params, assets=assets, eval_fn=eval_fn, eval_every=int(sft.eval_every))
+    result = train(state, int(sft.steps))
+    dagger = []
+    if rounds:
+        env, policy_fn = env_policy(config, policy, tokenizer, stats)
+        for r in range(rounds):
+            if result.interrupted:
+                break
+            new, info = dagger_round(ctx, env, policy_fn, result.state.ema_params, stats, tokenizer, r)
+            episodes += new
+            first = int(sft.steps) + r * int(sft.dagger_steps)
+            rounds_data.add(first, InMemoryBatches(episodes, batch_size, int(config.seed) + r + 1, make))
+            result = train(result.state, first + int(sft.dagger_steps))
+            dagger.append({**info, "episodes_total": len(episodes),
+                           "eval": dict(getattr(eval_fn, "last", {}) or {})})
     seconds = time.time() - start
     losses = [float(x) for x in jax.device_get(losses)]
     summary = {"steps": result.step, "interrupted": result.interrupted, "seconds": seconds,
@@ -264,6 +308,36 @@ def run(ctx) -> dict:
                "first_loss": losses[0] if losses else None,
                "final_loss": float(np.mean(losses[-20:])) if losses else None,
                "params": counts, "checkpoint_dir": str(stage_dir / CKPT_NAME),
-               "eval": dict(getattr(eval_fn, "last", {}) or {})}
+               "eval": dict(getattr(eval_fn, "last", {}) or {}), "dagger": dagger}
     print(f"[{ctx.stage}] " + json.dumps({k: v for k, v in summary.items() if k != "params"}))
     return summary
+
+
+def dagger_round(ctx, env, policy_fn, params, stats, tokenizer, r: int):
+    """DAgger round r: the takeover episodes of the policy `params` (written to
+    <stage_dir>/dagger/round_<r> once, reread when they exist), standardized like the demos.
+    -> (episodes, info)."""
+    config, sft = ctx.config, ctx.config.sft
+    data_dir = Path(ctx.stage_dir) / "dagger" / f"round_{r}"
+    found = sorted(p.parent for p in data_dir.rglob("dataset_info.json")) if data_dir.exists() else []
+    info = {"round": r}
+    if not found:
+        t0 = time.time()
+        key = jax.random.fold_in(jax.random.key(int(config.seed) + 5), r)
+        episodes, successes, runs = demos_lib.collect_takeover(
+            env, policy_fn, params, key, int(sft.dagger_episodes), int(config.chunk_size),
+            float(config.demos.noise), int(config.demos.batch_size), log=lambda m: print(f"[{ctx.stage}] {m}"))
+        if not episodes:
+            raise UserError(f"sft: DAgger round {r}: no takeover episode succeeded ({runs} runs)")
+        common.write_once(f"dagger_{r}", lambda: write_rlds(
+            data_dir, episodes, dataset_name=config.demos.dataset_name,
+            image_shape=(env.image_size, env.image_size, 3), overwrite=True))
+        found = sorted(p.parent for p in data_dir.rglob("dataset_info.json"))
+        info.update(runs=runs, successes=successes, seconds=time.time() - t0)
+    round_config = config.copy_and_resolve_references()
+    round_config.data.builder_dir = str(found[0])
+    loader = rlds_reader.RLDSLoader(round_config, tokenizer=tokenizer, stats=stats)
+    episodes = list(loader.episodes(all_hosts=True))
+    info.update(episodes=len(episodes), steps=int(sum(e["length"] for e in episodes)))
+    print(f"[{ctx.stage}] DAgger round {r}: {len(episodes)} takeover episodes, {info['steps']} steps")
+    return episodes, info
