@@ -10,7 +10,8 @@ images is given; only stages that act in the simulator can run it (no world-mode
 from the collected roots, stepped in the simulator restored there (MBPO with a perfect world model),
 vine advantages with the critic's bootstrap, 3 critic-only refills first, no world-model stages;
 `vine,online` the same estimator as online PPO from fresh episodes (rl.world='sim', each group
-explores one chunk anywhere along its episode, 15 iterations), with no collect stage. The counts of
+explores one chunk anywhere along its episode, 15 iterations), with no collect stage; `dagger` adds
+three DAgger rounds to SFT (sft.dagger_rounds; docs/results.md, section 31). The counts of
 demos, collected rollouts and evaluation episodes are totals split over the tasks.
 Why pick alone by default: at this CPU size behaviour cloning on the four tasks stays near chance,
 while on pick alone it succeeds often enough to leave RL room to improve (docs/results.md, sections 9
@@ -34,7 +35,8 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, smoke=False, tasks="pick", truth=False, vine=False, online=False)
+    args = common.parse_arg(arg, smoke=False, tasks="pick", truth=False, vine=False, online=False,
+                            dagger=False)
     tasks = ("pick", "push", "place", "stack") if args.tasks == "all" else tuple(args.tasks.split("+"))
     per_task = lambda total: -(-total // len(tasks))  # noqa: E731  (a total split over the tasks)
     c = ml_collections.ConfigDict()
@@ -103,6 +105,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.policy.update(dict(use_state=True, state_dim=c.data.state_dim))
     c.sft = common.sft_config(c.data, args.smoke, steps=3000, grounding_weight=1.0,
                               grounding_layer=c.policy.depth - 1, eval_every=0, eval_episodes=0)
+    if args.dagger:
+        c.sft.update(dict(dagger_rounds=3, dagger_steps=5 if args.smoke else 1000,
+                          dagger_episodes=8 if args.smoke else 400))
     if args.smoke:
         c.sft.grounding_scenes = 64
 
