@@ -11,7 +11,8 @@ from the collected roots, stepped in the simulator restored there (MBPO with a p
 vine advantages with the critic's bootstrap, 3 critic-only refills first, no world-model stages;
 `vine,online` the same estimator as online PPO from fresh episodes (rl.world='sim', each group
 explores one chunk anywhere along its episode, 15 iterations), with no collect stage; `dagger` adds
-three DAgger rounds to SFT (sft.dagger_rounds; docs/results.md, section 31). The counts of
+six DAgger rounds to SFT at chunks of 5 (sft.dagger_rounds; `dagger,vine` is docs/results.md section
+31's best image-only run, about 35 minutes on 2 cores). The counts of
 demos, collected rollouts and evaluation episodes are totals split over the tasks.
 Why pick alone by default: at this CPU size behaviour cloning on the four tasks stays near chance,
 while on pick alone it succeeds often enough to leave RL room to improve (docs/results.md, sections 9
@@ -106,7 +107,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sft = common.sft_config(c.data, args.smoke, steps=3000, grounding_weight=1.0,
                               grounding_layer=c.policy.depth - 1, eval_every=0, eval_episodes=0)
     if args.dagger:
-        c.sft.update(dict(dagger_rounds=3, dagger_steps=5 if args.smoke else 1000,
+        c.chunk_size = 5
+        c.sft.update(dict(dagger_rounds=6, dagger_steps=5 if args.smoke else 1000,
                           dagger_episodes=8 if args.smoke else 400))
     if args.smoke:
         c.sft.grounding_scenes = 64
