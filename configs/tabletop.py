@@ -12,7 +12,7 @@ vine advantages with the critic's bootstrap, 3 critic-only refills first, no wor
 `vine,online` the same estimator as online PPO from fresh episodes (rl.world='sim', each group
 explores one chunk anywhere along its episode, 15 iterations), with no collect stage; `dagger` adds
 six DAgger rounds to SFT at chunks of 5 (sft.dagger_rounds; `dagger,vine` is docs/results.md section
-31's best image-only run, 49 minutes of stages on 2 cores shared with another run). The counts of
+31's best image-only run: 48 minutes of sft, collect, mbpo and evaluate on 2 shared cores). The counts of
 demos, collected rollouts and evaluation episodes are totals split over the tasks.
 Why pick alone by default: at this CPU size behaviour cloning on the four tasks stays near chance,
 while on pick alone it succeeds often enough to leave RL room to improve (docs/results.md, sections 9

@@ -94,10 +94,9 @@ def episodes_from_batch(env: TabletopEnv, rec: dict, task_ids: np.ndarray, first
     that ended before its start yields none."""
     out = []
     for b in range(len(task_ids)):
-        t0 = 0 if start is None else int(start[b])
-        if t0 and int(rec["length"][b]) <= t0:
+        t0, n = (0 if start is None else int(start[b])), int(rec["length"][b])
+        if t0 and n <= t0:
             continue
-        n = int(rec["length"][b])
         images = np.concatenate([rec["images"][b, t0:n], rec["final_images"][b][None]], 0)
         state = np.concatenate([rec["state"][b, t0:n], rec["final_state"][b][None]], 0)
         noop = np.zeros((1, 7), np.float32)

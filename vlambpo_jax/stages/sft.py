@@ -33,7 +33,7 @@ import numpy as np
 from vlambpo_jax import loading
 from vlambpo_jax.data import normalization, rlds_reader
 from vlambpo_jax.data import tokenizer as tok_lib
-from vlambpo_jax.data.rlds_writer import write_rlds
+from vlambpo_jax.data.rlds_writer import builder_dir, write_rlds
 from vlambpo_jax.envs import demos as demos_lib
 from vlambpo_jax.envs import evaluation, has_simulator, scene_pool, tabletop
 from vlambpo_jax.errors import UserError
@@ -319,9 +319,9 @@ def dagger_round(ctx, env, policy_fn, params, stats, tokenizer, r: int):
     -> (episodes, info)."""
     config, sft = ctx.config, ctx.config.sft
     data_dir = Path(ctx.stage_dir) / "dagger" / f"round_{r}"
-    found = sorted(p.parent for p in data_dir.rglob("dataset_info.json")) if data_dir.exists() else []
+    builder = builder_dir(data_dir, config.demos.dataset_name)
     info = {"round": r}
-    if not found:
+    if not (builder / "dataset_info.json").exists():
         t0 = time.time()
         key = jax.random.fold_in(jax.random.key(int(config.seed) + 5), r)
         episodes, successes, runs = demos_lib.collect_takeover(
@@ -332,10 +332,9 @@ def dagger_round(ctx, env, policy_fn, params, stats, tokenizer, r: int):
         common.write_once(f"dagger_{r}", lambda: write_rlds(
             data_dir, episodes, dataset_name=config.demos.dataset_name,
             image_shape=(env.image_size, env.image_size, 3), overwrite=True))
-        found = sorted(p.parent for p in data_dir.rglob("dataset_info.json"))
         info.update(runs=runs, successes=successes, seconds=time.time() - t0)
     round_config = config.copy_and_resolve_references()
-    round_config.data.builder_dir = str(found[0])
+    round_config.data.builder_dir = str(builder)
     loader = rlds_reader.RLDSLoader(round_config, tokenizer=tokenizer, stats=stats)
     episodes = list(loader.episodes(all_hosts=True))
     info.update(episodes=len(episodes), steps=int(sum(e["length"] for e in episodes)))
