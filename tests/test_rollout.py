@@ -122,3 +122,31 @@ def test_vine_rollout_explores_one_chunk_and_shares_the_rest(window):
         for j in range(0, b, g):
             differs = np.abs(np.asarray(traj.actions[c, j] - traj.actions[c, j + 1])).max() > 1e-3
             assert differs == bool(here[j])   # explored chunks differ within a group, the rest do not
+
+
+class _NeverSucceeds(toy_world.ToyWorld):
+    def step(self, params, state, actions, key):
+        state, rewards, success = super().step(params, state, actions, key)
+        return state, rewards * 0, success & False
+
+
+def test_vine_horizon_stops_branches_after_their_explored_chunk():
+    """vine_horizon=h: a branch takes its chunks up to the explored one and h - 1 more, then stops and
+    bootstraps the critic's value of its state; without it the branch runs to the end."""
+    config = tabletop.get_config("smoke")
+    policy = Policy(config, unnormalize=lambda a: a * 0.8,
+                    vocab_size=loading.make_tokenizer(config.policy.tokenizer).vocab_size)
+    d, b, g, n, h = policy.dims, 12, 2, 6, 2
+    start = toy_world.toy_states(b, d.num_views, d.image_size, config.data.max_text_len, d.vocab_size)
+    world = _NeverSucceeds()
+    params = policy.init(jax.random.PRNGKey(1), jax.tree.map(lambda x: x[:1], world.observe(start)))
+    for horizon in (0, h):
+        traj, bootstrap, _ = jax.jit(lambda p, s, k, horizon=horizon: rollout(
+            policy, p, world, None, s, k, n, vine_window=n, group_size=g, vine_horizon=horizon))(
+            params, start, jax.random.PRNGKey(2))
+        explored_at = np.asarray(traj.sampled).argmax(axis=0)
+        last = np.minimum(explored_at + h, n) if horizon else np.full(b, n)
+        assert horizon == 0 or (last < n).any(), explored_at   # some branches are cut short
+        np.testing.assert_array_equal(np.asarray(traj.mask), np.arange(n)[:, None] < last[None, :])
+        np.testing.assert_allclose(np.asarray(bootstrap), np.asarray(policy.value(params, world.observe(start))),
+                                   atol=1e-6)

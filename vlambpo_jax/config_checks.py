@@ -191,6 +191,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.advantage", _one_of("gae", "group", "vine")),
     ("rl.group_size", _int_range(1)),
     ("rl.vine_window", _int_range(0)),
+    ("rl.vine_horizon", _int_range(0)),
     ("rl.fixed_starts", _bool),
     ("wm.action_adaln", _bool),
     ("demos.expert_labels", _bool),

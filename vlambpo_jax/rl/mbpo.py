@@ -51,8 +51,9 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
     roll_kw = ({} if dp is None or state_shardings is None else
                dict(in_shardings=(state_shardings.params, dp.batch_sharding, sharding.replicated(dp.mesh))))
     window = (int(rl.vine_window) or num_chunks) if rl.advantage == "vine" else 0
+    horizon = int(rl.vine_horizon) if window else 0
     roll = jax.jit(lambda params, start, key: rollout(policy, params, world, world_params, start, key,
-                                                      num_chunks, window, int(rl.group_size)), **roll_kw)
+                                                      num_chunks, window, int(rl.group_size), horizon), **roll_kw)
     epoch, critic_epoch = ppo.make_update_fns(policy, rl, optimizer)
     shard_kw = ({} if state_shardings is None else
                 dict(in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, None)))
@@ -93,6 +94,8 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
             "branch_success": jnp.mean(traj.terminal.any(axis=0)),
             "branch_return": jnp.mean(traj.step_rewards.sum(axis=(0, 2))),
             "chunks_taken": jnp.mean(traj.mask.sum(axis=0)),
+            # steps the branches took (the simulator also steps finished branches, and discards them)
+            "env_steps_taken": traj.mask.sum() * traj.actions.shape[2],
             "value_mean": jnp.mean(traj.value),
         })
         return state, metrics

@@ -55,7 +55,8 @@ def _where(cond: jax.Array, a, b):
 
 
 def rollout(policy, policy_params, world: World, world_params, state, key: jax.Array,
-            num_chunks: int, vine_window: int = 0, group_size: int = 1) -> tuple[Transitions, jax.Array, Any]:
+            num_chunks: int, vine_window: int = 0, group_size: int = 1,
+            vine_horizon: int = 0) -> tuple[Transitions, jax.Array, Any]:
     """Rolls `num_chunks` chunks from `state` (B branches).
 
     vine_window > 0 (the vine estimator, config.rl.advantage='vine'): each group of `group_size`
@@ -64,7 +65,10 @@ def rollout(policy, policy_params, world: World, world_params, state, key: jax.A
     Every other chunk comes from the deterministic Euler sampler, from initial noise shared by the
     group (common random numbers), so a group follows one path up to its explored chunk and its
     branches differ only by that chunk. The unexplored chunks store log_prob 0, value 0, a zero chain
-    and sampled False.
+    and sampled False. vine_horizon > 0 stops each branch after its explored chunk and the next
+    vine_horizon - 1 chunks (alive False from there), so its return is those chunks' rewards plus the
+    critic's bootstrap of the state they reach: the 2-chunk branches of the roots runs, from states
+    along a fresh episode.
 
     Returns (transitions [T, B, ...], bootstrap value f32[B] of the final observation (zero for
     terminated and ended branches), final world state). Pure: jit it with the policy and world closed over.
@@ -105,7 +109,10 @@ def rollout(policy, policy_params, world: World, world_params, state, key: jax.A
         out = Transitions(obs=obs, chain=sample.chain, actions=actions, log_prob=sample.log_prob,
                           value=sample.value, step_rewards=step_rewards * alive[:, None],
                           terminal=success, mask=alive, sampled=sampled)
-        return (_where(alive, next_state, state), alive & ~success), out
+        go_on = alive & ~success
+        if vine_window and vine_horizon:
+            go_on = go_on & (index + 1 < explore_at + vine_horizon)
+        return (_where(alive, next_state, state), go_on), out
 
     keys = jax.random.split(key, num_chunks)
     (state, alive), traj = jax.lax.scan(body, (state, jnp.ones((b,), bool)), (keys, jnp.arange(num_chunks)))
