@@ -239,6 +239,10 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     reward_balance: weight Yes and No samples to equal total weight in each batch.
     reward_views: the views the Yes/No question reads: 'head' (the paper) | 'wrist' | 'both'. Wrist by
       default: at 32 px the head view hardly shows a finished grasp.
+    reward_labels: which frames are Yes: 'paper' (the last 5 frames of a successful episode; No on
+      failed episodes and on frames before the last 10) | 'outcome' (only a successful episode's last
+      frame, where the simulator's episodes stop; every other frame No, so a frame one step short of
+      success is a No).
     reward_batch_size: Yes/No examples per training step, half Yes, drawn from whole episodes
       (stages/wm_common.RewardExamples); 0 = the current head frames of the dynamics batch (few are Yes).
     reward_replay: wm_finetune also draws reward examples (and held-out ones) from the pretraining data
@@ -287,7 +291,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         action_encoding="continuous", action_adaln=False,
         dropout=dict(text=0.0, vit=0.0, vae=0.0),
         loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True,
-        reward_views="wrist", reward_on_predictions=0.0,
+        reward_views="wrist", reward_on_predictions=0.0, reward_labels="paper",
         eval_reward_frames=512, predict_delta=True, delta_scale=(0.4, 1.0), delta_pixels=True,
         sample_temperature=0.0,
         pretrain_enabled=True, pretrain_data="", finetune_data="", play_data=(), pretrain_steps=450, finetune_steps=300,

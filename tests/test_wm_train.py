@@ -132,6 +132,24 @@ def _episode(index, length, success, rng):
             "index": index, "success": success}
 
 
+def test_outcome_reward_labels_say_yes_only_where_the_episode_succeeded():
+    """wm.reward_labels='outcome': one Yes frame per successful episode (its last), every other frame
+    No, the paper's dropped window and its near-success Yes frames included."""
+    from vlambpo_jax.models.world_model import WorldModel
+    success = np.array([True] * 12 + [False] * 3)
+    to_end = np.array(list(range(12)) + [0, 4, 11])
+    yes, valid = WorldModel.reward_labels(success, to_end, "outcome")
+    np.testing.assert_array_equal(yes, (to_end == 0) & success)
+    assert valid.all()
+    yes_p, valid_p = WorldModel.reward_labels(success, to_end)                 # the paper's, for contrast
+    np.testing.assert_array_equal(yes_p, success & (to_end < 5))
+    np.testing.assert_array_equal(valid_p, ~success | (to_end < 5) | (to_end >= 10))
+    rng = np.random.default_rng(0)
+    eps = [_episode(i, 30, i % 3 == 0, rng) for i in range(6)]               # episodes 0 and 3 succeed
+    ex = wm_common.RewardExamples(eps, size=16, seed=1, max_text_len=8, labels="outcome")
+    assert sorted(t for _, t in ex.pools[True]) == [29, 29] and len(ex.pools[False]) == 6 * 30 - 2
+
+
 def test_reward_examples_are_balanced_labelled_and_deterministic():
     rng = np.random.default_rng(0)
     eps = [_episode(i, 30, i % 3 == 0, rng) for i in range(6)]     # episodes 0 and 3 succeed

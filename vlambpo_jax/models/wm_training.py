@@ -124,7 +124,7 @@ def make_evaluator(wm: WorldModel, batches, key, probe=None):
                 for k, v in flow_mse(params, batch, jax.random.fold_in(key, 10_000 + i)).items():
                     name = f"flow_{k}{suffix}"
                     sums[name] = sums.get(name, 0.0) + float(v) * real.shape[0]
-            ex = wm.reward_examples(b)
+            ex = wm.reward_examples(b, wm.spec.reward_labels)
             yes, valid = np.asarray(ex["yes"], bool), np.asarray(ex["valid"], bool)
             p_yes = np.asarray(reward(params, ex["images"], ex["tokens"], ex["token_mask"])) > 0.5
             correct += int(np.sum(valid & (p_yes == yes)))

@@ -85,6 +85,7 @@ class WMSpec:
     sample_temperature: float = 1.0
     reward_views: tuple = (0,)
     reward_on_predictions: float = 0.0
+    reward_labels: str = "paper"
 
     @property
     def latent_hw(self) -> int:
@@ -154,7 +155,8 @@ def spec_from_config(config) -> WMSpec:
         predict_delta=bool(w.get("predict_delta", False)), delta_scale=delta_scale,
         delta_pixels=bool(w.get("delta_pixels", False)),
         sample_temperature=float(w.get("sample_temperature", 1.0)), reward_views=reward_views,
-        reward_on_predictions=float(w.get("reward_on_predictions", 0.0)))
+        reward_on_predictions=float(w.get("reward_on_predictions", 0.0)),
+        reward_labels=str(w.get("reward_labels", "paper")))
 
 
 def sincos_2d(grid: int, width: int) -> np.ndarray:
@@ -622,7 +624,7 @@ class WorldModel:
             mse = mse + m / v
             if s.reward_on_predictions > 0:  # the flow's own estimate of x0
                 x0_hat.append(xt[:, i] - t[:, i, None, None] * pred)
-        ce, rmetrics = self._reward_ce(params, self.reward_examples(batch))
+        ce, rmetrics = self._reward_ce(params, self.reward_examples(batch, s.reward_labels))
         metrics.update(rmetrics)
         loss = s.loss_image * mse + s.loss_text * ce
         if s.reward_on_predictions > 0:
@@ -644,28 +646,33 @@ class WorldModel:
         flat = lambda a: a.reshape((b * v,) + a.shape[2:])  # noqa: E731
         images = self.decode_next(params, flat(z), flat(current), flat(batch["images"]))
         steps_to_end = jnp.maximum(jnp.asarray(batch["steps_to_end"]) - s.chunk, 0)
-        yes, valid = self.reward_labels(jnp.asarray(batch["episode_success"]), steps_to_end)
+        yes, valid = self.reward_labels(jnp.asarray(batch["episode_success"]), steps_to_end, s.reward_labels)
         return {"images": images.reshape(batch["images"].shape), "tokens": batch["tokens"],
                 "token_mask": batch["token_mask"], "yes": yes, "valid": valid}
 
     @staticmethod
-    def reward_labels(episode_success, steps_to_end):
-        """The paper's labels of frame t: Yes on the last 5 frames of successful episodes, No on frames
-        of failed episodes and on frames before the last 10, the window between dropped.
+    def reward_labels(episode_success, steps_to_end, mode: str = "paper"):
+        """Yes/No labels of frame t. 'paper': Yes on the last 5 frames of successful episodes, No on
+        frames of failed episodes and on frames before the last 10, the window between dropped.
+        'outcome': Yes on a successful episode's last frame only (where the simulator's episodes stop:
+        the first frame the task holds), No on every other frame, the near-success ones included.
         episode_success bool[N], steps_to_end int[N] (0 = the last frame) -> (yes bool[N], valid bool[N])."""
         success = episode_success.astype(bool)
+        if mode == "outcome":
+            return success & (steps_to_end == 0), steps_to_end >= 0
         yes = success & (steps_to_end < 5)
         no = ~success | (steps_to_end >= 10)
         return yes, yes | no
 
     @classmethod
-    def reward_examples(cls, batch):
+    def reward_examples(cls, batch, labels: str = "paper"):
         """The Yes/No examples of a batch: its reward_* entries when present (stages/wm_common.py draws them
-        balanced from whole episodes), else the current frames of its transitions.
+        balanced from whole episodes), else the current frames of its transitions labelled by
+        reward_labels(mode=labels).
         -> dict(images uint8[R, V, H, W, 3], tokens int32[R, L], token_mask bool[R, L], yes, valid bool[R])."""
         if "reward_images" in batch:
             return {k: batch[f"reward_{k}"] for k in ("images", "tokens", "token_mask", "yes", "valid")}
-        yes, valid = cls.reward_labels(batch["episode_success"], batch["steps_to_end"])
+        yes, valid = cls.reward_labels(batch["episode_success"], batch["steps_to_end"], labels)
         return {"images": batch["images"], "tokens": batch["tokens"],
                 "token_mask": batch["token_mask"], "yes": yes, "valid": valid}
 

@@ -59,7 +59,7 @@ class RewardExamples:
     """Yes/No examples of the reward question, drawn from whole episodes rather than from the
     dynamics batch (whose frames are ~10% Yes, and none at all in a weak policy's rollouts).
 
-    Frames are labelled as the paper does (WorldModel.reward_labels; the window between dropped).
+    Frames are labelled by WorldModel.reward_labels in mode `labels` (config.wm.reward_labels).
     batch(step): `size` examples, half Yes and half No (all No when there is no Yes frame), drawn
     with replacement by a generator seeded with (seed, step) - deterministic, so resumes match.
     heldout(n_batches, per_class): every Yes and No frame (an evenly spaced subset when a class has
@@ -68,14 +68,15 @@ class RewardExamples:
     reward_token_mask bool[R, L], reward_yes / reward_valid bool[R].
     """
 
-    def __init__(self, episodes, size: int, seed: int, max_text_len: int):
+    def __init__(self, episodes, size: int, seed: int, max_text_len: int, labels: str = "paper"):
         self.size, self.seed = size, seed
         self.make = lambda samples: rlds_reader.make_batch(samples, chunk_size=1, max_text_len=max_text_len,
                                                            future=True)
         self.pools = {True: [], False: []}
         for ep in episodes:
             t = np.arange(ep["length"])
-            yes, valid = WorldModel.reward_labels(np.full(t.shape, bool(ep["success"])), ep["length"] - 1 - t)
+            yes, valid = WorldModel.reward_labels(np.full(t.shape, bool(ep["success"])), ep["length"] - 1 - t,
+                                                  labels)
             for i in t[valid]:
                 self.pools[bool(yes[i])].append((ep, int(i)))
         if not self.pools[False] and not self.pools[True]:
@@ -167,11 +168,11 @@ def open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, rew
     train_fn, heldout = Batches(train_eps, batch_size, seed, make), [heldout(i) for i in range(n_eval_batches)]
     if int(w.get("reward_batch_size", 0)) > 0:
         extra = [split_heldout(load_episodes(ctx, d, stats)[0]) for d in reward_data]
-        text_len = int(w.max_text_len)
+        text_len, labels = int(w.max_text_len), str(w.get("reward_labels", "paper"))
         r_train = RewardExamples(train_eps + [e for tr, _ in extra for e in tr], int(w.reward_batch_size),
-                                 seed + 2, text_len)
+                                 seed + 2, text_len, labels)
         r_eval = RewardExamples((eval_eps or train_eps) + [e for tr, ev in extra for e in (ev or tr)], 1,
-                                seed + 3, text_len).heldout(n_eval_batches, int(w.eval_reward_frames) // 2)
+                                seed + 3, text_len, labels).heldout(n_eval_batches, int(w.eval_reward_frames) // 2)
         if len(r_eval) == len(heldout):
             heldout = [dict(h, **r) for h, r in zip(heldout, r_eval)]
         else:
