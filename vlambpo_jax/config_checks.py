@@ -17,7 +17,7 @@ from vlambpo_jax.data.rlds_reader import ACTION_PADS
 from vlambpo_jax.data.standardize import EMPTY_VIEW_RULES, LAYOUTS
 from vlambpo_jax.envs import has_simulator
 from vlambpo_jax.models.flow_sampling import CFG_RENORM_TYPES
-from vlambpo_jax.models.world_model import REWARD_VIEWS
+from vlambpo_jax.models.world_model import REWARD_LABELS, REWARD_VIEWS
 
 _MISSING = object()
 
@@ -177,7 +177,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("wm.action_encoding", _one_of("bins", "continuous")),
     ("wm.cfg_renorm_type", _one_of(*CFG_RENORM_TYPES)),
     ("wm.reward_views", _one_of(*REWARD_VIEWS)),
-    ("wm.reward_labels", _one_of("paper", "outcome")),
+    ("wm.reward_labels", _one_of(*REWARD_LABELS)),
     ("wm.delta_scale", lambda v: None if len(v) == 2 and all(isinstance(x, (int, float)) and x > 0 for x in v)
      else "must be two positive factors (head, wrist)"),
     ("eval.instruction_split", _one_of("seen", "unseen")),

@@ -121,6 +121,7 @@ class WMSpec:
 
 
 REWARD_VIEWS = {"head": (0,), "wrist": (1,), "both": (0, 1)}
+REWARD_LABELS = ("paper", "outcome")   # WorldModel.reward_labels' modes
 
 
 def spec_from_config(config) -> WMSpec:
