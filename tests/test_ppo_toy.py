@@ -1,6 +1,7 @@
 """PPO learns in a world with a known answer (rl/toy_world.py): a chunk succeeds when its mean x action
 is positive. From a fresh policy (about half the chunks succeed) success must pass 90%: the policy
 gradient has the right sign, and the Flow-SDE sampler explores enough to find it."""
+import jax
 import numpy as np
 import pytest
 
@@ -8,7 +9,7 @@ from configs import tabletop
 from vlambpo_jax import loading
 from vlambpo_jax.config_checks import validate
 from vlambpo_jax.models.policy import Policy
-from vlambpo_jax.rl import toy_world
+from vlambpo_jax.rl import ppo, toy_world
 
 
 # 'vine' over 2 chunks: only the first chunk is explored and trained; the second is the group's shared
@@ -56,3 +57,29 @@ def test_target_kl_stops_the_epochs_of_a_refill():
     assert [h["epochs_run"] for h in toy_world.run_ppo(policy, config.rl, iterations=2)] == [4, 4]
     config.rl.target_kl = 1e-12   # the second minibatch of the first epoch already sees a moved policy
     assert [h["epochs_run"] for h in toy_world.run_ppo(policy, config.rl, iterations=2)] == [1, 1]
+
+
+def test_vine_buffer_values_every_chunk_the_branches_took(monkeypatch):
+    """Vine's deterministic chunks store no value at sampling time; the buffer the critic first trains
+    on (its warm-up epoch, and the critic-only refills) must carry the critic's value of them, not 0."""
+    config = tabletop.get_config("smoke")
+    config.rl.update(dict(num_branches=8, minibatch_size=8, epochs=1, critic_warmup_epochs=1,
+                          advantage="vine", group_size=4, vine_window=0))
+    policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
+    seen = []
+    make_buffer = ppo.make_buffer
+
+    def spy(traj, values, bootstrap, rl_config):
+        jax.debug.callback(lambda v, s, m: seen.append((np.asarray(v), np.asarray(s), np.asarray(m))),
+                           values, traj.sampled, traj.mask)
+        return make_buffer(traj, values, bootstrap, rl_config)
+
+    monkeypatch.setattr(ppo, "make_buffer", spy)
+    toy_world.run_ppo(policy, config.rl, iterations=1, num_chunks=3)
+    values, sampled, mask = seen[0]       # the first buffer of the refill, before any update
+    deterministic = mask & ~sampled
+    assert deterministic.any() and sampled.any()
+    assert np.all(np.abs(values[deterministic]) > 0), values
+    # a toy branch's observation never changes, so its chunks' values equal its sampled chunk's
+    for j in range(values.shape[1]):
+        np.testing.assert_allclose(values[mask[:, j], j], values[sampled[:, j], j][0], rtol=1e-4)

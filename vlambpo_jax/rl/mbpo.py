@@ -71,7 +71,12 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
             start = jax.device_put(start, dp.batch_sharding)
         traj, bootstrap, final = roll(state.params, start, roll_key)
         alive = has_future(world, traj, final)
-        buffer = buffer_fn(traj, traj.value, bootstrap)
+        values = traj.value
+        if window:
+            # vine's deterministic chunks store no value; the critic's targets (GAE returns) and its
+            # clipped loss need one, from the critic that sampled the branches
+            values, bootstrap = values_fn(state.params, traj, world.observe(final), alive)
+        buffer = buffer_fn(traj, values, bootstrap)
         # how well the critic that sampled the branches predicted their returns (on the chunks it
         # valued: vine's deterministic chunks store no value)
         metrics = {"explained_variance": ppo.explained_variance(

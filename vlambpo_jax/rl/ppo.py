@@ -148,9 +148,7 @@ def make_update_fns(policy, rl_config, optimizer: optax.GradientTransformation):
         if critic_only:
             # Keep the actor (and VLM) exactly as they were, parameters and AdamW moments both.
             clip_state, part = new_opt
-            old_part = state.opt_state[1]
-            inner = dict(part.inner_states)
-            inner["actor"] = old_part.inner_states["actor"]
+            inner = {**state.opt_state[1].inner_states, "critic": part.inner_states["critic"]}
             new_opt = (clip_state, part._replace(inner_states=inner))
             new_params = {**new_params, "vlm": state.params["vlm"],
                           "action_expert": state.params["action_expert"]}
