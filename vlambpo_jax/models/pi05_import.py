@@ -1,0 +1,239 @@
+"""pi0.5 checkpoints (*.safetensors + config.json) -> Policy parameters and config.policy sizes.
+
+The Policy (models/policy.py) has pi0.5's structure: a SigLIP ViT with PaliGemma's linear projector, a
+Gemma prefix transformer, and a Gemma action expert of the same depth in joint attention, conditioned on
+the flow time through adaptive RMSNorms. Two layouts of the same tensors load:
+- Hugging Face transformers' PI05ForConditionalGeneration (`model.vlm.*`, `model.dit.*`,
+  `embed_action_time.*`, `action_out_proj`), as `save_pretrained` writes it;
+- the LeRobot export (`paligemma_with_expert.paligemma.model.*`, `paligemma_with_expert.gemma_expert.model.*`,
+  `action_in_proj`, `time_mlp_in/out`, `action_out_proj`, under a `model.` root in LeRobot's own policy
+  files), renamed the way transformers' own conversion table for pi0/pi0.5 renames it. transformers'
+  `save_pretrained` also writes pi0.5 in this layout.
+Every tensor of the checkpoint must land in a parameter, and every parameter except the value head
+(the RL critic, which pi0.5 does not have) must come from the checkpoint: a missing, unexpected or
+wrongly shaped tensor is refused in one line naming it. Torch Linear weights [out, in] become Flax
+kernels [in, out]; weights are read with safetensors.numpy, so no PyTorch is needed.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+
+import numpy as np
+from safetensors.numpy import load_file
+
+# Known sizes of the LeRobot config's variant names (PaliGemma's Gemma 2B, the 300M action expert).
+_GEMMA_VARIANTS = {
+    "gemma_2b": dict(width=2048, depth=18, mlp=16384, heads=8, kv_heads=1, head_dim=256),
+    "gemma_300m": dict(width=1024, depth=18, mlp=4096, heads=8, kv_heads=1, head_dim=256),
+}
+_SIGLIP_SO400M_224 = dict(vit_patch=14, vit_width=1152, vit_depth=27, vit_heads=16, vit_mlp=4304, image_size=224)
+PALIGEMMA_VOCAB = 257152   # the tokenizer's vocabulary (the <image> placeholder id is one past it)
+
+# LeRobot names -> transformers names (the prefixes transformers' pi0 conversion table renames), and
+# the tensors neither layout's model uses (tied or unused language-model heads).
+_LEROBOT_ROOT = re.compile(r"^model\.(paligemma_with_expert|action_in_proj|action_out_proj|time_mlp_in|time_mlp_out)\.")
+_RENAMES = [
+    (r"^paligemma_with_expert\.paligemma\.model\.", "model.vlm."),
+    (r"^paligemma_with_expert\.gemma_expert\.model\.", "model.dit."),
+    (r"^(action_in_proj|time_mlp_in|time_mlp_out)\.", r"embed_action_time.\1."),
+    (r"\.vision_tower\.vision_model\.", ".vision_tower."),
+    (r"\.language_model\.model\.", ".language_model."),
+]
+_PREFIX_LM_HEAD = "paligemma_with_expert.paligemma.lm_head.weight"
+_UNUSED = re.compile(r"^(paligemma_with_expert\.(paligemma|gemma_expert)\.lm_head\."
+                     r"|model\.dit\.embed_tokens\.|lm_head\.)")
+
+
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+    """All tensors of <path>/*.safetensors, float32."""
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in pi0.5 checkpoint directory {path!r}")
+    out = {}
+    for f in files:
+        out.update({k: np.asarray(v, np.float32) for k, v in load_file(f).items()})
+    return out
+
+
+def canonical_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """LeRobot or transformers names -> transformers names. Unused language-model heads are dropped,
+    except a LeRobot export's prefix lm_head where it stores no embedding (the two are tied)."""
+    named = {_LEROBOT_ROOT.sub(r"\1.", k): v for k, v in tensors.items()}
+    has_embedding = any("language_model" in k and "embed_tokens" in k for k in named)
+    out = {}
+    for name, value in named.items():
+        if name == _PREFIX_LM_HEAD and not has_embedding:
+            name = "model.vlm.language_model.embed_tokens.weight"
+        elif _UNUSED.match(name):
+            continue
+        for pattern, repl in _RENAMES:
+            name = re.sub(pattern, repl, name)
+        out[name] = value
+    return out
+
+
+def policy_sizes(path: str) -> dict:
+    """<path>/config.json (transformers PI05Config, or a LeRobot pi05 config) -> the config values the
+    Policy needs: {'policy': {...}, 'chunk_size', 'image_size'}."""
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_file):
+        raise FileNotFoundError(f"no config.json in pi0.5 checkpoint directory {path!r}")
+    hf = json.load(open(cfg_file))
+    kind = hf.get("model_type") or hf.get("type")
+    if kind != "pi05":
+        raise ValueError(f"{cfg_file}: model type {kind!r} is not pi05")
+    if "vlm_config" in hf:
+        text, vision, dit = hf["vlm_config"]["text_config"], hf["vlm_config"]["vision_config"], hf["dit_config"]
+        for name, sub in (("text_config", text), ("dit_config", dit), ("vision_config", vision)):
+            act = sub.get("hidden_act") or sub.get("hidden_activation") or "gelu_pytorch_tanh"
+            if act != "gelu_pytorch_tanh":
+                raise ValueError(f"{cfg_file}: {name}.hidden_act {act!r}; only gelu_pytorch_tanh is supported")
+        for key in ("num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers"):
+            if dit.get(key) != text.get(key):
+                raise ValueError(f"{cfg_file}: dit_config.{key}={dit.get(key)} differs from the prefix's "
+                                 f"{text.get(key)} (joint attention needs them equal)")
+        prefix = dict(width=text["hidden_size"], depth=text["num_hidden_layers"], mlp=text["intermediate_size"],
+                      heads=text["num_attention_heads"], kv_heads=text["num_key_value_heads"],
+                      head_dim=text["head_dim"])
+        expert = dict(width=dit["hidden_size"], mlp=dit["intermediate_size"])
+        vit = dict(vit_patch=vision["patch_size"], vit_width=vision["hidden_size"],
+                   vit_depth=vision["num_hidden_layers"], vit_heads=vision["num_attention_heads"],
+                   vit_mlp=vision["intermediate_size"], image_size=vision["image_size"])
+        theta = float((text.get("rope_parameters") or {}).get("rope_theta", text.get("rope_theta", 10_000.0)))
+    else:   # LeRobot: named variants
+        try:
+            prefix = _GEMMA_VARIANTS[hf.get("paligemma_variant", "gemma_2b")]
+            expert = _GEMMA_VARIANTS[hf.get("action_expert_variant", "gemma_300m")]
+        except KeyError as e:
+            raise ValueError(f"{cfg_file}: unknown Gemma variant {e.args[0]!r} "
+                             f"(known: {sorted(_GEMMA_VARIANTS)})") from None
+        vit, theta = _SIGLIP_SO400M_224, 10_000.0
+    policy = dict(
+        vit_patch=vit["vit_patch"], vit_width=vit["vit_width"], vit_depth=vit["vit_depth"],
+        vit_heads=vit["vit_heads"], vit_mlp=vit["vit_mlp"], vit_stem="patch",
+        width=prefix["width"], depth=prefix["depth"], num_heads=prefix["heads"], num_kv_heads=prefix["kv_heads"],
+        head_dim=prefix["head_dim"], mlp_dim=prefix["mlp"], rope_theta=theta,
+        expert_width=expert["width"], expert_depth=prefix["depth"], expert_mlp_dim=expert["mlp"],
+        action_pad_dim=int(hf.get("max_action_dim", 32)), use_state=False, perception_dim=0)
+    return {"policy": policy, "chunk_size": int(hf.get("chunk_size", 50)), "image_size": vit["image_size"]}
+
+
+class _Source:
+    """The checkpoint's tensors, each taken once: a missing or wrongly shaped one is refused by name,
+    and whatever is left over at the end is unexpected."""
+
+    def __init__(self, tensors: dict[str, np.ndarray]):
+        self.tensors = dict(tensors)
+
+    def take(self, name: str) -> np.ndarray:
+        if name not in self.tensors:
+            raise KeyError(f"pi0.5 checkpoint lacks tensor {name!r}")
+        return self.tensors.pop(name)
+
+    def linear(self, name: str, in_shape: tuple = (), out_shape: tuple = (), bias: bool = False) -> dict:
+        """torch Linear `name` [out, in] -> {'kernel': [*in_shape or in, *out_shape or out], 'bias'}."""
+        w = self.take(name + ".weight").T
+        shape = tuple(in_shape or w.shape[:1]) + tuple(out_shape or w.shape[1:])
+        if w.size != np.prod(shape):
+            raise ValueError(f"pi0.5 checkpoint tensor {name + '.weight'!r} has shape {w.T.shape}, which "
+                             f"does not fit the config's {shape}")
+        out = {"kernel": w.reshape(shape)}
+        if bias:
+            out["bias"] = self.take(name + ".bias").reshape(tuple(out_shape or w.shape[1:]))
+        return out
+
+
+def _gemma_layer(src: _Source, p: str, heads: int, kv_heads: int, head_dim: int, adaptive: bool) -> dict:
+    """One Gemma decoder layer `p` (prefix, or the action expert with adaptive norms) -> a Block."""
+    k = src.linear(p + "self_attn.k_proj", out_shape=(kv_heads, head_dim))["kernel"]
+    v = src.linear(p + "self_attn.v_proj", out_shape=(kv_heads, head_dim))["kernel"]
+    layer = {
+        "q_proj": src.linear(p + "self_attn.q_proj", out_shape=(heads, head_dim)),
+        "kv_proj": {"kernel": np.stack([k, v], axis=1)},
+        "o_proj": src.linear(p + "self_attn.o_proj", in_shape=(heads, head_dim)),
+        "mlp": {"gate": src.linear(p + "mlp.gate_proj"), "up": src.linear(p + "mlp.up_proj"),
+                "down": src.linear(p + "mlp.down_proj")},
+    }
+    for ours, theirs in (("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm")):
+        layer[ours] = ({"modulation": src.linear(p + theirs + ".dense", bias=True)} if adaptive
+                       else {"scale": src.take(p + theirs + ".weight")})
+    return layer
+
+
+def _vit(src: _Source, p: str, depth: int, heads: int) -> dict:
+    """SigLIP vision tower + PaliGemma projector -> models/vit.ViT (stem='patch')."""
+    conv = src.take(p + "vision_tower.embeddings.patch_embedding.weight")          # [W, C, p, p]
+    width = conv.shape[0]
+    head_dim = width // heads
+    vit = {"patch_embed": {"kernel": conv.transpose(2, 3, 1, 0).reshape(-1, width),
+                           "bias": src.take(p + "vision_tower.embeddings.patch_embedding.bias")},
+           "pos_embed": src.take(p + "vision_tower.embeddings.position_embedding.weight")[None]}
+    ln = lambda name: {"scale": src.take(name + ".weight"), "bias": src.take(name + ".bias")}  # noqa: E731
+    for i in range(depth):
+        q = f"{p}vision_tower.encoder.layers.{i}."
+        vit[f"block_{i}"] = {
+            "ln_attn": ln(q + "layer_norm1"), "ln_mlp": ln(q + "layer_norm2"),
+            "attn": {name: src.linear(q + f"self_attn.{name[0]}_proj", out_shape=(heads, head_dim), bias=True)
+                     for name in ("query", "key", "value")}
+            | {"out": src.linear(q + "self_attn.out_proj", in_shape=(heads, head_dim), bias=True)},
+            "mlp_in": src.linear(q + "mlp.fc1", bias=True), "mlp_out": src.linear(q + "mlp.fc2", bias=True)}
+    vit["ln_final"] = ln(p + "vision_tower.post_layernorm")
+    vit["projector"] = src.linear(p + "multi_modal_projector.linear", bias=True)
+    return vit
+
+
+def convert_pi05(tensors: dict[str, np.ndarray], init_params: dict) -> dict:
+    """Checkpoint tensors (either layout) -> Policy params {'vlm', 'action_expert', 'value_head'} shaped
+    like `init_params` (a Policy.init result, or its jax.eval_shape, for the same sizes); the value head
+    is taken from init_params."""
+    src = _Source(canonical_names(tensors))
+    ours = init_params
+    d = ours["vlm"]["blocks_0"]["q_proj"]["kernel"].shape        # [W, H, D]
+    heads, head_dim = d[1], d[2]
+    kv_heads = ours["vlm"]["blocks_0"]["kv_proj"]["kernel"].shape[2]
+    depth = sum(1 for k in ours["vlm"] if k.startswith("blocks_"))
+    vit_heads = ours["vlm"]["vit"]["block_0"]["attn"]["query"]["kernel"].shape[1]
+    vit_depth = sum(1 for k in ours["vlm"]["vit"] if k.startswith("block_"))
+    vlm = {"vit": _vit(src, "model.vlm.", vit_depth, vit_heads),
+           "embed": {"embedding": src.take("model.vlm.language_model.embed_tokens.weight")},
+           "final_norm": {"scale": src.take("model.vlm.language_model.norm.weight")}}
+    expert = {"final_norm": {"modulation": src.linear("model.dit.norm.dense", bias=True)},
+              "action_in": src.linear("embed_action_time.action_in_proj", bias=True),
+              "time_in": src.linear("embed_action_time.time_mlp_in", bias=True),
+              "time_out": src.linear("embed_action_time.time_mlp_out", bias=True),
+              "action_out": src.linear("action_out_proj", bias=True)}
+    for i in range(depth):
+        vlm[f"blocks_{i}"] = _gemma_layer(src, f"model.vlm.language_model.layers.{i}.", heads, kv_heads,
+                                          head_dim, adaptive=False)
+        expert[f"blocks_{i}"] = _gemma_layer(src, f"model.dit.layers.{i}.", heads, kv_heads, head_dim,
+                                             adaptive=True)
+    if src.tensors:
+        raise ValueError(f"pi0.5 checkpoint has {len(src.tensors)} unexpected tensor(s), e.g. "
+                         f"{sorted(src.tensors)[0]!r} (not a tensor of this model's sizes)")
+    params = {"vlm": vlm, "action_expert": expert, "value_head": ours["value_head"]}
+    _check_shapes(params, ours)
+    return params
+
+
+def _check_shapes(params: dict, reference: dict, path: str = "") -> None:
+    """Every imported array has the shape the Policy built from the config expects, and no parameter
+    is left out."""
+    for key in reference.keys() | params.keys():
+        name = f"{path}/{key}"
+        if key not in params:
+            raise KeyError(f"pi0.5 import: nothing in the checkpoint for parameter {name!r}")
+        if key not in reference:
+            raise ValueError(f"pi0.5 import: {name!r} is not a parameter of this Policy (config sizes differ?)")
+        if isinstance(reference[key], dict):
+            _check_shapes(params[key], reference[key], name)
+        elif tuple(np.shape(params[key])) != tuple(reference[key].shape):
+            raise ValueError(f"pi0.5 import: {name!r} has shape {tuple(np.shape(params[key]))} in the "
+                             f"checkpoint, the config's Policy expects {tuple(reference[key].shape)}")
+
+
+def load_pi05(path: str, init_params: dict) -> dict:
+    """Checkpoint directory -> Policy params (see convert_pi05)."""
+    return convert_pi05(read_tensors(path), init_params)
