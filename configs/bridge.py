@@ -2,7 +2,10 @@
 
 Usage: python -m vlambpo_jax.main --config=configs/bridge.py[:ARG] --workdir=DIR
 ARG (comma separated): `smoke` reads the tiny Bridge-format fixture shipped in tests/fixtures and
-shrinks every size. Point at the real release with --config.data.builder_dir=/path/bridge_dataset/1.0.0.
+shrinks every size; `pi05` gives the policy the released pi0.5 checkpoints' sizes (3.3B parameters,
+224 px views, chunks of 50), to start from one with --config.sft.init_from=DIR and PaliGemma's tokenizer
+(--config.policy.tokenizer=DIR); a GPU/TPU configuration (README, "Starting from pi0.5").
+Point at the real release with --config.data.builder_dir=/path/bridge_dataset/1.0.0.
 
 The whole loop runs from logged episodes, as for a real robot whose rollouts were recorded:
   data          inspect a few batches of the RLDS episodes
@@ -31,12 +34,13 @@ import ml_collections
 
 from configs import common
 from configs.tabletop import wm_config
+from vlambpo_jax.models import pi05_import
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, smoke=False)
+    args = common.parse_arg(arg, smoke=False, pi05=False)
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.stages = ("data", "sft", "logged_roots", "wm_pretrain", "wm_finetune", "mbpo", "evaluate", "report")
@@ -102,4 +106,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.image_size = 32
         c.checkpoint.every_steps = 20
         c.log.every_steps = 5
+    if args.pi05:   # the released pi0.5 checkpoints' sizes, 224 px views (a GPU/TPU run; README "Starting from pi0.5")
+        sizes = pi05_import.full_size()
+        c.policy.update(sizes["policy"])
+        c.policy.update(dict(num_denoise_steps=10, tokenizer="", dtype="bfloat16"))  # tokenizer: PaliGemma's dir
+        c.chunk_size, c.image_size = sizes["chunk_size"], sizes["image_size"]
+        c.data.max_text_len = 200
     return c

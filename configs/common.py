@@ -165,7 +165,9 @@ def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_
     ema: EMA decay of the params used for evaluation and saved as 'params' (0 = off).
     eval_every: steps between simulator evaluations (0 = only at the end); eval_episodes: episodes per
       task in each evaluation (0 = none).
-    init_from: '' or a checkpoint dir whose params start the run.
+    init_from: '' or a checkpoint dir whose params start the run: one of this project's, or a pi0.5
+      checkpoint (config.json + *.safetensors, transformers' or LeRobot's layout; the policy sizes
+      must be pi0.5's, e.g. configs/bridge.py:pi05; vlambpo_jax/models/pi05_import.py).
     in_memory: True = read every episode once into memory and draw batches from seeded epoch
       permutations (small demo sets); False = stream them from the reader.
     noise_samples: flow-matching (time, noise) draws per observation, sharing one prefix pass.

@@ -11,39 +11,51 @@ transformers = pytest.importorskip("transformers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from configs import tabletop  # noqa: E402
+from configs import bridge, tabletop  # noqa: E402
+from tests.helpers.fakes import RecordingWriter  # noqa: E402
+from vlambpo_jax import loading, pipeline  # noqa: E402
+from vlambpo_jax.config_checks import validate  # noqa: E402
+from vlambpo_jax.data.tokenizer import ByteTokenizer  # noqa: E402
 from vlambpo_jax.models import pi05_import  # noqa: E402
 from vlambpo_jax.models.policy import Policy  # noqa: E402
+from vlambpo_jax.stages import sft as sft_stage  # noqa: E402
+from vlambpo_jax.train.preemption import NoPreemption  # noqa: E402
 
 IMAGE_TOKEN, VOCAB = 299, 300
 TOL = 1e-4
 
 
-def _tiny_config(**dit):
+def _tiny_config(vocab=VOCAB, image_token=IMAGE_TOKEN, image_size=16, patch=4):
     return transformers.PI05Config(
         vlm_config=dict(
-            model_type="paligemma", projection_dim=64, image_token_id=IMAGE_TOKEN,
+            model_type="paligemma", projection_dim=64, image_token_id=image_token,
             text_config=dict(model_type="gemma", hidden_size=64, num_hidden_layers=2, intermediate_size=96,
-                             num_attention_heads=4, num_key_value_heads=1, head_dim=16, vocab_size=VOCAB),
+                             num_attention_heads=4, num_key_value_heads=1, head_dim=16, vocab_size=vocab),
             vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48,
-                               patch_size=4, image_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               patch_size=patch, image_size=image_size, num_hidden_layers=2, num_attention_heads=2,
                                vision_use_head=False)),
         dit_config=dict(model_type="gemma", hidden_size=48, num_hidden_layers=2, intermediate_size=80,
-                        num_attention_heads=4, num_key_value_heads=1, head_dim=16) | dit,
+                        num_attention_heads=4, num_key_value_heads=1, head_dim=16),
         chunk_size=5, max_action_dim=8, num_inference_steps=3)
+
+
+def _save_random(config, path):
+    """A random transformers PI05 saved to `path`; its norms and adaRMS layers (zero at init) and biases
+    randomized, so a mis-mapped tensor shows."""
+    torch.manual_seed(0)
+    model = transformers.PI05ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.2 * torch.randn_like(p))
+    model.save_pretrained(path, safe_serialization=True)
+    return model
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    torch.manual_seed(0)
-    model = transformers.PI05ForConditionalGeneration(_tiny_config()).eval()
-    with torch.no_grad():   # the norms and adaRMS layers start at zero: randomize them so a mis-map shows
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn_like(p))
     path = tmp_path_factory.mktemp("pi05")
-    model.save_pretrained(path, safe_serialization=True)
-    return model, str(path)
+    return _save_random(_tiny_config(), path), str(path)
 
 
 def _policy(path):
@@ -159,13 +171,12 @@ def test_bad_checkpoints_are_refused_by_name(reference):
 
 
 def test_full_size_policy_has_pi05s_parameters(tmp_path):
-    """The Policy built from the default PI05Config's sizes (PaliGemma 3B + Gemma 300M) has exactly the
-    parameters of transformers' model (plus our value head), counted without materializing either."""
+    """configs/bridge.py:pi05 builds the Policy at the default PI05Config's sizes (PaliGemma 3B + Gemma
+    300M) with exactly the parameters of transformers' model (plus our value head), counted without
+    materializing either."""
     transformers.PI05Config().save_pretrained(tmp_path)
-    sizes = pi05_import.policy_sizes(str(tmp_path))
-    config = tabletop.get_config("smoke")
-    config.policy.update(sizes["policy"])
-    config.chunk_size, config.image_size = sizes["chunk_size"], sizes["image_size"]
+    assert pi05_import.policy_sizes(str(tmp_path)) == pi05_import.full_size()
+    config = bridge.get_config("pi05")
     policy = Policy(config, pi05_import.PALIGEMMA_VOCAB)
     b, v, s = 1, len(config.views), config.image_size
     obs = {"images": jnp.zeros((b, v, s, s, 3), jnp.uint8), "tokens": jnp.zeros((b, 8), jnp.int32),
@@ -177,3 +188,25 @@ def test_full_size_policy_has_pi05s_parameters(tmp_path):
     theirs = sum(p.numel() for p in model.parameters())
     assert count(shapes) - count(shapes["value_head"]) == theirs
     assert 3.0e9 < theirs < 3.7e9
+
+
+def test_sft_starts_from_a_pi05_checkpoint(tmp_path):
+    """--config.sft.init_from=<pi0.5 checkpoint dir>: the sft stage imports it; with 0 steps the saved
+    policy is the checkpoint's weights (the bridge smoke pipeline, sizes set to the checkpoint's)."""
+    vocab = ByteTokenizer.vocab_size
+    ckpt = tmp_path / "pi05"
+    _save_random(_tiny_config(vocab=vocab, image_token=vocab, image_size=32, patch=8), ckpt)
+    config = bridge.get_config("smoke")
+    sizes = pi05_import.policy_sizes(str(ckpt))
+    config.policy.update(sizes["policy"])
+    config.chunk_size, config.image_size = sizes["chunk_size"], sizes["image_size"]
+    config.sft.update(dict(steps=0, init_from=str(ckpt), ema=0.0))
+    config.log.progress = "off"
+    validate(config)
+    (tmp_path / "run" / "sft").mkdir(parents=True)
+    sft_stage.run(pipeline.StageContext(config, tmp_path / "run", "sft", RecordingWriter(), NoPreemption()))
+    _, params, _, _ = loading.load_policy(tmp_path / "run" / "sft" / "policy")
+    expected = pi05_import.convert_pi05(pi05_import.read_tensors(str(ckpt)), params)
+    for group in ("vlm", "action_expert"):
+        for a, b in zip(jax.tree.leaves(params[group]), jax.tree.leaves(expected[group])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

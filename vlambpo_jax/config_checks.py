@@ -160,6 +160,9 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("sft.dagger_rounds", _int_range(0)),
     ("sft.dagger_episodes", _int_range(1)),
     ("sft.dagger_steps", _int_range(0)),
+    ("policy.tokenizer", lambda v: None if v else
+     "name a tokenizer: 'byte', 'words:tabletop' or a local Hugging Face tokenizer directory (pi0.5: "
+     "PaliGemma's, e.g. --config.policy.tokenizer=/path/to/paligemma_tokenizer)"),
     ("policy.vit_stem", _one_of("patch", "conv")),
     ("policy.perception_dim", _int_range(0)),
     ("policy.vit_patch", _int_range(1)),

@@ -75,6 +75,16 @@ def canonical_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def is_pi05_checkpoint(path: str) -> bool:
+    """A directory with a config.json of model type pi05 (transformers' or LeRobot's)."""
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        return False
+    with open(cfg_file) as f:
+        hf = json.load(f)
+    return (hf.get("model_type") or hf.get("type")) == "pi05"
+
+
 def policy_sizes(path: str) -> dict:
     """<path>/config.json (transformers PI05Config, or a LeRobot pi05 config) -> the config values the
     Policy needs: {'policy': {...}, 'chunk_size', 'image_size'}."""
@@ -86,39 +96,52 @@ def policy_sizes(path: str) -> dict:
     if kind != "pi05":
         raise ValueError(f"{cfg_file}: model type {kind!r} is not pi05")
     if "vlm_config" in hf:
-        text, vision, dit = hf["vlm_config"]["text_config"], hf["vlm_config"]["vision_config"], hf["dit_config"]
-        for name, sub in (("text_config", text), ("dit_config", dit), ("vision_config", vision)):
-            act = sub.get("hidden_act") or sub.get("hidden_activation") or "gelu_pytorch_tanh"
-            if act != "gelu_pytorch_tanh":
-                raise ValueError(f"{cfg_file}: {name}.hidden_act {act!r}; only gelu_pytorch_tanh is supported")
-        for key in ("num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers"):
-            if dit.get(key) != text.get(key):
-                raise ValueError(f"{cfg_file}: dit_config.{key}={dit.get(key)} differs from the prefix's "
-                                 f"{text.get(key)} (joint attention needs them equal)")
-        prefix = dict(width=text["hidden_size"], depth=text["num_hidden_layers"], mlp=text["intermediate_size"],
-                      heads=text["num_attention_heads"], kv_heads=text["num_key_value_heads"],
-                      head_dim=text["head_dim"])
-        expert = dict(width=dit["hidden_size"], mlp=dit["intermediate_size"])
-        vit = dict(vit_patch=vision["patch_size"], vit_width=vision["hidden_size"],
-                   vit_depth=vision["num_hidden_layers"], vit_heads=vision["num_attention_heads"],
-                   vit_mlp=vision["intermediate_size"], image_size=vision["image_size"])
-        theta = float((text.get("rope_parameters") or {}).get("rope_theta", text.get("rope_theta", 10_000.0)))
-    else:   # LeRobot: named variants
-        try:
-            prefix = _GEMMA_VARIANTS[hf.get("paligemma_variant", "gemma_2b")]
-            expert = _GEMMA_VARIANTS[hf.get("action_expert_variant", "gemma_300m")]
-        except KeyError as e:
-            raise ValueError(f"{cfg_file}: unknown Gemma variant {e.args[0]!r} "
-                             f"(known: {sorted(_GEMMA_VARIANTS)})") from None
-        vit, theta = _SIGLIP_SO400M_224, 10_000.0
+        return _sizes_from_transformers(hf, cfg_file)
+    try:   # LeRobot: named variants
+        prefix = _GEMMA_VARIANTS[hf.get("paligemma_variant", "gemma_2b")]
+        expert = _GEMMA_VARIANTS[hf.get("action_expert_variant", "gemma_300m")]
+    except KeyError as e:
+        raise ValueError(f"{cfg_file}: unknown Gemma variant {e.args[0]!r} "
+                         f"(known: {sorted(_GEMMA_VARIANTS)})") from None
+    return _sizes(prefix, expert, _SIGLIP_SO400M_224, 10_000.0, int(hf.get("max_action_dim", 32)),
+                  int(hf.get("chunk_size", 50)))
+
+
+def full_size() -> dict:
+    """The sizes of the released pi0.5 checkpoints (pi05_base, _libero, _droid): PaliGemma (SigLIP
+    So400m/14 at 224 px + Gemma 2B), the Gemma 300M action expert, 50 x 32 action chunks."""
+    return _sizes(_GEMMA_VARIANTS["gemma_2b"], _GEMMA_VARIANTS["gemma_300m"], _SIGLIP_SO400M_224, 10_000.0, 32, 50)
+
+
+def _sizes_from_transformers(hf: dict, cfg_file: str) -> dict:
+    text, vision, dit = hf["vlm_config"]["text_config"], hf["vlm_config"]["vision_config"], hf["dit_config"]
+    for name, sub in (("text_config", text), ("dit_config", dit), ("vision_config", vision)):
+        act = sub.get("hidden_act") or sub.get("hidden_activation") or "gelu_pytorch_tanh"
+        if act != "gelu_pytorch_tanh":
+            raise ValueError(f"{cfg_file}: {name}.hidden_act {act!r}; only gelu_pytorch_tanh is supported")
+    for key in ("num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers"):
+        if dit.get(key) != text.get(key):
+            raise ValueError(f"{cfg_file}: dit_config.{key}={dit.get(key)} differs from the prefix's "
+                             f"{text.get(key)} (joint attention needs them equal)")
+    prefix = dict(width=text["hidden_size"], depth=text["num_hidden_layers"], mlp=text["intermediate_size"],
+                  heads=text["num_attention_heads"], kv_heads=text["num_key_value_heads"], head_dim=text["head_dim"])
+    expert = dict(width=dit["hidden_size"], mlp=dit["intermediate_size"])
+    vit = dict(vit_patch=vision["patch_size"], vit_width=vision["hidden_size"], vit_depth=vision["num_hidden_layers"],
+               vit_heads=vision["num_attention_heads"], vit_mlp=vision["intermediate_size"],
+               image_size=vision["image_size"])
+    theta = float((text.get("rope_parameters") or {}).get("rope_theta", text.get("rope_theta", 10_000.0)))
+    return _sizes(prefix, expert, vit, theta, int(hf.get("max_action_dim", 32)), int(hf.get("chunk_size", 50)))
+
+
+def _sizes(prefix: dict, expert: dict, vit: dict, theta: float, action_pad: int, chunk: int) -> dict:
     policy = dict(
         vit_patch=vit["vit_patch"], vit_width=vit["vit_width"], vit_depth=vit["vit_depth"],
         vit_heads=vit["vit_heads"], vit_mlp=vit["vit_mlp"], vit_stem="patch",
         width=prefix["width"], depth=prefix["depth"], num_heads=prefix["heads"], num_kv_heads=prefix["kv_heads"],
         head_dim=prefix["head_dim"], mlp_dim=prefix["mlp"], rope_theta=theta,
         expert_width=expert["width"], expert_depth=prefix["depth"], expert_mlp_dim=expert["mlp"],
-        action_pad_dim=int(hf.get("max_action_dim", 32)), use_state=False, perception_dim=0)
-    return {"policy": policy, "chunk_size": int(hf.get("chunk_size", 50)), "image_size": vit["image_size"]}
+        action_pad_dim=action_pad, use_state=False, perception_dim=0)
+    return {"policy": policy, "chunk_size": chunk, "image_size": vit["image_size"]}
 
 
 class _Source:

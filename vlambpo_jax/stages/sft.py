@@ -37,7 +37,7 @@ from vlambpo_jax.data.rlds_writer import builder_dir, write_rlds
 from vlambpo_jax.envs import demos as demos_lib
 from vlambpo_jax.envs import evaluation, has_simulator, scene_pool, tabletop
 from vlambpo_jax.errors import UserError
-from vlambpo_jax.models import grounding
+from vlambpo_jax.models import grounding, pi05_import
 from vlambpo_jax.models import policy as policy_lib
 from vlambpo_jax.models.policy_train import SFTState, make_optimizer, make_train_step
 from vlambpo_jax.stages import common
@@ -261,7 +261,10 @@ def run(ctx) -> dict:
     example = batch_fn(0)
     obs = {k: v[:1] for k, v in example.items() if k not in ("actions", "action_mask")}
     params = policy.init(jax.random.key(int(config.seed)), obs)
-    if sft.init_from:
+    if sft.init_from and pi05_import.is_pi05_checkpoint(sft.init_from):
+        params = jax.tree.map(jnp.asarray, pi05_import.load_pi05(sft.init_from, params))
+        print(f"[{ctx.stage}] initialised from the pi0.5 checkpoint {sft.init_from} (value head: fresh)")
+    elif sft.init_from:
         params, _ = checkpoints.load_params(Path(sft.init_from), params)
         print(f"[{ctx.stage}] initialised from {sft.init_from}")
     counts = {g: policy_lib.count_params(p) for g, p in params.items()}
