@@ -68,7 +68,7 @@ def _run(workdir: Path, num_steps: int, stop_after_two: bool = False):
     ctx = pipeline.StageContext(config, workdir, "mbpo", writer,
                                 _StopAfter(calls) if stop_after_two else NoPreemption())
     (workdir / "mbpo").mkdir(parents=True, exist_ok=True)
-    state = ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    state = ppo.init_state(config.rl, optimizer, params)
     result = train_loop(ctx, name="ppo", state=state, step_fn=step_fn, batch_fn=lambda i: i,
                         num_steps=num_steps, params_fn=lambda s: s.params, log_every=1)
     writer.close()

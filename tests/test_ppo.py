@@ -54,7 +54,7 @@ def test_epoch_moves_the_right_groups(setup, train_vlm):
     opt = ppo.make_optimizer(c, params)
     buffer = ppo.make_buffer(traj, traj.value, jnp.zeros(traj.mask.shape[1]), c)
     epoch, critic_epoch = ppo.make_update_fns(policy, c, opt)
-    state = ppo.PPOState(params, opt.init(params), jnp.zeros((), jnp.int32))
+    state = ppo.init_state(c, opt, params)
     new, metrics = jax.jit(epoch)(state, buffer, jax.random.PRNGKey(2))
     assert int(new.step) == 2 and np.isfinite(float(metrics["loss"]))
     assert _changed(params["action_expert"], new.params["action_expert"])
@@ -65,8 +65,9 @@ def test_epoch_moves_the_right_groups(setup, train_vlm):
     assert _changed(params["value_head"], warm.params["value_head"])
     assert not _changed(params["action_expert"], warm.params["action_expert"])
     assert not _changed(params["vlm"], warm.params["vlm"])
-    # The actor's and the VLM's AdamW moments are untouched by critic-only steps.
-    for group in ("actor", "vlm"):
+    # The actor's and the VLM's AdamW moments are untouched by critic-only steps; a frozen VLM has none.
+    assert ("vlm" in state.opt_state[1].inner_states) == train_vlm
+    for group in ("actor", "vlm") if train_vlm else ("actor",):
         assert not _changed(state.opt_state[1].inner_states[group], warm.opt_state[1].inner_states[group])
     assert _changed(state.opt_state[1].inner_states["critic"], warm.opt_state[1].inner_states["critic"])
 
@@ -87,7 +88,7 @@ def test_vlm_trains_at_its_own_learning_rate(setup):
     opt = ppo.make_optimizer(c, params)
     buffer = ppo.make_buffer(traj, traj.value, jnp.zeros(traj.mask.shape[1]), c)
     epoch, _ = ppo.make_update_fns(policy, c, opt)
-    new, _ = jax.jit(epoch)(ppo.PPOState(params, opt.init(params), jnp.zeros((), jnp.int32)), buffer,
+    new, _ = jax.jit(epoch)(ppo.init_state(c, opt, params), buffer,
                             jax.random.PRNGKey(2))
     assert int(new.step) == 2
     moved = lambda group: max(float(np.abs(np.asarray(a) - np.asarray(b)).max())  # noqa: E731

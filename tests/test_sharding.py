@@ -57,3 +57,17 @@ def test_policy_wm_steps_and_rollout_match_on_a_mesh():
     # Adam divides by sqrt(v): tiny gradient differences from the other reduction order grow a bit.
     assert r["wm_diff"] < 1e-3 and r["wm_sharded"] > 0
     assert r["rollout_log_prob_diff"] < 1e-4 and r["rollout_images_diff"] == 0 and r["rollout_sharded"]
+
+
+def test_pi05_size_policy_is_split_over_8_devices():
+    """The pi0.5-size Policy, cut to 2 layers, initialised abstractly into its FSDP shardings on 8
+    emulated devices: every large array is split, none replicated by accident."""
+    out = subprocess.run([sys.executable, str(ROOT / "tests/helpers/pi05_sharding_check.py")],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 8 and r["large"] > 20
+    assert r["replicated_large"] == []
+    # the largest shard is an eighth of the 257,152 x 2,048 float32 text embedding
+    assert r["largest_shard_bytes"] == 257152 * 2048 * 4 // 8

@@ -3,8 +3,9 @@
 The buffer is flattened over (chunk, branch); one epoch is a lax.scan over shuffled minibatches. The
 optimizer is optax.multi_transform with an actor group (the action expert), a VLM group (when
 `rl.train_vlm`, at rl.vlm_lr) and a critic group (the value head), each AdamW with its own learning
-rate; the VLM is frozen by default. A critic-only step updates the critic group and leaves the
-actor's parameters and optimizer state untouched (used for the warm-up after each buffer refill).
+rate; the VLM is frozen by default, and then neither differentiated nor given optimizer state. A
+critic-only step updates the critic group and leaves the actor's parameters and optimizer state
+untouched (used for the warm-up after each buffer refill).
 """
 from __future__ import annotations
 
@@ -19,21 +20,28 @@ from vlambpo_jax.rl import gae, ppo_loss
 from vlambpo_jax.rl.rollout import Transitions
 
 
-def param_groups(params: dict, train_vlm: bool) -> dict:
-    """multi_transform labels: 'actor' | 'vlm' | 'critic' | 'frozen' per leaf of {'vlm', 'action_expert',
-    'value_head'}."""
-    group = {"vlm": "vlm" if train_vlm else "frozen", "action_expert": "actor", "value_head": "critic"}
+def trainable(params: dict, train_vlm: bool) -> dict:
+    """The parameter groups PPO differentiates and updates: the action expert and the value head, and
+    the VLM with rl.train_vlm. The frozen VLM gets no gradient, optimizer state or update at all (at
+    pi0.5's size its zero gradients alone would be ~12 GB)."""
+    return {name: sub for name, sub in params.items() if name != "vlm" or train_vlm}
+
+
+def param_groups(params: dict) -> dict:
+    """multi_transform labels of trainable(params): 'actor' | 'vlm' | 'critic' per leaf."""
+    group = {"vlm": "vlm", "action_expert": "actor", "value_head": "critic"}
     return {name: jax.tree.map(lambda _, g=group[name]: g, sub) for name, sub in params.items()}
 
 
 def make_optimizer(rl_config, params: dict) -> optax.GradientTransformation:
+    """The optimizer over trainable(params, rl_config.train_vlm) (init it with init_state)."""
     c = rl_config
-    adamw = lambda lr: optax.adamw(lr, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay)
-    return optax.chain(
-        optax.clip_by_global_norm(c.grad_clip),
-        optax.multi_transform({"actor": adamw(c.actor_lr), "vlm": adamw(c.vlm_lr or c.actor_lr),
-                               "critic": adamw(c.critic_lr), "frozen": optax.set_to_zero()},
-                              param_groups(params, c.train_vlm)))
+    adamw = lambda lr: optax.adamw(lr, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay)  # noqa: E731
+    groups = {"actor": adamw(c.actor_lr), "critic": adamw(c.critic_lr)}
+    if c.train_vlm:
+        groups["vlm"] = adamw(c.vlm_lr or c.actor_lr)
+    return optax.chain(optax.clip_by_global_norm(c.grad_clip),
+                       optax.multi_transform(groups, param_groups(trainable(params, c.train_vlm))))
 
 
 @flax.struct.dataclass
@@ -41,6 +49,10 @@ class PPOState:
     params: Any
     opt_state: Any
     step: jax.Array      # gradient steps taken
+
+
+def init_state(rl_config, optimizer: optax.GradientTransformation, params: dict) -> "PPOState":
+    return PPOState(params, optimizer.init(trainable(params, rl_config.train_vlm)), jnp.zeros((), jnp.int32))
 
 
 @flax.struct.dataclass
@@ -142,18 +154,20 @@ def make_update_fns(policy, rl_config, optimizer: optax.GradientTransformation):
         return p_loss + c.value_coef * v_loss, {"policy_loss": p_loss, "value_loss": v_loss, **stats}
 
     def update(state: PPOState, mb: Buffer, critic_only: bool):
-        (loss, metrics), grads = jax.value_and_grad(losses, has_aux=True)(state.params, mb, critic_only)
-        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
+        train = trainable(state.params, c.train_vlm)
+        frozen = {name: sub for name, sub in state.params.items() if name not in train}
+        (loss, metrics), grads = jax.value_and_grad(
+            lambda t: losses({**frozen, **t}, mb, critic_only), has_aux=True)(train)
+        updates, new_opt = optimizer.update(grads, state.opt_state, train)
+        new_train = optax.apply_updates(train, updates)
         if critic_only:
             # Keep the actor (and VLM) exactly as they were, parameters and AdamW moments both.
             clip_state, part = new_opt
             inner = {**state.opt_state[1].inner_states, "critic": part.inner_states["critic"]}
             new_opt = (clip_state, part._replace(inner_states=inner))
-            new_params = {**new_params, "vlm": state.params["vlm"],
-                          "action_expert": state.params["action_expert"]}
+            new_train = {**train, "value_head": new_train["value_head"]}
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "loss": loss}
-        return PPOState(new_params, new_opt, state.step + 1), metrics
+        return PPOState({**state.params, **new_train}, new_opt, state.step + 1), metrics
 
     def run_epoch(state: PPOState, buffer: Buffer, key: jax.Array, critic_only: bool):
         n = buffer.mask.shape[0]

@@ -65,7 +65,7 @@ def run_ppo(policy, rl_config, iterations: int, seed: int = 0, dim: int = 0, num
     optimizer = ppo.make_optimizer(rl_config, params)
     iteration = mbpo.make_iteration(policy, rl_config, world, None, lambda i: start, num_chunks, seed + 1,
                                     optimizer)
-    state = ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    state = ppo.init_state(rl_config, optimizer, params)
     history = []
     for i in range(iterations):
         state, metrics = iteration(state, i)

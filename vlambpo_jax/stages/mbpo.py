@@ -84,7 +84,7 @@ def run(ctx) -> dict:
     if rl.num_branches % dp.mesh.size:
         raise ValueError(f"config.rl.num_branches={rl.num_branches} must be divisible by the number of "
                          f"devices ({dp.mesh.size}) the branches are split over")
-    state, state_shardings = dp.place(ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32)))
+    state, state_shardings = dp.place(ppo.init_state(rl, optimizer, params))
     iteration = mbpo.make_iteration(policy, rl, world, wm_params, start_fn, num_chunks, seed, optimizer, dp,
                                state_shardings)
     eval_fn = (_sim_evaluator(ctx, policy, tokenizer, normalize_state)

@@ -1,0 +1,46 @@
+"""The memory plan (vlambpo_jax/tools/plan.py): state bytes per device by hand, and the activation
+estimate extrapolated from cut models against a direct compile of a deeper one."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AbstractMesh
+
+from configs import tabletop
+from vlambpo_jax.models.policy import Policy
+from vlambpo_jax.tools import plan
+
+
+def test_state_bytes_per_device_follow_the_fsdp_split():
+    tree = {"big": jax.ShapeDtypeStruct((1024, 128), jnp.float32),      # 131,072 elements: split over fsdp
+            "odd": jax.ShapeDtypeStruct((257, 255), jnp.float32),       # 65,535 < min size: replicated
+            "small": jax.ShapeDtypeStruct((10,), jnp.bfloat16)}
+    mesh = AbstractMesh((2, 4), ("data", "fsdp"))
+    expected = 1024 * 128 * 4 / 4 + 257 * 255 * 4 + 10 * 2
+    assert plan.per_device_bytes(tree, mesh, min_size=2 ** 16) == expected
+    # a rule that replicates the big array too
+    assert plan.per_device_bytes(tree, mesh, 2 ** 16, rules=(("big", ()),)) == 1024 * 128 * 4 + 257 * 255 * 4 + 20
+
+
+def test_activation_estimate_extrapolates_to_a_direct_compile():
+    config = tabletop.get_config("smoke")
+    config.policy.update(dict(vit_depth=3, depth=3, expert_depth=3))
+    vocab = 300
+    estimate = plan.temp_bytes(plan._sft_step, config, vocab, batch=2)
+    direct = float(plan._sft_step(Policy(config, vocab), config, 2))
+    assert estimate["per_layer"] > 0 and estimate["per_vit_layer"] > 0
+    assert abs(estimate["full_depth"] - direct) / direct < 0.1, (estimate, direct)
+
+
+def test_plan_counts_the_whole_model_and_its_trained_part(monkeypatch):
+    config = tabletop.get_config("smoke")
+    monkeypatch.setattr(plan, "temp_bytes", lambda *a, **k: {"full_depth": 0.0})   # no compiles here
+    out = plan.plan(config, devices=2, fsdp=2, hbm_gb=0.001, sft_batch=4, ppo_batch=4, vocab_size=300)
+    params = Policy(config, 300).init(jax.random.PRNGKey(0), {
+        "images": jnp.zeros((1, len(config.views), config.image_size, config.image_size, 3), jnp.uint8),
+        "tokens": jnp.zeros((1, config.data.max_text_len), jnp.int32),
+        "token_mask": jnp.ones((1, config.data.max_text_len), bool)})
+    assert out["params"]["total"] == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    sft, ppo = out["sft"]["bytes"], out["ppo"]["bytes"]
+    assert sft["adam_moments"] == 2 * sft["grads"] and ppo["adam_moments"] == 2 * ppo["grads"]
+    assert ppo["grads"] < sft["grads"]                       # PPO trains the expert and value head only
+    assert not out["sft"]["fits"] and out["sft"]["per_device_batch"] == 2

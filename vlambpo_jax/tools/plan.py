@@ -1,0 +1,207 @@
+"""Memory plan of the policy at its config's sizes: per-device bytes for SFT of the whole model and for
+PPO of the action expert + value head, on a (data, fsdp) mesh, without weights or an accelerator:
+
+  python -m vlambpo_jax.tools.plan --config=configs/bridge.py:pi05 --devices=8 --hbm_gb=80   # 8 x H100
+  python -m vlambpo_jax.tools.plan --config=configs/bridge.py:pi05 --devices=16 --hbm_gb=95  # v5p-32
+  python -m vlambpo_jax.tools.plan --config=configs/bridge.py:pi05 --devices=16 --hbm_gb=32  # v4-32
+      [--fsdp=N (default: every device)] [--sft_batch=B (global; default config.sft.batch_size)]
+      [--ppo_batch=B (global PPO minibatch; default config.rl.minibatch_size)] [--out=FILE]
+
+State (parameters, gradients, AdamW moments, the EMA copy) is counted per leaf from jax.eval_shape
+and split the way train/sharding.param_specs splits it over the fsdp axis. Activations and other
+temporaries are what XLA's compiler reserves for one train step at the per-device batch
+(memory_analysis of the CPU compile), measured on the model cut to 1 and 2 ViT and transformer
+layers and extrapolated linearly to the full depth; FSDP's gathered copy of one layer's weights is
+added on top. No remat is used by the policy, so every layer's activations are kept for the backward
+pass. Prints a table and one JSON object.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
+
+from vlambpo_jax import cli, loading
+from vlambpo_jax.models import pi05_import
+from vlambpo_jax.models.policy import Policy
+from vlambpo_jax.models.policy_train import SFTState, make_optimizer, make_train_step
+from vlambpo_jax.rl import ppo
+from vlambpo_jax.train import sharding
+
+GB = 1e9
+
+
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("devices", 8, "accelerators in the mesh", flag_values=fv)
+    flags.DEFINE_integer("fsdp", 0, "devices that split parameters and optimizer state (0 = all)", flag_values=fv)
+    flags.DEFINE_float("hbm_gb", 80.0, "memory per device, GB", flag_values=fv)
+    flags.DEFINE_integer("sft_batch", 0, "global SFT batch (0 = config.sft.batch_size)", flag_values=fv)
+    flags.DEFINE_integer("ppo_batch", 0, "global PPO minibatch (0 = config.rl.minibatch_size)", flag_values=fv)
+    flags.DEFINE_integer("vocab_size", 0, "text vocabulary (0 = the config's tokenizer's; PaliGemma's "
+                         "when config.policy.tokenizer is empty)", flag_values=fv)
+    flags.DEFINE_string("out", "", "also write the JSON here", flag_values=fv)
+
+
+def _obs(config, batch: int) -> dict:
+    s, v, length = config.image_size, len(config.views), int(config.data.max_text_len)
+    return {"images": jax.ShapeDtypeStruct((batch, v, s, s, 3), jnp.uint8),
+            "tokens": jax.ShapeDtypeStruct((batch, length), jnp.int32),
+            "token_mask": jax.ShapeDtypeStruct((batch, length), jnp.bool_)}
+
+
+def _init_shapes(policy: Policy, config) -> dict:
+    obs = {k: jnp.zeros(x.shape, x.dtype) for k, x in _obs(config, 1).items()}
+    return jax.eval_shape(lambda: policy.init(jax.random.PRNGKey(0), obs))
+
+
+def per_device_bytes(tree, mesh, min_size: int, rules=()) -> float:
+    """Bytes one device holds of `tree` (abstract arrays) split by train/sharding.param_specs."""
+    specs = sharding.param_specs(tree, mesh, min_size, rules)
+    total = 0.0
+    for leaf, spec in zip(jax.tree.leaves(tree), jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P))):
+        split = np.prod([mesh.shape[a] for a in jax.tree.leaves(tuple(spec)) if a is not None], dtype=np.float64)
+        total += np.prod(leaf.shape, dtype=np.float64) * np.dtype(leaf.dtype).itemsize / split
+    return total
+
+
+def _sft_step(policy: Policy, config, batch: int):
+    """(compiled SFT train step's temp bytes) at a per-device batch."""
+    tx, schedule = make_optimizer(config.sft, max(int(config.sft.steps), 1))
+    params = _init_shapes(policy, config)
+    state = jax.eval_shape(lambda p: SFTState(step=jnp.zeros((), jnp.int32), params=p, ema_params=p,
+                                              head_params={}, opt_state=tx.init((p, {}))), params)
+    data = dict(_obs(config, batch), actions=jax.ShapeDtypeStruct((batch, config.chunk_size, config.action_dim),
+                                                                  jnp.float32),
+                action_mask=jax.ShapeDtypeStruct((batch, config.chunk_size), jnp.bool_))
+    step = make_train_step(policy, tx, schedule, float(config.sft.ema), 0)
+    return jax.jit(step, donate_argnums=0).lower(state, data).compile().memory_analysis().temp_size_in_bytes
+
+
+def _ppo_step(policy: Policy, config, batch: int):
+    """(compiled PPO epoch's temp bytes) on one minibatch of `batch` chunks."""
+    params = _init_shapes(policy, config)
+    optimizer = ppo.make_optimizer(config.rl, params)
+    state = jax.eval_shape(lambda p: ppo.init_state(config.rl, optimizer, p), params)
+    d = policy.dims
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    mask = jax.ShapeDtypeStruct((batch,), jnp.bool_)
+    buffer = ppo.Buffer(obs=_obs(config, batch),
+                        chain={"x": f32(batch, policy.num_steps + 1, d.chunk_size, d.action_pad_dim),
+                               "step": jax.ShapeDtypeStruct((batch,), jnp.int32)},
+                        old_log_prob=f32(batch), old_value=f32(batch), advantages=f32(batch), returns=f32(batch),
+                        mask=mask, policy_mask=mask)
+    epoch, _ = ppo.make_update_fns(policy, _with_minibatch(config.rl, batch), optimizer)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    return jax.jit(epoch, donate_argnums=0).lower(state, buffer, key).compile().memory_analysis().temp_size_in_bytes
+
+
+def _with_minibatch(rl, batch: int):
+    rl = rl.copy_and_resolve_references()
+    rl.minibatch_size = batch
+    return rl
+
+
+def _cut(config, vit_depth: int, depth: int):
+    c = config.copy_and_resolve_references()
+    c.policy.update(dict(vit_depth=vit_depth, depth=depth, expert_depth=depth))
+    return c
+
+
+def temp_bytes(step_fn, config, vocab_size: int, batch: int) -> dict:
+    """XLA's temporaries of step_fn at the config's depths, extrapolated from cut models:
+    t(vit_depth, depth) = base + a vit_depth + b depth, fitted on (1, 1), (2, 1), (1, 2)."""
+    t = {}
+    for dv, d in ((1, 1), (2, 1), (1, 2)):
+        c = _cut(config, dv, d)
+        t[(dv, d)] = float(step_fn(Policy(c, vocab_size), c, batch))
+    a, b = t[(2, 1)] - t[(1, 1)], t[(1, 2)] - t[(1, 1)]
+    base = t[(1, 1)] - a - b
+    p = config.policy
+    return {"measured": {f"vit{dv}_layers{d}": v for (dv, d), v in t.items()},
+            "per_vit_layer": a, "per_layer": b, "full_depth": base + a * p.vit_depth + b * p.depth}
+
+
+def _layer_bytes(params, fsdp: int) -> float:
+    """The largest layer's full weights: what FSDP gathers on every device while it runs."""
+    blocks = [v for k, v in params["vlm"].items() if k.startswith("blocks_")]
+    expert = [v for k, v in params["action_expert"].items() if k.startswith("blocks_")]
+    size = lambda tree: sum(np.prod(x.shape, dtype=np.float64) * 4 for x in jax.tree.leaves(tree))  # noqa: E731
+    return (size(blocks[0]) + size(expert[0])) if fsdp > 1 else 0.0
+
+
+def plan(config, devices: int, fsdp: int, hbm_gb: float, sft_batch: int, ppo_batch: int, vocab_size: int) -> dict:
+    if devices % fsdp:
+        raise ValueError(f"--fsdp={fsdp} does not divide --devices={devices}")
+    for name, b in (("sft_batch", sft_batch), ("ppo_batch", ppo_batch)):
+        if b % devices:
+            raise ValueError(f"--{name}={b} is not a multiple of --devices={devices}")
+    mesh = AbstractMesh((devices // fsdp, fsdp), ("data", "fsdp"))
+    split = dict(mesh=mesh, min_size=int(config.mesh.fsdp_min_size), rules=tuple(config.mesh.rules))
+    policy = Policy(config, vocab_size)
+    params = _init_shapes(policy, config)
+    count = lambda tree: int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))  # noqa: E731
+    p_bytes = per_device_bytes(params, **split)
+    trained = {"action_expert": params["action_expert"], "value_head": params["value_head"]}
+    ppo_state = per_device_bytes(trained, **split)
+    layer = _layer_bytes(params, fsdp)
+    print(f"compiling cut models for the activation estimate ({config.policy.depth} layers, "
+          f"{config.policy.vit_depth} ViT layers)...", file=sys.stderr)
+    sft_temp = temp_bytes(_sft_step, config, vocab_size, sft_batch // devices)
+    ppo_temp = temp_bytes(_ppo_step, config, vocab_size, ppo_batch // devices)
+    ema = float(config.sft.ema) > 0
+    sft = {"params": p_bytes, "ema_params": p_bytes if ema else 0.0, "grads": p_bytes, "adam_moments": 2 * p_bytes,
+           "gathered_layer": layer, "activations_and_temps": sft_temp["full_depth"]}
+    ppo_row = {"params": p_bytes, "grads": ppo_state, "adam_moments": 2 * ppo_state, "gathered_layer": layer,
+               "activations_and_temps": ppo_temp["full_depth"]}
+    out = {"mesh": {"devices": devices, "data": devices // fsdp, "fsdp": fsdp, "hbm_gb": hbm_gb},
+           "params": {group: count(tree) for group, tree in params.items()} | {"total": count(params)},
+           "sft": {"global_batch": sft_batch, "per_device_batch": sft_batch // devices, "bytes": sft,
+                   "total_gb": sum(sft.values()) / GB, "temps": sft_temp},
+           "ppo": {"global_minibatch": ppo_batch, "per_device_minibatch": ppo_batch // devices, "bytes": ppo_row,
+                   "total_gb": sum(ppo_row.values()) / GB, "temps": ppo_temp}}
+    for run in ("sft", "ppo"):
+        out[run]["fits"] = bool(out[run]["total_gb"] <= hbm_gb)
+    return out
+
+
+def _table(out: dict) -> str:
+    m, sft, ppo_row = out["mesh"], out["sft"], out["ppo"]
+    row = lambda name, a, b: f"{name:<24}{a:>20}{b:>22}"  # noqa: E731
+    lines = [f"mesh: {m['devices']} devices = data {m['data']} x fsdp {m['fsdp']}, {m['hbm_gb']:g} GB each; "
+             f"params {out['params']['total'] / 1e9:.2f}B", row("per device (GB)", "SFT (whole model)",
+                                                               "PPO (expert + value)")]
+    for key in ("params", "ema_params", "grads", "adam_moments", "gathered_layer", "activations_and_temps"):
+        lines.append(row(key, f"{sft['bytes'].get(key, 0) / GB:.2f}", f"{ppo_row['bytes'].get(key, 0) / GB:.2f}"))
+    lines.append(row("total", f"{sft['total_gb']:.2f}", f"{ppo_row['total_gb']:.2f}"))
+    lines.append(row("batch per device", sft["per_device_batch"], ppo_row["per_device_minibatch"]))
+    lines.append(row("fits", str(sft["fits"]), str(ppo_row["fits"])))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    fv = cli.command_flags(argv, _define, workdir=False)
+    config = fv.config
+    vocab = fv.vocab_size or (loading.make_tokenizer(config.policy.tokenizer).vocab_size if config.policy.tokenizer
+                              else pi05_import.PALIGEMMA_VOCAB)
+    if not config.policy.tokenizer:
+        config.policy.tokenizer = "byte"      # only the vocabulary size matters here
+    config = cli.checked(config)
+    try:
+        out = plan(config, fv.devices, fv.fsdp or fv.devices, fv.hbm_gb, fv.sft_batch or int(config.sft.batch_size),
+                   fv.ppo_batch or int(config.rl.minibatch_size), vocab)
+    except ValueError as e:
+        cli.fail(str(e))
+    out["config"] = cli.config_spec(["", *argv])
+    print(_table(out), file=sys.stderr)
+    cli.emit_json(json.dumps(out, indent=1), fv.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
