@@ -23,7 +23,7 @@ def test_state_bytes_per_device_follow_the_fsdp_split():
 
 def test_activation_estimate_extrapolates_to_a_direct_compile():
     config = tabletop.get_config("smoke")
-    config.policy.update(dict(vit_depth=3, depth=3, expert_depth=3))
+    config.policy.update(dict(vit_depth=3, depth=4, expert_depth=4, dtype="float32"))
     vocab = 300
     estimate = plan.temp_bytes(plan._sft_step, config, vocab, batch=2)
     direct = float(plan._sft_step(Policy(config, vocab), config, 2))
