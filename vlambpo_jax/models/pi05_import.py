@@ -16,13 +16,13 @@ kernels [in, out]; weights are read with safetensors.numpy, so no PyTorch is nee
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 
 import numpy as np
-from safetensors.numpy import load_file
+
+from vlambpo_jax.models.safetensors_dir import read_safetensors
 
 # Known sizes of the LeRobot config's variant names (PaliGemma's Gemma 2B, the 300M action expert).
 _GEMMA_VARIANTS = {
@@ -49,13 +49,7 @@ _UNUSED = re.compile(r"^(paligemma_with_expert\.(paligemma|gemma_expert)\.lm_hea
 
 def read_tensors(path: str) -> dict[str, np.ndarray]:
     """All tensors of <path>/*.safetensors, float32."""
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in pi0.5 checkpoint directory {path!r}")
-    out = {}
-    for f in files:
-        out.update({k: np.asarray(v, np.float32) for k, v in load_file(f).items()})
-    return out
+    return {k: np.asarray(v, np.float32) for k, v in read_safetensors(path, "pi0.5").items()}
 
 
 def canonical_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -9,13 +9,12 @@ sliding-window layers or any rope scaling is refused in one line rather than loa
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 
 import numpy as np
-from safetensors.numpy import load_file
 
+from vlambpo_jax.models.safetensors_dir import read_safetensors
 from vlambpo_jax.models.umm import UMMConfig
 
 
@@ -64,16 +63,6 @@ def _rope_theta(hf: dict, cfg_file: str) -> float:
     return float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
 
 
-def _read_tensors(path: str) -> dict[str, np.ndarray]:
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in Qwen2 checkpoint directory {path!r}")
-    out = {}
-    for f in files:
-        out.update(load_file(f))
-    return out
-
-
 def convert_qwen2(tensors: dict[str, np.ndarray], cfg: UMMConfig) -> dict:
     """HF Qwen2ForCausalLM state dict (numpy) -> {'params': ...} of MoTBackbone(cfg)."""
     def get(name):
@@ -118,4 +107,4 @@ def convert_qwen2(tensors: dict[str, np.ndarray], cfg: UMMConfig) -> dict:
 def load_qwen2(path: str, qk_norm: bool = False, dtype: str = "float32") -> tuple[UMMConfig, dict]:
     """Checkpoint directory -> (UMMConfig, MoTBackbone params)."""
     cfg = qwen2_config(path, qk_norm=qk_norm, dtype=dtype)
-    return cfg, convert_qwen2(_read_tensors(path), cfg)
+    return cfg, convert_qwen2(read_safetensors(path, "Qwen2"), cfg)

@@ -1,0 +1,20 @@
+"""Reads a Hugging Face-style checkpoint directory's weights (every *.safetensors file in it) with
+safetensors.numpy, so no PyTorch is needed."""
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+from safetensors.numpy import load_file
+
+
+def read_safetensors(path: str, what: str) -> dict[str, np.ndarray]:
+    """All tensors of <path>/*.safetensors by name; `what` names the checkpoint in the error."""
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {what} checkpoint directory {path!r}")
+    out = {}
+    for f in files:
+        out.update(load_file(f))
+    return out
