@@ -21,19 +21,21 @@ def test_state_bytes_per_device_follow_the_fsdp_split():
     assert plan.per_device_bytes(tree, mesh, 2 ** 16, rules=(("big", ()),)) == 1024 * 128 * 4 + 257 * 255 * 4 + 20
 
 
-def test_activation_estimate_extrapolates_to_a_direct_compile():
+def test_temporaries_extrapolate_to_a_direct_compile():
     config = tabletop.get_config("smoke")
     config.policy.update(dict(vit_depth=3, depth=4, expert_depth=4, dtype="float32"))
     vocab = 300
     estimate = plan.temp_bytes(plan._sft_step, config, vocab, batch=2)
-    direct = float(plan._sft_step(Policy(config, vocab), config, 2))
-    assert estimate["per_layer"] > 0 and estimate["per_vit_layer"] > 0
-    assert abs(estimate["full_depth"] - direct) / direct < 0.1, (estimate, direct)
+    assert estimate["per_sample"] > 0 and estimate["fixed"] > 0
+    for batch in (6,):
+        direct = float(plan._sft_step(Policy(config, vocab), config, batch))
+        predicted = estimate["fixed"] + estimate["per_sample"] * batch
+        assert abs(predicted - direct) / direct < 0.1, (batch, predicted, direct)
 
 
 def test_plan_counts_the_whole_model_and_its_trained_part(monkeypatch):
     config = tabletop.get_config("smoke")
-    monkeypatch.setattr(plan, "temp_bytes", lambda *a, **k: {"full_depth": 0.0})   # no compiles here
+    monkeypatch.setattr(plan, "temp_bytes", lambda *a, **k: {"fixed": 0.0, "per_sample": 0.0})   # no compiles
     out = plan.plan(config, devices=2, fsdp=2, hbm_gb=0.001, sft_batch=4, ppo_batch=4, vocab_size=300)
     params = Policy(config, 300).init(jax.random.PRNGKey(0), {
         "images": jnp.zeros((1, len(config.views), config.image_size, config.image_size, 3), jnp.uint8),

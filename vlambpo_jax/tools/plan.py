@@ -8,12 +8,13 @@ PPO of the action expert + value head, on a (data, fsdp) mesh, without weights o
       [--ppo_batch=B (global PPO minibatch; default config.rl.minibatch_size)] [--out=FILE]
 
 State (parameters, gradients, AdamW moments, the EMA copy) is counted per leaf from jax.eval_shape
-and split the way train/sharding.param_specs splits it over the fsdp axis. Activations and other
-temporaries are what XLA's compiler reserves for one train step at the per-device batch
-(memory_analysis of the CPU compile, in float32), measured on the model cut to 1-2 ViT and 2-3
-transformer layers and extrapolated linearly to the full depth (temp_bytes); FSDP's gathered copy of
-one layer's weights is added on top. No remat is used by the policy, so every layer's activations
-are kept for the backward pass. Prints a table and one JSON object.
+and split the way train/sharding.param_specs splits it over the fsdp axis. Temporaries are what
+XLA's compiler reserves for one train step (memory_analysis of the CPU compile, in float32), measured
+on the model cut to 1-2 ViT and 2-3 transformer layers at two batch sizes and extrapolated linearly to
+the full depth (temp_bytes): the part that grows with the batch is the activations, at the per-device
+batch; the rest (gradient and optimizer-update temporaries, parameter-sized) is split over fsdp like
+the state. FSDP's gathered copy of one layer's weights is added on top. No remat is used by the
+policy, so every layer's activations are kept for the backward pass. Prints a table and one JSON object.
 """
 from __future__ import annotations
 
@@ -120,19 +121,29 @@ FIT_DEPTHS = ((1, 2), (2, 2), (1, 3))
 
 
 def temp_bytes(step_fn, config, vocab_size: int, batch: int) -> dict:
-    """XLA's temporaries of step_fn at the config's depths, extrapolated from cut models compiled in
-    float32 (XLA:CPU upcasts bfloat16, so its bf16 buffer sizes are not a GPU's or TPU's; float32 bounds
-    a bf16 run's from above): t(vit_depth, depth) = base + a vit_depth + b depth, fitted on FIT_DEPTHS."""
+    """XLA's temporaries of step_fn at the config's depths, split into a part that grows with the batch
+    (activations) and one that does not (gradient and optimizer temporaries, parameter-sized: FSDP
+    splits them), from cut models compiled in float32 at `batch` and 2 x `batch` (XLA:CPU upcasts
+    bfloat16, so its bf16 buffer sizes are not a GPU's or TPU's; float32 bounds a bf16 run's from above).
+    Each part is fitted as base + a vit_depth + b depth on FIT_DEPTHS and extrapolated.
+    -> {'fixed': bytes, 'per_sample': bytes per sample, 'measured': ...}."""
     t = {}
     for dv, d in FIT_DEPTHS:
         c = _cut(config, dv, d)
-        t[(dv, d)] = float(step_fn(Policy(c, vocab_size), c, batch))
+        policy = Policy(c, vocab_size)
+        t[(dv, d)] = [float(step_fn(policy, c, b)) for b in (batch, 2 * batch)]
     (v0, d0), (v1, _), (_, d1) = FIT_DEPTHS
-    a, b = t[(v1, d0)] - t[(v0, d0)], (t[(v0, d1)] - t[(v0, d0)]) / (d1 - d0)
-    base = t[(v0, d0)] - a * v0 - b * d0
     p = config.policy
-    return {"measured": {f"vit{dv}_layers{d}": v for (dv, d), v in t.items()},
-            "per_vit_layer": a, "per_layer": b, "full_depth": base + a * p.vit_depth + b * p.depth}
+
+    def extrapolate(value):                      # value(t_at_batch, t_at_2_batch) at each cut -> full depth
+        at = {k: value(*v) for k, v in t.items()}
+        a, b = at[(v1, d0)] - at[(v0, d0)], (at[(v0, d1)] - at[(v0, d0)]) / (d1 - d0)
+        return at[(v0, d0)] + a * (p.vit_depth - v0) + b * (p.depth - d0)
+
+    per_sample = extrapolate(lambda t1, t2: (t2 - t1) / batch)
+    return {"measured": {f"vit{dv}_layers{d}": {f"batch{batch}": v[0], f"batch{2 * batch}": v[1]}
+                         for (dv, d), v in t.items()},
+            "per_sample": per_sample, "fixed": extrapolate(lambda t1, t2: 2 * t1 - t2)}
 
 
 def _layer_bytes(params, fsdp: int) -> float:
@@ -160,13 +171,15 @@ def plan(config, devices: int, fsdp: int, hbm_gb: float, sft_batch: int, ppo_bat
     layer = _layer_bytes(params, fsdp)
     print(f"compiling cut models for the activation estimate ({config.policy.depth} layers, "
           f"{config.policy.vit_depth} ViT layers)...", file=sys.stderr)
-    sft_temp = temp_bytes(_sft_step, config, vocab_size, sft_batch // devices)
-    ppo_temp = temp_bytes(_ppo_step, config, vocab_size, ppo_batch // devices)
+    sft_temp = temp_bytes(_sft_step, config, vocab_size, max(sft_batch // devices, 1))
+    ppo_temp = temp_bytes(_ppo_step, config, vocab_size, max(ppo_batch // devices, 1))
     ema = float(config.sft.ema) > 0
+    sft_batch_dev, ppo_batch_dev = sft_batch // devices, ppo_batch // devices
     sft = {"params": p_bytes, "ema_params": p_bytes if ema else 0.0, "grads": p_bytes, "adam_moments": 2 * p_bytes,
-           "gathered_layer": layer, "activations_and_temps": sft_temp["full_depth"]}
+           "gathered_layer": layer, "update_temps": sft_temp["fixed"] / fsdp,
+           "activations": sft_temp["per_sample"] * sft_batch_dev}
     ppo_row = {"params": p_bytes, "grads": ppo_state, "adam_moments": 2 * ppo_state, "gathered_layer": layer,
-               "activations_and_temps": ppo_temp["full_depth"]}
+               "update_temps": ppo_temp["fixed"] / fsdp, "activations": ppo_temp["per_sample"] * ppo_batch_dev}
     out = {"mesh": {"devices": devices, "data": devices // fsdp, "fsdp": fsdp, "hbm_gb": hbm_gb},
            "params": {group: count(tree) for group, tree in params.items()} | {"total": count(params)},
            "sft": {"global_batch": sft_batch, "per_device_batch": sft_batch // devices, "bytes": sft,
@@ -184,7 +197,7 @@ def _table(out: dict) -> str:
     lines = [f"mesh: {m['devices']} devices = data {m['data']} x fsdp {m['fsdp']}, {m['hbm_gb']:g} GB each; "
              f"params {out['params']['total'] / 1e9:.2f}B", row("per device (GB)", "SFT (whole model)",
                                                                "PPO (expert + value)")]
-    for key in ("params", "ema_params", "grads", "adam_moments", "gathered_layer", "activations_and_temps"):
+    for key in ("params", "ema_params", "grads", "adam_moments", "gathered_layer", "update_temps", "activations"):
         lines.append(row(key, f"{sft['bytes'].get(key, 0) / GB:.2f}", f"{ppo_row['bytes'].get(key, 0) / GB:.2f}"))
     lines.append(row("total", f"{sft['total_gb']:.2f}", f"{ppo_row['total_gb']:.2f}"))
     lines.append(row("batch per device", sft["per_device_batch"], ppo_row["per_device_minibatch"]))
