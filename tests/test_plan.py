@@ -25,17 +25,16 @@ def test_temporaries_extrapolate_to_a_direct_compile():
     config = tabletop.get_config("smoke")
     config.policy.update(dict(vit_depth=3, depth=4, expert_depth=4, dtype="float32"))
     vocab = 300
-    estimate = plan.temp_bytes(plan._sft_step, config, vocab, batch=2)
-    assert estimate["per_sample"] > 0 and estimate["fixed"] > 0
-    for batch in (6,):
-        direct = float(plan._sft_step(Policy(config, vocab), config, batch))
-        predicted = estimate["fixed"] + estimate["per_sample"] * batch
-        assert abs(predicted - direct) / direct < 0.1, (batch, predicted, direct)
+    estimate = plan.temp_bytes(plan._sft_phases, config, vocab, batch=4)
+    activations, update = plan._sft_phases(Policy(config, vocab), config, 4)
+    assert estimate["activations"] > 0 and estimate["update"] > 0
+    assert abs(estimate["activations"] - activations) / activations < 0.1, (estimate, activations)
+    assert abs(estimate["update"] - update) / update < 0.1, (estimate, update)
 
 
 def test_plan_counts_the_whole_model_and_its_trained_part(monkeypatch):
     config = tabletop.get_config("smoke")
-    monkeypatch.setattr(plan, "temp_bytes", lambda *a, **k: {"fixed": 0.0, "per_sample": 0.0})   # no compiles
+    monkeypatch.setattr(plan, "temp_bytes", lambda *a, **k: {"activations": 0.0, "update": 0.0})   # no compiles
     out = plan.plan(config, devices=2, fsdp=2, hbm_gb=0.001, sft_batch=4, ppo_batch=4, vocab_size=300)
     params = Policy(config, 300).init(jax.random.PRNGKey(0), {
         "images": jnp.zeros((1, len(config.views), config.image_size, config.image_size, 3), jnp.uint8),

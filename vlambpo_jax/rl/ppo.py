@@ -135,12 +135,9 @@ def recompute_values(policy, params, transitions: Transitions, final_obs: dict,
     return values, policy.value(params, final_obs) * final_alive
 
 
-def make_update_fns(policy, rl_config, optimizer: optax.GradientTransformation):
-    """Returns (epoch, critic_epoch): each runs one pass of minibatch updates as a lax.scan.
-
-    epoch(state, buffer, key) -> (state, metrics averaged over minibatches);
-    critic_epoch: the same with the value loss only (actor frozen).
-    """
+def make_loss_fn(policy, rl_config):
+    """losses(params, minibatch: Buffer, critic_only) -> (loss, metrics): the clipped surrogate plus the
+    weighted value loss, or the value loss alone."""
     c = rl_config
 
     def losses(params, mb: Buffer, critic_only: bool):
@@ -152,6 +149,18 @@ def make_update_fns(policy, rl_config, optimizer: optax.GradientTransformation):
         p_loss, stats = ppo_loss.policy_loss(logp, mb.old_log_prob, mb.advantages, mb.policy_mask, c.clip,
                                             c.clip_negative)
         return p_loss + c.value_coef * v_loss, {"policy_loss": p_loss, "value_loss": v_loss, **stats}
+
+    return losses
+
+
+def make_update_fns(policy, rl_config, optimizer: optax.GradientTransformation):
+    """Returns (epoch, critic_epoch): each runs one pass of minibatch updates as a lax.scan.
+
+    epoch(state, buffer, key) -> (state, metrics averaged over minibatches);
+    critic_epoch: the same with the value loss only (actor frozen).
+    """
+    c = rl_config
+    losses = make_loss_fn(policy, rl_config)
 
     def update(state: PPOState, mb: Buffer, critic_only: bool):
         train = trainable(state.params, c.train_vlm)

@@ -9,11 +9,12 @@ PPO of the action expert + value head, on a (data, fsdp) mesh, without weights o
 
 State (parameters, gradients, AdamW moments, the EMA copy) is counted per leaf from jax.eval_shape
 and split the way train/sharding.param_specs splits it over the fsdp axis. Temporaries are what
-XLA's compiler reserves for one train step (memory_analysis of the CPU compile, in float32), measured
-on the model cut to 1-2 ViT and 2-3 transformer layers at two batch sizes and extrapolated linearly to
-the full depth (temp_bytes): the part that grows with the batch is the activations, at the per-device
-batch; the rest (gradient and optimizer-update temporaries, parameter-sized) is split over fsdp like
-the state. FSDP's gathered copy of one layer's weights is added on top. No remat is used by the
+XLA's compiler reserves (memory_analysis of the CPU compile, in float32) for the step's two phases,
+measured on the model cut to 1-2 ViT and 2-3 transformer layers and extrapolated linearly to the full
+depth (temp_bytes): the loss and its gradient at the per-device batch (the activations), and the
+optimizer update (parameter-sized, split over fsdp like the state). Their sum and FSDP's gathered copy
+of one layer's weights are added on top of the state, an upper bound since the two phases do not
+overlap. No remat is used by the
 policy, so every layer's activations are kept for the backward pass. Prints a table and one JSON object.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import flags
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
@@ -31,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 from vlambpo_jax import cli, loading
 from vlambpo_jax.models import pi05_import
 from vlambpo_jax.models.policy import Policy
-from vlambpo_jax.models.policy_train import SFTState, make_optimizer, make_train_step
+from vlambpo_jax.models.policy_train import make_optimizer
 from vlambpo_jax.rl import ppo
 from vlambpo_jax.train import sharding
 
@@ -71,24 +73,36 @@ def per_device_bytes(tree, mesh, min_size: int, rules=()) -> float:
     return total
 
 
-def _sft_step(policy: Policy, config, batch: int):
-    """(compiled SFT train step's temp bytes) at a per-device batch."""
-    tx, schedule = make_optimizer(config.sft, max(int(config.sft.steps), 1))
+def _temps(fn, *args) -> float:
+    return float(jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes)
+
+
+def _sft_phases(policy: Policy, config, batch: int) -> tuple[float, float]:
+    """XLA's temporaries of SFT's two phases: the flow-matching loss and its gradient at a per-device
+    batch (activations), and the clipped AdamW + EMA update of the whole model."""
+    tx, _ = make_optimizer(config.sft, max(int(config.sft.steps), 1))
     params = _init_shapes(policy, config)
-    state = jax.eval_shape(lambda p: SFTState(step=jnp.zeros((), jnp.int32), params=p, ema_params=p,
-                                              head_params={}, opt_state=tx.init((p, {}))), params)
     data = dict(_obs(config, batch), actions=jax.ShapeDtypeStruct((batch, config.chunk_size, config.action_dim),
                                                                   jnp.float32),
                 action_mask=jax.ShapeDtypeStruct((batch, config.chunk_size), jnp.bool_))
-    step = make_train_step(policy, tx, schedule, float(config.sft.ema), 0)
-    return jax.jit(step, donate_argnums=0).lower(state, data).compile().memory_analysis().temp_size_in_bytes
+    loss = lambda p, d: policy.flow_matching_loss(p, d, jax.random.PRNGKey(0))[0]  # noqa: E731
+    ema = float(config.sft.ema)
+
+    def update(params, ema_params, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, jax.tree.map(lambda e, p: ema * e + (1 - ema) * p, ema_params, params), opt_state
+
+    opt_state = jax.eval_shape(tx.init, params)
+    return _temps(jax.value_and_grad(loss), params, data), _temps(update, params, params, opt_state, params)
 
 
-def _ppo_step(policy: Policy, config, batch: int):
-    """(compiled PPO epoch's temp bytes) on one minibatch of `batch` chunks."""
+def _ppo_phases(policy: Policy, config, batch: int) -> tuple[float, float]:
+    """The same for PPO: the loss and gradient of the trained groups on a minibatch of `batch` chunks,
+    and their AdamW update."""
+    rl = config.rl
     params = _init_shapes(policy, config)
-    optimizer = ppo.make_optimizer(config.rl, params)
-    state = jax.eval_shape(lambda p: ppo.init_state(config.rl, optimizer, p), params)
+    optimizer = ppo.make_optimizer(rl, params)
     d = policy.dims
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
     mask = jax.ShapeDtypeStruct((batch,), jnp.bool_)
@@ -97,15 +111,17 @@ def _ppo_step(policy: Policy, config, batch: int):
                                "step": jax.ShapeDtypeStruct((batch,), jnp.int32)},
                         old_log_prob=f32(batch), old_value=f32(batch), advantages=f32(batch), returns=f32(batch),
                         mask=mask, policy_mask=mask)
-    epoch, _ = ppo.make_update_fns(policy, _with_minibatch(config.rl, batch), optimizer)
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    return jax.jit(epoch, donate_argnums=0).lower(state, buffer, key).compile().memory_analysis().temp_size_in_bytes
+    losses = ppo.make_loss_fn(policy, rl)
+    train = ppo.trainable(params, rl.train_vlm)
+    frozen = {name: sub for name, sub in params.items() if name not in train}
+    grad = jax.value_and_grad(lambda t, mb: losses({**frozen, **t}, mb, False)[0])
 
+    def update(train, opt_state, grads):
+        updates, opt_state = optimizer.update(grads, opt_state, train)
+        return optax.apply_updates(train, updates), opt_state
 
-def _with_minibatch(rl, batch: int):
-    rl = rl.copy_and_resolve_references()
-    rl.minibatch_size = batch
-    return rl
+    opt_state = jax.eval_shape(optimizer.init, train)
+    return _temps(grad, train, buffer), _temps(update, train, opt_state, train)
 
 
 def _cut(config, vit_depth: int, depth: int):
@@ -120,30 +136,26 @@ def _cut(config, vit_depth: int, depth: int):
 FIT_DEPTHS = ((1, 2), (2, 2), (1, 3))
 
 
-def temp_bytes(step_fn, config, vocab_size: int, batch: int) -> dict:
-    """XLA's temporaries of step_fn at the config's depths, split into a part that grows with the batch
-    (activations) and one that does not (gradient and optimizer temporaries, parameter-sized: FSDP
-    splits them), from cut models compiled in float32 at `batch` and 2 x `batch` (XLA:CPU upcasts
-    bfloat16, so its bf16 buffer sizes are not a GPU's or TPU's; float32 bounds a bf16 run's from above).
-    Each part is fitted as base + a vit_depth + b depth on FIT_DEPTHS and extrapolated.
-    -> {'fixed': bytes, 'per_sample': bytes per sample, 'measured': ...}."""
+def temp_bytes(phases_fn, config, vocab_size: int, batch: int) -> dict:
+    """XLA's temporaries of a train step's two phases at the config's depths (bytes on one device, the
+    update's before FSDP splits it), from cut models compiled in float32 (XLA:CPU upcasts bfloat16, so
+    its bf16 buffer sizes are not a GPU's or TPU's; float32 bounds a bf16 run's from above), each fitted
+    as base + a vit_depth + b depth on FIT_DEPTHS and extrapolated.
+    -> {'activations': the loss-and-gradient phase at `batch`, 'update': the optimizer update, 'measured'}."""
     t = {}
     for dv, d in FIT_DEPTHS:
         c = _cut(config, dv, d)
-        policy = Policy(c, vocab_size)
-        t[(dv, d)] = [float(step_fn(policy, c, b)) for b in (batch, 2 * batch)]
+        t[(dv, d)] = phases_fn(Policy(c, vocab_size), c, batch)
     (v0, d0), (v1, _), (_, d1) = FIT_DEPTHS
     p = config.policy
 
-    def extrapolate(value):                      # value(t_at_batch, t_at_2_batch) at each cut -> full depth
-        at = {k: value(*v) for k, v in t.items()}
+    def extrapolate(i):
+        at = {k: v[i] for k, v in t.items()}
         a, b = at[(v1, d0)] - at[(v0, d0)], (at[(v0, d1)] - at[(v0, d0)]) / (d1 - d0)
         return at[(v0, d0)] + a * (p.vit_depth - v0) + b * (p.depth - d0)
 
-    per_sample = extrapolate(lambda t1, t2: (t2 - t1) / batch)
-    return {"measured": {f"vit{dv}_layers{d}": {f"batch{batch}": v[0], f"batch{2 * batch}": v[1]}
-                         for (dv, d), v in t.items()},
-            "per_sample": per_sample, "fixed": extrapolate(lambda t1, t2: 2 * t1 - t2)}
+    return {"measured": {f"vit{dv}_layers{d}": {"activations": v[0], "update": v[1]} for (dv, d), v in t.items()},
+            "activations": extrapolate(0), "update": extrapolate(1)}
 
 
 def _layer_bytes(params, fsdp: int) -> float:
@@ -171,15 +183,13 @@ def plan(config, devices: int, fsdp: int, hbm_gb: float, sft_batch: int, ppo_bat
     layer = _layer_bytes(params, fsdp)
     print(f"compiling cut models for the activation estimate ({config.policy.depth} layers, "
           f"{config.policy.vit_depth} ViT layers)...", file=sys.stderr)
-    sft_temp = temp_bytes(_sft_step, config, vocab_size, max(sft_batch // devices, 1))
-    ppo_temp = temp_bytes(_ppo_step, config, vocab_size, max(ppo_batch // devices, 1))
+    sft_temp = temp_bytes(_sft_phases, config, vocab_size, sft_batch // devices)
+    ppo_temp = temp_bytes(_ppo_phases, config, vocab_size, ppo_batch // devices)
     ema = float(config.sft.ema) > 0
-    sft_batch_dev, ppo_batch_dev = sft_batch // devices, ppo_batch // devices
     sft = {"params": p_bytes, "ema_params": p_bytes if ema else 0.0, "grads": p_bytes, "adam_moments": 2 * p_bytes,
-           "gathered_layer": layer, "update_temps": sft_temp["fixed"] / fsdp,
-           "activations": sft_temp["per_sample"] * sft_batch_dev}
+           "gathered_layer": layer, "update_temps": sft_temp["update"] / fsdp, "activations": sft_temp["activations"]}
     ppo_row = {"params": p_bytes, "grads": ppo_state, "adam_moments": 2 * ppo_state, "gathered_layer": layer,
-               "update_temps": ppo_temp["fixed"] / fsdp, "activations": ppo_temp["per_sample"] * ppo_batch_dev}
+               "update_temps": ppo_temp["update"] / fsdp, "activations": ppo_temp["activations"]}
     out = {"mesh": {"devices": devices, "data": devices // fsdp, "fsdp": fsdp, "hbm_gb": hbm_gb},
            "params": {group: count(tree) for group, tree in params.items()} | {"total": count(params)},
            "sft": {"global_batch": sft_batch, "per_device_batch": sft_batch // devices, "bytes": sft,
