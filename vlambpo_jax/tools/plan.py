@@ -114,14 +114,14 @@ def _ppo_phases(policy: Policy, config, batch: int) -> tuple[float, float]:
     losses = ppo.make_loss_fn(policy, rl)
     train = ppo.trainable(params, rl.train_vlm)
     frozen = {name: sub for name, sub in params.items() if name not in train}
-    grad = jax.value_and_grad(lambda t, mb: losses({**frozen, **t}, mb, False)[0])
+    grad = jax.value_and_grad(lambda t, f, mb: losses({**f, **t}, mb, False)[0])
 
     def update(train, opt_state, grads):
         updates, opt_state = optimizer.update(grads, opt_state, train)
         return optax.apply_updates(train, updates), opt_state
 
     opt_state = jax.eval_shape(optimizer.init, train)
-    return _temps(grad, train, buffer), _temps(update, train, opt_state, train)
+    return _temps(grad, train, frozen, buffer), _temps(update, train, opt_state, train)
 
 
 def _cut(config, vit_depth: int, depth: int):
