@@ -22,8 +22,7 @@ from vlambpo_jax.rl.rollout import Transitions
 
 def trainable(params: dict, train_vlm: bool) -> dict:
     """The parameter groups PPO differentiates and updates: the action expert and the value head, and
-    the VLM with rl.train_vlm. The frozen VLM gets no gradient, optimizer state or update at all (at
-    pi0.5's size its zero gradients alone would be ~12 GB)."""
+    the VLM with rl.train_vlm. The frozen VLM gets no gradient, optimizer state or update at all."""
     return {name: sub for name, sub in params.items() if name != "vlm" or train_vlm}
 
 
