@@ -159,7 +159,7 @@ def temp_bytes(phases_fn, config, vocab_size: int, batch: int) -> dict:
 
 
 def _layer_bytes(params, fsdp: int) -> float:
-    """The largest layer's full weights: what FSDP gathers on every device while it runs."""
+    """One prefix + expert layer's full weights: what FSDP gathers on every device while it runs."""
     blocks = [v for k, v in params["vlm"].items() if k.startswith("blocks_")]
     expert = [v for k, v in params["action_expert"].items() if k.startswith("blocks_")]
     size = lambda tree: sum(np.prod(x.shape, dtype=np.float64) * 4 for x in jax.tree.leaves(tree))  # noqa: E731
@@ -178,8 +178,7 @@ def plan(config, devices: int, fsdp: int, hbm_gb: float, sft_batch: int, ppo_bat
     params = _init_shapes(policy, config)
     count = lambda tree: int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))  # noqa: E731
     p_bytes = per_device_bytes(params, **split)
-    trained = {"action_expert": params["action_expert"], "value_head": params["value_head"]}
-    ppo_state = per_device_bytes(trained, **split)
+    ppo_state = per_device_bytes(ppo.trainable(params, config.rl.train_vlm), **split)
     layer = _layer_bytes(params, fsdp)
     print(f"compiling cut models for the activation estimate ({config.policy.depth} layers, "
           f"{config.policy.vit_depth} ViT layers)...", file=sys.stderr)
