@@ -17,7 +17,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 
 from benchmarks.world_model_throughput import timed  # noqa: E402
@@ -50,15 +49,21 @@ def main(argv: list[str]) -> dict:
     n = horizon_chunks(config)
     k = int(config.chunk_size)
 
-    roll = jax.jit(lambda p, s, key: rollout(policy, p, world, None, s, key, n))
+    window = (int(rl.vine_window) or n) if rl.advantage == "vine" else 0
+    horizon = int(rl.vine_horizon) if window else 0
+    roll = jax.jit(lambda p, s, key: rollout(policy, p, world, None, s, key, n, window, int(rl.group_size),
+                                             horizon))
     t_roll = timed(roll, params, start, jax.random.PRNGKey(2), repeats=args.repeats)
     traj, bootstrap, _ = roll(params, start, jax.random.PRNGKey(2))
     buffer = jax.jit(lambda tr, v, bs: ppo.make_buffer(tr, v, bs, rl))(traj, traj.value, bootstrap)
     optimizer = ppo.make_optimizer(rl, params)
     epoch, _ = ppo.make_update_fns(policy, rl, optimizer)
     epoch = jax.jit(epoch)
-    state = ppo.PPOState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    state = ppo.init_state(rl, optimizer, params)
     t_epoch = timed(epoch, state, buffer, jax.random.PRNGKey(3), repeats=args.repeats)
+    if buffer.actor_rows is not None:   # vine: what re-scoring every row instead would cost
+        t_all_rows = timed(epoch, state, buffer.replace(actor_rows=None), jax.random.PRNGKey(3),
+                           repeats=args.repeats)
     samples = b * n
     minibatches = max(1, samples // int(rl.minibatch_size))
     result = {
@@ -71,7 +76,10 @@ def main(argv: list[str]) -> dict:
         "epoch_seconds": t_epoch, "minibatch_size": int(rl.minibatch_size), "minibatches_per_epoch": minibatches,
         "ppo_updates_per_s": minibatches / t_epoch, "ppo_samples_per_s": samples / t_epoch,
         "iteration_seconds_estimate": t_roll + t_epoch * (int(rl.epochs) + int(rl.critic_warmup_epochs)),
+        "advantage": str(rl.advantage), "train_vlm": bool(rl.train_vlm),
     }
+    if buffer.actor_rows is not None:
+        result.update(actor_rows=len(buffer.actor_rows), epoch_seconds_scoring_every_row=t_all_rows)
     cli.emit_json(json.dumps(result, indent=1), args.out)
     return result
 

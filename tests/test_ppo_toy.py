@@ -9,7 +9,7 @@ from configs import tabletop
 from vlambpo_jax import loading
 from vlambpo_jax.config_checks import validate
 from vlambpo_jax.models.policy import Policy
-from vlambpo_jax.rl import ppo, toy_world
+from vlambpo_jax.rl import ppo, rollout, toy_world
 
 
 # 'vine' over 2 chunks: only the first chunk is explored and trained; the second is the group's shared
@@ -83,3 +83,33 @@ def test_vine_buffer_values_every_chunk_the_branches_took(monkeypatch):
     # a toy branch's observation never changes, so its chunks' values equal its sampled chunk's
     for j in range(values.shape[1]):
         np.testing.assert_allclose(values[mask[:, j], j], values[sampled[:, j], j][0], rtol=1e-4)
+
+
+def test_vine_actor_rows_give_the_full_buffers_update():
+    """Vine re-scores only each branch's explored chunk (Buffer.actor_rows). In one minibatch that must
+    be the same update as scoring every row, since the surrogate's mask is zero on the others; a wrong
+    row (another chunk of the branch, another branch) changes the advantages it pairs with the chain."""
+    config = tabletop.get_config("smoke")
+    config.rl.update(dict(num_branches=16, minibatch_size=64, actor_lr=1e-3, advantage="vine", group_size=4,
+                          vine_window=0))
+    policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
+    world, d = toy_world.ToyWorld(), policy.dims
+    start = toy_world.toy_states(16, d.num_views, d.image_size, int(config.data.max_text_len), d.vocab_size)
+    params = policy.init(jax.random.PRNGKey(0), jax.tree.map(lambda x: x[:1], world.observe(start)))
+    traj, bootstrap, _ = rollout.rollout(policy, params, world, None, start, jax.random.PRNGKey(1), 3,
+                                         vine_window=3, group_size=4)
+    buffer = ppo.make_buffer(traj, traj.value, bootstrap, config.rl)
+    explored = np.asarray(traj.sampled).reshape(-1)
+    assert sorted(np.asarray(buffer.actor_rows)) == list(np.flatnonzero(explored))
+    assert not np.asarray(buffer.policy_mask)[~explored].any() and np.asarray(buffer.policy_mask).any()
+    opt = ppo.make_optimizer(config.rl, params)
+    epoch, _ = ppo.make_update_fns(policy, config.rl, opt)
+    key = jax.random.PRNGKey(2)
+    subset, m_subset = jax.jit(epoch)(ppo.init_state(config.rl, opt, params), buffer, key)
+    full, m_full = jax.jit(epoch)(ppo.init_state(config.rl, opt, params), buffer.replace(actor_rows=None), key)
+    for name in ("policy_loss", "value_loss", "grad_norm"):
+        np.testing.assert_allclose(float(m_subset[name]), float(m_full[name]), rtol=1e-4, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(subset.params), jax.tree.leaves(full.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params["action_expert"]),
+                                                    jax.tree.leaves(subset.params["action_expert"])))

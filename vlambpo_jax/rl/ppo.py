@@ -65,6 +65,9 @@ class Buffer:
     returns: jax.Array
     mask: jax.Array          # the chunk was taken (value loss)
     policy_mask: jax.Array   # ... and carries a learning signal (policy loss; drops degenerate groups)
+    # int32[M]: the only rows the policy loss can see (vine: each branch's explored chunk), so the
+    # chain is re-scored on those alone; None: every row
+    actor_rows: jax.Array | None = None
 
 
 def group_relative_advantages(transitions: Transitions, group_size: int,
@@ -110,10 +113,14 @@ def compute_targets(transitions: Transitions, values: jax.Array, bootstrap: jax.
 def make_buffer(transitions: Transitions, values: jax.Array, bootstrap: jax.Array, rl_config) -> Buffer:
     adv, ret, policy_mask = compute_targets(transitions, values, bootstrap, rl_config)
     flat = lambda x: x.reshape((-1,) + x.shape[2:])
+    actor_rows = None
+    if rl_config.advantage == "vine":   # one sampled chunk per branch; rows are flattened time-major
+        b = transitions.mask.shape[1]
+        actor_rows = jnp.argmax(transitions.sampled, axis=0) * b + jnp.arange(b)
     return Buffer(obs=jax.tree.map(flat, transitions.obs), chain=jax.tree.map(flat, transitions.chain),
                   old_log_prob=flat(transitions.log_prob), old_value=flat(values),
                   advantages=flat(adv), returns=flat(ret), mask=flat(transitions.mask),
-                  policy_mask=flat(policy_mask))
+                  policy_mask=flat(policy_mask), actor_rows=actor_rows)
 
 
 def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:
@@ -135,18 +142,26 @@ def recompute_values(policy, params, transitions: Transitions, final_obs: dict,
 
 
 def make_loss_fn(policy, rl_config):
-    """losses(params, minibatch: Buffer, critic_only) -> (loss, metrics): the clipped surrogate plus the
-    weighted value loss, or the value loss alone."""
+    """losses(params, minibatch: Buffer, critic_only, actor_mb=None) -> (loss, metrics): the clipped
+    surrogate plus the weighted value loss, or the value loss alone. With `actor_mb` (rows of the
+    buffer's actor_rows) the surrogate is taken on it and the value loss on `minibatch`; without, both
+    on `minibatch`."""
     c = rl_config
 
-    def losses(params, mb: Buffer, critic_only: bool):
-        logp, value = policy.log_prob_and_value(params, mb.obs, mb.chain, train_vlm=c.train_vlm)
+    def losses(params, mb: Buffer, critic_only: bool, actor_mb: Buffer | None = None):
+        if critic_only or actor_mb is not None:
+            value = policy.value(params, mb.obs)
+        else:
+            logp, value = policy.log_prob_and_value(params, mb.obs, mb.chain, train_vlm=c.train_vlm)
+            actor_mb = mb
         v_loss = ppo_loss.value_loss(value, mb.old_value, mb.returns, mb.mask, c.value_clip,
                                      c.huber_delta)
         if critic_only:
             return c.value_coef * v_loss, {"value_loss": v_loss}
-        p_loss, stats = ppo_loss.policy_loss(logp, mb.old_log_prob, mb.advantages, mb.policy_mask, c.clip,
-                                            c.clip_negative)
+        if actor_mb is not mb:
+            logp = policy.log_prob(params, actor_mb.obs, actor_mb.chain, train_vlm=c.train_vlm)
+        p_loss, stats = ppo_loss.policy_loss(logp, actor_mb.old_log_prob, actor_mb.advantages,
+                                            actor_mb.policy_mask, c.clip, c.clip_negative)
         return p_loss + c.value_coef * v_loss, {"policy_loss": p_loss, "value_loss": v_loss, **stats}
 
     return losses
@@ -161,11 +176,11 @@ def make_update_fns(policy, rl_config, optimizer: optax.GradientTransformation):
     c = rl_config
     losses = make_loss_fn(policy, rl_config)
 
-    def update(state: PPOState, mb: Buffer, critic_only: bool):
+    def update(state: PPOState, mb: Buffer, critic_only: bool, actor_mb: Buffer | None = None):
         train = trainable(state.params, c.train_vlm)
         frozen = {name: sub for name, sub in state.params.items() if name not in train}
         (loss, metrics), grads = jax.value_and_grad(
-            lambda t: losses({**frozen, **t}, mb, critic_only), has_aux=True)(train)
+            lambda t: losses({**frozen, **t}, mb, critic_only, actor_mb), has_aux=True)(train)
         updates, new_opt = optimizer.update(grads, state.opt_state, train)
         new_train = optax.apply_updates(train, updates)
         if critic_only:
@@ -177,12 +192,26 @@ def make_update_fns(policy, rl_config, optimizer: optax.GradientTransformation):
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "loss": loss}
         return PPOState({**state.params, **new_train}, new_opt, state.step + 1), metrics
 
+    def minibatches(buffer: Buffer, rows: jax.Array, num_mb: int) -> Buffer:
+        rows = rows[: num_mb * (len(rows) // num_mb)]
+        return jax.tree.map(lambda x: x[rows].reshape((num_mb, -1) + x.shape[1:]), buffer)
+
     def run_epoch(state: PPOState, buffer: Buffer, key: jax.Array, critic_only: bool):
+        """Every row once, in minibatches of about rl.minibatch_size; with actor_rows, each minibatch
+        also carries an equal share of those rows for the surrogate."""
+        actor_rows, buffer = buffer.actor_rows, buffer.replace(actor_rows=None)
         n = buffer.mask.shape[0]
         num_mb = max(1, n // c.minibatch_size)
-        perm = jax.random.permutation(key, n)[: num_mb * (n // num_mb)]
-        batches = jax.tree.map(lambda x: x[perm].reshape((num_mb, -1) + x.shape[1:]), buffer)
-        state, metrics = jax.lax.scan(lambda s, mb: update(s, mb, critic_only), state, batches)
+        batches = minibatches(buffer, jax.random.permutation(key, n), num_mb)
+        if critic_only or actor_rows is None:
+            state, metrics = jax.lax.scan(lambda s, mb: update(s, mb, critic_only), state, batches)
+        else:
+            if len(actor_rows) < num_mb:
+                raise ValueError(f"{len(actor_rows)} actor rows cannot fill {num_mb} minibatches; "
+                                 "raise rl.minibatch_size")
+            actor_order = jax.random.permutation(jax.random.fold_in(key, 1), actor_rows)
+            actor = minibatches(buffer, actor_order, num_mb)
+            state, metrics = jax.lax.scan(lambda s, mbs: update(s, mbs[0], False, mbs[1]), state, (batches, actor))
         return state, jax.tree.map(jnp.mean, metrics)
 
     return (lambda s, b, k: run_epoch(s, b, k, False)), (lambda s, b, k: run_epoch(s, b, k, True))
