@@ -112,4 +112,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.policy.update(dict(num_denoise_steps=10, tokenizer="", dtype="bfloat16"))  # tokenizer: PaliGemma's dir
         c.chunk_size, c.image_size = sizes["chunk_size"], sizes["image_size"]
         c.data.max_text_len = 200
+        # openpi's pi0.5 input: the state binned into the prompt, every dim quantile-normalized
+        c.policy.prompt_format = "pi05"
+        c.data.update(dict(norm_mode="quantile", norm_skip_action_dims=(), norm_skip_state_dims=()))
+        c.stages = ("data", "sft")
     return c

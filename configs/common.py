@@ -36,7 +36,8 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     state_dim: proprio state dims (the action dims are config.action_dim).
     drop_first_zero_action: drop step 0 when its action is all zeros (Bridge episodes start so).
     binarize_gripper, gripper_dim: map a continuous gripper command (1 = open) to {0, 1}.
-    norm_mode: 'percentile' (1st/99th percentiles -> [-1, 1]) or 'zscore'.
+    norm_mode: 'percentile' (1st/99th percentiles -> [-1, 1], clipped), 'quantile' (the same unclipped, as
+      pi0.5) or 'zscore'.
     norm_skip_action_dims, norm_skip_state_dims: dims left unnormalized (the gripper).
     stats_cache_dir: where normalization statistics are cached ('' = <workdir>/norm_stats).
     batch_size: global batch (split over hosts); shuffle_buffer: samples in the shuffle buffer;
@@ -133,7 +134,9 @@ def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> 
     value_hidden: value-head MLP sizes (ReLU) on the mean-pooled stop-gradient prefix outputs.
     max_text_len: tokens per instruction (a reference to data.max_text_len, which the reader uses);
       tokenizer: 'byte' (UTF-8 bytes), 'words:tabletop' (whole words of the tabletop instructions) or a
-      local Hugging Face tokenizer directory.
+      local Hugging Face tokenizer directory; prompt_format: 'plain' (the instruction) or 'pi05'
+      (openpi's pi0.5 prompt with the state binned into it as text: data.norm_mode 'quantile', no
+      state token; read from logged data and by the server only, see config_checks).
     action_pad_dim: actions padded to this many dims inside the model (only action_dim are real).
     dtype: compute dtype ('float32' | 'bfloat16'; bf16 is far slower on CPU); params stay float32.
     """
@@ -143,7 +146,8 @@ def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> 
         expert_width=64, expert_depth=2, expert_mlp_dim=128,
         num_denoise_steps=3, noise_level=0.5, stochastic_step="per_call", noise_method="flow_sde", log_prob="sum",
         use_state=False, state_dim=7, perception_dim=0, value_hidden=(128, 64),
-        max_text_len=data.get_ref("max_text_len"), tokenizer="byte", action_pad_dim=7, dtype="float32",
+        max_text_len=data.get_ref("max_text_len"), tokenizer="byte", prompt_format="plain", action_pad_dim=7,
+        dtype="float32",
     ))
     c.update(overrides)
     if smoke:

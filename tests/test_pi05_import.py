@@ -12,6 +12,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from configs import bridge, tabletop  # noqa: E402
+from tests.helpers import pi05_reference  # noqa: E402
 from tests.helpers.fakes import RecordingWriter  # noqa: E402
 from vlambpo_jax import loading, pipeline  # noqa: E402
 from vlambpo_jax.config_checks import validate  # noqa: E402
@@ -26,36 +27,13 @@ TOL = 1e-4
 
 
 def _tiny_config(vocab=VOCAB, image_token=IMAGE_TOKEN, image_size=16, patch=4):
-    return transformers.PI05Config(
-        vlm_config=dict(
-            model_type="paligemma", projection_dim=64, image_token_id=image_token,
-            text_config=dict(model_type="gemma", hidden_size=64, num_hidden_layers=2, intermediate_size=96,
-                             num_attention_heads=4, num_key_value_heads=1, head_dim=16, vocab_size=vocab),
-            vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48,
-                               patch_size=patch, image_size=image_size, num_hidden_layers=2, num_attention_heads=2,
-                               vision_use_head=False)),
-        dit_config=dict(model_type="gemma", hidden_size=48, num_hidden_layers=2, intermediate_size=80,
-                        num_attention_heads=4, num_key_value_heads=1, head_dim=16),
-        chunk_size=5, max_action_dim=8, num_inference_steps=3)
-
-
-def _save_random(config, path):
-    """A random transformers PI05 saved to `path`; its norms and adaRMS layers (zero at init) and biases
-    randomized, so a mis-mapped tensor shows."""
-    torch.manual_seed(0)
-    model = transformers.PI05ForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn_like(p))
-    model.save_pretrained(path, safe_serialization=True)
-    return model
+    return pi05_reference.tiny_config(vocab, image_token, image_size, patch)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     path = tmp_path_factory.mktemp("pi05")
-    return _save_random(_tiny_config(), path), str(path)
+    return pi05_reference.save_random(_tiny_config(), path), str(path)
 
 
 def _policy(path):
@@ -195,7 +173,7 @@ def test_sft_starts_from_a_pi05_checkpoint(tmp_path):
     policy is the checkpoint's weights (the bridge smoke pipeline, sizes set to the checkpoint's)."""
     vocab = ByteTokenizer.vocab_size
     ckpt = tmp_path / "pi05"
-    _save_random(_tiny_config(vocab=vocab, image_token=vocab, image_size=32, patch=8), ckpt)
+    pi05_reference.save_random(_tiny_config(vocab=vocab, image_token=vocab, image_size=32, patch=8), ckpt)
     config = bridge.get_config("smoke")
     sizes = pi05_import.policy_sizes(str(ckpt))
     config.policy.update(sizes["policy"])

@@ -13,8 +13,10 @@ from typing import Any, Callable
 import ml_collections
 
 from vlambpo_jax import stages as stage_registry
+from vlambpo_jax.data import normalization
 from vlambpo_jax.data.rlds_reader import ACTION_PADS
 from vlambpo_jax.data.standardize import EMPTY_VIEW_RULES, LAYOUTS
+from vlambpo_jax.data.tokenizer import PROMPT_FORMATS
 from vlambpo_jax.envs import has_simulator
 from vlambpo_jax.models.flow_sampling import CFG_RENORM_TYPES
 from vlambpo_jax.models.world_model import REWARD_LABELS, REWARD_VIEWS
@@ -142,7 +144,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("checkpoint.every_steps", _int_range(1)),
     ("log.every_steps", _int_range(1)),
     ("log.progress", _one_of("auto", "bar", "lines", "off")),
-    ("data.norm_mode", _one_of("zscore", "percentile")),
+    ("data.norm_mode", _one_of(*normalization.MODES)),
     ("data.batch_size", _int_range(1)),
     ("data.max_text_len", _int_range(3, 4096)),
     ("policy.num_denoise_steps", _int_range(1, 100)),
@@ -164,6 +166,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
      "name a tokenizer: 'byte', 'words:tabletop' or a local Hugging Face tokenizer directory (pi0.5: "
      "PaliGemma's, e.g. --config.policy.tokenizer=/path/to/paligemma_tokenizer)"),
     ("policy.vit_stem", _one_of("patch", "conv")),
+    ("policy.prompt_format", _one_of(*PROMPT_FORMATS)),
     ("policy.perception_dim", _int_range(0)),
     ("policy.vit_patch", _int_range(1)),
     ("policy.num_kv_heads", _int_range(1)),
@@ -270,6 +273,29 @@ def _horizons(config) -> dict[str, int]:
     return dict(horizons.items()) if hasattr(horizons, "items") else {}
 
 
+# Stages that do not tokenize the policy's prompt, or build it from logged data (the data reader)
+PI05_PROMPT_STAGES = ("data", "sft", "wm_pretrain", "wm_finetune")
+
+
+def _pi05_prompt_problems(config, p, stages) -> list[tuple[str, Any, str]]:
+    """The pi05 prompt writes the robot state into the text: the data reader and the server build it;
+    the simulator's policy functions and imagined branches (whose world model predicts no state)
+    tokenize the instruction alone."""
+    out = []
+    if p.use_state:
+        out.append(("policy.use_state", True, "must be False with policy.prompt_format='pi05' (the state "
+                    "is written into the prompt, not given as a token)"))
+    if get(config, "data.norm_mode") != "quantile":
+        out.append(("data.norm_mode", get(config, "data.norm_mode"), "must be 'quantile' with "
+                    "policy.prompt_format='pi05' (pi0.5 bins the unclipped quantile-normalized state)"))
+    other = [s for s in stages if s not in PI05_PROMPT_STAGES]
+    if "env" in config or other:
+        out.append(("policy.prompt_format", "pi05", f"runs only the stages {list(PI05_PROMPT_STAGES)} on "
+                    f"logged data (and the server), not {other or 'a simulator'}: the other stages build "
+                    "prompts without the robot state"))
+    return out
+
+
 def _cross_problems(config) -> list[tuple[str, Any, str]]:
     """(key, value, what is allowed) for rules that involve several fields."""
     out = []
@@ -306,6 +332,8 @@ def _cross_problems(config) -> list[tuple[str, Any, str]]:
             elif not (get(config, "env.privileged_state") is True and get(config, "data.state_dim") == 11):
                 out.append(("sft.perception_teacher", True, "reads the true positions from the demos' "
                             "privileged state: needs config.env.privileged_state=True and config.data.state_dim=11"))
+        if p.get("prompt_format", "plain") == "pi05":
+            out += _pi05_prompt_problems(config, p, stages)
         if p.use_state and imagining:
             out.append(("policy.use_state", True, f"cannot run stage {imagining[0]!r}: the world model "
                         "predicts images, not the state this policy reads (use rl.world='sim' or "

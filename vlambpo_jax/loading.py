@@ -5,12 +5,14 @@ Stages, the tools and the policy server load through here; nothing loads a model
 stage that trained it.
 
   load_policy(dir[, config])       -> (Policy, params, tokenizer, assets)
+  load_pi05_policy(dir, config)    -> the same for a pi0.5 checkpoint as released (no training here)
   load_world_model(dir[, config])  -> (WorldModel, params, assets); refuses a config whose layout
                                       settings (LAYOUT_KEYS) differ from those it was trained with
   make_tokenizer(spec)             -> the tokenizer config.policy.tokenizer names
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -19,10 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlambpo_jax.data import normalization
+from vlambpo_jax.data import imported_stats, normalization
 from vlambpo_jax.data import tokenizer as tok_lib
 from vlambpo_jax.envs import tasks
 from vlambpo_jax.errors import UserError
+from vlambpo_jax.models import pi05_import
 from vlambpo_jax.models.policy import Policy
 from vlambpo_jax.models.world_model import WorldModel, spec_from_config
 from vlambpo_jax.train import checkpoints
@@ -91,6 +94,39 @@ def load_policy(directory, config=None, step: int | None = None):
     unnormalize = action_unnormalizer(norm_stats(assets), norm_mode(assets, config))
     policy = Policy(config, unnormalize=unnormalize, vocab_size=tokenizer.vocab_size)
     return policy, jax.tree.map(jnp.asarray, raw), tokenizer, assets
+
+
+def load_pi05_policy(directory, config, asset_id: str = ""):
+    """A pi0.5 checkpoint directory as released (transformers or LeRobot safetensors + config.json, with
+    openpi or LeRobot normalization statistics: data/imported_stats.py) -> (Policy, params, tokenizer,
+    assets) as load_policy gives them, to serve it as is.
+
+    config: the run's config (configs/bridge.py:pi05, whose policy.tokenizer names PaliGemma's
+    tokenizer directory); the checkpoint's config.json sets the model's sizes, its statistics the action
+    and state dims and the normalization. asset_id: which robot's statistics (openpi's assets/<id>) when
+    the checkpoint ships several. The value head (no part of pi0.5) is zeros."""
+    directory = str(directory)
+    stats, mode = imported_stats.load_checkpoint_stats(directory, asset_id)
+    sizes = pi05_import.policy_sizes(directory)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.policy.update(sizes["policy"])
+    config.chunk_size, config.image_size = sizes["chunk_size"], sizes["image_size"]
+    config.action_dim = int(stats["action"].mean.shape[0])
+    config.data.update(dict(norm_mode=mode, norm_skip_action_dims=(), norm_skip_state_dims=()))
+    if "state" in stats.arrays:
+        config.policy.state_dim = config.data.state_dim = int(stats["state"].mean.shape[0])
+    config.policy.update(dict(prompt_format="pi05" if "state" in stats.arrays else "plain", use_state=False))
+    tokenizer = make_tokenizer(config.policy.tokenizer)
+    policy = Policy(config, unnormalize=action_unnormalizer(stats, mode), vocab_size=tokenizer.vocab_size)
+    d, length = policy.dims, int(config.policy.max_text_len)
+    example = {"images": jnp.zeros((1, d.num_views, d.image_size, d.image_size, 3), jnp.uint8),
+               "tokens": jnp.zeros((1, length), jnp.int32), "token_mask": jnp.ones((1, length), bool)}
+    shapes = jax.eval_shape(lambda: policy.init(jax.random.PRNGKey(0), example))
+    value_head = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["value_head"])
+    params = pi05_import.load_pi05(directory, {**shapes, "value_head": value_head})
+    assets = {"config": json.loads(config.to_json_best_effort()), "norm_stats": stats.to_dict(),
+              "norm_mode": mode, "source": directory}
+    return policy, jax.tree.map(jnp.asarray, params), tokenizer, assets
 
 
 def check_layout(saved: ml_collections.ConfigDict, config, what: str) -> None:

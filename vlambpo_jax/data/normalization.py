@@ -7,8 +7,10 @@ cached as JSON under a cache directory keyed by a fingerprint of the dataset fil
 and travel with checkpoints via `to_dict`/`from_dict`. The world model's 256-bin action tokens use the
 per-dim min/max kept here.
 
-Modes: 'zscore' (x - mean) / std, and 'percentile' 2 (x - q01) / (q99 - q01) - 1 clipped to [-1, 1].
-Dims where `mask` is False (the gripper, by default) pass through unchanged.
+Modes: 'zscore' (x - mean) / std, 'percentile' 2 (x - q01) / (q99 - q01) - 1 clipped to [-1, 1], and
+'quantile' the same map unclipped (openpi's and LeRobot's pi0.5 normalization, whose discretized state
+bins include the values outside [-1, 1]). Dims where `mask` is False (the gripper, by default) pass
+through unchanged.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-MODES = ("zscore", "percentile")
+MODES = ("zscore", "percentile", "quantile")
 _EPS = 1e-8
 
 
@@ -192,23 +194,25 @@ def _xp(x):
 
 
 def normalize(x, stats: ArrayStats, mode: str):
-    """x float[..., D] -> normalized float[..., D] (mode 'zscore' or 'percentile'); masked dims unchanged."""
+    """x float[..., D] -> normalized float[..., D] (one of MODES); masked dims unchanged."""
     xp = _xp(x)
     if mode == "zscore":
         y = (x - stats.mean) / np.maximum(stats.std, _EPS)
-    elif mode == "percentile":
-        y = xp.clip(2.0 * (x - stats.q01) / np.maximum(stats.q99 - stats.q01, _EPS) - 1.0, -1.0, 1.0)
+    elif mode in ("percentile", "quantile"):
+        y = 2.0 * (x - stats.q01) / np.maximum(stats.q99 - stats.q01, _EPS) - 1.0
+        if mode == "percentile":
+            y = xp.clip(y, -1.0, 1.0)
     else:
         raise ValueError(f"normalization mode must be one of {MODES}, got {mode!r}")
     return xp.where(stats.mask, y, x).astype(x.dtype)
 
 
 def unnormalize(y, stats: ArrayStats, mode: str):
-    """Inverse of `normalize` (exact for zscore; for percentile, exact inside [q01, q99])."""
+    """Inverse of `normalize` (exact for zscore and quantile; for percentile, exact inside [q01, q99])."""
     xp = _xp(y)
     if mode == "zscore":
         x = y * np.maximum(stats.std, _EPS) + stats.mean
-    elif mode == "percentile":
+    elif mode in ("percentile", "quantile"):
         x = (y + 1.0) / 2.0 * np.maximum(stats.q99 - stats.q01, _EPS) + stats.q01
     else:
         raise ValueError(f"normalization mode must be one of {MODES}, got {mode!r}")

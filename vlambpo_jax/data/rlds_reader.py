@@ -45,7 +45,7 @@ import tensorflow_datasets as tfds
 from vlambpo_jax.data import normalization
 from vlambpo_jax.data.errors import DataError, import_tensorflow, where
 from vlambpo_jax.data.standardize import StandardizeConfig, standardize
-from vlambpo_jax.data.tokenizer import ByteTokenizer
+from vlambpo_jax.data.tokenizer import ByteTokenizer, policy_prompt
 
 # Re-exported for users of the reader.
 __all__ = ["DataError", "StandardizeConfig", "open_builder", "resolve_builder_dir", "EpisodeReader",
@@ -356,13 +356,15 @@ class _TokenCache:
 
 
 def make_batch(samples: list[tuple[dict, int]], *, chunk_size: int, tokenizer=None, max_text_len: int = 32,
-               future: bool = False, action_pad: str = "repeat_last", _tokens: _TokenCache | None = None) -> dict:
+               future: bool = False, action_pad: str = "repeat_last", prompt_format: str = "plain",
+               _tokens: _TokenCache | None = None) -> dict:
     """Assembles samples (episode, t) into one batch (see the module docstring for keys and shapes).
 
     Episodes need 'images', 'image_mask', 'state_norm', 'action_norm', 'instruction', 'length',
     'index' and (for future) 'success' (see add_normalized). The action chunk at t is actions
     t..t+k-1; steps past the episode end are padded (action_pad 'repeat_last': the last action,
-    'zeros': zeros) and masked out in action_mask.
+    'zeros': zeros) and masked out in action_mask. The tokens encode tokenizer.policy_prompt of the
+    instruction (and, for prompt_format 'pi05', the normalized state at t).
     """
     if action_pad not in ACTION_PADS:
         raise ValueError(f"config.data.action_pad must be one of {ACTION_PADS}, got {action_pad!r}")
@@ -381,7 +383,7 @@ def make_batch(samples: list[tuple[dict, int]], *, chunk_size: int, tokenizer=No
         if action_pad == "zeros":
             chunk = np.where(valid[:, None], chunk, 0.0).astype(np.float32)
         text = ep["instruction"][t]
-        ids, mask = _tokens(text)
+        ids, mask = _tokens(policy_prompt(text, ep["state_norm"][t], prompt_format))
         out["images"].append(ep["images"][t])
         out["image_mask"].append(ep["image_mask"])
         out["state"].append(ep["state_norm"][t])
@@ -618,6 +620,7 @@ class RLDSLoader:
 
         batches = iter_batches(samples(), local_bs, drop_remainder=drop_remainder,
                                chunk_size=int(self.config.chunk_size), tokenizer=self.tokenizer,
-                               max_text_len=int(d.max_text_len), future=future, action_pad=d.action_pad)
+                               max_text_len=int(d.max_text_len), future=future, action_pad=d.action_pad,
+                               prompt_format=self.config.get("policy", {}).get("prompt_format", "plain"))
         for batch in prefetch(batches, int(d.get("prefetch", 0))):
             yield to_device(batch, sharding) if sharding is not None else batch

@@ -47,9 +47,15 @@ _UNUSED = re.compile(r"^(paligemma_with_expert\.(paligemma|gemma_expert)\.lm_hea
                      r"|model\.dit\.embed_tokens\.|lm_head\.)")
 
 
+# LeRobot writes its pre/post-processors' normalization statistics beside the weights
+# (policy_preprocessor_step_N_normalizer_processor.safetensors): not model tensors.
+_PROCESSOR_FILES = r"policy_(pre|post)processor"
+
+
 def read_tensors(path: str) -> dict[str, np.ndarray]:
-    """All tensors of <path>/*.safetensors, float32."""
-    return {k: np.asarray(v, np.float32) for k, v in read_safetensors(path, "pi0.5").items()}
+    """All model tensors of <path>/*.safetensors, float32."""
+    return {k: np.asarray(v, np.float32)
+            for k, v in read_safetensors(path, "pi0.5", skip=_PROCESSOR_FILES).items()}
 
 
 def canonical_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

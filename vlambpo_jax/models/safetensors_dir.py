@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 import numpy as np
 from safetensors.numpy import load_file
 
 
-def read_safetensors(path: str, what: str) -> dict[str, np.ndarray]:
-    """All tensors of <path>/*.safetensors by name; `what` names the checkpoint in the error."""
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+def read_safetensors(path: str, what: str, skip: str = "") -> dict[str, np.ndarray]:
+    """All tensors of <path>/*.safetensors by name, except files whose name matches the regex `skip`;
+    `what` names the checkpoint in the error."""
+    files = sorted(f for f in glob.glob(os.path.join(path, "*.safetensors"))
+                   if not (skip and re.match(skip, os.path.basename(f))))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {what} checkpoint directory {path!r}")
     out = {}

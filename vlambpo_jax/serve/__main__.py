@@ -3,6 +3,12 @@
   python -m vlambpo_jax.serve --checkpoint=WORKDIR/sft/policy [--host=127.0.0.1] [--port=8000]
       [--api_key=KEY] [--robot_config=libero|droid|aloha|FILE.json] [--batch_sizes=1,2,4,8]
 
+A pi0.5 checkpoint as released (transformers / LeRobot safetensors with config.json, and openpi's
+assets/<id>/norm_stats.json or LeRobot's normalizer files) is served as is:
+  python -m vlambpo_jax.serve --checkpoint=/ckpt/pi05_libero --robot_config=libero
+      --config=configs/bridge.py:pi05 --config.policy.tokenizer=/ckpt/paligemma_tokenizer
+      [--norm_stats_asset=physical-intelligence/libero]
+
 Robot side (unchanged openpi code):
   from openpi_client import websocket_client_policy
   policy = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", 8000, api_key=KEY)
@@ -23,6 +29,7 @@ import sys
 import jax
 from absl import app, flags
 
+from vlambpo_jax import cli
 from vlambpo_jax.serve import server as server_lib
 from vlambpo_jax.train.checkpoints import CheckpointError
 
@@ -45,6 +52,9 @@ flags.DEFINE_enum("mode", "eval", ["eval", "train"], "Policy.sample mode: eval =
 flags.DEFINE_integer("seed", 0, "Seeds the per-request seeds of requests that bring no 'seed'.")
 flags.DEFINE_integer("max_request_bytes", 16 * 2 ** 20, "Larger requests get an error reply.")
 flags.DEFINE_string("jax_cache_dir", None, "Persistent XLA compilation cache (speeds up restarts).")
+flags.DEFINE_string("norm_stats_asset", "", "pi0.5 checkpoints only: which robot's statistics (openpi's "
+                    "assets/<id>) when the checkpoint ships several.")
+cli.define_config(FLAGS)   # pi0.5 checkpoints only (sizes and tokenizer); trained checkpoints carry theirs
 flags.mark_flags_as_required(["checkpoint"])
 
 
@@ -70,8 +80,9 @@ def main(argv):
             FLAGS.checkpoint, robot_config=FLAGS.robot_config, batch_sizes=batch_sizes, mode=FLAGS.mode,
             seed=FLAGS.seed, batch_wait_s=FLAGS.batch_wait_ms / 1e3, step=FLAGS.step, host=FLAGS.host,
             port=FLAGS.port, api_key=api_key, max_request_bytes=FLAGS.max_request_bytes,
-            log_fn=lambda m: print(m, flush=True))
-    except (ValueError, CheckpointError) as e:
+            config=None if FLAGS.config is None else cli.checked(FLAGS.config),
+            norm_stats_asset=FLAGS.norm_stats_asset, log_fn=lambda m: print(m, flush=True))
+    except (ValueError, KeyError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

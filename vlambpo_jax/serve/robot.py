@@ -25,6 +25,8 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
+from vlambpo_jax.data.tokenizer import policy_prompt
+
 SEED_KEY = "seed"    # optional int in [0, 2**31): the request's sampling seed (server picks one otherwise)
 
 
@@ -133,13 +135,15 @@ class ObservationMapper:
     """Turns one decoded request into the policy's single-example observation.
 
     tokenizer: has encode(text, max_len) -> (int32[L], bool[L]). state_norm: None, or a function
-    float32[D] -> normalized float32[D] (the checkpoint's state statistics).
+    float32[D] -> normalized float32[D] (the checkpoint's state statistics). prompt_format: the text the
+    tokenizer reads (data.tokenizer.policy_prompt); 'pi05' writes the normalized state into it, so the
+    state keys are read then even without a state token (use_state).
     __call__ returns {'images': uint8[V, S, S, 3], 'image_mask': bool[V], 'tokens': int32[L],
     'token_mask': bool[L], ('state': float32[D])} and the request's seed (int or None).
     """
 
     def __init__(self, robot: RobotConfig, *, image_size: int, max_text_len: int, tokenizer,
-                 use_state: bool = False, state_dim: int = 0, state_norm=None):
+                 use_state: bool = False, state_dim: int = 0, state_norm=None, prompt_format: str = "plain"):
         self.robot = robot
         self.image_size = int(image_size)
         self.max_text_len = int(max_text_len)
@@ -147,12 +151,14 @@ class ObservationMapper:
         self.use_state = bool(use_state)
         self.state_dim = int(state_dim)
         self.state_norm = state_norm
+        self.prompt_format = prompt_format
+        self.reads_state = self.use_state or prompt_format != "plain"
 
     def required_keys(self) -> list[str]:
         keys = [k for k in self.robot.image_keys if k]
         if not self.robot.default_prompt:
             keys.append(self.robot.prompt_key)
-        if self.use_state:
+        if self.reads_state:
             keys += list(self.robot.state_keys)
         return keys
 
@@ -226,11 +232,13 @@ class ObservationMapper:
             else:
                 images.append(np.zeros((self.image_size, self.image_size, 3), np.uint8))
                 present.append(False)
-        tokens, token_mask = self.tokenizer.encode(self._prompt(obs), self.max_text_len)
+        state = self._state(obs) if self.reads_state else None
+        text = policy_prompt(self._prompt(obs), state, self.prompt_format)
+        tokens, token_mask = self.tokenizer.encode(text, self.max_text_len)
         out = {"images": np.stack(images), "image_mask": np.asarray(present, bool),
                "tokens": np.asarray(tokens, np.int32), "token_mask": np.asarray(token_mask, bool)}
         if self.use_state:
-            out["state"] = self._state(obs)
+            out["state"] = state
         seed = None
         if SEED_KEY in obs:
             seed = obs[SEED_KEY]

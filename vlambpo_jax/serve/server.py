@@ -35,6 +35,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from vlambpo_jax import loading
+from vlambpo_jax.models import pi05_import
 from vlambpo_jax.serve import wire
 from vlambpo_jax.serve.batcher import BatchedSampler, Result
 from vlambpo_jax.serve.robot import ObservationMapper, RequestError, load_robot_config
@@ -196,18 +197,27 @@ class ServerThread:
 def build(checkpoint, *, robot_config: str = "", batch_sizes=(1, 2, 4, 8), mode: str = "eval", seed: int = 0,
           batch_wait_s: float = 0.0, step: int | None = None, host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-          log_fn: Callable[[str], None] = log.info) -> PolicyServer:
-    """Loads a checkpoint (vlambpo_jax.loading.load_policy), compiles every batch size (warm-up) and
-    returns a PolicyServer whose sampler is started; call `await server.serve()` or ServerThread(server)."""
+          config=None, norm_stats_asset: str = "", log_fn: Callable[[str], None] = log.info) -> PolicyServer:
+    """Loads a checkpoint (vlambpo_jax.loading.load_policy; a pi0.5 checkpoint as released through
+    loading.load_pi05_policy, which needs `config`), compiles every batch size (warm-up) and returns a
+    PolicyServer whose sampler is started; call `await server.serve()` or ServerThread(server)."""
     t0 = time.perf_counter()
-    policy, params, tokenizer, assets = loading.load_policy(Path(checkpoint), step=step)
+    if pi05_import.is_pi05_checkpoint(str(checkpoint)):
+        if config is None:
+            raise ValueError(f"{checkpoint} is a pi0.5 checkpoint: serve it with --config=configs/bridge.py:pi05 "
+                             "--config.policy.tokenizer=<PaliGemma tokenizer directory>")
+        policy, params, tokenizer, assets = loading.load_pi05_policy(checkpoint, config, norm_stats_asset)
+    else:
+        policy, params, tokenizer, assets = loading.load_policy(Path(checkpoint), step=step)
     config, dims = policy.config, policy.dims
     robot = load_robot_config(robot_config, dims.num_views)
-    state_norm = loading.state_normalizer(assets, config) if dims.use_state else None
+    prompt_format = config.policy.get("prompt_format", "plain")
+    reads_state = dims.use_state or prompt_format != "plain"
     max_text_len = int(config.policy.max_text_len)
     mapper = ObservationMapper(robot, image_size=dims.image_size, max_text_len=max_text_len,
-                               tokenizer=tokenizer, use_state=dims.use_state, state_dim=dims.state_dim,
-                               state_norm=state_norm)
+                               tokenizer=tokenizer, use_state=dims.use_state, state_dim=int(config.policy.state_dim),
+                               state_norm=loading.state_normalizer(assets, config) if reads_state else None,
+                               prompt_format=prompt_format)
     log_fn(f"loaded {checkpoint} in {time.perf_counter() - t0:.1f} s; robot config {robot.name!r}")
 
     sampler = BatchedSampler(policy, params, batch_sizes=batch_sizes, mode=mode, seed=seed,
@@ -226,7 +236,8 @@ def build(checkpoint, *, robot_config: str = "", batch_sizes=(1, 2, 4, 8), mode:
         "server": "vlambpo_jax", "mode": mode,
         "action_horizon": int(dims.chunk_size), "action_dim": int(dims.action_dim),
         "views": list(config.views), "image_size": int(dims.image_size),
-        "use_state": bool(dims.use_state), "state_dim": int(dims.state_dim) if dims.use_state else 0,
+        "use_state": bool(dims.use_state), "state_dim": int(dims.state_dim) if reads_state else 0,
+        "prompt_format": prompt_format,
         "robot_config": robot.to_dict(), "max_request_bytes": int(max_request_bytes),
         "batch_sizes": list(sampler.batch_sizes),
     }

@@ -252,7 +252,7 @@ def run(ctx) -> dict:
               f"({time.time() - t0:.1f} s)")
         make = lambda samples: model_batch(rlds_reader.make_batch(
             samples, chunk_size=int(config.chunk_size), tokenizer=tokenizer, max_text_len=max_len,
-            action_pad=config.data.action_pad), use_state, teacher)
+            action_pad=config.data.action_pad, prompt_format=config.policy.prompt_format), use_state, teacher)
         batch_fn = RoundBatches(InMemoryBatches(episodes, batch_size, int(config.seed), make))
     else:
         stream = (model_batch(b, use_state, teacher) for b in loader.batches(batch_size=batch_size))
