@@ -56,6 +56,10 @@ def test_round_trip_numpy_and_jax(mode):
         inside = ((x >= stats.q01) & (x <= stats.q99)).all(1)
         np.testing.assert_allclose(nz.unnormalize(y, stats, mode)[inside], x[inside], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(nz.normalize(stats.q99[None], stats, mode)[0, :6], 1.0, atol=1e-6)
+    elif mode == "quantile":   # the same map unclipped: exact everywhere, beyond [-1, 1] outside the quantiles
+        assert y[:, :6].min() < -1 and y[:, :6].max() > 1
+        np.testing.assert_allclose(nz.unnormalize(y, stats, mode), x, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(nz.normalize(stats.q01[None], stats, mode)[0, :6], -1.0, atol=1e-6)
     else:
         np.testing.assert_allclose(y[:, :6].mean(0), 0, atol=1e-4)
         np.testing.assert_allclose(y[:, :6].std(0), 1, atol=1e-4)
