@@ -188,3 +188,29 @@ def test_sft_starts_from_a_pi05_checkpoint(tmp_path):
     for group in ("vlm", "action_expert"):
         for a, b in zip(jax.tree.leaves(params[group]), jax.tree.leaves(expected[group])):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_openpi_release_loads_like_the_safetensors(reference, tmp_path):
+    """openpi's own release layout (orbax, layers stacked, einsum weights, nnx 'value' leaves): the same
+    weights, written into it from torch's conventions (tests/helpers/pi05_reference.py), load to exactly
+    the params of the safetensors import, and the sizes read from the arrays' shapes are the config's."""
+    _, path = reference
+    _, init, _ = _policy(path)
+    tensors = pi05_import.canonical_names(pi05_import.read_tensors(path))
+    ckpt = str(tmp_path / "pi05_openpi")
+    pi05_reference.save_openpi_params(tensors, ckpt, heads=4, vit_heads=2)
+    assert pi05_import.is_openpi_checkpoint(ckpt) and pi05_import.is_pi05_checkpoint(ckpt)
+    sizes, expected = pi05_import.policy_sizes(ckpt), pi05_import.policy_sizes(path)
+    assert sizes["policy"] == expected["policy"] and sizes["image_size"] == expected["image_size"]
+    assert sizes["chunk_size"] is None                       # openpi stores no chunk length
+    ours, theirs = pi05_import.load_pi05(ckpt, init), pi05_import.load_pi05(path, init)
+    leaves = jax.tree_util.tree_leaves_with_path(theirs)
+    assert len(leaves) == len(jax.tree.leaves(ours))
+    for (key, a), b in zip(leaves, jax.tree.leaves(ours)):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=jax.tree_util.keystr(key))
+    arrays = pi05_import.read_openpi(ckpt)
+    name = "PaliGemma/llm/layers/mlp_1/linear"
+    with pytest.raises(KeyError, match=re.escape(name)):
+        pi05_import.convert_openpi({k: v for k, v in arrays.items() if k != name}, init)
+    with pytest.raises(ValueError, match="unexpected.*state_proj"):
+        pi05_import.convert_openpi(arrays | {"state_proj/kernel": np.zeros((8, 48), np.float32)}, init)

@@ -1,4 +1,4 @@
-"""pi0.5 checkpoints (*.safetensors + config.json) -> Policy parameters and config.policy sizes.
+"""pi0.5 checkpoints -> Policy parameters and config.policy sizes.
 
 The Policy (models/policy.py) has pi0.5's structure: a SigLIP ViT with PaliGemma's linear projector, a
 Gemma prefix transformer, and a Gemma action expert of the same depth in joint attention, conditioned on
@@ -9,6 +9,10 @@ the flow time through adaptive RMSNorms. Two layouts of the same tensors load:
   `action_in_proj`, `time_mlp_in/out`, `action_out_proj`, under a `model.` root in LeRobot's own policy
   files), renamed the way transformers' own conversion table for pi0/pi0.5 renames it. transformers'
   `save_pretrained` also writes pi0.5 in this layout.
+- openpi's own release (`<checkpoint>/params`: an orbax PyTree of its JAX model, layers stacked on a
+  leading axis: PaliGemma/llm/layers/attn/q_einsum/w [L, N, D, H], ...; the action expert's weights
+  carry a `_1` suffix), read with orbax and mapped by what each einsum computes; its sizes come from
+  the arrays' shapes (the chunk length is not stored: the config's chunk_size stays).
 Every tensor of the checkpoint must land in a parameter, and every parameter except the value head
 (the RL critic, which pi0.5 does not have) must come from the checkpoint: a missing, unexpected or
 wrongly shaped tensor is refused in one line naming it. Torch Linear weights [out, in] become Flax
@@ -20,7 +24,9 @@ import json
 import os
 import re
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from vlambpo_jax.models.safetensors_dir import read_safetensors
 
@@ -75,8 +81,17 @@ def canonical_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def is_openpi_checkpoint(path: str) -> bool:
+    """An openpi checkpoint directory: its params/ is an orbax PyTree."""
+    return os.path.isfile(os.path.join(str(path), "params", "_METADATA"))
+
+
 def is_pi05_checkpoint(path: str) -> bool:
-    """A directory with a config.json of model type pi05 (transformers' or LeRobot's)."""
+    """A directory with a config.json of model type pi05 (transformers' or LeRobot's), or an openpi
+    pi0.5 checkpoint (the time MLP of pi0.5's adaRMS, no state projection: pi0's)."""
+    if is_openpi_checkpoint(path):
+        shapes = openpi_shapes(path)
+        return "time_mlp_in/kernel" in shapes and "state_proj/kernel" not in shapes
     cfg_file = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_file):
         return False
@@ -87,7 +102,10 @@ def is_pi05_checkpoint(path: str) -> bool:
 
 def policy_sizes(path: str) -> dict:
     """<path>/config.json (transformers PI05Config, or a LeRobot pi05 config) -> the config values the
-    Policy needs: {'policy': {...}, 'chunk_size', 'image_size'}."""
+    Policy needs: {'policy': {...}, 'chunk_size', 'image_size'}. An openpi checkpoint's sizes come from
+    its arrays' shapes; its chunk_size is None (not stored)."""
+    if is_openpi_checkpoint(path):
+        return _sizes_from_openpi(openpi_shapes(path))
     cfg_file = os.path.join(path, "config.json")
     if not os.path.exists(cfg_file):
         raise FileNotFoundError(f"no config.json in pi0.5 checkpoint directory {path!r}")
@@ -258,5 +276,134 @@ def _check_shapes(params: dict, reference: dict, path: str = "") -> None:
 
 
 def load_pi05(path: str, init_params: dict) -> dict:
-    """Checkpoint directory -> Policy params (see convert_pi05)."""
+    """Checkpoint directory (safetensors or openpi) -> Policy params (see convert_pi05, convert_openpi)."""
+    if is_openpi_checkpoint(path):
+        return convert_openpi(read_openpi(path), init_params)
     return convert_pi05(read_tensors(path), init_params)
+
+
+# ---------------------------------------------------------------------------- openpi's orbax release
+def _openpi_tree(path: str):
+    """(checkpointer, the params tree's metadata) of <path>/params; openpi saves {'params': params},
+    where the leaves may sit under a trailing 'value' key (flax nnx State)."""
+    ckptr = ocp.PyTreeCheckpointer()
+    meta = ckptr.metadata(os.path.join(str(path), "params"))
+    return ckptr, getattr(getattr(meta, "item_metadata", None), "tree", meta)
+
+
+def _flat(tree) -> dict:
+    """{'a/b/c': leaf} of the 'params' subtree, a trailing '/value' dropped."""
+    out = {}
+    for keys, leaf in jax.tree_util.tree_leaves_with_path(tree["params"]):
+        name = "/".join(str(getattr(k, "key", k)) for k in keys)
+        out[name[: -len("/value")] if name.endswith("/value") else name] = leaf
+    return out
+
+
+def openpi_shapes(path: str) -> dict[str, tuple]:
+    """The shapes of an openpi checkpoint's arrays by flattened name, read from its metadata only."""
+    return {k: tuple(v.shape) for k, v in _flat(_openpi_tree(path)[1]).items()}
+
+
+def read_openpi(path: str) -> dict[str, np.ndarray]:
+    """Every array of <path>/params, float32 numpy, by flattened name (PaliGemma/llm/..., action_in_proj/...)."""
+    ckptr, tree = _openpi_tree(path)
+    args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray, dtype=np.float32), tree)
+    restored = ckptr.restore(os.path.join(str(path), "params"), ocp.args.PyTreeRestore(item=tree, restore_args=args))
+    return {k: np.asarray(v, np.float32) for k, v in _flat(restored).items()}
+
+
+_LLM, _IMG = "PaliGemma/llm/", "PaliGemma/img/"
+
+
+def _sizes_from_openpi(shapes: dict[str, tuple]) -> dict:
+    try:
+        depth, heads, width, head_dim = shapes[_LLM + "layers/attn/q_einsum/w"]
+        kv_heads = shapes[_LLM + "layers/attn/kv_einsum/w"][2]
+        patch, _, _, vit_width = shapes[_IMG + "embedding/kernel"]
+        query = _IMG + "Transformer/encoderblock/MultiHeadDotProductAttention_0/query/kernel"
+        vit_depth, _, vit_heads, _ = shapes[query]
+        prefix = dict(width=width, depth=depth, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                      mlp=shapes[_LLM + "layers/mlp/linear"][1])
+        expert = dict(width=shapes[_LLM + "layers/attn/q_einsum_1/w"][2], mlp=shapes[_LLM + "layers/mlp_1/linear"][1])
+        vit = dict(vit_patch=patch, vit_width=vit_width, vit_depth=vit_depth, vit_heads=vit_heads,
+                   vit_mlp=shapes[_IMG + "Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"][2],
+                   image_size=patch * int(round(shapes[_IMG + "pos_embedding"][1] ** 0.5)))
+        action_pad = shapes["action_in_proj/kernel"][0]
+    except KeyError as e:
+        raise KeyError(f"openpi checkpoint lacks array {e.args[0]!r} (not a pi0.5 checkpoint?)") from None
+    return _sizes(prefix, expert, vit, 10_000.0, action_pad, None)
+
+
+class _Stacked:
+    """An openpi checkpoint's arrays, each taken once (layer i of the stacked ones)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays, self.used = dict(arrays), set()
+
+    def __call__(self, name: str, layer: int | None = None) -> np.ndarray:
+        if name not in self.arrays:
+            raise KeyError(f"openpi checkpoint lacks array {name!r}")
+        self.used.add(name)
+        return self.arrays[name] if layer is None else self.arrays[name][layer]
+
+    def dense(self, name: str, layer: int | None = None) -> dict:
+        return {"kernel": self(name + "/kernel", layer), "bias": self(name + "/bias", layer)}
+
+
+def _openpi_layer(src: _Stacked, i: int, suffix: str) -> dict:
+    """Layer i of one expert ('' the prefix, '_1' the action expert with adaRMS) -> a Block. openpi's
+    einsums: q = x.q_einsum [N, D, H], (k, v) = x.kv_einsum [2, K, D, H], out = attn.attn_vec_einsum
+    [N, H, D], gate/up = x.gating_einsum [2, D, F], down = h.linear [F, D]."""
+    a, m = _LLM + "layers/attn/", _LLM + f"layers/mlp{suffix}/"
+    kv = src(a + f"kv_einsum{suffix}/w", i)
+    gating = src(m + "gating_einsum", i)
+    layer = {"q_proj": {"kernel": src(a + f"q_einsum{suffix}/w", i).transpose(1, 0, 2)},
+             "kv_proj": {"kernel": kv.transpose(2, 0, 1, 3)},
+             "o_proj": {"kernel": src(a + f"attn_vec_einsum{suffix}/w", i)},
+             "mlp": {"gate": {"kernel": gating[0]}, "up": {"kernel": gating[1]},
+                     "down": {"kernel": src(m + "linear", i)}}}
+    for ours, theirs in (("attn_norm", "pre_attention_norm"), ("mlp_norm", "pre_ffw_norm")):
+        norm = _LLM + f"layers/{theirs}{suffix}/"
+        layer[ours] = ({"modulation": src.dense(norm + "Dense_0", i)} if suffix else {"scale": src(norm + "scale", i)})
+    return layer
+
+
+def convert_openpi(arrays: dict[str, np.ndarray], init_params: dict) -> dict:
+    """openpi's flattened pi0.5 params -> Policy params shaped like `init_params` (value head from it)."""
+    src = _Stacked(arrays)
+    ours = init_params
+    depth = sum(1 for k in ours["vlm"] if k.startswith("blocks_"))
+    vit_depth = sum(1 for k in ours["vlm"]["vit"] if k.startswith("block_"))
+    enc = _IMG + "Transformer/encoderblock/"
+    ln = lambda name, i=None: {"scale": src(name + "/scale", i), "bias": src(name + "/bias", i)}  # noqa: E731
+    kernel = src(_IMG + "embedding/kernel")                                             # [p, p, C, W]
+    vit = {"patch_embed": {"kernel": kernel.reshape(-1, kernel.shape[-1]), "bias": src(_IMG + "embedding/bias")},
+           "pos_embed": src(_IMG + "pos_embedding"),
+           "ln_final": ln(_IMG + "Transformer/encoder_norm"), "projector": src.dense(_IMG + "head")}
+    attn = enc + "MultiHeadDotProductAttention_0/"
+    for i in range(vit_depth):
+        vit[f"block_{i}"] = {
+            "ln_attn": ln(enc + "LayerNorm_0", i), "ln_mlp": ln(enc + "LayerNorm_1", i),
+            "attn": {name: src.dense(attn + name, i) for name in ("query", "key", "value", "out")},
+            "mlp_in": src.dense(enc + "MlpBlock_0/Dense_0", i), "mlp_out": src.dense(enc + "MlpBlock_0/Dense_1", i)}
+    vlm = {"vit": vit, "embed": {"embedding": src(_LLM + "embedder/input_embedding")},
+           "final_norm": {"scale": src(_LLM + "final_norm/scale")}}
+    expert = {"final_norm": {"modulation": src.dense(_LLM + "final_norm_1/Dense_0")},
+              **{ours_name: src.dense(theirs) for ours_name, theirs in (
+                  ("action_in", "action_in_proj"), ("time_in", "time_mlp_in"), ("time_out", "time_mlp_out"),
+                  ("action_out", "action_out_proj"))}}
+    for i in range(depth):
+        vlm[f"blocks_{i}"] = _openpi_layer(src, i, "")
+        expert[f"blocks_{i}"] = _openpi_layer(src, i, "_1")
+    left = sorted(set(src.arrays) - src.used)
+    if left:
+        raise ValueError(f"openpi checkpoint has {len(left)} unexpected array(s), e.g. {left[0]!r}")
+    stacked = {name: a.shape[0] for name, a in src.arrays.items() if "/layers/" in name or "encoderblock" in name}
+    bad = next((n for n, d in stacked.items() if d != (vit_depth if "encoderblock" in n else depth)), None)
+    if bad:
+        raise ValueError(f"openpi checkpoint array {bad!r} stacks {stacked[bad]} layers; the config's Policy has "
+                         f"{vit_depth if 'encoderblock' in bad else depth}")
+    params = {"vlm": vlm, "action_expert": expert, "value_head": ours["value_head"]}
+    _check_shapes(params, ours)
+    return params
