@@ -134,9 +134,10 @@ def policy_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> 
     value_hidden: value-head MLP sizes (ReLU) on the mean-pooled stop-gradient prefix outputs.
     max_text_len: tokens per instruction (a reference to data.max_text_len, which the reader uses);
       tokenizer: 'byte' (UTF-8 bytes), 'words:tabletop' (whole words of the tabletop instructions) or a
-      local Hugging Face tokenizer directory; prompt_format: 'plain' (the instruction) or 'pi05'
-      (openpi's pi0.5 prompt with the state binned into it as text: data.norm_mode 'quantile', no
-      state token; read from logged data and by the server only, see config_checks).
+      local Hugging Face tokenizer directory; prompt_format: 'plain' (the instruction), 'pi0'
+      (openpi's cleaned instruction and a newline) or 'pi05' (openpi's pi0.5 prompt with the state
+      binned into it as text: data.norm_mode 'quantile', no state token); the openpi formats are
+      built from logged data and by the server only (config_checks).
     action_pad_dim: actions padded to this many dims inside the model (only action_dim are real).
     dtype: compute dtype ('float32' | 'bfloat16'; bf16 is far slower on CPU); params stay float32.
     """

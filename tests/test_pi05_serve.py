@@ -2,6 +2,7 @@
 for the prompt (state binned into the text), the statistics (openpi's norm_stats.json, LeRobot's
 normalizer files) and the actions an openpi client gets back."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from vlambpo_jax import loading  # noqa: E402
 from vlambpo_jax.data import imported_stats, normalization  # noqa: E402
 from vlambpo_jax.data.tokenizer import policy_prompt  # noqa: E402
 from vlambpo_jax.errors import UserError  # noqa: E402
+from vlambpo_jax.models import pi05_import  # noqa: E402
 from vlambpo_jax.serve import server as server_lib  # noqa: E402
 
 VOCAB, SIZE, PATCH = 300, 16, 4
@@ -132,3 +134,24 @@ def test_openpi_client_gets_transformers_actions(release):
     np.testing.assert_allclose(actions, expected, atol=1e-4, rtol=0)
     assert np.abs(normalized).max() > 0.1
     json.dumps(client.get_server_metadata())             # the metadata stays plain JSON
+
+
+def test_openpi_release_serves_the_same_actions(release, tmp_path):
+    """The same weights and statistics in openpi's own layout (orbax params, assets/<id>/norm_stats.json;
+    no chunk length stored, so the config's) answer the same request with the same actions."""
+    _, ckpt, tok, _ = release
+    openpi_dir = tmp_path / "pi05_libero_openpi"
+    tensors = pi05_import.canonical_names(pi05_import.read_tensors(str(ckpt)))
+    pi05_reference.save_openpi_params(tensors, openpi_dir, heads=4, vit_heads=2)
+    shutil.copytree(ckpt / "assets", openpi_dir / "assets")
+    config = bridge.get_config("pi05")
+    config.policy.update(dict(tokenizer=str(tok), dtype="float32"))
+    config.data.max_text_len, config.chunk_size = 64, 5
+    answers = []
+    for path in (ckpt, openpi_dir):
+        server = server_lib.build(path, config=config, robot_config="libero", batch_sizes=(1,), port=0,
+                                  log_fn=lambda m: None)
+        with server_lib.ServerThread(server) as thread:
+            client = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", thread.port)
+            answers.append(client.infer(_obs(5))["actions"])
+    np.testing.assert_allclose(answers[1], answers[0], atol=1e-5, rtol=0)

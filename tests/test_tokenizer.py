@@ -62,3 +62,15 @@ def test_word_tokenizer_for_tabletop_instructions(tmp_path):
     np.testing.assert_array_equal(again.encode("stack the green cube", 8)[0], tok.encode("stack the green cube", 8)[0])
     again = tok_lib.tokenizer_from_assets(tok_lib.tokenizer_assets(tok), str(tmp_path / "x"))
     assert again.vocab == tok.vocab
+
+
+def test_openpi_prompt_formats():
+    """openpi's texts (models/tokenizer.py there): the instruction cleaned of '_' and newlines; 'pi0' ends
+    it with a newline, 'pi05' adds the state's 256 bins of [-1, 1) (-1 below, 255 from 1 up)."""
+    state = np.array([-1.01, -1.0, -0.99, 0.0, 0.999, 1.0, 7.0], np.float32)
+    assert tok_lib.policy_prompt(" pick_up\nthe cube ", state, "plain") == " pick_up\nthe cube "
+    assert tok_lib.policy_prompt(" pick_up\nthe cube ", None, "pi0") == "pick up the cube\n"
+    assert (tok_lib.policy_prompt(" pick_up\nthe cube ", state, "pi05")
+            == "Task: pick up the cube, State: -1 0 1 128 255 255 255;\nAction: ")
+    with pytest.raises(ValueError, match="state"):
+        tok_lib.policy_prompt("x", None, "pi05")

@@ -278,19 +278,20 @@ PI05_PROMPT_STAGES = ("data", "sft", "wm_pretrain", "wm_finetune")
 
 
 def _pi05_prompt_problems(config, p, stages) -> list[tuple[str, Any, str]]:
-    """The pi05 prompt writes the robot state into the text: the data reader and the server build it;
-    the simulator's policy functions and imagined branches (whose world model predicts no state)
-    tokenize the instruction alone."""
+    """openpi's prompts are built by the data reader and the server; the simulator's policy functions
+    and imagined branches (whose world model predicts no state) tokenize the instruction alone. The
+    pi05 prompt writes the robot state into the text."""
     out = []
-    if p.use_state:
+    fmt = p.prompt_format
+    if fmt == "pi05" and p.use_state:
         out.append(("policy.use_state", True, "must be False with policy.prompt_format='pi05' (the state "
                     "is written into the prompt, not given as a token)"))
-    if get(config, "data.norm_mode") != "quantile":
+    if fmt == "pi05" and get(config, "data.norm_mode") != "quantile":
         out.append(("data.norm_mode", get(config, "data.norm_mode"), "must be 'quantile' with "
                     "policy.prompt_format='pi05' (pi0.5 bins the unclipped quantile-normalized state)"))
     other = [s for s in stages if s not in PI05_PROMPT_STAGES]
     if "env" in config or other:
-        out.append(("policy.prompt_format", "pi05", f"runs only the stages {list(PI05_PROMPT_STAGES)} on "
+        out.append(("policy.prompt_format", fmt, f"runs only the stages {list(PI05_PROMPT_STAGES)} on "
                     f"logged data (and the server), not {other or 'a simulator'}: the other stages build "
                     "prompts without the robot state"))
     return out
@@ -332,7 +333,7 @@ def _cross_problems(config) -> list[tuple[str, Any, str]]:
             elif not (get(config, "env.privileged_state") is True and get(config, "data.state_dim") == 11):
                 out.append(("sft.perception_teacher", True, "reads the true positions from the demos' "
                             "privileged state: needs config.env.privileged_state=True and config.data.state_dim=11"))
-        if p.get("prompt_format", "plain") == "pi05":
+        if p.get("prompt_format", "plain") != "plain":
             out += _pi05_prompt_problems(config, p, stages)
         if p.use_state and imagining:
             out.append(("policy.use_state", True, f"cannot run stage {imagining[0]!r}: the world model "

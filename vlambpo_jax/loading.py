@@ -104,18 +104,24 @@ def load_pi05_policy(directory, config, asset_id: str = ""):
     config: the run's config (configs/bridge.py:pi05, whose policy.tokenizer names PaliGemma's
     tokenizer directory); the checkpoint's config.json sets the model's sizes, its statistics the action
     and state dims and the normalization. asset_id: which robot's statistics (openpi's assets/<id>) when
-    the checkpoint ships several. The value head (no part of pi0.5) is zeros."""
+    the checkpoint ships several. config.policy.prompt_format: 'pi05' (the state in the prompt, as
+    pi05_base and pi05_droid) or 'pi0' (without, as openpi's pi05_libero). The value head (no part of
+    pi0.5) is zeros."""
     directory = str(directory)
     stats, mode = imported_stats.load_checkpoint_stats(directory, asset_id)
     sizes = pi05_import.policy_sizes(directory)
     config = ml_collections.ConfigDict(config.to_dict())
     config.policy.update(sizes["policy"])
-    config.chunk_size, config.image_size = sizes["chunk_size"], sizes["image_size"]
+    config.chunk_size = sizes["chunk_size"] or config.chunk_size     # openpi's release does not store it
+    config.image_size = sizes["image_size"]
     config.action_dim = int(stats["action"].mean.shape[0])
     config.data.update(dict(norm_mode=mode, norm_skip_action_dims=(), norm_skip_state_dims=()))
     if "state" in stats.arrays:
         config.policy.state_dim = config.data.state_dim = int(stats["state"].mean.shape[0])
-    config.policy.update(dict(prompt_format="pi05" if "state" in stats.arrays else "plain", use_state=False))
+    config.policy.use_state = False
+    if config.policy.prompt_format == "pi05" and "state" not in stats.arrays:
+        raise UserError(f"the statistics of {directory} have no state entry, which the pi05 prompt needs; "
+                        "set --config.policy.prompt_format=pi0 for a checkpoint trained without the state")
     tokenizer = make_tokenizer(config.policy.tokenizer)
     policy = Policy(config, unnormalize=action_unnormalizer(stats, mode), vocab_size=tokenizer.vocab_size)
     d, length = policy.dims, int(config.policy.max_text_len)

@@ -12,25 +12,30 @@ import tempfile
 
 import numpy as np
 
-PROMPT_FORMATS = ("plain", "pi05")
+PROMPT_FORMATS = ("plain", "pi0", "pi05")
 STATE_BINS = 256
 
 
 def policy_prompt(instruction: str, state=None, prompt_format: str = "plain") -> str:
     """The text the policy's tokenizer encodes (config.policy.prompt_format).
 
-    'plain': the instruction. 'pi05': openpi's pi0.5 prompt, the robot state written into it as text:
+    'plain': the instruction. 'pi0': openpi's prompt without the state, the cleaned instruction and a
+    newline (pi0, and pi0.5 checkpoints trained with discrete_state_input=False such as openpi's
+    pi05_libero; openpi tokenizes the newline separately, here it is part of the text). 'pi05': openpi's
+    pi0.5 prompt, the robot state written into it as text:
     "Task: <instruction>, State: <b_1> ... <b_D>;\nAction: ", the instruction stripped with '_' and
     newlines as spaces, b_i the bin of state_i (normalized float[D], 'quantile' mode: [-1, 1] between
     the 1st and 99th percentiles) among STATE_BINS equal bins of [-1, 1); values below -1 get -1, values
     from 1 up the last bin."""
     if prompt_format == "plain":
         return instruction
-    if prompt_format != "pi05":
+    if prompt_format not in PROMPT_FORMATS:
         raise ValueError(f"config.policy.prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+    task = instruction.strip().replace("_", " ").replace("\n", " ")
+    if prompt_format == "pi0":
+        return task + "\n"
     if state is None:
         raise ValueError("the pi05 prompt format writes the robot state into the prompt; none was given")
-    task = instruction.strip().replace("_", " ").replace("\n", " ")
     bins = np.digitize(np.asarray(state, np.float32), np.linspace(-1.0, 1.0, STATE_BINS + 1)[:-1]) - 1
     return f"Task: {task}, State: {' '.join(str(int(b)) for b in bins)};\nAction: "
 

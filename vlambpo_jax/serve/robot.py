@@ -152,7 +152,7 @@ class ObservationMapper:
         self.state_dim = int(state_dim)
         self.state_norm = state_norm
         self.prompt_format = prompt_format
-        self.reads_state = self.use_state or prompt_format != "plain"
+        self.reads_state = self.use_state or prompt_format == "pi05"
 
     def required_keys(self) -> list[str]:
         keys = [k for k in self.robot.image_keys if k]

@@ -212,7 +212,7 @@ def build(checkpoint, *, robot_config: str = "", batch_sizes=(1, 2, 4, 8), mode:
     config, dims = policy.config, policy.dims
     robot = load_robot_config(robot_config, dims.num_views)
     prompt_format = config.policy.get("prompt_format", "plain")
-    reads_state = dims.use_state or prompt_format != "plain"
+    reads_state = dims.use_state or prompt_format == "pi05"
     max_text_len = int(config.policy.max_text_len)
     mapper = ObservationMapper(robot, image_size=dims.image_size, max_text_len=max_text_len,
                                tokenizer=tokenizer, use_state=dims.use_state, state_dim=int(config.policy.state_dim),
