@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "chex>=0.1.92",
     "transformers>=5.25.0",
     "tokenizers>=0.23.3",
+    "sentencepiece>=0.2.3",  # PaliGemma's tokenizer as openpi ships it (a .model file)
     "safetensors>=0.8.0",
     "tensorflow-datasets>=4.9.10",
     "array-record>=0.8.6",

@@ -74,3 +74,33 @@ def test_openpi_prompt_formats():
             == "Task: pick up the cube, State: -1 0 1 128 255 255 255;\nAction: ")
     with pytest.raises(ValueError, match="state"):
         tok_lib.policy_prompt("x", None, "pi05")
+
+
+def test_sentencepiece_model_file(tmp_path):
+    """A SentencePiece .model (how openpi ships PaliGemma's tokenizer): ids are the library's own with
+    <bos> in front, as openpi's encode(text, add_bos=True); checkpoint assets restore it."""
+    import io
+
+    import sentencepiece
+
+    corpus = ["pick up the red cube", "put the blue block in the bowl", "Task: lift it, State: 1 2 3;",
+              "Action: move the cup to the left", "stack the green blocks"] * 20
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, vocab_size=40,
+                                             pad_id=0, unk_id=1, bos_id=2, eos_id=3, model_type="unigram")
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(model.getvalue())
+    reference = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    tok = tok_lib.load_tokenizer(str(path))
+    assert tok.vocab_size == 40
+    text = tok_lib.policy_prompt("pick up the red cube", np.array([0.1, -0.5]), "pi05")
+    ids, mask = tok.encode(text, 64)
+    expected = reference.encode(text, add_bos=True)
+    assert expected[0] == 2 and 2 < len(expected) < 64
+    np.testing.assert_array_equal(ids[mask], expected)
+    assert not ids[~mask].any()
+    tok_lib.save_tokenizer(tok, str(tmp_path / "assets"))
+    again = tok_lib.load_tokenizer_from_assets(str(tmp_path / "assets"))
+    np.testing.assert_array_equal(again.encode(text, 64)[0], ids)
+    with pytest.raises(FileNotFoundError, match="SentencePiece"):
+        tok_lib.load_tokenizer(str(tmp_path / "missing.model"))

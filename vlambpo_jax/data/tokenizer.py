@@ -5,12 +5,14 @@ Both map a string to fixed-length int32 ids plus a bool validity mask, so batche
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import tempfile
 
 import numpy as np
+import sentencepiece
 
 PROMPT_FORMATS = ("plain", "pi0", "pi05")
 STATE_BINS = 256
@@ -139,12 +141,35 @@ class HFTokenizer(_Tokenizer):
         self._tok.save_pretrained(directory)
 
 
+class SentencePieceTokenizer(_Tokenizer):
+    """A SentencePiece model file, as openpi ships PaliGemma's (paligemma_tokenizer.model): the model's
+    own ids with <bos> in front (openpi's add_bos=True); padding with its pad id (0 for PaliGemma)."""
+
+    def __init__(self, model_proto: bytes):
+        self.proto = model_proto
+        self._sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+        self.vocab_size = self._sp.vocab_size()
+        self.pad_id = max(self._sp.pad_id(), 0)
+
+    @classmethod
+    def from_file(cls, path: str) -> "SentencePieceTokenizer":
+        with open(path, "rb") as f:
+            return cls(f.read())
+
+    def encode(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (ids int32[max_len], mask bool[max_len]); text longer than fits is cut."""
+        return self._padded(self._sp.encode(text, add_bos=True)[:max_len], max_len)
+
+    def decode(self, ids) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+
 def load_tokenizer(spec: str, texts=()):
     """A tokenizer spec (config.policy.tokenizer) -> tokenizer.
 
     'byte': ByteTokenizer; 'words:NAME': WordTokenizer over every word of `texts` (the instruction
-    set NAME names; vlambpo_jax.loading.make_tokenizer supplies the tabletop one); anything else: a
-    local Hugging Face tokenizer directory.
+    set NAME names; vlambpo_jax.loading.make_tokenizer supplies the tabletop one); a path ending in
+    '.model': a SentencePiece model file; anything else: a local Hugging Face tokenizer directory.
     """
     if spec == "byte":
         return ByteTokenizer()
@@ -153,6 +178,10 @@ def load_tokenizer(spec: str, texts=()):
             raise ValueError(f"tokenizer {spec!r}: a word tokenizer needs the instruction texts of its "
                              "vocabulary")
         return WordTokenizer.from_texts(texts)
+    if spec.endswith(".model"):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"SentencePiece model {spec!r} does not exist (config.policy.tokenizer)")
+        return SentencePieceTokenizer.from_file(spec)
     return HFTokenizer(spec)
 
 
@@ -183,6 +212,8 @@ def tokenizer_assets(tokenizer) -> dict:
         return {"kind": "byte"}
     if isinstance(tokenizer, WordTokenizer):
         return {"kind": "words", "vocab": list(tokenizer.vocab)}
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return {"kind": "sentencepiece", "model": base64.b64encode(tokenizer.proto).decode("ascii")}
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save(tmp)
         files = {}
@@ -198,6 +229,8 @@ def tokenizer_from_assets(assets: dict, directory: str):
         return ByteTokenizer()
     if assets["kind"] == "words":
         return WordTokenizer(assets["vocab"])
+    if assets["kind"] == "sentencepiece":
+        return SentencePieceTokenizer(base64.b64decode(assets["model"]))
     os.makedirs(directory, exist_ok=True)
     for name, text in assets["files"].items():
         with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
