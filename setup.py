@@ -41,6 +41,8 @@ EXTRAS["test"] = EXTRAS["bridge"] + [
     # Reference implementation for the Qwen2 port's parity test. Pinned exactly: 2.13.0 is the CPU
     # build this project's machines carry; an open range would pull a multi-GB CUDA build from PyPI.
     "torch==2.13.0",
+    # Reference for the FLUX VAE's parity test (AutoencoderKL and its converter of FLUX's tensor names).
+    "diffusers>=0.42.1",
     # openpi-client's dependency; openpi-client itself is installed with --no-deps (README, Install).
     "dm-tree>=0.1.10",
     # The linter CI runs before the tests (its settings: pyproject.toml).
