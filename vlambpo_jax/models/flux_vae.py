@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlambpo_jax.models.safetensors_dir import check_params
+
 
 @dataclasses.dataclass(frozen=True)
 class FluxVAEConfig:
@@ -178,19 +180,5 @@ def convert(tensors: dict[str, np.ndarray], reference: dict) -> dict:
         for key in path:
             node = node.setdefault(key, {})
         node[leaf] = value
-    _check(params, reference, "")
+    check_params(params, reference, "FLUX VAE")
     return params
-
-
-def _check(params: dict, reference: dict, where: str) -> None:
-    for key in reference.keys() | params.keys():
-        name = f"{where}/{key}"
-        if key not in params:
-            raise KeyError(f"FLUX VAE checkpoint has nothing for parameter {name!r}")
-        if key not in reference:
-            raise ValueError(f"FLUX VAE checkpoint tensor for {name!r} is not a parameter of this config's VAE")
-        if isinstance(reference[key], dict):
-            _check(params[key], reference[key], name)
-        elif tuple(params[key].shape) != tuple(reference[key].shape):
-            raise ValueError(f"FLUX VAE checkpoint: {name!r} has shape {tuple(params[key].shape)}, the config's "
-                             f"VAE expects {tuple(reference[key].shape)}")

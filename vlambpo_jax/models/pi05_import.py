@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vlambpo_jax.models.safetensors_dir import read_safetensors
+from vlambpo_jax.models.safetensors_dir import check_params, read_safetensors
 
 # Known sizes of the LeRobot config's variant names (PaliGemma's Gemma 2B, the 300M action expert).
 _GEMMA_VARIANTS = {
@@ -255,24 +255,8 @@ def convert_pi05(tensors: dict[str, np.ndarray], init_params: dict) -> dict:
         raise ValueError(f"pi0.5 checkpoint has {len(src.tensors)} unexpected tensor(s), e.g. "
                          f"{sorted(src.tensors)[0]!r} (not a tensor of this model's sizes)")
     params = {"vlm": vlm, "action_expert": expert, "value_head": ours["value_head"]}
-    _check_shapes(params, ours)
+    check_params(params, ours, "pi0.5")
     return params
-
-
-def _check_shapes(params: dict, reference: dict, path: str = "") -> None:
-    """Every imported array has the shape the Policy built from the config expects, and no parameter
-    is left out."""
-    for key in reference.keys() | params.keys():
-        name = f"{path}/{key}"
-        if key not in params:
-            raise KeyError(f"pi0.5 import: nothing in the checkpoint for parameter {name!r}")
-        if key not in reference:
-            raise ValueError(f"pi0.5 import: {name!r} is not a parameter of this Policy (config sizes differ?)")
-        if isinstance(reference[key], dict):
-            _check_shapes(params[key], reference[key], name)
-        elif tuple(np.shape(params[key])) != tuple(reference[key].shape):
-            raise ValueError(f"pi0.5 import: {name!r} has shape {tuple(np.shape(params[key]))} in the "
-                             f"checkpoint, the config's Policy expects {tuple(reference[key].shape)}")
 
 
 def load_pi05(path: str, init_params: dict) -> dict:
@@ -405,5 +389,5 @@ def convert_openpi(arrays: dict[str, np.ndarray], init_params: dict) -> dict:
         raise ValueError(f"openpi checkpoint array {bad!r} stacks {stacked[bad]} layers; the config's Policy has "
                          f"{vit_depth if 'encoderblock' in bad else depth}")
     params = {"vlm": vlm, "action_expert": expert, "value_head": ours["value_head"]}
-    _check_shapes(params, ours)
+    check_params(params, ours, "pi0.5")
     return params
