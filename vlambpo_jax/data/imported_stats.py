@@ -3,7 +3,7 @@
 Two layouts:
 - openpi: <checkpoint>/assets/<asset id>/norm_stats.json, {"norm_stats": {"state": {"mean", "std",
   "q01", "q99"}, "actions": {...}}} (asset ids: 'physical-intelligence/libero' in pi05_libero, 'droid'
-  in pi05_droid; pi05_base ships several). A path to the JSON file itself also works.
+  in pi05_droid; pi05_base ships several). A path to the JSON file itself also works, as do gs:// paths.
 - LeRobot: flat '<feature>.<stat>' tensors in policy_preprocessor_step_N_normalizer_processor.safetensors
   ('observation.state.q01', ...) and policy_postprocessor_step_N_unnormalizer_processor.safetensors
   ('action.q01', ...).
@@ -14,9 +14,9 @@ min/max default to the quantiles where the file has none.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 from safetensors.numpy import load_file
 
 from vlambpo_jax.data.normalization import ArrayStats, NormStats
@@ -41,7 +41,7 @@ def _array_stats(fields: dict, where: str) -> ArrayStats:
                       max=q99 if hi is None else hi, mask=np.ones(mean.shape, bool))
 
 
-def _openpi(path: Path) -> dict[str, ArrayStats]:
+def _openpi(path: epath.Path) -> dict[str, ArrayStats]:
     try:
         table = json.loads(path.read_text())["norm_stats"]
     except (ValueError, KeyError, TypeError) as e:
@@ -50,17 +50,17 @@ def _openpi(path: Path) -> dict[str, ArrayStats]:
             for theirs, ours in _OPENPI_KEYS.items() if theirs in table}
 
 
-def _lerobot(files: list[Path]) -> dict[str, ArrayStats]:
+def _lerobot(files: list[epath.Path]) -> dict[str, ArrayStats]:
     grouped: dict[str, dict] = {}
     for f in files:
-        for flat, value in load_file(str(f)).items():
+        for flat, value in load_file(str(f)).items():     # a local file
             feature, _, stat = flat.rpartition(".")
             grouped.setdefault(feature, {})[stat] = value
     return {ours: _array_stats(grouped[theirs], f"'{theirs}' in {[f.name for f in files]}")
             for theirs, ours in _LEROBOT_KEYS.items() if theirs in grouped}
 
 
-def _openpi_file(root: Path, asset_id: str) -> Path | None:
+def _openpi_file(root: epath.Path, asset_id: str) -> epath.Path | None:
     if root.is_file():
         return root
     if asset_id:
@@ -69,22 +69,29 @@ def _openpi_file(root: Path, asset_id: str) -> Path | None:
             raise UserError(f"no norm_stats.json for asset id {asset_id!r} in {root / 'assets'} "
                             f"(have {asset_ids(root)})")
         return path
-    found = sorted(root.glob("assets/**/norm_stats.json"))
+    found = _stats_files(root)
     if len(found) > 1:
         raise UserError(f"{root} has statistics for several robots {asset_ids(root)}; name one with "
                         "--norm_stats_asset=ID")
     return found[0] if found else None
 
 
-def asset_ids(root: Path) -> list[str]:
+def asset_ids(root: epath.Path) -> list[str]:
     """The openpi asset ids under <root>/assets that hold a norm_stats.json."""
-    return sorted(str(p.parent.relative_to(root / "assets")) for p in Path(root).glob("assets/**/norm_stats.json"))
+    return sorted(str(p.parent.relative_to(root / "assets")) for p in _stats_files(root))
+
+
+def _stats_files(root: epath.Path) -> list[epath.Path]:
+    """assets/<id>/norm_stats.json, ids of one or two parts ('droid', 'physical-intelligence/libero');
+    epath globs no '**' (it would list a whole bucket)."""
+    root = epath.Path(root)
+    return sorted([*root.glob("assets/*/norm_stats.json"), *root.glob("assets/*/*/norm_stats.json")])
 
 
 def load_checkpoint_stats(path: str, asset_id: str = "") -> tuple[NormStats, str]:
     """A pi0.5 checkpoint directory (or an openpi norm_stats.json) -> (NormStats with 'state' and/or
     'action', the normalization mode they are meant for: 'quantile' or 'zscore')."""
-    root = Path(path)
+    root = epath.Path(path)
     openpi = _openpi_file(root, asset_id)
     lerobot = [f for pattern in _LEROBOT_FILES for f in sorted(root.glob(pattern))] if root.is_dir() else []
     if openpi is not None:

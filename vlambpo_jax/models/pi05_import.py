@@ -27,6 +27,7 @@ import re
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from vlambpo_jax.models.safetensors_dir import check_params, read_safetensors
 
@@ -82,8 +83,8 @@ def canonical_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def is_openpi_checkpoint(path: str) -> bool:
-    """An openpi checkpoint directory: its params/ is an orbax PyTree."""
-    return os.path.isfile(os.path.join(str(path), "params", "_METADATA"))
+    """An openpi checkpoint directory (local or gs://): its params/ is an orbax PyTree."""
+    return (epath.Path(path) / "params" / "_METADATA").exists()
 
 
 def is_pi05_checkpoint(path: str) -> bool:
