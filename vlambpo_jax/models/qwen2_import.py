@@ -18,9 +18,9 @@ from vlambpo_jax.models.safetensors_dir import read_safetensors
 from vlambpo_jax.models.umm import UMMConfig
 
 
-def qwen2_config(path: str, qk_norm: bool = False, dtype: str = "float32") -> UMMConfig:
-    """Reads <path>/config.json into a UMMConfig."""
-    cfg_file = os.path.join(path, "config.json")
+def qwen2_config(path: str, qk_norm: bool = False, dtype: str = "float32", file: str = "config.json") -> UMMConfig:
+    """Reads <path>/<file> (a Qwen2 config.json; BAGEL's llm_config.json) into a UMMConfig."""
+    cfg_file = os.path.join(path, file)
     if not os.path.exists(cfg_file):
         raise FileNotFoundError(f"no config.json in Qwen2 checkpoint directory {path!r}")
     hf = json.load(open(cfg_file))

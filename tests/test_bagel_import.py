@@ -1,0 +1,139 @@
+"""BAGEL's MoT language model from its checkpoint layout (models/bagel_import.py). Each expert is a Qwen2
+decoder with per-head q/k RMSNorms before RoPE: transformers' Qwen3 with q/k/v biases and a zero o_proj
+bias computes exactly that, so two random Qwen3 models stand in for the understanding and the generation
+expert. Routed to one expert, our backbone must give that model's logits. With tokens of both experts in
+one sequence, it must equal a reference assembled by hand from the two models' own submodules (per-token
+norms, projections and MLPs; one joint attention). What that proves: the tensor mapping, the routing of
+every sub-op and the joint attention agree with transformers' layers. What it does not: BAGEL's own code
+(its packing, masks and RoPE ids of images are the world model's sequence layout, tested elsewhere)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb  # noqa: E402
+
+from vlambpo_jax.models import bagel_import  # noqa: E402
+from vlambpo_jax.models import sequence_layout as sl  # noqa: E402
+from vlambpo_jax.models.umm import MoTBackbone, UMMConfig  # noqa: E402
+
+VOCAB, T = 97, 9
+SIZES = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, rope_theta=1e6, rms_norm_eps=1e-6, attention_bias=True,
+             tie_word_embeddings=False)
+
+
+def _qwen3(seed: int):
+    torch.manual_seed(seed)
+    model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**SIZES)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "o_proj.bias" in name:
+                p.zero_()                                        # BAGEL's o_proj has no bias
+            elif "norm" in name or name.endswith("bias"):
+                p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module")
+def experts():
+    und, gen = _qwen3(0), _qwen3(1)
+    with torch.no_grad():                                        # one shared embedding and lm_head
+        gen.model.embed_tokens.weight.copy_(und.model.embed_tokens.weight)
+        gen.lm_head.weight.copy_(und.lm_head.weight)
+    tensors = {}
+    for model, suffix in ((und, ""), (gen, "_moe_gen")):
+        for name, value in model.state_dict().items():
+            if "o_proj.bias" in name:
+                continue
+            if name.startswith("model.layers."):
+                layer, rest = name.split(".", 3)[2:]
+                module, _, leaf = rest.rpartition(".")
+                if module.startswith("mlp."):
+                    module = "mlp" + suffix + module[3:]
+                else:
+                    module += suffix
+                name = f"model.layers.{layer}.{module}.{leaf}"
+            elif name == "model.norm.weight":
+                name = f"model.norm{suffix}.weight"
+            elif suffix:
+                continue                                         # shared: taken from the first
+            tensors["language_model." + name] = value.numpy()
+    tensors["vit_model.vision_model.post_layernorm.weight"] = np.ones(4, np.float32)   # not the LLM's: ignored
+    return und, gen, tensors
+
+
+def _ours(tensors):
+    cfg = UMMConfig(vocab_size=VOCAB, width=64, depth=2, heads=4, kv_heads=2, head_dim=16, mlp=112,
+                    rope_theta=1e6, qk_norm=True)
+    net = MoTBackbone(cfg)
+    layout = sl.text_layout(T)
+    both = np.arange(T) % 2                                     # both experts, so both get parameters
+    def full(m, ids):                                            # every parameter: embedding to logits
+        return m.logits(m(m.embed(ids), both, layout.rope_ids()[None], layout.attention_mask()[None])[0])
+
+    ref = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, T), jnp.int32), method=full))
+    return net, bagel_import.convert_llm(tensors, ref), layout
+
+
+def _logits(net, params, layout, ids, routing):
+    x = net.apply(params, jnp.asarray(ids), method=MoTBackbone.embed)
+    h, _ = net.apply(params, x, routing, layout.rope_ids()[None], layout.attention_mask()[None])
+    return np.asarray(net.apply(params, h, method=MoTBackbone.logits))
+
+
+def _hand_assembled(und, gen, ids, routing):
+    """Both models' submodules, per token by `routing`, one causal attention over all tokens."""
+    models = (und, gen)
+    x = und.model.embed_tokens(torch.tensor(ids))
+    pos = torch.arange(T)[None]
+    cos, sin = und.model.rotary_emb(x, pos)
+    route = torch.tensor(routing)
+
+    def per_token(fn):                     # fn(model) -> tensor [B, T, ...]; each token from its expert's
+        outs = [fn(m) for m in models]
+        return torch.where(route.view(1, T, *[1] * (outs[0].ndim - 2)) == 1, outs[1], outs[0])
+
+    for i in range(SIZES["num_hidden_layers"]):
+        layer = lambda m, i=i: m.model.layers[i]  # noqa: E731
+        h = per_token(lambda m: layer(m).input_layernorm(x))
+        q = per_token(lambda m: layer(m).self_attn.q_norm(layer(m).self_attn.q_proj(h).view(2, T, 4, 16)))
+        k = per_token(lambda m: layer(m).self_attn.k_norm(layer(m).self_attn.k_proj(h).view(2, T, 2, 16)))
+        v = per_token(lambda m: layer(m).self_attn.v_proj(h).view(2, T, 2, 16))
+        q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        k, v = k.repeat_interleave(2, dim=1), v.transpose(1, 2).repeat_interleave(2, dim=1)
+        scores = q @ k.transpose(-1, -2) / 4.0 + torch.triu(torch.full((T, T), -1e9), 1)
+        o = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, T, 64)
+        x = x + per_token(lambda m: layer(m).self_attn.o_proj(o))
+        x = x + per_token(lambda m: layer(m).mlp(layer(m).post_attention_layernorm(x)))
+    return und.lm_head(per_token(lambda m: m.model.norm(x)))
+
+
+@pytest.mark.parametrize("routing", ["und", "gen", "mixed"])
+def test_llm_matches_transformers(experts, routing):
+    und, gen, tensors = experts
+    net, params, layout = _ours(tensors)
+    ids = np.random.default_rng(0).integers(0, VOCAB, (2, T))
+    route = {"und": np.zeros(T, int), "gen": np.ones(T, int), "mixed": np.array([0, 0, 1, 1, 0, 1, 0, 1, 1])}[routing]
+    ours = _logits(net, params, layout, ids, route)
+    with torch.no_grad():
+        if routing == "mixed":
+            ref = _hand_assembled(und, gen, ids, route).numpy()
+            # the hand-assembled reference is itself each model where the routing is uniform
+            np.testing.assert_allclose(_hand_assembled(und, gen, ids, np.zeros(T, int)).numpy(),
+                                       und(torch.tensor(ids)).logits.numpy(), atol=1e-4)
+        else:
+            ref = (und if routing == "und" else gen)(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_bad_llm_tensors_are_refused_by_name(experts):
+    _, _, tensors = experts
+    name = "language_model.model.layers.1.self_attn.k_norm_moe_gen.weight"
+    with pytest.raises(KeyError, match=name):
+        _ours({k: v for k, v in tensors.items() if k != name})
+    with pytest.raises(ValueError, match="unexpected.*layers.2"):
+        _ours(tensors | {"language_model.model.layers.2.mlp.up_proj.weight": np.zeros((112, 64), np.float32)})

@@ -1,0 +1,72 @@
+"""BAGEL-7B-MoT checkpoints -> our world model's parts (issue 21; docs/notes/bagel_checkpoint_layout.md).
+
+So far the MoT language model: ema.safetensors' `language_model.*` tensors -> MoTBackbone params. Its
+layers carry both experts under one name each, the generation expert's with a `_moe_gen` suffix
+(`self_attn.q_proj_moe_gen`, `mlp_moe_gen.gate_proj`, `input_layernorm_moe_gen`, ...), and per-head
+q/k RMSNorms (`self_attn.q_norm`, `k_norm`); the final norms are `model.norm` and `model.norm_moe_gen`,
+the lm_head is untied. The sizes come from the release's llm_config.json (a Qwen2 config; BAGEL forces
+QK-norm on and untied embeddings). Every tensor is mapped; missing, unexpected or misshaped ones are
+refused in one line naming them. The FLUX VAE is models/flux_vae.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from vlambpo_jax.models.qwen2_import import qwen2_config
+from vlambpo_jax.models.safetensors_dir import check_params, read_safetensors
+from vlambpo_jax.models.umm import UMMConfig
+
+LLM_PREFIX = "language_model."
+_EXPERTS = {"und": "", "gen": "_moe_gen"}
+
+
+def bagel_llm_config(path: str, dtype: str = "float32") -> UMMConfig:
+    """<path>/llm_config.json with BAGEL's edits: QK-norm, untied embeddings."""
+    cfg = qwen2_config(path, qk_norm=True, dtype=dtype, file="llm_config.json")
+    return dataclasses.replace(cfg, tie_embeddings=False)
+
+
+def convert_llm(tensors: dict[str, np.ndarray], reference: dict) -> dict:
+    """BAGEL's `language_model.*` tensors (others ignored) -> MoTBackbone params shaped like `reference`
+    (its init or eval_shape, under 'params'); torch Linear [out, in] -> Flax kernel [in, out]."""
+    left = {k[len(LLM_PREFIX):]: np.asarray(v, np.float32) for k, v in tensors.items() if k.startswith(LLM_PREFIX)}
+
+    def take(name: str) -> np.ndarray:
+        if name not in left:
+            raise KeyError(f"BAGEL checkpoint lacks tensor {LLM_PREFIX + name!r}")
+        return left.pop(name)
+
+    def dense(name: str, bias: bool) -> dict:
+        out = {"kernel": take(name + ".weight").T}
+        if bias:
+            out["bias"] = take(name + ".bias")
+        return out
+
+    params: dict = {"embedder": {"embedding": take("model.embed_tokens.weight")},
+                    "lm_head": {"kernel": take("lm_head.weight").T}}
+    depth = sum(1 for k in reference["params"] if k.startswith("layers_"))
+    for i in range(depth):
+        p = f"model.layers.{i}."
+        params[f"layers_{i}"] = {ours: {
+            "input_norm": {"scale": take(f"{p}input_layernorm{x}.weight")},
+            **{f"{n}_proj": dense(f"{p}self_attn.{n}_proj{x}", bias=True) for n in "qkv"},
+            "o_proj": dense(f"{p}self_attn.o_proj{x}", bias=False),
+            "q_norm": {"scale": take(f"{p}self_attn.q_norm{x}.weight")},
+            "k_norm": {"scale": take(f"{p}self_attn.k_norm{x}.weight")},
+            "post_attention_norm": {"scale": take(f"{p}post_attention_layernorm{x}.weight")},
+            **{f"{n}_proj": dense(f"{p}mlp{x}.{n}_proj", bias=False) for n in ("gate", "up", "down")},
+        } for ours, x in _EXPERTS.items()}
+    for ours, x in _EXPERTS.items():
+        params[f"final_norm_{ours}"] = {"scale": take(f"model.norm{x}.weight")}
+    if left:
+        raise ValueError(f"BAGEL checkpoint has {len(left)} unexpected language-model tensor(s), e.g. "
+                         f"{LLM_PREFIX + sorted(left)[0]!r}")
+    check_params(params, reference["params"], "BAGEL")
+    return {"params": params}
+
+
+def read_checkpoint(path: str) -> dict[str, np.ndarray]:
+    """Every tensor of <path>/*.safetensors except the VAE's ae.safetensors."""
+    return read_safetensors(path, "BAGEL", skip=r"ae\.safetensors$")
