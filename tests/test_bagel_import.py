@@ -137,3 +137,44 @@ def test_bad_llm_tensors_are_refused_by_name(experts):
         _ours({k: v for k, v in tensors.items() if k != name})
     with pytest.raises(ValueError, match="unexpected.*layers.2"):
         _ours(tensors | {"language_model.model.layers.2.mlp.up_proj.weight": np.zeros((112, 64), np.float32)})
+
+
+def test_vision_encoder_matches_transformers_siglip():
+    """BAGEL's SigLIP (patch embedding stored as a Linear, a 6 x 6 NaViT position table here) and
+    connector -> our ViT: equal to transformers' SiglipVisionModel followed by the connector by hand,
+    on a 4 x 4 patch grid (rows row * 6 + column of the table; the other rows hold junk that must not
+    be read)."""
+    from vlambpo_jax.models.vit import ViT
+
+    torch.manual_seed(2)
+    cfg = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                          num_attention_heads=2, patch_size=4, image_size=16, layer_norm_eps=1e-6,
+                                          hidden_act="gelu_pytorch_tanh", vision_use_head=False)
+    siglip = transformers.SiglipVisionModel(cfg).eval()
+    fc1, fc2 = torch.nn.Linear(32, 64), torch.nn.Linear(64, 64)
+    with torch.no_grad():
+        for name, p in siglip.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.2 * torch.randn_like(p))
+    tensors = {"vit_model.vision_model." + k: v.numpy() for k, v in siglip.state_dict().items()
+               if "position_ids" not in k}
+    conv = tensors.pop("vit_model.vision_model.embeddings.patch_embedding.weight")       # [W, C, p, p]
+    tensors["vit_model.vision_model.embeddings.patch_embedding.weight"] = conv.transpose(0, 2, 3, 1).reshape(32, -1)
+    table = np.random.default_rng(3).standard_normal((36, 32)).astype(np.float32)
+    table[bagel_import.navit_rows(4, 6)] = tensors["vit_model.vision_model.embeddings.position_embedding.weight"]
+    tensors["vit_model.vision_model.embeddings.position_embedding.weight"] = table
+    tensors |= {f"connector.{n}.{k}": v.detach().numpy() for n, m in (("fc1", fc1), ("fc2", fc2))
+                for k, v in m.state_dict().items()}
+    tensors["language_model.lm_head.weight"] = np.zeros((3, 3), np.float32)                # not the ViT's: ignored
+
+    vit = ViT(patch=4, width=32, depth=2, heads=2, mlp=48, out_width=64, connector="mlp")
+    images = np.random.default_rng(4).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    shapes = jax.eval_shape(lambda: vit.init(jax.random.PRNGKey(0), jnp.asarray(images))["params"])
+    params = bagel_import.convert_vit(tensors, shapes, heads=2, max_side=6)
+    ours = np.asarray(vit.apply({"params": params}, jnp.asarray(images)))
+    with torch.no_grad():
+        h = siglip(pixel_values=torch.tensor(images).permute(0, 3, 1, 2)).last_hidden_state
+        ref = fc2(torch.nn.functional.gelu(fc1(h), approximate="tanh")).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    with pytest.raises(KeyError, match="connector.fc2.bias"):
+        bagel_import.convert_vit({k: v for k, v in tensors.items() if k != "connector.fc2.bias"}, shapes, 2, 6)

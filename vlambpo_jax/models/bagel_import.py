@@ -1,12 +1,16 @@
 """BAGEL-7B-MoT checkpoints -> our world model's parts (issue 21; docs/notes/bagel_checkpoint_layout.md).
 
-So far the MoT language model: ema.safetensors' `language_model.*` tensors -> MoTBackbone params. Its
+So far the MoT language model and the vision encoder. The language model: ema.safetensors'
+`language_model.*` tensors -> MoTBackbone params. Its
 layers carry both experts under one name each, the generation expert's with a `_moe_gen` suffix
 (`self_attn.q_proj_moe_gen`, `mlp_moe_gen.gate_proj`, `input_layernorm_moe_gen`, ...), and per-head
 q/k RMSNorms (`self_attn.q_norm`, `k_norm`); the final norms are `model.norm` and `model.norm_moe_gen`,
 the lm_head is untied. The sizes come from the release's llm_config.json (a Qwen2 config; BAGEL forces
-QK-norm on and untied embeddings). Every tensor is mapped; missing, unexpected or misshaped ones are
-refused in one line naming them. The FLUX VAE is models/flux_vae.py.
+QK-norm on and untied embeddings). The vision encoder: `vit_model.vision_model.*` (SigLIP, its patch
+embedding a Linear, its 70 x 70 NaViT position table read at the rows of the configured grid) and
+`connector.*` (fc1, GELU, fc2) -> models/vit.ViT(connector='mlp') params. Every tensor is mapped;
+missing, unexpected or misshaped ones are refused in one line naming them. The FLUX VAE is
+models/flux_vae.py.
 """
 from __future__ import annotations
 
@@ -16,9 +20,12 @@ import numpy as np
 
 from vlambpo_jax.models.qwen2_import import qwen2_config
 from vlambpo_jax.models.safetensors_dir import check_params, read_safetensors
+from vlambpo_jax.models.siglip_import import TensorSource, siglip_tower
 from vlambpo_jax.models.umm import UMMConfig
 
 LLM_PREFIX = "language_model."
+VIT_PREFIXES = ("vit_model.", "connector.")
+MAX_PATCHES_PER_SIDE = 70     # BagelConfig.vit_max_num_patch_per_side
 _EXPERTS = {"und": "", "gen": "_moe_gen"}
 
 
@@ -65,6 +72,31 @@ def convert_llm(tensors: dict[str, np.ndarray], reference: dict) -> dict:
                          f"{LLM_PREFIX + sorted(left)[0]!r}")
     check_params(params, reference["params"], "BAGEL")
     return {"params": params}
+
+
+def navit_rows(grid: int, max_side: int = MAX_PATCHES_PER_SIDE) -> np.ndarray:
+    """Rows of BAGEL's NaViT position table for a grid x grid image: row * max_side + column."""
+    if grid > max_side:
+        raise ValueError(f"a {grid} x {grid} patch grid exceeds BAGEL's position table ({max_side} per side)")
+    return (np.arange(grid)[:, None] * max_side + np.arange(grid)[None, :]).reshape(-1)
+
+
+def convert_vit(tensors: dict[str, np.ndarray], reference: dict, heads: int,
+                max_side: int = MAX_PATCHES_PER_SIDE) -> dict:
+    """BAGEL's `vit_model.*` and `connector.*` tensors (others ignored) -> ViT(connector='mlp') params
+    shaped like `reference`, for the patch grid the reference's position embedding has."""
+    src = TensorSource({k: np.asarray(v, np.float32) for k, v in tensors.items() if k.startswith(VIT_PREFIXES)},
+                       "BAGEL")
+    depth = sum(1 for k in reference if k.startswith("block_"))
+    grid = int(round(reference["pos_embed"].shape[1] ** 0.5))
+    vit = siglip_tower(src, "vit_model.vision_model.", depth, heads, navit_rows(grid, max_side))
+    vit["connector_fc1"] = src.linear("connector.fc1", bias=True)
+    vit["connector_fc2"] = src.linear("connector.fc2", bias=True)
+    if src.tensors:
+        raise ValueError(f"BAGEL checkpoint has {len(src.tensors)} unexpected vision tensor(s), e.g. "
+                         f"{sorted(src.tensors)[0]!r}")
+    check_params(vit, reference, "BAGEL")
+    return vit
 
 
 def read_checkpoint(path: str) -> dict[str, np.ndarray]:

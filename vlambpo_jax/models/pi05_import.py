@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from vlambpo_jax.models.safetensors_dir import check_params, read_safetensors
+from vlambpo_jax.models.siglip_import import TensorSource, siglip_tower
 
 # Known sizes of the LeRobot config's variant names (PaliGemma's Gemma 2B, the 300M action expert).
 _GEMMA_VARIANTS = {
@@ -163,32 +164,7 @@ def _sizes(prefix: dict, expert: dict, vit: dict, theta: float, action_pad: int,
     return {"policy": policy, "chunk_size": chunk, "image_size": vit["image_size"]}
 
 
-class _Source:
-    """The checkpoint's tensors, each taken once: a missing or wrongly shaped one is refused by name,
-    and whatever is left over at the end is unexpected."""
-
-    def __init__(self, tensors: dict[str, np.ndarray]):
-        self.tensors = dict(tensors)
-
-    def take(self, name: str) -> np.ndarray:
-        if name not in self.tensors:
-            raise KeyError(f"pi0.5 checkpoint lacks tensor {name!r}")
-        return self.tensors.pop(name)
-
-    def linear(self, name: str, in_shape: tuple = (), out_shape: tuple = (), bias: bool = False) -> dict:
-        """torch Linear `name` [out, in] -> {'kernel': [*in_shape or in, *out_shape or out], 'bias'}."""
-        w = self.take(name + ".weight").T
-        shape = tuple(in_shape or w.shape[:1]) + tuple(out_shape or w.shape[1:])
-        if w.size != np.prod(shape):
-            raise ValueError(f"pi0.5 checkpoint tensor {name + '.weight'!r} has shape {w.T.shape}, which "
-                             f"does not fit the config's {shape}")
-        out = {"kernel": w.reshape(shape)}
-        if bias:
-            out["bias"] = self.take(name + ".bias").reshape(tuple(out_shape or w.shape[1:]))
-        return out
-
-
-def _gemma_layer(src: _Source, p: str, heads: int, kv_heads: int, head_dim: int, adaptive: bool) -> dict:
+def _gemma_layer(src: TensorSource, p: str, heads: int, kv_heads: int, head_dim: int, adaptive: bool) -> dict:
     """One Gemma decoder layer `p` (prefix, or the action expert with adaptive norms) -> a Block."""
     k = src.linear(p + "self_attn.k_proj", out_shape=(kv_heads, head_dim))["kernel"]
     v = src.linear(p + "self_attn.v_proj", out_shape=(kv_heads, head_dim))["kernel"]
@@ -205,33 +181,11 @@ def _gemma_layer(src: _Source, p: str, heads: int, kv_heads: int, head_dim: int,
     return layer
 
 
-def _vit(src: _Source, p: str, depth: int, heads: int) -> dict:
-    """SigLIP vision tower + PaliGemma projector -> models/vit.ViT (stem='patch')."""
-    conv = src.take(p + "vision_tower.embeddings.patch_embedding.weight")          # [W, C, p, p]
-    width = conv.shape[0]
-    head_dim = width // heads
-    vit = {"patch_embed": {"kernel": conv.transpose(2, 3, 1, 0).reshape(-1, width),
-                           "bias": src.take(p + "vision_tower.embeddings.patch_embedding.bias")},
-           "pos_embed": src.take(p + "vision_tower.embeddings.position_embedding.weight")[None]}
-    ln = lambda name: {"scale": src.take(name + ".weight"), "bias": src.take(name + ".bias")}  # noqa: E731
-    for i in range(depth):
-        q = f"{p}vision_tower.encoder.layers.{i}."
-        vit[f"block_{i}"] = {
-            "ln_attn": ln(q + "layer_norm1"), "ln_mlp": ln(q + "layer_norm2"),
-            "attn": {name: src.linear(q + f"self_attn.{name[0]}_proj", out_shape=(heads, head_dim), bias=True)
-                     for name in ("query", "key", "value")}
-            | {"out": src.linear(q + "self_attn.out_proj", in_shape=(heads, head_dim), bias=True)},
-            "mlp_in": src.linear(q + "mlp.fc1", bias=True), "mlp_out": src.linear(q + "mlp.fc2", bias=True)}
-    vit["ln_final"] = ln(p + "vision_tower.post_layernorm")
-    vit["projector"] = src.linear(p + "multi_modal_projector.linear", bias=True)
-    return vit
-
-
 def convert_pi05(tensors: dict[str, np.ndarray], init_params: dict) -> dict:
     """Checkpoint tensors (either layout) -> Policy params {'vlm', 'action_expert', 'value_head'} shaped
     like `init_params` (a Policy.init result, or its jax.eval_shape, for the same sizes); the value head
     is taken from init_params."""
-    src = _Source(canonical_names(tensors))
+    src = TensorSource(canonical_names(tensors), "pi0.5")
     ours = init_params
     d = ours["vlm"]["blocks_0"]["q_proj"]["kernel"].shape        # [W, H, D]
     heads, head_dim = d[1], d[2]
@@ -239,7 +193,9 @@ def convert_pi05(tensors: dict[str, np.ndarray], init_params: dict) -> dict:
     depth = sum(1 for k in ours["vlm"] if k.startswith("blocks_"))
     vit_heads = ours["vlm"]["vit"]["block_0"]["attn"]["query"]["kernel"].shape[1]
     vit_depth = sum(1 for k in ours["vlm"]["vit"] if k.startswith("block_"))
-    vlm = {"vit": _vit(src, "model.vlm.", vit_depth, vit_heads),
+    vit = siglip_tower(src, "model.vlm.vision_tower.", vit_depth, vit_heads)
+    vit["projector"] = src.linear("model.vlm.multi_modal_projector.linear", bias=True)
+    vlm = {"vit": vit,
            "embed": {"embedding": src.take("model.vlm.language_model.embed_tokens.weight")},
            "final_norm": {"scale": src.take("model.vlm.language_model.norm.weight")}}
     expert = {"final_norm": {"modulation": src.linear("model.dit.norm.dense", bias=True)},

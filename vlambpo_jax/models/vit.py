@@ -3,8 +3,9 @@
 Patch embedding (a strided convolution written as a Dense over flattened patches; or, with
 stem='conv', a stack of 3x3 stride-2 convolutions reaching the same token grid, the "early
 convolutions" stem of Xiao et al. 2021, which learns from little data more easily), a learned position
-embedding, pre-LayerNorm blocks (multi-head attention + GELU MLP), a final LayerNorm, and a linear
-projection to the width of the language-model prefix (PaliGemma's "projector").
+embedding, pre-LayerNorm blocks (multi-head attention + GELU MLP), a final LayerNorm, and a projection
+to the width of the language model: linear (PaliGemma's "projector") or, with connector='mlp', BAGEL's
+two-layer GELU connector.
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ class ViT(nn.Module):
     out_width: int
     dtype: jnp.dtype = jnp.float32
     stem: str = "patch"     # 'patch' | 'conv'
+    connector: str = "linear"   # 'linear' | 'mlp'
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -89,4 +91,9 @@ class ViT(nn.Module):
         for i in range(self.depth):
             x = ViTBlock(self.heads, self.mlp, self.dtype, name=f"block_{i}")(x)
         x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
+        if self.connector == "mlp":
+            x = nn.gelu(nn.Dense(self.out_width, dtype=self.dtype, name="connector_fc1")(x), approximate=True)
+            return nn.Dense(self.out_width, dtype=self.dtype, name="connector_fc2")(x)
+        if self.connector != "linear":
+            raise ValueError(f"ViT connector must be 'linear' or 'mlp', got {self.connector!r}")
         return nn.Dense(self.out_width, dtype=self.dtype, name="projector")(x)
