@@ -231,6 +231,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     action_adaln: the action also modulates the generation expert's norms in every layer (adaptive
       RMSNorm from an MLP of the whole chunk, zero-initialised; DIAMOND conditions every block on the
       action this way), beside the action tokens. Not with interleaved decoding. Needs retraining.
+    bagel_embeddings: BAGEL's timestep embedding (of t itself, not 1000 t) and latent position table
+      (column half first), so BAGEL's time embedder and tables keep their meaning (models/bagel_import.py).
+      Needs retraining.
     dropout.text / vit / vae: conditioning dropout probabilities in [0, 1] (text also drops the actions).
       They only train the unconditional branches that CFG needs, so they are 0 while CFG is off (the
       config check refuses CFG without them; the paper's setting with CFG: 0.1 / 0.3 / 0.3).
@@ -288,7 +291,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         cfg_text_scale=1.0, cfg_image_scale=1.0, cfg_interval=(0.4, 1.0),
         cfg_renorm_type="none", cfg_renorm_min=0.0,
         view_decoding="independent", ivd_vit_copy=True, ivd_wrist_sees_head=False,
-        action_encoding="continuous", action_adaln=False,
+        action_encoding="continuous", action_adaln=False, bagel_embeddings=False,
         dropout=dict(text=0.0, vit=0.0, vae=0.0),
         loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True,
         reward_views="wrist", reward_on_predictions=0.0, reward_labels="paper",

@@ -178,3 +178,47 @@ def test_vision_encoder_matches_transformers_siglip():
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
     with pytest.raises(KeyError, match="connector.fc2.bias"):
         bagel_import.convert_vit({k: v for k, v in tensors.items() if k != "connector.fc2.bias"}, shapes, 2, 6)
+
+
+def test_bagel_embeddings_match_dit_conventions():
+    """wm.bagel_embeddings' tables are DiT's/MAE's, as diffusers computes them: the timestep sinusoid of t
+    itself [cos, sin], and the 2-D sin-cos table with the column half first."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed, get_timestep_embedding
+
+    from vlambpo_jax.models.world_model import sincos_2d, timestep_embedding
+
+    t = np.array([0.0, 0.3, 0.97], np.float32)
+    ours = np.asarray(timestep_embedding(jnp.asarray(t), 256, scale=1.0))
+    ref = get_timestep_embedding(torch.tensor(t), 256, flip_sin_to_cos=True, downscale_freq_shift=0).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    table = get_2d_sincos_pos_embed(64, 5, base_size=5).numpy()
+    np.testing.assert_allclose(sincos_2d(5, 64, columns_first=True), table, atol=1e-6)
+    assert not np.allclose(sincos_2d(5, 64), table, atol=1e-3)       # the default layout is the other
+
+
+def test_generation_path_tensors_and_the_latent_table():
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    rng = np.random.default_rng(5)
+    w = 32
+    tensors = {"vae2llm.weight": rng.standard_normal((w, 16)), "vae2llm.bias": rng.standard_normal(w),
+               "llm2vae.weight": rng.standard_normal((16, w)), "llm2vae.bias": rng.standard_normal(16),
+               "time_embedder.mlp.0.weight": rng.standard_normal((w, 256)),
+               "time_embedder.mlp.0.bias": rng.standard_normal(w),
+               "time_embedder.mlp.2.weight": rng.standard_normal((w, w)),
+               "time_embedder.mlp.2.bias": rng.standard_normal(w),
+               "latent_pos_embed.pos_embed": get_2d_sincos_pos_embed(w, 8, base_size=8).numpy()}
+    shape = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
+    reference = {"vae2llm": {"kernel": shape(16, w), "bias": shape(w)}, "llm2vae": {"kernel": shape(w, 16),
+                 "bias": shape(16)}, "time_in": {"kernel": shape(256, w), "bias": shape(w)},
+                 "time_out": {"kernel": shape(w, w), "bias": shape(w)}}
+    out = bagel_import.convert_generation(tensors, reference, grid=4, max_side=8)
+    np.testing.assert_allclose(out["time_in"]["kernel"], tensors["time_embedder.mlp.0.weight"].T, rtol=1e-6)
+    np.testing.assert_allclose(out["llm2vae"]["bias"], tensors["llm2vae.bias"], rtol=1e-6)
+    rows_first = np.concatenate([tensors["latent_pos_embed.pos_embed"][:, w // 2:],
+                                 tensors["latent_pos_embed.pos_embed"][:, : w // 2]], axis=1)
+    with pytest.raises(ValueError, match="latent_pos_embed is not the sin-cos table"):
+        bagel_import.convert_generation(tensors | {"latent_pos_embed.pos_embed": rows_first}, reference, 4, 8)
+    with pytest.raises(KeyError, match="time_embedder.mlp.2.bias"):
+        bagel_import.convert_generation({k: v for k, v in tensors.items() if k != "time_embedder.mlp.2.bias"},
+                                        reference, 4, 8)

@@ -33,7 +33,8 @@ from vlambpo_jax.train import checkpoints
 # World-model settings that change the token sequence or the decoding but no parameter shape: a
 # checkpoint loaded under other values would run as another model without an error.
 LAYOUT_KEYS = ("view_decoding", "ivd_vit_copy", "ivd_wrist_sees_head", "action_encoding", "predict_delta",
-               "delta_pixels", "delta_scale", "timestep_shift", "reward_views", "action_adaln")
+               "delta_pixels", "delta_scale", "timestep_shift", "reward_views", "action_adaln",
+               "bagel_embeddings")
 
 
 class LayoutMismatch(UserError):

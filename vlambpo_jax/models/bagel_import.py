@@ -9,8 +9,10 @@ the lm_head is untied. The sizes come from the release's llm_config.json (a Qwen
 QK-norm on and untied embeddings). The vision encoder: `vit_model.vision_model.*` (SigLIP, its patch
 embedding a Linear, its 70 x 70 NaViT position table read at the rows of the configured grid) and
 `connector.*` (fc1, GELU, fc2) -> models/vit.ViT(connector='mlp') params. Every tensor is mapped;
-missing, unexpected or misshaped ones are refused in one line naming them. The FLUX VAE is
-models/flux_vae.py.
+missing, unexpected or misshaped ones are refused in one line naming them. The generation path's
+projections and timestep embedder: `vae2llm`, `llm2vae`, `time_embedder.mlp.{0,2}` -> the world model's
+vae2llm, llm2vae, time_in, time_out (with wm.bagel_embeddings, whose fixed latent table the stored
+`latent_pos_embed` must equal). The FLUX VAE is models/flux_vae.py.
 """
 from __future__ import annotations
 
@@ -22,10 +24,14 @@ from vlambpo_jax.models.qwen2_import import qwen2_config
 from vlambpo_jax.models.safetensors_dir import check_params, read_safetensors
 from vlambpo_jax.models.siglip_import import TensorSource, siglip_tower
 from vlambpo_jax.models.umm import UMMConfig
+from vlambpo_jax.models.world_model import sincos_2d
 
 LLM_PREFIX = "language_model."
 VIT_PREFIXES = ("vit_model.", "connector.")
 MAX_PATCHES_PER_SIDE = 70     # BagelConfig.vit_max_num_patch_per_side
+MAX_LATENT_SIDE = 64          # BagelConfig.max_latent_size
+_GENERATION = {"vae2llm": "vae2llm", "llm2vae": "llm2vae", "time_in": "time_embedder.mlp.0",
+               "time_out": "time_embedder.mlp.2"}
 _EXPERTS = {"und": "", "gen": "_moe_gen"}
 
 
@@ -75,7 +81,8 @@ def convert_llm(tensors: dict[str, np.ndarray], reference: dict) -> dict:
 
 
 def navit_rows(grid: int, max_side: int = MAX_PATCHES_PER_SIDE) -> np.ndarray:
-    """Rows of BAGEL's NaViT position table for a grid x grid image: row * max_side + column."""
+    """Rows of one of BAGEL's position tables (the ViT's NaViT table, the latent table) for a grid x grid
+    image: row * max_side + column."""
     if grid > max_side:
         raise ValueError(f"a {grid} x {grid} patch grid exceeds BAGEL's position table ({max_side} per side)")
     return (np.arange(grid)[:, None] * max_side + np.arange(grid)[None, :]).reshape(-1)
@@ -97,6 +104,22 @@ def convert_vit(tensors: dict[str, np.ndarray], reference: dict, heads: int,
                          f"{sorted(src.tensors)[0]!r}")
     check_params(vit, reference, "BAGEL")
     return vit
+
+
+def convert_generation(tensors: dict[str, np.ndarray], reference: dict, grid: int,
+                       max_side: int = MAX_LATENT_SIDE) -> dict:
+    """BAGEL's generation-path tensors -> {vae2llm, llm2vae, time_in, time_out} of the world model's net
+    (`reference`: its params, shapes suffice). The stored latent position table must be the fixed table
+    the net computes with wm.bagel_embeddings (read at rows row * max_side + column of the grid)."""
+    src = TensorSource({k: np.asarray(v, np.float32) for k, v in tensors.items()}, "BAGEL")
+    out = {ours: src.linear(theirs, bias=True) for ours, theirs in _GENERATION.items()}
+    check_params(out, {k: reference[k] for k in _GENERATION}, "BAGEL")
+    table = src.take("latent_pos_embed.pos_embed")[navit_rows(grid, max_side)]
+    expected = sincos_2d(grid, table.shape[1], columns_first=True)
+    if not np.allclose(table, expected, atol=1e-4):
+        raise ValueError("BAGEL checkpoint's latent_pos_embed is not the sin-cos table wm.bagel_embeddings "
+                         f"computes (max abs difference {np.abs(table - expected).max():.3g})")
+    return out
 
 
 def read_checkpoint(path: str) -> dict[str, np.ndarray]:

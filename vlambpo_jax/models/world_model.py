@@ -86,6 +86,7 @@ class WMSpec:
     reward_views: tuple = (0,)
     reward_on_predictions: float = 0.0
     reward_labels: str = "paper"
+    bagel_embeddings: bool = False
 
     @property
     def latent_hw(self) -> int:
@@ -157,27 +158,31 @@ def spec_from_config(config) -> WMSpec:
         delta_pixels=bool(w.get("delta_pixels", False)),
         sample_temperature=float(w.get("sample_temperature", 1.0)), reward_views=reward_views,
         reward_on_predictions=float(w.get("reward_on_predictions", 0.0)),
-        reward_labels=str(w.get("reward_labels", "paper")))
+        reward_labels=str(w.get("reward_labels", "paper")),
+        bagel_embeddings=bool(w.get("bagel_embeddings", False)))
 
 
-def sincos_2d(grid: int, width: int) -> np.ndarray:
-    """Fixed 2-D sin-cos position table float32[grid * grid, width] (row-major patches)."""
+def sincos_2d(grid: int, width: int, columns_first: bool = False) -> np.ndarray:
+    """Fixed 2-D sin-cos position table float32[grid * grid, width] (row-major patches): one half of the
+    channels encodes the row, the other the column (columns_first: the column half first, as MAE, DiT
+    and BAGEL lay it out), each half [sin, cos] over geometric frequencies."""
     def one_d(pos, dim):
         omega = 1.0 / 10_000 ** (np.arange(dim // 2, dtype=np.float64) / (dim // 2))
         out = pos[:, None] * omega[None]
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
     rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    first, second = (cols, rows) if columns_first else (rows, cols)
     half = width // 2
-    emb = np.concatenate([one_d(rows.reshape(-1).astype(np.float64), half),
-                          one_d(cols.reshape(-1).astype(np.float64), width - half)], axis=1)
+    emb = np.concatenate([one_d(first.reshape(-1).astype(np.float64), half),
+                          one_d(second.reshape(-1).astype(np.float64), width - half)], axis=1)
     return emb.astype(np.float32)
 
 
-def timestep_embedding(t, dim: int = 256):
-    """DiT sinusoid of t in [0, 1] (scaled by 1000 like DiT's integer steps): [N] -> [N, dim]."""
+def timestep_embedding(t, dim: int = 256, scale: float = 1000.0):
+    """DiT sinusoid [cos, sin] of scale * t, t in [0, 1] (1000: DiT's integer steps; BAGEL: 1): [N] -> [N, dim]."""
     half = dim // 2
     freqs = jnp.exp(-np.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
-    args = (1000.0 * t.astype(jnp.float32))[:, None] * freqs[None]
+    args = (scale * t.astype(jnp.float32))[:, None] * freqs[None]
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
@@ -207,7 +212,7 @@ class WMNet(nn.Module):
         if s.umm.gen_condition:
             self.cond_in = nn.Dense(width)
             self.cond_out = nn.Dense(width)
-        self.latent_pos = jnp.asarray(sincos_2d(s.grid, width))
+        self.latent_pos = jnp.asarray(sincos_2d(s.grid, width, columns_first=s.bagel_embeddings))
 
     def embed_ids(self, ids):
         """int[N, T] -> [N, T, W]."""
@@ -219,7 +224,8 @@ class WMNet(nn.Module):
 
     def latent_tokens(self, x, t):
         """x [N, n, patch_dim] latent patches, t [N] in [0, 1] -> [N, n, W]."""
-        temb = self.time_out(nn.silu(self.time_in(timestep_embedding(t))))
+        scale = 1.0 if self.spec.bagel_embeddings else 1000.0
+        temb = self.time_out(nn.silu(self.time_in(timestep_embedding(t, scale=scale))))
         return self.vae2llm(x) + temb[:, None, :] + self.latent_pos[None]
 
     def continuous_actions(self, a):
