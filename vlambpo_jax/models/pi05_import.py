@@ -92,7 +92,10 @@ def is_pi05_checkpoint(path: str) -> bool:
     """A directory with a config.json of model type pi05 (transformers' or LeRobot's), or an openpi
     pi0.5 checkpoint (the time MLP of pi0.5's adaRMS, no state projection: pi0's)."""
     if is_openpi_checkpoint(path):
-        shapes = openpi_shapes(path)
+        try:
+            shapes = openpi_shapes(path)
+        except (KeyError, TypeError):     # an orbax tree of another kind (e.g. one of our own step dirs)
+            return False
         return "time_mlp_in/kernel" in shapes and "state_proj/kernel" not in shapes
     cfg_file = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_file):
