@@ -4,7 +4,11 @@ Usage: python -m vlambpo_jax.main --config=configs/bridge.py[:ARG] --workdir=DIR
 ARG (comma separated): `smoke` reads the tiny Bridge-format fixture shipped in tests/fixtures and
 shrinks every size; `pi05` gives the policy the released pi0.5 checkpoints' sizes (3.3B parameters,
 224 px views, chunks of 50), to start from one with --config.sft.init_from=DIR and PaliGemma's tokenizer
-(--config.policy.tokenizer=DIR); a GPU/TPU configuration (README, "Starting from pi0.5").
+(--config.policy.tokenizer=DIR); a GPU/TPU configuration (README, "Starting from pi0.5"); `bagel` gives
+the world model BAGEL-7B-MoT's sizes and the paper's sampling (14B parameters, the FLUX VAE, 224 px
+views): for the memory plan (`python -m vlambpo_jax.tools.plan --config=configs/bridge.py:bagel`) and
+models/bagel_import.load_world_model; no stage runs a world model of that kind yet (README, "Starting
+from BAGEL"), so it runs the data stage only.
 Point at the real release with --config.data.builder_dir=/path/bridge_dataset/1.0.0.
 
 The whole loop runs from logged episodes, as for a real robot whose rollouts were recorded:
@@ -34,13 +38,13 @@ import ml_collections
 
 from configs import common
 from configs.tabletop import wm_config
-from vlambpo_jax.models import pi05_import
+from vlambpo_jax.models import bagel_import, pi05_import
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, smoke=False, pi05=False)
+    args = common.parse_arg(arg, smoke=False, pi05=False, bagel=False)
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.stages = ("data", "sft", "logged_roots", "wm_pretrain", "wm_finetune", "mbpo", "evaluate", "report")
@@ -116,4 +120,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.policy.prompt_format = "pi05"
         c.data.update(dict(norm_mode="quantile", norm_skip_action_dims=(), norm_skip_state_dims=()))
         c.stages = ("data", "sft")
+    if args.bagel:  # BAGEL-7B-MoT's world model: 224 px views are 14 x 14 ViT patches, 28 x 28 FLUX latents
+        c.wm.update(bagel_import.full_size())
+        c.image_size = 224
+        c.stages = ("data",)
     return c

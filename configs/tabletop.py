@@ -30,9 +30,12 @@ Top-level fields:
 Sections (each documented where it is built below): env, demos, data, policy, sft, wm, rl, eval,
 mesh, distributed, checkpoint, log.
 """
+import dataclasses
+
 import ml_collections
 
 from configs import common
+from vlambpo_jax.models.flux_vae import FluxVAEConfig
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -195,12 +198,16 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     the others in vlambpo_jax/loading.LAYOUT_KEYS) are saved with the checkpoint; loading it under a
     config that sets them differently stops with one line naming the setting.
 
+    vae.kind: 'project' (the small VAE below, trained by the stages) | 'flux' (FLUX's autoencoder with
+      the sizes of vae.flux, BAGEL's; frozen, from a checkpoint: models/bagel_import.load_world_model).
     vae.downsample: spatial factor (= 2 ** len(vae.widths)); vae.widths: conv channels per stride-2
       stage; vae.latent_channels: C; vae.kl_weight: KL weight of the VAE loss; vae.steps / batch_size /
       lr: the VAE phase (first phase of wm_pretrain, or of wm_finetune when pretraining is off).
-    vit.*: the understanding ViT (patch px, width, blocks, heads, MLP size; output projected to umm.width).
+    vit.*: the understanding ViT (patch px, width, blocks, heads, MLP size; output projected to umm.width
+      by a linear layer, or BAGEL's two-layer GELU MLP with connector='mlp').
     umm.*: MoT backbone per expert: width, depth (layers), heads, kv_heads (GQA), head_dim, mlp (SwiGLU
-      hidden), rope_theta, qk_norm (BAGEL's per-head q/k RMSNorm).
+      hidden), rope_theta, qk_norm (BAGEL's per-head q/k RMSNorm), vocab_size (0 = the byte-level
+      vocabulary of models/action_tokens.py; a loaded checkpoint's otherwise).
     latent_patch: latent patch size (tokens are patch^2 * C wide).
     num_sample_steps: Euler rectified-flow steps per generated view (paper 50; small on CPU).
     sample_temperature: std of the sampler's starting noise, >= 0 (1 = the flow's own distribution, as
@@ -231,8 +238,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     action_adaln: the action also modulates the generation expert's norms in every layer (adaptive
       RMSNorm from an MLP of the whole chunk, zero-initialised; DIAMOND conditions every block on the
       action this way), beside the action tokens. Not with interleaved decoding. Needs retraining.
-    bagel_embeddings: BAGEL's timestep embedding (of t itself, not 1000 t) and latent position table
-      (column half first), so BAGEL's time embedder and tables keep their meaning (models/bagel_import.py).
+    bagel_embeddings: BAGEL's timestep embedding (of t itself, not 1000 t), latent position table
+      (column half first) and the fixed table it adds to the ViT connector's output, so BAGEL's time
+      embedder and tables keep their meaning (models/bagel_import.py).
       Needs retraining.
     dropout.text / vit / vae: conditioning dropout probabilities in [0, 1] (text also drops the actions).
       They only train the unconditional branches that CFG needs, so they are 0 while CFG is off (the
@@ -282,11 +290,11 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     dtype: compute dtype ('float32' on CPU).
     """
     w = ml_collections.ConfigDict(dict(
-        vae=dict(downsample=4, widths=(16, 32), latent_channels=4, kl_weight=1e-4, steps=400,
-                 batch_size=16, lr=2e-3),
-        vit=dict(patch=8, width=64, depth=1, heads=4, mlp=128),
+        vae=dict(kind="project", downsample=4, widths=(16, 32), latent_channels=4, kl_weight=1e-4, steps=400,
+                 batch_size=16, lr=2e-3, flux=dataclasses.asdict(FluxVAEConfig())),
+        vit=dict(patch=8, width=64, depth=1, heads=4, mlp=128, connector="linear"),
         umm=dict(width=96, depth=3, heads=4, kv_heads=2, head_dim=24, mlp=256, rope_theta=10_000.0,
-                 qk_norm=True),
+                 qk_norm=True, vocab_size=0),
         latent_patch=2, num_sample_steps=8, timestep_shift=2.0,
         cfg_text_scale=1.0, cfg_image_scale=1.0, cfg_interval=(0.4, 1.0),
         cfg_renorm_type="none", cfg_renorm_min=0.0,

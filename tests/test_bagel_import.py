@@ -14,8 +14,8 @@ transformers = pytest.importorskip("transformers")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb  # noqa: E402
 
+from tests.helpers import bagel_reference  # noqa: E402
 from vlambpo_jax.models import bagel_import  # noqa: E402
 from vlambpo_jax.models import sequence_layout as sl  # noqa: E402
 from vlambpo_jax.models.umm import MoTBackbone, UMMConfig  # noqa: E402
@@ -26,42 +26,9 @@ SIZES = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden
              tie_word_embeddings=False)
 
 
-def _qwen3(seed: int):
-    torch.manual_seed(seed)
-    model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**SIZES)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "o_proj.bias" in name:
-                p.zero_()                                        # BAGEL's o_proj has no bias
-            elif "norm" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn_like(p))
-    return model
-
-
 @pytest.fixture(scope="module")
 def experts():
-    und, gen = _qwen3(0), _qwen3(1)
-    with torch.no_grad():                                        # one shared embedding and lm_head
-        gen.model.embed_tokens.weight.copy_(und.model.embed_tokens.weight)
-        gen.lm_head.weight.copy_(und.lm_head.weight)
-    tensors = {}
-    for model, suffix in ((und, ""), (gen, "_moe_gen")):
-        for name, value in model.state_dict().items():
-            if "o_proj.bias" in name:
-                continue
-            if name.startswith("model.layers."):
-                layer, rest = name.split(".", 3)[2:]
-                module, _, leaf = rest.rpartition(".")
-                if module.startswith("mlp."):
-                    module = "mlp" + suffix + module[3:]
-                else:
-                    module += suffix
-                name = f"model.layers.{layer}.{module}.{leaf}"
-            elif name == "model.norm.weight":
-                name = f"model.norm{suffix}.weight"
-            elif suffix:
-                continue                                         # shared: taken from the first
-            tensors["language_model." + name] = value.numpy()
+    und, gen, tensors = bagel_reference.experts(SIZES)
     tensors["vit_model.vision_model.post_layernorm.weight"] = np.ones(4, np.float32)   # not the LLM's: ignored
     return und, gen, tensors
 
@@ -87,29 +54,9 @@ def _logits(net, params, layout, ids, routing):
 
 def _hand_assembled(und, gen, ids, routing):
     """Both models' submodules, per token by `routing`, one causal attention over all tokens."""
-    models = (und, gen)
     x = und.model.embed_tokens(torch.tensor(ids))
-    pos = torch.arange(T)[None]
-    cos, sin = und.model.rotary_emb(x, pos)
-    route = torch.tensor(routing)
-
-    def per_token(fn):                     # fn(model) -> tensor [B, T, ...]; each token from its expert's
-        outs = [fn(m) for m in models]
-        return torch.where(route.view(1, T, *[1] * (outs[0].ndim - 2)) == 1, outs[1], outs[0])
-
-    for i in range(SIZES["num_hidden_layers"]):
-        layer = lambda m, i=i: m.model.layers[i]  # noqa: E731
-        h = per_token(lambda m: layer(m).input_layernorm(x))
-        q = per_token(lambda m: layer(m).self_attn.q_norm(layer(m).self_attn.q_proj(h).view(2, T, 4, 16)))
-        k = per_token(lambda m: layer(m).self_attn.k_norm(layer(m).self_attn.k_proj(h).view(2, T, 2, 16)))
-        v = per_token(lambda m: layer(m).self_attn.v_proj(h).view(2, T, 2, 16))
-        q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-        k, v = k.repeat_interleave(2, dim=1), v.transpose(1, 2).repeat_interleave(2, dim=1)
-        scores = q @ k.transpose(-1, -2) / 4.0 + torch.triu(torch.full((T, T), -1e9), 1)
-        o = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, T, 64)
-        x = x + per_token(lambda m: layer(m).self_attn.o_proj(o))
-        x = x + per_token(lambda m: layer(m).mlp(layer(m).post_attention_layernorm(x)))
-    return und.lm_head(per_token(lambda m: m.model.norm(x)))
+    h = bagel_reference.mot_forward(und, gen, x, routing, np.arange(T), np.tril(np.ones((T, T), bool)))
+    return und.lm_head(h)
 
 
 @pytest.mark.parametrize("routing", ["und", "gen", "mixed"])
@@ -146,25 +93,8 @@ def test_vision_encoder_matches_transformers_siglip():
     be read)."""
     from vlambpo_jax.models.vit import ViT
 
-    torch.manual_seed(2)
-    cfg = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                          num_attention_heads=2, patch_size=4, image_size=16, layer_norm_eps=1e-6,
-                                          hidden_act="gelu_pytorch_tanh", vision_use_head=False)
-    siglip = transformers.SiglipVisionModel(cfg).eval()
-    fc1, fc2 = torch.nn.Linear(32, 64), torch.nn.Linear(64, 64)
-    with torch.no_grad():
-        for name, p in siglip.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn_like(p))
-    tensors = {"vit_model.vision_model." + k: v.numpy() for k, v in siglip.state_dict().items()
-               if "position_ids" not in k}
-    conv = tensors.pop("vit_model.vision_model.embeddings.patch_embedding.weight")       # [W, C, p, p]
-    tensors["vit_model.vision_model.embeddings.patch_embedding.weight"] = conv.transpose(0, 2, 3, 1).reshape(32, -1)
-    table = np.random.default_rng(3).standard_normal((36, 32)).astype(np.float32)
-    table[bagel_import.navit_rows(4, 6)] = tensors["vit_model.vision_model.embeddings.position_embedding.weight"]
-    tensors["vit_model.vision_model.embeddings.position_embedding.weight"] = table
-    tensors |= {f"connector.{n}.{k}": v.detach().numpy() for n, m in (("fc1", fc1), ("fc2", fc2))
-                for k, v in m.state_dict().items()}
+    siglip, fc1, fc2, tensors = bagel_reference.siglip_and_connector(32, 64, patch=4, image_size=16, max_side=6,
+                                                                     seed=2)
     tensors["language_model.lm_head.weight"] = np.zeros((3, 3), np.float32)                # not the ViT's: ignored
 
     vit = ViT(patch=4, width=32, depth=2, heads=2, mlp=48, out_width=64, connector="mlp")
@@ -173,8 +103,7 @@ def test_vision_encoder_matches_transformers_siglip():
     params = bagel_import.convert_vit(tensors, shapes, heads=2, max_side=6)
     ours = np.asarray(vit.apply({"params": params}, jnp.asarray(images)))
     with torch.no_grad():
-        h = siglip(pixel_values=torch.tensor(images).permute(0, 3, 1, 2)).last_hidden_state
-        ref = fc2(torch.nn.functional.gelu(fc1(h), approximate="tanh")).numpy()
+        ref = bagel_reference.siglip_connector_forward(siglip, fc1, fc2, images).numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
     with pytest.raises(KeyError, match="connector.fc2.bias"):
         bagel_import.convert_vit({k: v for k, v in tensors.items() if k != "connector.fc2.bias"}, shapes, 2, 6)

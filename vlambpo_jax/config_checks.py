@@ -167,6 +167,8 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
      "PaliGemma's, e.g. --config.policy.tokenizer=/path/to/paligemma_tokenizer)"),
     ("policy.vit_stem", _one_of("patch", "conv")),
     ("policy.prompt_format", _one_of(*PROMPT_FORMATS)),
+    ("wm.vae.kind", _one_of("project", "flux")),
+    ("wm.vit.connector", _one_of("linear", "mlp")),
     ("policy.perception_dim", _int_range(0)),
     ("policy.vit_patch", _int_range(1)),
     ("policy.num_kv_heads", _int_range(1)),
@@ -297,6 +299,32 @@ def _pi05_prompt_problems(config, p, stages) -> list[tuple[str, Any, str]]:
     return out
 
 
+WM_STAGES = ("wm_pretrain", "wm_finetune", "wm_bc", "report", "logged_roots")
+
+
+def _wm_size_problems(config, w) -> list[tuple[str, Any, str]]:
+    out = []
+    flux = w.vae.get("kind", "project") == "flux"
+    down, what = (2 ** (len(w.vae.flux.ch_mult) - 1), "config.wm.vae.flux.ch_mult") if flux else \
+        (2 ** len(w.vae.widths), "config.wm.vae.widths")
+    if config.image_size % (down * w.latent_patch):
+        out.append(("image_size", config.image_size, f"must be divisible by the VAE downsample ({down}, "
+                    f"{what}) x config.wm.latent_patch ({w.latent_patch})"))
+    if config.image_size % w.vit.patch:
+        out.append(("image_size", config.image_size, f"must be divisible by config.wm.vit.patch ({w.vit.patch})"))
+    if not flux and w.vae.downsample != down:
+        out.append(("wm.vae.downsample", w.vae.downsample, f"must equal 2 ** len(config.wm.vae.widths) "
+                    f"(= {down}: one stride-2 stage per width)"))
+    stages = tuple(get(config, "stages")) if get(config, "stages") is not _MISSING else ()
+    uses = [s for s in stages if s in WM_STAGES or (s == "mbpo" and get(config, "rl.world") == "model")]
+    if uses and (flux or w.umm.get("vocab_size", 0)):
+        key, value = ("wm.vae.kind", "flux") if flux else ("wm.umm.vocab_size", w.umm.vocab_size)
+        out.append((key, value, f"a BAGEL-format world model is loaded (models/bagel_import.load_world_model) "
+                    f"and planned (tools.plan) but no stage trains or runs it yet, not {uses[0]!r}: the "
+                    "stages tokenize its text with the byte vocabulary"))
+    return out
+
+
 def _cross_problems(config) -> list[tuple[str, Any, str]]:
     """(key, value, what is allowed) for rules that involve several fields."""
     out = []
@@ -353,13 +381,7 @@ def _cross_problems(config) -> list[tuple[str, Any, str]]:
                         "(a group of one has no relative advantage)"))
     w = get(config, "wm")
     if w is not _MISSING and "vae" in w:
-        down = 2 ** len(w.vae.widths)
-        if config.image_size % (down * w.latent_patch):
-            out.append(("image_size", config.image_size, f"must be divisible by the VAE downsample ({down}, "
-                        f"config.wm.vae.widths) x config.wm.latent_patch ({w.latent_patch})"))
-        if w.vae.downsample != down:
-            out.append(("wm.vae.downsample", w.vae.downsample, f"must equal 2 ** len(config.wm.vae.widths) "
-                        f"(= {down}: one stride-2 stage per width)"))
+        out += _wm_size_problems(config, w)
     d = get(config, "data")
     if d is not _MISSING and "image_keys" in d:
         if len(tuple(d.image_keys)) != len(tuple(config.views)):

@@ -1,25 +1,30 @@
 """BAGEL-7B-MoT checkpoints -> our world model's parts (issue 21; docs/notes/bagel_checkpoint_layout.md).
 
-So far the MoT language model and the vision encoder. The language model: ema.safetensors'
-`language_model.*` tensors -> MoTBackbone params. Its
-layers carry both experts under one name each, the generation expert's with a `_moe_gen` suffix
-(`self_attn.q_proj_moe_gen`, `mlp_moe_gen.gate_proj`, `input_layernorm_moe_gen`, ...), and per-head
-q/k RMSNorms (`self_attn.q_norm`, `k_norm`); the final norms are `model.norm` and `model.norm_moe_gen`,
-the lm_head is untied. The sizes come from the release's llm_config.json (a Qwen2 config; BAGEL forces
-QK-norm on and untied embeddings). The vision encoder: `vit_model.vision_model.*` (SigLIP, its patch
-embedding a Linear, its 70 x 70 NaViT position table read at the rows of the configured grid) and
-`connector.*` (fc1, GELU, fc2) -> models/vit.ViT(connector='mlp') params. Every tensor is mapped;
-missing, unexpected or misshaped ones are refused in one line naming them. The generation path's
-projections and timestep embedder: `vae2llm`, `llm2vae`, `time_embedder.mlp.{0,2}` -> the world model's
-vae2llm, llm2vae, time_in, time_out (with wm.bagel_embeddings, whose fixed latent table the stored
-`latent_pos_embed` must equal). The FLUX VAE is models/flux_vae.py.
+load_world_model assembles the whole world model from a release directory. Its parts: the language
+model, ema.safetensors' `language_model.*` tensors -> MoTBackbone params. Its layers carry both experts
+under one name each, the generation expert's with a `_moe_gen` suffix (`self_attn.q_proj_moe_gen`,
+`mlp_moe_gen.gate_proj`, `input_layernorm_moe_gen`, ...), and per-head q/k RMSNorms (`self_attn.q_norm`,
+`k_norm`); the final norms are `model.norm` and `model.norm_moe_gen`, the lm_head is untied. The sizes
+come from the release's llm_config.json (a Qwen2 config; BAGEL forces QK-norm on and untied embeddings).
+The vision encoder: `vit_model.vision_model.*` (SigLIP, its patch embedding a Linear, its 70 x 70 NaViT
+position table read at the rows of the configured grid) and `connector.*` (fc1, GELU, fc2) ->
+models/vit.ViT(connector='mlp') params. Every tensor is mapped; missing, unexpected or misshaped ones
+are refused in one line naming them. The generation path's projections and timestep embedder: `vae2llm`,
+`llm2vae`, `time_embedder.mlp.{0,2}` -> the world model's vae2llm, llm2vae, time_in, time_out (with
+wm.bagel_embeddings, whose fixed latent table the stored `latent_pos_embed` must equal, as must
+`vit_pos_embed` the ViT's). The FLUX VAE is models/flux_vae.py.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file
 
+from vlambpo_jax.models import flux_vae
 from vlambpo_jax.models.qwen2_import import qwen2_config
 from vlambpo_jax.models.safetensors_dir import check_params, read_safetensors
 from vlambpo_jax.models.siglip_import import TensorSource, siglip_tower
@@ -28,6 +33,8 @@ from vlambpo_jax.models.world_model import sincos_2d
 
 LLM_PREFIX = "language_model."
 VIT_PREFIXES = ("vit_model.", "connector.")
+GENERATION_PREFIXES = ("vae2llm.", "llm2vae.", "time_embedder.", "latent_pos_embed.")
+VIT_TABLE = "vit_pos_embed.pos_embed"     # BAGEL's fixed table added after the connector
 MAX_PATCHES_PER_SIDE = 70     # BagelConfig.vit_max_num_patch_per_side
 MAX_LATENT_SIDE = 64          # BagelConfig.max_latent_size
 _GENERATION = {"vae2llm": "vae2llm", "llm2vae": "llm2vae", "time_in": "time_embedder.mlp.0",
@@ -106,20 +113,81 @@ def convert_vit(tensors: dict[str, np.ndarray], reference: dict, heads: int,
     return vit
 
 
-def convert_generation(tensors: dict[str, np.ndarray], reference: dict, grid: int,
-                       max_side: int = MAX_LATENT_SIDE) -> dict:
-    """BAGEL's generation-path tensors -> {vae2llm, llm2vae, time_in, time_out} of the world model's net
-    (`reference`: its params, shapes suffice). The stored latent position table must be the fixed table
-    the net computes with wm.bagel_embeddings (read at rows row * max_side + column of the grid)."""
-    src = TensorSource({k: np.asarray(v, np.float32) for k, v in tensors.items()}, "BAGEL")
-    out = {ours: src.linear(theirs, bias=True) for ours, theirs in _GENERATION.items()}
-    check_params(out, {k: reference[k] for k in _GENERATION}, "BAGEL")
-    table = src.take("latent_pos_embed.pos_embed")[navit_rows(grid, max_side)]
+def _check_table(table: np.ndarray, grid: int, max_side: int, name: str) -> None:
+    """A stored fixed position table, read at the rows of a grid x grid image, must be the column-first
+    sin-cos table the world model computes with wm.bagel_embeddings."""
+    table = table[navit_rows(grid, max_side)]
     expected = sincos_2d(grid, table.shape[1], columns_first=True)
     if not np.allclose(table, expected, atol=1e-4):
-        raise ValueError("BAGEL checkpoint's latent_pos_embed is not the sin-cos table wm.bagel_embeddings "
-                         f"computes (max abs difference {np.abs(table - expected).max():.3g})")
+        raise ValueError(f"BAGEL checkpoint's {name} is not the sin-cos table wm.bagel_embeddings computes "
+                         f"(max abs difference {np.abs(table - expected).max():.3g})")
+
+
+def convert_generation(tensors: dict[str, np.ndarray], reference: dict, grid: int,
+                       max_side: int = MAX_LATENT_SIDE) -> dict:
+    """BAGEL's generation-path tensors (GENERATION_PREFIXES; others ignored) -> {vae2llm, llm2vae, time_in,
+    time_out} of the world model's net (`reference`: its params, shapes suffice). The stored latent
+    position table must be the fixed table the net computes with wm.bagel_embeddings (read at rows
+    row * max_side + column of the grid)."""
+    src = TensorSource({k: np.asarray(v, np.float32) for k, v in tensors.items()
+                        if k.startswith(GENERATION_PREFIXES)}, "BAGEL")
+    out = {ours: src.linear(theirs, bias=True) for ours, theirs in _GENERATION.items()}
+    check_params(out, {k: reference[k] for k in _GENERATION}, "BAGEL")
+    _check_table(src.take("latent_pos_embed.pos_embed"), grid, max_side, "latent_pos_embed")
+    if src.tensors:
+        raise ValueError(f"BAGEL checkpoint has {len(src.tensors)} unexpected generation tensor(s), e.g. "
+                         f"{sorted(src.tensors)[0]!r}")
     return out
+
+
+def full_size() -> dict:
+    """config.wm overrides with BAGEL-7B-MoT's sizes (Qwen2.5-7B with the MoT generation expert and
+    QK-norm, SigLIP so400m/14 with 26 layers and the MLP connector, the FLUX VAE whose FluxVAEConfig
+    defaults are the release's) and the paper's training and sampling settings (PAPER.md)."""
+    return dict(
+        vae=dict(kind="flux"),
+        vit=dict(patch=14, width=1152, depth=26, heads=16, mlp=4304, connector="mlp"),
+        umm=dict(width=3584, depth=28, heads=28, kv_heads=4, head_dim=128, mlp=18944, rope_theta=1e6, qk_norm=True,
+                 vocab_size=152064),
+        latent_patch=2, bagel_embeddings=True, num_sample_steps=50, timestep_shift=4.0, cfg_text_scale=6.0,
+        cfg_image_scale=2.0, cfg_interval=(0.4, 1.0), dropout=dict(text=0.1, vit=0.3, vae=0.3), lr=2e-5,
+        b1=0.9, b2=0.95, grad_clip=1.0, ema=0.9999, loss_image=1.0, loss_text=0.01, dtype="bfloat16")
+
+
+def load_world_model(path: str, wm, key: jax.Array | None = None) -> tuple[dict, list[str]]:
+    """A local BAGEL-7B-MoT directory (its weights' *.safetensors and ae.safetensors) -> ({'net', 'vae',
+    'stats'} world-model params for `wm`, the net's parameters the release lacks). `wm` must be built
+    from a BAGEL-kind config (wm.vae.kind='flux', wm.vit.connector='mlp', wm.bagel_embeddings) with the
+    checkpoint's sizes (full_size()). Every tensor of the directory is mapped; the parameters it lacks
+    (the continuous action encoder; adaLN's condition MLP) are initialised from `key` as wm.init would,
+    and the statistics are FLUX's latent shift and scale with actions in [-1, 1]."""
+    s = wm.spec
+    if not (s.flux and s.vit_connector == "mlp" and s.bagel_embeddings):
+        raise ValueError("loading BAGEL needs a BAGEL-kind world model: config.wm.vae.kind='flux', "
+                         "config.wm.vit.connector='mlp' and config.wm.bagel_embeddings=True "
+                         "(models/bagel_import.full_size() has them)")
+    key = jax.random.PRNGKey(0) if key is None else key
+    shapes = jax.eval_shape(wm.init, key)
+    net_ref = shapes["net"]["params"]
+    tensors = read_checkpoint(path)
+    known = (LLM_PREFIX, *VIT_PREFIXES, *GENERATION_PREFIXES, VIT_TABLE)
+    other = sorted(k for k in tensors if not k.startswith(known))
+    if other:
+        raise ValueError(f"BAGEL checkpoint has {len(other)} tensor(s) of no known part, e.g. {other[0]!r}")
+    _check_table(np.asarray(tensors.pop(VIT_TABLE), np.float32), s.vit_grid, MAX_PATCHES_PER_SIDE, "vit_pos_embed")
+    net = {"backbone": convert_llm(tensors, {"params": net_ref["backbone"]})["params"],
+           "vit": convert_vit(tensors, net_ref["vit"], heads=s.vit_heads),
+           **convert_generation(tensors, net_ref, grid=s.grid)}
+    fresh = sorted(set(net_ref) - set(net))
+    if fresh:   # only these leave the jit: XLA drops the rest of the init
+        net |= jax.jit(lambda k: {n: wm.init(k)["net"]["params"][n] for n in fresh})(key)
+    ae = os.path.join(path, "ae.safetensors")
+    if not os.path.exists(ae):
+        raise FileNotFoundError(f"BAGEL checkpoint directory {path!r} has no ae.safetensors (the FLUX VAE)")
+    vae = flux_vae.convert(load_file(ae), shapes["vae"]["params"])
+    stats = jax.jit(lambda k: wm.init(k)["stats"])(key)
+    params = {"net": {"params": net}, "vae": {"params": vae}, "stats": stats}
+    return jax.tree.map(jnp.asarray, params), fresh
 
 
 def read_checkpoint(path: str) -> dict[str, np.ndarray]:

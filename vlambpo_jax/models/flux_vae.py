@@ -115,14 +115,14 @@ class Decoder(nn.Module):
 
 
 class FluxVAE(nn.Module):
-    """moments(images f32[B, H, W, 3] in [-1, 1]) -> (mean, logvar) f32[B, H/d, W/d, z]; decode(z) -> images."""
+    """encode(images f32[B, H, W, 3] in [-1, 1]) -> (mean, logvar) f32[B, H/d, W/d, z]; decode(z) -> images."""
     config: FluxVAEConfig
 
     def setup(self):
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
 
-    def moments(self, images):
+    def encode(self, images):
         mean, logvar = jnp.split(self.encoder(images), 2, axis=-1)
         return mean, jnp.clip(logvar, -30.0, 20.0)
 
@@ -130,7 +130,7 @@ class FluxVAE(nn.Module):
         return self.decoder(z)
 
     def __call__(self, images):
-        return self.decode(self.moments(images)[0])
+        return self.decode(self.encode(images)[0])
 
 
 def to_latents(mean: jax.Array, config: FluxVAEConfig) -> jax.Array:

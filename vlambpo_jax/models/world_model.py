@@ -41,6 +41,7 @@ import numpy as np
 from vlambpo_jax.models import action_tokens as at
 from vlambpo_jax.models import flow_sampling as fs
 from vlambpo_jax.models import sequence_layout as sl
+from vlambpo_jax.models.flux_vae import FluxVAE, FluxVAEConfig
 from vlambpo_jax.models.umm import MoTBackbone, UMMConfig, concat_cache
 from vlambpo_jax.models.vae import VAE, to_float, to_uint8
 from vlambpo_jax.models.vit import ViT
@@ -87,10 +88,13 @@ class WMSpec:
     reward_on_predictions: float = 0.0
     reward_labels: str = "paper"
     bagel_embeddings: bool = False
+    flux: FluxVAEConfig | None = None      # the FLUX VAE (BAGEL's) instead of the project's VAE
+    vit_connector: str = "linear"
 
     @property
     def latent_hw(self) -> int:
-        return self.image_size // 2 ** len(self.vae_widths)
+        down = self.flux.downsample if self.flux else 2 ** len(self.vae_widths)
+        return self.image_size // down
 
     @property
     def grid(self) -> int:
@@ -105,8 +109,12 @@ class WMSpec:
         return self.latent_patch ** 2 * self.latent_channels
 
     @property
+    def vit_grid(self) -> int:
+        return self.image_size // self.vit_patch
+
+    @property
     def vit_tokens(self) -> int:
-        return (self.image_size // self.vit_patch) ** 2
+        return self.vit_grid ** 2
 
     @property
     def action_tokens(self) -> int:
@@ -133,12 +141,17 @@ def spec_from_config(config) -> WMSpec:
     reward_views = REWARD_VIEWS[w.get("reward_views", "head")]
     delta_scale = tuple(float(x) for x in w.get("delta_scale", (1.0, 1.0)))
     u = w.umm
-    umm = UMMConfig(vocab_size=at.VOCAB_SIZE, width=u.width, depth=u.depth, heads=u.heads,
-                    kv_heads=u.kv_heads, head_dim=u.head_dim, mlp=u.mlp, rope_theta=u.rope_theta,
+    flux = None
+    if w.vae.get("kind", "project") == "flux":
+        f = w.vae.flux
+        flux = FluxVAEConfig(ch=f.ch, ch_mult=tuple(f.ch_mult), num_res_blocks=f.num_res_blocks,
+                             z_channels=f.z_channels, groups=f.groups, scale=f.scale, shift=f.shift)
+    umm = UMMConfig(vocab_size=int(u.get("vocab_size", 0)) or at.VOCAB_SIZE, width=u.width, depth=u.depth,
+                    heads=u.heads, kv_heads=u.kv_heads, head_dim=u.head_dim, mlp=u.mlp, rope_theta=u.rope_theta,
                     qk_norm=u.qk_norm, dtype=w.dtype, gen_condition=bool(w.get("action_adaln", False)))
     return WMSpec(
         image_size=config.image_size, chunk=config.chunk_size, action_dim=config.action_dim,
-        vae_widths=tuple(w.vae.widths), latent_channels=w.vae.latent_channels,
+        vae_widths=tuple(w.vae.widths), latent_channels=flux.z_channels if flux else w.vae.latent_channels,
         latent_patch=w.latent_patch, umm=umm, vit_patch=w.vit.patch, vit_width=w.vit.width,
         vit_depth=w.vit.depth, vit_heads=w.vit.heads, vit_mlp=w.vit.mlp,
         action_encoding=w.action_encoding, view_decoding=w.view_decoding,
@@ -159,7 +172,8 @@ def spec_from_config(config) -> WMSpec:
         sample_temperature=float(w.get("sample_temperature", 1.0)), reward_views=reward_views,
         reward_on_predictions=float(w.get("reward_on_predictions", 0.0)),
         reward_labels=str(w.get("reward_labels", "paper")),
-        bagel_embeddings=bool(w.get("bagel_embeddings", False)))
+        bagel_embeddings=bool(w.get("bagel_embeddings", False)), flux=flux,
+        vit_connector=str(w.vit.get("connector", "linear")))
 
 
 def sincos_2d(grid: int, width: int, columns_first: bool = False) -> np.ndarray:
@@ -200,7 +214,7 @@ class WMNet(nn.Module):
         width = s.umm.width
         self.backbone = MoTBackbone(s.umm)
         self.vit = ViT(patch=s.vit_patch, width=s.vit_width, depth=s.vit_depth, heads=s.vit_heads,
-                       mlp=s.vit_mlp, out_width=width)
+                       mlp=s.vit_mlp, out_width=width, connector=s.vit_connector)
         self.vae2llm = nn.Dense(width)
         # llm2vae starts at zero (BAGEL): the first predicted velocity is zero.
         self.llm2vae = nn.Dense(s.patch_dim, kernel_init=nn.initializers.zeros)
@@ -213,6 +227,8 @@ class WMNet(nn.Module):
             self.cond_in = nn.Dense(width)
             self.cond_out = nn.Dense(width)
         self.latent_pos = jnp.asarray(sincos_2d(s.grid, width, columns_first=s.bagel_embeddings))
+        # BAGEL adds a fixed table to the connector's output too (its vit_pos_embed)
+        self.vit_pos = jnp.asarray(sincos_2d(s.vit_grid, width, columns_first=True)) if s.bagel_embeddings else 0.0
 
     def embed_ids(self, ids):
         """int[N, T] -> [N, T, W]."""
@@ -220,7 +236,7 @@ class WMNet(nn.Module):
 
     def vit_tokens(self, images):
         """uint8[N, H, W, 3] -> [N, n_vit, W]."""
-        return self.vit(to_float(images))
+        return self.vit(to_float(images)) + self.vit_pos
 
     def latent_tokens(self, x, t):
         """x [N, n, patch_dim] latent patches, t [N] in [0, 1] -> [N, n, W]."""
@@ -275,7 +291,8 @@ class WorldModel:
     def __init__(self, config):
         self.spec = spec_from_config(config)
         self.net = WMNet(self.spec)
-        self.vae = VAE(self.spec.vae_widths, self.spec.latent_channels)
+        s = self.spec
+        self.vae = FluxVAE(s.flux) if s.flux else VAE(s.vae_widths, s.latent_channels)
         self.prefix_ids = at.text_ids(at.QUESTION_PREFIX)
         self.suffix_ids = at.text_ids(at.QUESTION_SUFFIX)
 
@@ -285,11 +302,13 @@ class WorldModel:
         k_net, k_vae = jax.random.split(key)
         img = jnp.zeros((1, s.image_size, s.image_size, 3), jnp.uint8)
         net = self.net.init(k_net, img, jnp.zeros((1, 4), jnp.int32), method=WMNet.init_all)
-        vae = self.vae.init(k_vae, to_float(img), k_vae)
+        vae = self.vae.init(k_vae, to_float(img)) if s.flux else self.vae.init(k_vae, to_float(img), k_vae)
         d = s.action_dim
+        # FLUX's latents are scale * (mean - shift), fixed with its weights; the project VAE's are measured
+        shift, scale = (s.flux.shift, 1.0 / s.flux.scale) if s.flux else (0.0, 1.0)
         stats = {
-            "latent_shift": jnp.zeros((s.latent_channels,), jnp.float32),
-            "latent_scale": jnp.ones((s.latent_channels,), jnp.float32),
+            "latent_shift": jnp.full((s.latent_channels,), shift, jnp.float32),
+            "latent_scale": jnp.full((s.latent_channels,), scale, jnp.float32),
             "action_min": jnp.asarray(-np.ones(d) if action_min is None else action_min, jnp.float32),
             "action_max": jnp.asarray(np.ones(d) if action_max is None else action_max, jnp.float32),
         }
@@ -299,7 +318,7 @@ class WorldModel:
     def encode_latents(self, params, images):
         """uint8[N, H, W, 3] -> normalized latent patches float32[N, n, patch_dim] (VAE mean)."""
         s = self.spec
-        mean, _ = self.vae.apply(params["vae"], to_float(images), method=VAE.encode)
+        mean, _ = self.vae.apply(params["vae"], to_float(images), method=type(self.vae).encode)
         z = (mean - params["stats"]["latent_shift"]) / params["stats"]["latent_scale"]
         n, g, p, c = z.shape[0], s.grid, s.latent_patch, s.latent_channels
         z = z.reshape(n, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5)
@@ -311,7 +330,7 @@ class WorldModel:
         n, g, p, c = x.shape[0], s.grid, s.latent_patch, s.latent_channels
         z = x.reshape(n, g, g, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, g * p, g * p, c)
         z = z * params["stats"]["latent_scale"] + params["stats"]["latent_shift"]
-        return self.vae.apply(params["vae"], z, method=VAE.decode)
+        return self.vae.apply(params["vae"], z, method=type(self.vae).decode)
 
     def decode_latents(self, params, x):
         """float[N, n, patch_dim] -> uint8[N, H, W, 3]."""
