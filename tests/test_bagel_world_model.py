@@ -17,6 +17,8 @@ joint attention; per-expert final norm; llm2vae). What it does not: that BAGEL's
 transition the way our layouts do (its markers around image blocks are not in our sequences), nor
 anything about the released weights beyond their names and shapes.
 """
+import json
+
 import numpy as np
 import pytest
 
@@ -73,6 +75,9 @@ def release(tmp_path_factory):
     path = tmp_path_factory.mktemp("bagel")
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(path / "ema.safetensors"))
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in ae.items()}, str(path / "ae.safetensors"))
+    (path / "llm_config.json").write_text(json.dumps(dict(LLM, model_type="qwen2", hidden_act="silu")))
+    (path / "vit_config.json").write_text(json.dumps(dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                                          num_attention_heads=2, patch_size=4)))
     modules = dict(und=und, gen=gen, siglip=siglip, fc1=fc1, fc2=fc2, vae=vae, **gen_path)
     return path, tensors, modules
 
@@ -164,6 +169,10 @@ def test_the_release_is_checked_whole(release, tmp_path):
     (tmp_path / "ae.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no ae.safetensors"):
         bagel_import.load_world_model(write(tensors, with_ae=False), wm)
+    deeper = _config()
+    deeper.wm.umm.depth = 3
+    with pytest.raises(ValueError, match="llm_config.json's depth gives 2, but config.wm.umm.depth is 3"):
+        bagel_import.load_world_model(str(path), WorldModel(deeper))
     plain = _config()
     plain.wm.vit.connector = "linear"
     with pytest.raises(ValueError, match="BAGEL-kind world model"):

@@ -17,6 +17,7 @@ wm.bagel_embeddings, whose fixed latent table the stored `latent_pos_embed` must
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -154,8 +155,32 @@ def full_size() -> dict:
         b1=0.9, b2=0.95, grad_clip=1.0, ema=0.9999, loss_image=1.0, loss_text=0.01, dtype="bfloat16")
 
 
+def check_release_sizes(path: str, spec) -> None:
+    """The release's llm_config.json and vit_config.json, where present, against a WMSpec's sizes (BAGEL
+    drops the ViT's last layer: it runs num_hidden_layers - 1). One line names the first that differs."""
+    pairs = []
+    if os.path.exists(os.path.join(path, "llm_config.json")):
+        llm = bagel_llm_config(path)
+        pairs += [(f"llm_config.json's {f}", getattr(llm, f), f"config.wm.umm.{f}", getattr(spec.umm, f))
+                  for f in ("vocab_size", "width", "depth", "heads", "kv_heads", "head_dim", "mlp", "rope_theta")]
+    vit_file = os.path.join(path, "vit_config.json")
+    if os.path.exists(vit_file):
+        with open(vit_file) as f:
+            vit = json.load(f)
+        pairs += [(f"vit_config.json's {theirs}", vit[theirs] - drop, f"config.wm.vit.{ours}", value)
+                  for theirs, drop, ours, value in (("hidden_size", 0, "width", spec.vit_width),
+                                                    ("intermediate_size", 0, "mlp", spec.vit_mlp),
+                                                    ("num_attention_heads", 0, "heads", spec.vit_heads),
+                                                    ("patch_size", 0, "patch", spec.vit_patch),
+                                                    ("num_hidden_layers", 1, "depth", spec.vit_depth))]
+    for theirs, a, ours, b in pairs:
+        if a != b:
+            raise ValueError(f"BAGEL checkpoint {path!r}: {theirs} gives {a}, but {ours} is {b}")
+
+
 def load_world_model(path: str, wm, key: jax.Array | None = None) -> tuple[dict, list[str]]:
-    """A local BAGEL-7B-MoT directory (its weights' *.safetensors and ae.safetensors) -> ({'net', 'vae',
+    """A local BAGEL-7B-MoT directory (its weights' *.safetensors, ae.safetensors and, checked against the
+    config where present, llm_config.json and vit_config.json) -> ({'net', 'vae',
     'stats'} world-model params for `wm`, the net's parameters the release lacks). `wm` must be built
     from a BAGEL-kind config (wm.vae.kind='flux', wm.vit.connector='mlp', wm.bagel_embeddings) with the
     checkpoint's sizes (full_size()). Every tensor of the directory is mapped; the parameters it lacks
@@ -166,6 +191,7 @@ def load_world_model(path: str, wm, key: jax.Array | None = None) -> tuple[dict,
         raise ValueError("loading BAGEL needs a BAGEL-kind world model: config.wm.vae.kind='flux', "
                          "config.wm.vit.connector='mlp' and config.wm.bagel_embeddings=True "
                          "(models/bagel_import.full_size() has them)")
+    check_release_sizes(path, s)
     key = jax.random.PRNGKey(0) if key is None else key
     shapes = jax.eval_shape(wm.init, key)
     net_ref = shapes["net"]["params"]

@@ -22,7 +22,7 @@ def qwen2_config(path: str, qk_norm: bool = False, dtype: str = "float32", file:
     """Reads <path>/<file> (a Qwen2 config.json; BAGEL's llm_config.json) into a UMMConfig."""
     cfg_file = os.path.join(path, file)
     if not os.path.exists(cfg_file):
-        raise FileNotFoundError(f"no config.json in Qwen2 checkpoint directory {path!r}")
+        raise FileNotFoundError(f"no {file} in Qwen2 checkpoint directory {path!r}")
     hf = json.load(open(cfg_file))
     if hf.get("model_type") not in ("qwen2", None):
         raise ValueError(f"{cfg_file}: model_type {hf.get('model_type')!r} is not qwen2")
