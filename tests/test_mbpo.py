@@ -85,3 +85,5 @@ def test_resume_mid_mbpo_is_identical(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     rows = [json.loads(x) for x in (tmp_path / "full" / "mbpo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    # imagined branches take no real env step (4 branches x 2 chunks of the smoke config's k)
+    assert all("env_steps_taken" not in r and 0 < r["imagined_steps_taken"] <= 8 * 10 for r in rows)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlambpo_jax.rl import ppo
-from vlambpo_jax.rl.rollout import ImaginedState, has_future, rollout
+from vlambpo_jax.rl.rollout import ImaginedState, ModelWorld, has_future, rollout
 from vlambpo_jax.train import sharding
 
 
@@ -99,8 +99,10 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
             "branch_success": jnp.mean(traj.terminal.any(axis=0)),
             "branch_return": jnp.mean(traj.step_rewards.sum(axis=(0, 2))),
             "chunks_taken": jnp.mean(traj.mask.sum(axis=0)),
-            # steps the branches took (the simulator also steps finished branches, and discards them)
-            "env_steps_taken": traj.mask.sum() * traj.actions.shape[2],
+            # steps the branches took (the simulator also steps finished branches, and discards them);
+            # in the world model they are imagined, not real
+            ("imagined_steps_taken" if isinstance(world, ModelWorld) else "env_steps_taken"):
+                traj.mask.sum() * traj.actions.shape[2],
             "value_mean": jnp.mean(traj.value),
         })
         return state, metrics
