@@ -26,10 +26,20 @@ def test_within_state_auc_uses_only_mixed_states():
     score = np.array([.9, .1, .5, .5, .8, .2])  # state 0 ranked right, state 2 wrong, state 1 not mixed
     m = wm_agreement.agreement_metrics(group, success, {"s": score})
     assert m["mixed_states"] == 2 and m["within_auc_s"] == 0.5
+    assert m["within_auc_s_per_state"] == [1.0, 0.0] and m["within_auc_s_ci95"] == [0.0, 1.0]
     assert np.isclose(m["auc_s"], wm_agreement.auc(score, success))
     assert np.isclose(m["success_rate"], 4 / 6)
     single = wm_agreement.agreement_metrics(group[:2], np.ones(2, bool), {"s": score[:2]})
     assert json.loads(wm_agreement.to_json(single))["auc_s"] is None  # strict JSON, no NaN
+    assert single["within_auc_s_ci95"] is None and single["within_auc_s_per_state"] == []
+
+
+def test_bootstrap_interval_of_a_mean():
+    """The percentile bootstrap of a mean narrows like 1 / sqrt(n) around it (values of std 0.5)."""
+    values = np.tile([0.0, 1.0], 50)                          # mean 0.5, std 0.5, n = 100: se 0.05
+    lo, hi = wm_agreement.bootstrap_ci(values)
+    assert lo < 0.5 < hi and 0.17 < hi - lo < 0.23           # about 2 x 1.96 x 0.05
+    assert wm_agreement.bootstrap_ci(np.full(5, 0.7)) == [0.7, 0.7]
 
 
 def test_copy_model_scores_like_the_current_frame():

@@ -52,7 +52,8 @@ def agreement_metrics(group: np.ndarray, success: np.ndarray, scores: dict[str, 
     """group int[N] (the state each chunk started from), success bool[N], scores name -> f32[N].
 
     -> {success_rate, auc_<name>, mixed_states, within_auc_<name> (mean over mixed states, NaN if
-    none)}."""
+    none), within_auc_<name>_ci95 (95% percentile bootstrap over the mixed states, 2,000 resamples of
+    a fixed seed; None with fewer than 2), within_auc_<name>_per_state (each mixed state's AUC)}."""
     success = np.asarray(success, bool)
     out = {"samples": int(len(success)), "success_rate": float(success.mean())}
     mixed = [g for g in np.unique(group) if 0 < success[group == g].sum() < (group == g).sum()]
@@ -62,7 +63,15 @@ def agreement_metrics(group: np.ndarray, success: np.ndarray, scores: dict[str, 
         out[f"auc_{name}"] = auc(s, success)
         within = [auc(s[group == g], success[group == g]) for g in mixed]
         out[f"within_auc_{name}"] = float(np.mean(within)) if within else float("nan")
+        out[f"within_auc_{name}_ci95"] = bootstrap_ci(np.asarray(within)) if len(within) > 1 else None
+        out[f"within_auc_{name}_per_state"] = [round(x, 4) for x in within]
     return out
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of the mean of values f[n] (resampling the n values)."""
+    idx = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
+    return [float(x) for x in np.percentile(values[idx].mean(axis=1), [2.5, 97.5])]
 
 
 def to_json(metrics: dict) -> str:
