@@ -207,7 +207,8 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       by a linear layer, or BAGEL's two-layer GELU MLP with connector='mlp').
     umm.*: MoT backbone per expert: width, depth (layers), heads, kv_heads (GQA), head_dim, mlp (SwiGLU
       hidden), rope_theta, qk_norm (BAGEL's per-head q/k RMSNorm), vocab_size (0 = the byte-level
-      vocabulary of models/action_tokens.py; a loaded checkpoint's otherwise).
+      vocabulary of models/action_tokens.py; a loaded checkpoint's otherwise), remat (recompute each
+      layer in the backward pass: same numbers, less memory; the BAGEL size needs it, tools.plan).
     latent_patch: latent patch size (tokens are patch^2 * C wide).
     num_sample_steps: Euler rectified-flow steps per generated view (paper 50; small on CPU).
     sample_temperature: std of the sampler's starting noise, >= 0 (1 = the flow's own distribution, as
@@ -294,7 +295,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
                  batch_size=16, lr=2e-3, flux=dataclasses.asdict(FluxVAEConfig())),
         vit=dict(patch=8, width=64, depth=1, heads=4, mlp=128, connector="linear"),
         umm=dict(width=96, depth=3, heads=4, kv_heads=2, head_dim=24, mlp=256, rope_theta=10_000.0,
-                 qk_norm=True, vocab_size=0),
+                 qk_norm=True, vocab_size=0, remat=False),
         latent_patch=2, num_sample_steps=8, timestep_shift=2.0,
         cfg_text_scale=1.0, cfg_image_scale=1.0, cfg_interval=(0.4, 1.0),
         cfg_renorm_type="none", cfg_renorm_min=0.0,

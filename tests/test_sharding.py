@@ -71,3 +71,18 @@ def test_pi05_size_policy_is_split_over_8_devices():
     assert r["replicated_large"] == []
     # the largest shard is an eighth of the 257,152 x 2,048 float32 text embedding
     assert r["largest_shard_bytes"] == 257152 * 2048 * 4 // 8
+
+
+def test_bagel_size_world_model_is_split_over_8_devices():
+    """The BAGEL-size world model (configs/bridge.py:bagel at full widths, cut to 2 backbone and 2 ViT
+    layers: net, FLUX VAE, statistics), initialised abstractly into its FSDP shardings on 8 emulated
+    devices: every large array is split, none replicated by accident."""
+    out = subprocess.run([sys.executable, str(ROOT / "tests/helpers/bagel_sharding_check.py")],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 8 and r["large"] > 50
+    assert r["replicated_large"] == []
+    # the largest shard is an eighth of the 152,064 x 3,584 float32 text embedding (or the lm_head)
+    assert r["largest_shard_bytes"] == 152064 * 3584 * 4 // 8

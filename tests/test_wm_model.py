@@ -1,4 +1,6 @@
 """World model: action tokens, cached == uncached sampling, IVD wiring, overfitting one transition."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 from configs import tabletop
 from vlambpo_jax.models import action_tokens as at
 from vlambpo_jax.models import flow_sampling as fs
+from vlambpo_jax.models.umm import MoTBackbone, UMMConfig
 from vlambpo_jax.models.vae import VAE, to_float
 from vlambpo_jax.models.world_model import WorldModel, shift_timesteps
 
@@ -365,3 +368,30 @@ def test_action_adaln_starts_as_the_plain_model_and_samples_cached_as_uncached()
     own = adaln._condition(params, tr["actions"])
     np.testing.assert_allclose(np.asarray(dropped[0]), np.asarray(zero[0]), atol=1e-6)
     np.testing.assert_allclose(np.asarray(dropped[1]), np.asarray(own[1]), atol=1e-6)
+
+
+def test_backbone_remat_keeps_parameters_loss_and_gradients():
+    """umm.UMMConfig.remat recomputes each layer in the backward pass: the same parameter tree and
+    values, and the same loss and gradients through both experts, the layers wrapped in a checkpoint."""
+    cfg = UMMConfig(vocab_size=16, width=16, depth=2, heads=2, kv_heads=1, head_dim=8, mlp=32)
+    plain, remat = MoTBackbone(cfg), MoTBackbone(dataclasses.replace(cfg, remat=True))
+    x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+    experts, positions = np.array([0, 0, 1, 1, 0]), jnp.arange(5)[None]
+    mask = jnp.tril(jnp.ones((5, 5), bool))[None]
+    params = plain.init(jax.random.key(1), x, experts, positions, mask)
+    remat_params = remat.init(jax.random.key(1), x, experts, positions, mask)
+    assert jax.tree.structure(remat_params) == jax.tree.structure(params)
+    jax.tree.map(np.testing.assert_array_equal, remat_params, params)
+
+    def loss(net):
+        return lambda p: jnp.sum(net.apply(p, x, experts, positions, mask)[0] ** 2)
+
+    (l0, g0), (l1, g1) = (jax.value_and_grad(loss(net))(params) for net in (plain, remat))
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6), g1, g0)
+
+    def checkpoints(net):   # jax.checkpoint's primitive is remat2 or checkpoint, by JAX version
+        eqns = jax.make_jaxpr(loss(net))(params).jaxpr.eqns
+        return [e for e in eqns if e.primitive.name in ("remat2", "checkpoint")]
+
+    assert len(checkpoints(remat)) == cfg.depth and not checkpoints(plain)

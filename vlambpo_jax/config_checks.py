@@ -169,6 +169,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("policy.prompt_format", _one_of(*PROMPT_FORMATS)),
     ("wm.vae.kind", _one_of("project", "flux")),
     ("wm.vit.connector", _one_of("linear", "mlp")),
+    ("wm.umm.remat", _bool),
     ("policy.perception_dim", _int_range(0)),
     ("policy.vit_patch", _int_range(1)),
     ("policy.num_kv_heads", _int_range(1)),

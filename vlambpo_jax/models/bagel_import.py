@@ -149,7 +149,7 @@ def full_size() -> dict:
         vae=dict(kind="flux"),
         vit=dict(patch=14, width=1152, depth=26, heads=16, mlp=4304, connector="mlp"),
         umm=dict(width=3584, depth=28, heads=28, kv_heads=4, head_dim=128, mlp=18944, rope_theta=1e6, qk_norm=True,
-                 vocab_size=152064),
+                 vocab_size=152064, remat=True),
         latent_patch=2, bagel_embeddings=True, num_sample_steps=50, timestep_shift=4.0, cfg_text_scale=6.0,
         cfg_image_scale=2.0, cfg_interval=(0.4, 1.0), dropout=dict(text=0.1, vit=0.3, vae=0.3), lr=2e-5,
         b1=0.9, b2=0.95, grad_clip=1.0, ema=0.9999, loss_image=1.0, loss_text=0.01, dtype="bfloat16")

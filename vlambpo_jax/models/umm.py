@@ -31,7 +31,9 @@ class UMMConfig:
     rms_eps: RMSNorm epsilon; qk_norm: per-head q/k RMSNorm in both experts (BAGEL; off for exact Qwen2);
     tie_embeddings: lm_head = embedding^T; dtype: compute dtype (params stay float32);
     gen_condition: the generation expert's two pre-norms are modulated by a per-sequence condition
-    vector (adaptive RMSNorm, zero-initialised so it starts as the plain block; not in Qwen2/BAGEL)."""
+    vector (adaptive RMSNorm, zero-initialised so it starts as the plain block; not in Qwen2/BAGEL);
+    remat: recompute each layer in the backward pass instead of keeping its activations (only the
+    layers' inputs are kept; same values and parameters)."""
     vocab_size: int
     width: int
     depth: int
@@ -45,6 +47,7 @@ class UMMConfig:
     tie_embeddings: bool = False
     dtype: str = "float32"
     gen_condition: bool = False
+    remat: bool = False
 
 
 def _take(x: jax.Array, idx: np.ndarray, axis: int = 1) -> jax.Array:
@@ -115,11 +118,13 @@ class MoTLayer(nn.Module):
         self.und = Expert(self.cfg)
         self.gen = Expert(self.cfg, modulated=self.cfg.gen_condition)
 
-    def __call__(self, x, experts: np.ndarray, positions, mask, cache=None, cond=None):
-        """x [B, T, W]; experts static int[T]; positions int[B, T]; mask bool[B, T, S + T] over
-        (cached keys, own keys); cache (k, v) [B, S, KV, D] or None; cond [B, W] or None, read by a
-        modulated generation expert -> (x [B, T, W], (k, v) of own tokens [B, T, KV, D], RoPE applied)."""
+    def __call__(self, x, experts, positions, mask, cache=None, cond=None):
+        """x [B, T, W]; experts static int[T] (numpy, or a tuple under remat); positions int[B, T]; mask
+        bool[B, T, S + T] over (cached keys, own keys); cache (k, v) [B, S, KV, D] or None; cond [B, W] or
+        None, read by a modulated generation expert -> (x [B, T, W], (k, v) of own tokens [B, T, KV, D],
+        RoPE applied)."""
         c = self.cfg
+        experts = np.asarray(experts)
         groups = [(e, np.nonzero(experts == i)[0], cond if i == 1 else None)
                   for i, e in enumerate((self.und, self.gen))]
         groups = [g for g in groups if len(g[1])]
@@ -154,7 +159,9 @@ class MoTBackbone(nn.Module):
     def setup(self):
         c = self.cfg
         self.embedder = nn.Embed(c.vocab_size, c.width, embedding_init=nn.initializers.normal(0.02))
-        self.layers = [MoTLayer(c) for _ in range(c.depth)]  # params: layers_0, layers_1, ...
+        # remat: the static expert ids (argument 2, counting self) are passed as a hashable tuple
+        layer = nn.remat(MoTLayer, static_argnums=(2,)) if c.remat else MoTLayer
+        self.layers = [layer(c) for _ in range(c.depth)]  # params: layers_0, layers_1, ...
         self.final_norm_und = RMSNorm(c.rms_eps)
         self.final_norm_gen = RMSNorm(c.rms_eps)
         if not c.tie_embeddings:
@@ -168,8 +175,9 @@ class MoTBackbone(nn.Module):
         positions = jnp.broadcast_to(jnp.asarray(positions), x.shape[:2])
         mask = jnp.broadcast_to(jnp.asarray(mask), (x.shape[0],) + tuple(np.shape(mask))[-2:])
         new_cache = []
+        ids = tuple(experts.tolist()) if self.cfg.remat else experts
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, experts, positions, mask, None if cache is None else cache[i], cond)
+            x, kv = layer(x, ids, positions, mask, None if cache is None else cache[i], cond)
             new_cache.append(kv)
         und, gen = np.nonzero(experts == 0)[0], np.nonzero(experts == 1)[0]
         parts, order = [], []

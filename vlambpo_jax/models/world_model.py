@@ -148,7 +148,8 @@ def spec_from_config(config) -> WMSpec:
                              z_channels=f.z_channels, groups=f.groups, scale=f.scale, shift=f.shift)
     umm = UMMConfig(vocab_size=int(u.get("vocab_size", 0)) or at.VOCAB_SIZE, width=u.width, depth=u.depth,
                     heads=u.heads, kv_heads=u.kv_heads, head_dim=u.head_dim, mlp=u.mlp, rope_theta=u.rope_theta,
-                    qk_norm=u.qk_norm, dtype=w.dtype, gen_condition=bool(w.get("action_adaln", False)))
+                    qk_norm=u.qk_norm, dtype=w.dtype, gen_condition=bool(w.get("action_adaln", False)),
+                    remat=bool(u.get("remat", False)))
     return WMSpec(
         image_size=config.image_size, chunk=config.chunk_size, action_dim=config.action_dim,
         vae_widths=tuple(w.vae.widths), latent_channels=flux.z_channels if flux else w.vae.latent_channels,
