@@ -59,14 +59,19 @@ def test_policy_wm_steps_and_rollout_match_on_a_mesh():
     assert r["rollout_log_prob_diff"] < 1e-4 and r["rollout_images_diff"] == 0 and r["rollout_sharded"]
 
 
-def test_pi05_size_policy_is_split_over_8_devices():
-    """The pi0.5-size Policy, cut to 2 layers, initialised abstractly into its FSDP shardings on 8
-    emulated devices: every large array is split, none replicated by accident."""
-    out = subprocess.run([sys.executable, str(ROOT / "tests/helpers/pi05_sharding_check.py")],
+def _sharding_check(script: str) -> dict:
+    """Runs tests/helpers/<script> (8 emulated devices) and returns the JSON line it prints."""
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / script)],
                          capture_output=True, text=True, timeout=900, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_pi05_size_policy_is_split_over_8_devices():
+    """The pi0.5-size Policy, cut to 2 layers, initialised abstractly into its FSDP shardings on 8
+    emulated devices: every large array is split, none replicated by accident."""
+    r = _sharding_check("pi05_sharding_check.py")
     assert r["devices"] == 8 and r["large"] > 20
     assert r["replicated_large"] == []
     # the largest shard is an eighth of the 257,152 x 2,048 float32 text embedding
@@ -77,11 +82,7 @@ def test_bagel_size_world_model_is_split_over_8_devices():
     """The BAGEL-size world model (configs/bridge.py:bagel at full widths, cut to 2 backbone and 2 ViT
     layers: net, FLUX VAE, statistics), initialised abstractly into its FSDP shardings on 8 emulated
     devices: every large array is split, none replicated by accident."""
-    out = subprocess.run([sys.executable, str(ROOT / "tests/helpers/bagel_sharding_check.py")],
-                         capture_output=True, text=True, timeout=900, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _sharding_check("bagel_sharding_check.py")
     assert r["devices"] == 8 and r["large"] > 50
     assert r["replicated_large"] == []
     # the largest shard is an eighth of the 152,064 x 3,584 float32 text embedding (or the lm_head)
