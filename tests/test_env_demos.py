@@ -52,6 +52,7 @@ def test_written_rlds_reads_back(episodes, tmp_path):
         np.testing.assert_allclose(np.stack([s["action"] for s in steps]), want["steps"]["action"])
 
 
+@pytest.mark.slow
 def test_targets_per_scene_share_the_scene_and_change_the_target():
     """Groups of consecutive episodes start from one scene and differ only in the instructed object."""
     env = tabletop.TabletopEnv(task_names=("pick",), horizons=(12,))
@@ -67,6 +68,7 @@ def test_targets_per_scene_share_the_scene_and_change_the_target():
     assert (first[0] != first[3]).any()
 
 
+@pytest.mark.slow
 def test_expert_labels_are_the_noiseless_expert_at_the_visited_states():
     """DART labels: the same keys visit the same noisy states; replaying the executed actions in the
     simulator, each recorded label is the zero-noise expert action at that state."""

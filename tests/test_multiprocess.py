@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
@@ -84,6 +85,7 @@ def _losses(workdir: Path):
     return np.array([r["loss"] for r in rows if "loss" in r])
 
 
+@pytest.mark.slow
 def test_bridge_pipeline_under_two_processes_matches_one_and_resumes(tmp_path):
     from configs import bridge
 
@@ -101,6 +103,7 @@ def test_bridge_pipeline_under_two_processes_matches_one_and_resumes(tmp_path):
     np.testing.assert_allclose(_losses(tmp_path / "two")[4:], a[2:], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_tabletop_pipeline_under_two_processes_matches_one(tmp_path):
     from configs import tabletop
 

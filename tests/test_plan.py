@@ -103,6 +103,7 @@ def test_world_model_state_bytes_by_hand(monkeypatch):
     assert not out["finetune"]["fits"] and not out["imagine"]["fits"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["finetune", "imagine"])
 def test_world_model_temporaries_extrapolate_to_a_direct_compile(phase):
     """The world model's temporaries fitted on cut models (plan.WM_FIT_DEPTHS) against a direct compile

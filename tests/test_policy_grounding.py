@@ -85,6 +85,7 @@ def pool(config):
     return scene_pool.make_scene_pool(config, tok, 16, jax.random.key(0), grounding.POSITION_SCALE)
 
 
+@pytest.mark.slow
 def test_episode_pool_frames_come_from_along_expert_episodes(config, pool):
     tok = loading.make_tokenizer(config.policy.tokenizer)
     frames = scene_pool.make_episode_pool(config, tok, 32, jax.random.key(1), grounding.POSITION_SCALE, noise=0.1)
@@ -190,6 +191,7 @@ def _perceiving_policy(config, layer: int):
     return Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
 
 
+@pytest.mark.slow
 def test_perception_head_learns_from_grounding_alone_and_steers_the_expert(config, pool):
     layer = 0
     policy = _perceiving_policy(config, layer)
@@ -278,6 +280,7 @@ def test_xy_errors_are_distances_in_cm():
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_grounding_eval_reads_the_trained_head(dataset, tmp_path):  # noqa: F811
     config = _config(dataset)
     pipeline.mark_done(tmp_path, "sft", _run(config, tmp_path, _StopAfter(10 ** 9)), 0.0)

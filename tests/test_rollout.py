@@ -13,7 +13,7 @@ from vlambpo_jax.rl import ppo, toy_world
 from vlambpo_jax.rl.rollout import SimWorld, has_future, rollout
 
 
-@pytest.mark.parametrize("arg", ["smoke", "smoke,truth"])
+@pytest.mark.parametrize("arg", ["smoke", pytest.param("smoke,truth", marks=pytest.mark.slow)])
 def test_sim_world_rollout_matches_manual_loop(arg):
     """`truth`: the policy also reads the privileged state, normalized by the world."""
     config = tabletop.get_config(arg)
@@ -56,6 +56,7 @@ def test_sim_world_rollout_matches_manual_loop(arg):
     assert bool(traj.mask[0].all())
 
 
+@pytest.mark.slow
 def test_sim_world_bootstrap_is_zero_past_the_time_limit():
     """A branch that runs into the episode's time limit has nothing left to bootstrap; one cut short by
     the branch length bootstraps the critic's value of its last observation."""

@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from configs import tabletop
 
+pytestmark = pytest.mark.slow  # two smoke pipelines in subprocesses
 ROOT = Path(__file__).resolve().parents[1]
 
 
