@@ -207,7 +207,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       by a linear layer, or BAGEL's two-layer GELU MLP with connector='mlp').
     umm.*: MoT backbone per expert: width, depth (layers), heads, kv_heads (GQA), head_dim, mlp (SwiGLU
       hidden), rope_theta, qk_norm (BAGEL's per-head q/k RMSNorm), vocab_size (0 = the byte-level
-      vocabulary of models/action_tokens.py; a loaded checkpoint's otherwise), remat (recompute each
+      vocabulary of models/action_tokens.py; at least the tokenizer's with wm.tokenizer), remat (recompute each
       layer in the backward pass: same numbers, less memory; the BAGEL size needs it, tools.plan).
     latent_patch: latent patch size (tokens are patch^2 * C wide).
     num_sample_steps: Euler rectified-flow steps per generated view (paper 50; small on CPU).
@@ -280,8 +280,11 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     lr / weight_decay / b1 / b2 / grad_clip / warmup_steps: AdamW with linear warm-up, cosine decay;
       grad_clip is the global grad-norm clip (the same name as sft.grad_clip and rl.grad_clip).
     ema: EMA decay of the sampled weights (0 = off).
-    max_text_len: byte tokens of the instruction the world model reads (its vocabulary is byte-level,
-      independent of the policy's tokenizer).
+    tokenizer: the world model's tokenizer, independent of the policy's: '' is the byte-level vocabulary
+      of models/action_tokens.py (action bins, Yes / No added); a local Hugging Face tokenizer
+      directory (BAGEL's Qwen2; needs umm.vocab_size and continuous actions) tokenizes the instruction,
+      the reward question and its answers " Yes" / " No" (one token each).
+    max_text_len: tokens of the instruction the world model reads.
     eval_batches: held-out batches for PSNR / SSIM / reward accuracy after each stage.
     probe.*: the multi-view consistency probe (models/state_probe.py): a tiny conv net per view trained
       for probe.steps (batch probe.batch_size, Adam lr probe.lr) on the real frames of
@@ -309,7 +312,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         pretrain_enabled=True, pretrain_data="", finetune_data="", play_data=(), pretrain_steps=450, finetune_steps=300,
         batch_size=32,
         lr=3e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=50, ema=0.999,
-        eval_batches=4, dtype="float32", max_text_len=64,
+        eval_batches=4, dtype="float32", tokenizer="", max_text_len=64,
         probe=dict(enabled=True, steps=250, batch_size=64, lr=2e-3, train_batches=32),
     ))
     if smoke:

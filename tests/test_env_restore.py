@@ -8,6 +8,7 @@ import pytest
 
 from configs import tabletop
 from vlambpo_jax import loading
+from vlambpo_jax.data.tokenizer import ByteTokenizer
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.models.policy import Policy
 from vlambpo_jax.rl import collect
@@ -63,7 +64,7 @@ def test_collected_roots_restore_to_their_own_frames(env_and_config):
     episodes, sim_states = collect.collect(env, policy, params, tokenizer, jax.random.PRNGKey(3), 1, "train", 4,
                                            config.data.max_text_len, progress_mode="off")
     roots = collect.branch_roots(episodes, config.chunk_size, tokenizer, config.data.max_text_len, env.task_names,
-                                 config.wm.max_text_len, sim_states)
+                                 ByteTokenizer(), config.wm.max_text_len, sim_states)
     sim = {key[len(collect.SIM_PREFIX):]: v for key, v in roots.items() if key.startswith(collect.SIM_PREFIX)}
     restored = env.restore(sim)
     assert len(roots["t"]) > len(episodes)     # several chunk positions per episode

@@ -318,11 +318,17 @@ def _wm_size_problems(config, w) -> list[tuple[str, Any, str]]:
                     f"(= {down}: one stride-2 stage per width)"))
     stages = tuple(get(config, "stages")) if get(config, "stages") is not _MISSING else ()
     uses = [s for s in stages if s in WM_STAGES or (s == "mbpo" and get(config, "rl.world") == "model")]
-    if uses and (flux or w.umm.get("vocab_size", 0)):
-        key, value = ("wm.vae.kind", "flux") if flux else ("wm.umm.vocab_size", w.umm.vocab_size)
-        out.append((key, value, f"a BAGEL-format world model is loaded (models/bagel_import.load_world_model) "
-                    f"and planned (tools.plan) but no stage trains or runs it yet, not {uses[0]!r}: the "
-                    "stages tokenize its text with the byte vocabulary"))
+    if uses and flux:
+        out.append(("wm.vae.kind", "flux", f"the FLUX VAE is loaded (models/bagel_import.load_world_model) and "
+                    f"planned (tools.plan) but no stage trains or runs it yet, not {uses[0]!r}: the world-model "
+                    "stages train the project VAE first"))
+    if w.get("tokenizer", "") not in ("", "byte"):
+        if not w.umm.get("vocab_size", 0):
+            out.append(("wm.umm.vocab_size", 0, "must be set with config.wm.tokenizer (at least the "
+                        "tokenizer's vocabulary; 0 is the byte vocabulary's size)"))
+        if w.action_encoding == "bins":
+            out.append(("wm.action_encoding", "bins", "needs the byte vocabulary (config.wm.tokenizer=''): "
+                        "the action-bin tokens extend it"))
     return out
 
 

@@ -77,6 +77,11 @@ class ByteTokenizer(_Tokenizer):
     def decode(self, ids) -> str:
         return bytes(int(i) - 3 for i in ids if int(i) >= 3).decode("utf-8", errors="replace")
 
+    @staticmethod
+    def text_ids(text: str) -> np.ndarray:
+        """The ids of a fixed piece of text, no bos / eos: int32[len(bytes)]."""
+        return np.array([3 + b for b in text.encode("utf-8")], np.int32)
+
 
 class WordTokenizer(_Tokenizer):
     """Whole words from a fixed vocabulary; needs no files. Lower-cased, split on non-alphanumerics.
@@ -122,7 +127,8 @@ class HFTokenizer(_Tokenizer):
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"tokenizer directory {path!r} does not exist (config.policy.tokenizer "
-                                    "is 'byte' or a local Hugging Face tokenizer directory)")
+                                    "and config.wm.tokenizer name 'byte' or a local Hugging Face tokenizer "
+                                    "directory)")
         self.path = path
         self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.pad_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
@@ -135,6 +141,10 @@ class HFTokenizer(_Tokenizer):
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def text_ids(self, text: str) -> np.ndarray:
+        """The ids of a fixed piece of text, no special tokens added: int32[n]."""
+        return np.asarray(self._tok(text, add_special_tokens=False)["input_ids"], np.int32)
 
     def save(self, directory: str) -> None:
         """Writes the tokenizer files into `directory` (checkpoint assets)."""
@@ -183,6 +193,14 @@ def load_tokenizer(spec: str, texts=()):
             raise FileNotFoundError(f"SentencePiece model {spec!r} does not exist (config.policy.tokenizer)")
         return SentencePieceTokenizer.from_file(spec)
     return HFTokenizer(spec)
+
+
+def load_wm_tokenizer(wm_config):
+    """The world model's tokenizer, config.wm.tokenizer: '' (or absent, or 'byte') is ByteTokenizer, whose
+    vocabulary models/action_tokens.py extends with action bins and Yes / No; anything else is a local
+    Hugging Face tokenizer directory (BAGEL's Qwen2 tokenizer)."""
+    spec = wm_config.get("tokenizer", "")
+    return ByteTokenizer() if spec in ("", "byte") else HFTokenizer(spec)
 
 
 def save_tokenizer(tokenizer, directory: str) -> None:

@@ -1,11 +1,15 @@
-"""Action chunks as text tokens, and the world model's combined vocabulary.
+"""Action chunks as text tokens, and the world model's vocabulary.
 
 As in the paper, each of the k x 7 action values is min-max scaled per dimension with the dataset
 statistics to an integer bin in [0, 256] (257 bins) and written into the prompt as one token each.
-The vocabulary extends the byte tokenizer's (0 pad, 1 bos, 2 eos, 3 + byte) with the 257 action-bin
-tokens and the two answer tokens "Yes" / "No" of the reward question.
+With the byte tokenizer (the tiny default) the vocabulary extends the byte tokenizer's (0 pad, 1 bos,
+2 eos, 3 + byte) with the 257 action-bin tokens and the two answer tokens "Yes" / "No" of the reward
+question. With a Hugging Face tokenizer (BAGEL's Qwen2) the question and answers are its own tokens,
+and actions are continuous only (the config refuses 'bins').
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
@@ -21,9 +25,30 @@ QUESTION_PREFIX = "Is the task '"
 QUESTION_SUFFIX = "' completed? Answer:"
 
 
-def text_ids(text: str) -> np.ndarray:
-    """Byte-tokenizer ids of a fixed string (no bos / eos): int32[len(bytes)]."""
-    return np.array([3 + b for b in text.encode("utf-8")], np.int32)
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """The world model's fixed ids: the reward question around the instruction and its two answers."""
+    prefix_ids: np.ndarray   # int32[P]: QUESTION_PREFIX
+    suffix_ids: np.ndarray   # int32[S]: QUESTION_SUFFIX
+    yes_id: int
+    no_id: int
+    size: int                # the embedding table needs at least this many rows
+    action_bins: bool        # whether the action-bin tokens exist (action_encoding 'bins')
+
+
+def vocabulary(tokenizer) -> Vocabulary:
+    """The world model's vocabulary over its tokenizer (data/tokenizer.py:load_wm_tokenizer)."""
+    prefix, suffix = tokenizer.text_ids(QUESTION_PREFIX), tokenizer.text_ids(QUESTION_SUFFIX)
+    if isinstance(tokenizer, ByteTokenizer):
+        return Vocabulary(prefix, suffix, YES_ID, NO_ID, VOCAB_SIZE, action_bins=True)
+    answers = []
+    for word in (" Yes", " No"):
+        ids = tokenizer.text_ids(word)
+        if len(ids) != 1 or tokenizer.decode(ids).strip() != word.strip():
+            raise ValueError(f"world-model tokenizer {getattr(tokenizer, 'path', '')!r}: the reward answer "
+                             f"{word!r} must be one token of its own, got ids {ids.tolist()}")
+        answers.append(int(ids[0]))
+    return Vocabulary(prefix, suffix, answers[0], answers[1], int(tokenizer.vocab_size), action_bins=False)
 
 
 def _range(amin, amax):

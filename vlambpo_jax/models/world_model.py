@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlambpo_jax.data.tokenizer import load_wm_tokenizer
 from vlambpo_jax.models import action_tokens as at
 from vlambpo_jax.models import flow_sampling as fs
 from vlambpo_jax.models import sequence_layout as sl
@@ -294,8 +295,13 @@ class WorldModel:
         self.net = WMNet(self.spec)
         s = self.spec
         self.vae = FluxVAE(s.flux) if s.flux else VAE(s.vae_widths, s.latent_channels)
-        self.prefix_ids = at.text_ids(at.QUESTION_PREFIX)
-        self.suffix_ids = at.text_ids(at.QUESTION_SUFFIX)
+        self.vocab = at.vocabulary(load_wm_tokenizer(config.wm))
+        if self.vocab.size > s.umm.vocab_size:
+            raise ValueError(f"config.wm.umm.vocab_size={s.umm.vocab_size} is smaller than the world model's "
+                             f"vocabulary ({self.vocab.size} ids)")
+        if s.action_encoding == "bins" and not self.vocab.action_bins:
+            raise ValueError("config.wm.action_encoding='bins' needs the byte vocabulary (config.wm.tokenizer='')")
+        self.prefix_ids, self.suffix_ids = self.vocab.prefix_ids, self.vocab.suffix_ids
 
     # ------------------------------------------------------------------ params
     def init(self, key, action_min=None, action_max=None):
@@ -588,7 +594,7 @@ class WorldModel:
         """images uint8[B, V, H, W, 3] (or the one view read, see reward_logits) -> p_success
         float32[B] = softmax([Yes, No] logits)[Yes]."""
         logits = self.reward_logits(params, images, tokens, token_mask)
-        return jax.nn.sigmoid(logits[:, at.YES_ID] - logits[:, at.NO_ID])
+        return jax.nn.sigmoid(logits[:, self.vocab.yes_id] - logits[:, self.vocab.no_id])
 
     # ------------------------------------------------------------------ training loss
     def loss(self, params, batch, key, train: bool = True):
@@ -707,7 +713,7 @@ class WorldModel:
         """Balanced Yes/No cross-entropy on examples ex (see reward_examples) -> (ce, metrics)."""
         yes, valid = ex["yes"].astype(bool), ex["valid"].astype(bool)
         logits = self.reward_logits(params, ex["images"], ex["tokens"], ex["token_mask"])
-        target = jnp.where(yes, at.YES_ID, at.NO_ID)
+        target = jnp.where(yes, self.vocab.yes_id, self.vocab.no_id)
         logp = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(logp, target[:, None], axis=-1)[:, 0]
         w = valid.astype(jnp.float32)
@@ -719,6 +725,6 @@ class WorldModel:
         else:
             w = w / jnp.maximum(jnp.sum(w), 1.0)
         ce = jnp.sum(w * nll)
-        pred_yes = logits[:, at.YES_ID] > logits[:, at.NO_ID]
+        pred_yes = logits[:, self.vocab.yes_id] > logits[:, self.vocab.no_id]
         acc = jnp.sum(valid * (pred_yes == yes)) / jnp.maximum(jnp.sum(valid), 1.0)
         return ce, {"reward_acc": acc, "reward_valid": jnp.mean(valid)}

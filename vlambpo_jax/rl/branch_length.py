@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlambpo_jax.data.tokenizer import ByteTokenizer
+from vlambpo_jax.data.tokenizer import load_wm_tokenizer
 from vlambpo_jax.rl import theory
 
 
@@ -57,7 +57,7 @@ def sim_sequences(env, policy, params, tokenizer, config, key: jax.Array, num: i
     env_steps}."""
     texts = list(env.instructions)
     tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
-    wtok, wmask = ByteTokenizer().encode_batch(texts, config.wm.max_text_len)
+    wtok, wmask = load_wm_tokenizer(config.wm).encode_batch(texts, config.wm.max_text_len)
     sample = jax.jit(lambda p, o, k: policy.sample(p, o, k, mode=config.rl.collect_mode))
     step_chunk = jax.jit(jax.vmap(env.step_chunk))
     states = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.fold_in(key, 0), num))

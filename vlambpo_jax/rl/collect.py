@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlambpo_jax.data.tokenizer import ByteTokenizer
 from vlambpo_jax.envs.demos import episodes_from_batch
 from vlambpo_jax.rl.rollout import SimWorld
 from vlambpo_jax.train.metrics import progress
@@ -73,10 +72,10 @@ def episodes_from_records(env, records: dict, final_obs: dict, task_ids: np.ndar
 
 
 def branch_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int,
-                 task_names: tuple[str, ...], wm_max_text_len: int,
+                 task_names: tuple[str, ...], wm_tokenizer, wm_max_text_len: int,
                  sim_states: list[dict] | None = None) -> dict[str, np.ndarray]:
     """Chunk-aligned start states (frames 0, k, 2k, ... of every episode, before its end), with the
-    instruction tokenized for the policy and (byte tokens) for the world model. sim_states (one dict
+    instruction tokenized for the policy and for the world model (wm_tokenizer). sim_states (one dict
     per episode, as `collect` returns them) adds each root's full simulator state under
     SIM_PREFIX + its state_arrays key, for restoring the simulator there (rl.world='sim_roots')."""
     images, texts, task, success, episode, t_index = [], [], [], [], [], []
@@ -94,7 +93,7 @@ def branch_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len:
             episode.append(ep["episode_metadata"]["episode_id"])
             t_index.append(t)
     tokens, token_mask = tokenizer.encode_batch(texts, max_text_len)
-    wm_tokens, wm_token_mask = ByteTokenizer().encode_batch(texts, wm_max_text_len)
+    wm_tokens, wm_token_mask = wm_tokenizer.encode_batch(texts, wm_max_text_len)
     return {"images": np.stack(images).astype(np.uint8), "tokens": tokens, "token_mask": token_mask,
             "wm_tokens": wm_tokens, "wm_token_mask": wm_token_mask,
             "instruction": np.asarray(texts), "task_id": np.asarray(task, np.int32),

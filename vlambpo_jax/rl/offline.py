@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlambpo_jax.data import rlds_reader
-from vlambpo_jax.data.tokenizer import ByteTokenizer
 from vlambpo_jax.envs.evaluation import wilson_interval
 from vlambpo_jax.rl.rollout import ImaginedState, rollout
 
@@ -51,9 +50,9 @@ def read_episodes(config, split: str, max_episodes: int = 0, workdir=None) -> li
     return out
 
 
-def _tokens(texts: list[str], tokenizer, max_text_len: int, wm_max_text_len: int) -> dict:
+def _tokens(texts: list[str], tokenizer, max_text_len: int, wm_tokenizer, wm_max_text_len: int) -> dict:
     tokens, token_mask = tokenizer.encode_batch(texts, max_text_len)
-    wm_tokens, wm_token_mask = ByteTokenizer().encode_batch(texts, wm_max_text_len)
+    wm_tokens, wm_token_mask = wm_tokenizer.encode_batch(texts, wm_max_text_len)
     return {"tokens": np.asarray(tokens, np.int32), "token_mask": np.asarray(token_mask, bool),
             "wm_tokens": np.asarray(wm_tokens, np.int32), "wm_token_mask": np.asarray(wm_token_mask, bool)}
 
@@ -64,8 +63,8 @@ def _task_ids(texts: list[str]) -> np.ndarray:
     return np.asarray([names.index(t) for t in texts], np.int32)
 
 
-def step_table(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int, wm_max_text_len: int,
-               stride: int = 1) -> dict[str, np.ndarray]:
+def step_table(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int, wm_tokenizer,
+               wm_max_text_len: int, stride: int = 1) -> dict[str, np.ndarray]:
     """Steps t = 0, stride, 2 stride, ... of every episode: the observation, the instruction tokens
     (policy and world model), the raw state and the logged action chunk t..t+k-1 in dataset units
     (past the end: the last action, masked out), the instruction's task id and episode bookkeeping."""
@@ -92,24 +91,25 @@ def step_table(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: i
             "state": np.stack(cols["state"]).astype(np.float32),
             "actions": np.stack(cols["actions"]).astype(np.float32),
             "action_mask": np.stack(cols["action_mask"]).astype(bool),
-            **_tokens(texts, tokenizer, max_text_len, wm_max_text_len),
+            **_tokens(texts, tokenizer, max_text_len, wm_tokenizer, wm_max_text_len),
             "instruction": np.asarray(texts), "task_id": _task_ids(texts),
             "episode_success": np.asarray(cols["episode_success"]),
             "episode_id": np.asarray(cols["episode_id"], np.int32), "t": np.asarray(cols["t"], np.int32),
             "episode_length": np.asarray(cols["episode_length"], np.int32)}
 
 
-def logged_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int,
+def logged_roots(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int, wm_tokenizer,
                  wm_max_text_len: int) -> dict[str, np.ndarray]:
     """Chunk-aligned branch roots (frames 0, k, 2k, ... of every episode): the keys of
     rl.collect.branch_roots plus those of step_table."""
-    return step_table(episodes, chunk_size, tokenizer, max_text_len, wm_max_text_len, stride=chunk_size)
+    return step_table(episodes, chunk_size, tokenizer, max_text_len, wm_tokenizer, wm_max_text_len,
+                      stride=chunk_size)
 
 
-def heldout_samples(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int,
+def heldout_samples(episodes: list[dict], chunk_size: int, tokenizer, max_text_len: int, wm_tokenizer,
                     wm_max_text_len: int) -> dict[str, np.ndarray]:
     """Every step of every episode (step_table with stride 1)."""
-    return step_table(episodes, chunk_size, tokenizer, max_text_len, wm_max_text_len)
+    return step_table(episodes, chunk_size, tokenizer, max_text_len, wm_tokenizer, wm_max_text_len)
 
 
 def roots_of(samples: dict, chunk_size: int) -> dict[str, np.ndarray]:

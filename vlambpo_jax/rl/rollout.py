@@ -159,7 +159,7 @@ class SimWorld:
 @flax.struct.dataclass
 class ImaginedState:
     """World-model branch state: the current views and the instruction, tokenized twice: for the
-    policy (its own tokenizer) and for the world model (byte tokens of its vocabulary)."""
+    policy (its own tokenizer) and for the world model (its own, config.wm.tokenizer)."""
     images: jax.Array         # uint8[B, V, H, W, 3]
     tokens: jax.Array         # int32[B, L] policy tokens
     token_mask: jax.Array     # bool[B, L]

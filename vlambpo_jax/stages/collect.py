@@ -14,6 +14,7 @@ import numpy as np
 from vlambpo_jax import loading
 from vlambpo_jax.data.rlds_writer import builder_dir as rlds_builder_dir
 from vlambpo_jax.data.rlds_writer import write_rlds
+from vlambpo_jax.data.tokenizer import load_wm_tokenizer
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.rl import collect
 from vlambpo_jax.stages import common
@@ -30,7 +31,7 @@ def run(ctx) -> dict:
                        config.rl.collect_mode, config.rl.collect_batch, config.data.max_text_len,
                        config.log.progress, loading.policy_state_normalizer(policy, assets, config))
     roots = collect.branch_roots(episodes, config.chunk_size, tokenizer, config.data.max_text_len, env.task_names,
-                                 config.wm.max_text_len, sim_states)
+                                 load_wm_tokenizer(config.wm), config.wm.max_text_len, sim_states)
 
     def write():
         write_rlds(ctx.stage_dir / "rlds", episodes, dataset_name=DATASET,

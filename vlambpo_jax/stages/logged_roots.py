@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vlambpo_jax import loading
+from vlambpo_jax.data.tokenizer import load_wm_tokenizer
 from vlambpo_jax.rl import offline
 from vlambpo_jax.stages import common
 
@@ -19,11 +20,12 @@ from vlambpo_jax.stages import common
 def run(ctx) -> dict:
     config, logged = ctx.config, ctx.config.logged
     tokenizer = loading.make_tokenizer(config.policy.tokenizer)
+    wm_tokenizer = load_wm_tokenizer(config.wm)
     k, L, Lw = int(config.chunk_size), int(config.data.max_text_len), int(config.wm.max_text_len)
     train = offline.read_episodes(config, config.data.split, int(logged.max_episodes), ctx.workdir)
-    roots = offline.logged_roots(train, k, tokenizer, L, Lw)
+    roots = offline.logged_roots(train, k, tokenizer, L, wm_tokenizer, Lw)
     held = offline.read_episodes(config, logged.heldout_split, int(logged.heldout_max_episodes), ctx.workdir)
-    samples = offline.heldout_samples(held, k, tokenizer, L, Lw)
+    samples = offline.heldout_samples(held, k, tokenizer, L, wm_tokenizer, Lw)
     common.write_once("logged_roots", lambda: (np.savez_compressed(Path(ctx.stage_dir) / "roots.npz", **roots),
                                                np.savez_compressed(Path(ctx.stage_dir) / "heldout.npz", **samples)))
     summary = {

@@ -24,6 +24,7 @@ import optax
 
 from vlambpo_jax import loading
 from vlambpo_jax.data import normalization, rlds_reader
+from vlambpo_jax.data.tokenizer import load_wm_tokenizer
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import state_probe, wm_training
 from vlambpo_jax.models.vae import VAE, to_float, vae_loss
@@ -64,14 +65,15 @@ class RewardExamples:
     with replacement by a generator seeded with (seed, step) - deterministic, so resumes match.
     heldout(n_batches, per_class): every Yes and No frame (an evenly spaced subset when a class has
     more than per_class), split into n_batches equal batches.
+    tokenizer: the world model's (None: the byte tokenizer).
     Each batch: reward_images uint8[R, V, H, W, 3] (all views), reward_tokens int32[R, L],
     reward_token_mask bool[R, L], reward_yes / reward_valid bool[R].
     """
 
-    def __init__(self, episodes, size: int, seed: int, max_text_len: int, labels: str = "paper"):
+    def __init__(self, episodes, size: int, seed: int, max_text_len: int, labels: str = "paper", tokenizer=None):
         self.size, self.seed = size, seed
         self.make = lambda samples: rlds_reader.make_batch(samples, chunk_size=1, max_text_len=max_text_len,
-                                                           future=True)
+                                                           future=True, tokenizer=tokenizer)
         self.pools = {True: [], False: []}
         for ep in episodes:
             t = np.arange(ep["length"])
@@ -145,11 +147,12 @@ def open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, rew
     episodes, stats, config = load_episodes(ctx, builder_dir, stats)
     extra_episodes = [e for d in extra_data for e in load_episodes(ctx, d, stats)[0]]
     mode = config.data.norm_mode
+    tokenizer = load_wm_tokenizer(config.wm)
 
     def make(samples):
         b = rlds_reader.make_batch(samples, chunk_size=int(config.chunk_size),
                                    max_text_len=int(config.wm.max_text_len), future=True,
-                                   action_pad=config.data.action_pad)
+                                   action_pad=config.data.action_pad, tokenizer=tokenizer)
         actions = normalization.unnormalize(b["actions"], stats["action"], mode)  # env units
         k = int(config.chunk_size)
         # raw proprio state of frames t and t + k (targets of the consistency probe, state_probe.py)
@@ -170,9 +173,10 @@ def open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, rew
         extra = [split_heldout(load_episodes(ctx, d, stats)[0]) for d in reward_data]
         text_len, labels = int(w.max_text_len), str(w.get("reward_labels", "paper"))
         r_train = RewardExamples(train_eps + [e for tr, _ in extra for e in tr], int(w.reward_batch_size),
-                                 seed + 2, text_len, labels)
+                                 seed + 2, text_len, labels, tokenizer)
         r_eval = RewardExamples((eval_eps or train_eps) + [e for tr, ev in extra for e in (ev or tr)], 1,
-                                seed + 3, text_len, labels).heldout(n_eval_batches, int(w.eval_reward_frames) // 2)
+                                seed + 3, text_len, labels, tokenizer)
+        r_eval = r_eval.heldout(n_eval_batches, int(w.eval_reward_frames) // 2)
         if len(r_eval) == len(heldout):
             heldout = [dict(h, **r) for h, r in zip(heldout, r_eval)]
         else:
