@@ -285,6 +285,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       directory (BAGEL's Qwen2; needs umm.vocab_size and continuous actions) tokenizes the instruction,
       the reward question and its answers " Yes" / " No" (one token each).
     max_text_len: tokens of the instruction the world model reads.
+    init_from: '' or a local BAGEL-7B-MoT release directory the world model starts from (whichever stage
+      initialises it: wm_pretrain, or wm_finetune without pretraining); its FLUX VAE stays frozen and
+      replaces the VAE phase (models/bagel_import.load_world_model; README "Starting from BAGEL").
     eval_batches: held-out batches for PSNR / SSIM / reward accuracy after each stage.
     probe.*: the multi-view consistency probe (models/state_probe.py): a tiny conv net per view trained
       for probe.steps (batch probe.batch_size, Adam lr probe.lr) on the real frames of
@@ -312,7 +315,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         pretrain_enabled=True, pretrain_data="", finetune_data="", play_data=(), pretrain_steps=450, finetune_steps=300,
         batch_size=32,
         lr=3e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=50, ema=0.999,
-        eval_batches=4, dtype="float32", tokenizer="", max_text_len=64,
+        eval_batches=4, dtype="float32", tokenizer="", max_text_len=64, init_from="",
         probe=dict(enabled=True, steps=250, batch_size=64, lr=2e-3, train_batches=32),
     ))
     if smoke:

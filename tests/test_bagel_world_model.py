@@ -33,6 +33,7 @@ from safetensors.numpy import save_file  # noqa: E402
 
 from configs import tabletop  # noqa: E402
 from tests.helpers import bagel_reference  # noqa: E402
+from tests.helpers.word_tokenizer import QUESTION_WORDS, save_word_tokenizer  # noqa: E402
 from vlambpo_jax.models import bagel_import  # noqa: E402
 from vlambpo_jax.models.flux_vae import FluxVAEConfig  # noqa: E402
 from vlambpo_jax.models.world_model import WorldModel  # noqa: E402
@@ -44,9 +45,11 @@ LLM = dict(vocab_size=VOCAB, hidden_size=W, intermediate_size=112, num_hidden_la
 FLUX = FluxVAEConfig(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, groups=4)   # 4x down
 
 
-def _config():
+def _config(release_dir):
+    """The tiny release's world model, reading text with the release's tokenizer files."""
     c = tabletop.get_config("smoke")
     c.image_size = IMAGE
+    c.wm.tokenizer = str(release_dir)
     c.wm.update(dict(
         vae=dict(kind="flux", flux=dict(ch=FLUX.ch, ch_mult=FLUX.ch_mult, num_res_blocks=FLUX.num_res_blocks,
                                         z_channels=FLUX.z_channels, groups=FLUX.groups)),
@@ -76,6 +79,7 @@ def release(tmp_path_factory):
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(path / "ema.safetensors"))
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in ae.items()}, str(path / "ae.safetensors"))
     (path / "llm_config.json").write_text(json.dumps(dict(LLM, model_type="qwen2", hidden_act="silu")))
+    save_word_tokenizer([*QUESTION_WORDS, "pick", "up", "red", "cube"], path)   # the release's tokenizer files
     (path / "vit_config.json").write_text(json.dumps(dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3,
                                                           num_attention_heads=2, patch_size=4)))
     modules = dict(und=und, gen=gen, siglip=siglip, fc1=fc1, fc2=fc2, vae=vae, **gen_path)
@@ -90,7 +94,7 @@ def _patchify(z):
 
 def test_release_loads_and_matches_the_hand_assembled_forward(release):
     path, _, m = release
-    wm = WorldModel(_config())
+    wm = WorldModel(_config(path))
     params, fresh = bagel_import.load_world_model(str(path), wm, jax.random.PRNGKey(0))
     assert fresh == ["action_in", "action_pos"]                  # the action encoder is new: not in BAGEL
 
@@ -149,7 +153,7 @@ def test_release_loads_and_matches_the_hand_assembled_forward(release):
 
 def test_the_release_is_checked_whole(release, tmp_path):
     path, tensors, _ = release
-    wm = WorldModel(_config())
+    wm = WorldModel(_config(path))
 
     def write(ts, with_ae=True):
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in ts.items()}, str(tmp_path / "ema.safetensors"))
@@ -169,11 +173,11 @@ def test_the_release_is_checked_whole(release, tmp_path):
     (tmp_path / "ae.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no ae.safetensors"):
         bagel_import.load_world_model(write(tensors, with_ae=False), wm)
-    deeper = _config()
+    deeper = _config(path)
     deeper.wm.umm.depth = 3
     with pytest.raises(ValueError, match="llm_config.json's depth gives 2, but config.wm.umm.depth is 3"):
         bagel_import.load_world_model(str(path), WorldModel(deeper))
-    plain = _config()
+    plain = _config(path)
     plain.wm.vit.connector = "linear"
     with pytest.raises(ValueError, match="BAGEL-kind world model"):
         bagel_import.load_world_model(str(path), WorldModel(plain))
@@ -196,3 +200,45 @@ def test_full_size_world_model_from_config():
     assert count(net["backbone"]["layers_27"]["gen"]) == qwen_layer + 2 * 128
     assert 14.0e9 < count(net) < 14.8e9                  # the release: about 14B parameters, 7B active
     assert wm.spec.latent_tokens == 196 and wm.spec.vit_tokens == 256 and wm.spec.patch_dim == 64
+
+
+def test_wm_pretrain_starts_from_the_release(release, tmp_path):
+    """config.wm.init_from: wm_pretrain loads the release whole, skips the VAE phase (BAGEL's FLUX VAE and
+    its latent statistics stay as released), scales actions by the data's range, and trains the dynamics
+    from there with the release's tokenizer (config.wm.tokenizer)."""
+    from tests.helpers.fakes import RecordingWriter
+    from vlambpo_jax import loading, pipeline
+    from vlambpo_jax.config_checks import ConfigError, validate
+    from vlambpo_jax.data.rlds_writer import write_rlds
+    from vlambpo_jax.data.synthetic import synthetic_episode
+    from vlambpo_jax.stages import wm_common, wm_pretrain
+    from vlambpo_jax.train.preemption import NoPreemption
+
+    path = str(release[0])
+    rng = np.random.default_rng(0)
+    episodes = [synthetic_episode(rng, 12, image_shape=(IMAGE, IMAGE, 3), instruction="pick up the red cube",
+                                  success=i % 2 == 0) for i in range(4)]
+    c = _config(path)
+    c.stages = ("wm_pretrain",)
+    with pytest.raises(ConfigError, match="needs config.wm.init_from"):
+        validate(c)
+    c.data.builder_dir = str(write_rlds(tmp_path / "data", iter(episodes), dataset_name="toy",
+                                        image_shape=(IMAGE, IMAGE, 3)))
+    c.wm.update(dict(init_from=path, pretrain_steps=2, batch_size=4, eval_batches=1, reward_batch_size=4))
+    c.wm.probe.enabled = False
+    c.checkpoint.async_save = False
+    c.log.progress = "off"
+    validate(c)
+    ctx = pipeline.StageContext(c, tmp_path / "run", "wm_pretrain", RecordingWriter(), NoPreemption())
+    ctx.stage_dir.mkdir(parents=True)
+    summary = wm_pretrain.run(ctx)
+    assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
+    assert not (ctx.stage_dir / wm_common.CKPT_VAE).exists()                      # no VAE phase
+    _, trained, assets = loading.load_world_model(ctx.stage_dir / wm_common.CKPT_WM)
+    released, _ = bagel_import.load_world_model(path, WorldModel(c))
+    for a, b in zip(jax.tree.leaves(trained["vae"]), jax.tree.leaves(released["vae"])):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(trained["stats"]["latent_scale"], released["stats"]["latent_scale"])
+    np.testing.assert_allclose(trained["stats"]["action_min"], loading.norm_stats(assets)["action"].min, rtol=1e-6)
+    backbone = lambda p: jax.tree.leaves(p["net"]["params"]["backbone"])  # noqa: E731
+    assert not all(np.array_equal(a, b) for a, b in zip(backbone(trained), backbone(released)))

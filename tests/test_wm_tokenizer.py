@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import tabletop
+from tests.helpers.word_tokenizer import QUESTION_WORDS, save_word_tokenizer
 from vlambpo_jax.config_checks import ConfigError, validate
 from vlambpo_jax.data.tokenizer import ByteTokenizer, HFTokenizer, load_wm_tokenizer
 from vlambpo_jax.models import action_tokens as at
@@ -14,23 +15,12 @@ from vlambpo_jax.models.world_model import WorldModel
 from vlambpo_jax.rl import offline
 from vlambpo_jax.stages import wm_common
 
-WORDS = ["Is", "the", "task", "'", "completed", "?", "Answer", ":", "Yes", "No", "pick", "up", "red", "cube"]
-
-
-def _save(words, path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(words)}}
-    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>").save_pretrained(str(path))
-    return str(path), vocab
+WORDS = [*QUESTION_WORDS, "pick", "up", "red", "cube"]
 
 
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
-    return _save(WORDS, tmp_path_factory.mktemp("wm_tok"))
+    return save_word_tokenizer(WORDS, tmp_path_factory.mktemp("wm_tok"))
 
 
 def _config(path, **wm):
@@ -49,7 +39,7 @@ def test_vocabulary_is_the_tokenizers(hf, tmp_path):
     byte = at.vocabulary(load_wm_tokenizer(tabletop.get_config("smoke").wm))     # the default
     assert (byte.yes_id, byte.no_id, byte.size, byte.action_bins) == (516, 517, 518, True)
     assert byte.prefix_ids.tolist() == [3 + b for b in b"Is the task '"]
-    no_yes, _ = _save([w for w in WORDS if w != "Yes"], tmp_path / "no_yes")     # " Yes" is <unk>
+    no_yes, _ = save_word_tokenizer([w for w in WORDS if w != "Yes"], tmp_path / "no_yes")     # " Yes" is <unk>
     with pytest.raises(ValueError, match="' Yes' must be one token of its own"):
         at.vocabulary(HFTokenizer(no_yes))
 

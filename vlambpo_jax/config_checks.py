@@ -318,10 +318,15 @@ def _wm_size_problems(config, w) -> list[tuple[str, Any, str]]:
                     f"(= {down}: one stride-2 stage per width)"))
     stages = tuple(get(config, "stages")) if get(config, "stages") is not _MISSING else ()
     uses = [s for s in stages if s in WM_STAGES or (s == "mbpo" and get(config, "rl.world") == "model")]
-    if uses and flux:
-        out.append(("wm.vae.kind", "flux", f"the FLUX VAE is loaded (models/bagel_import.load_world_model) and "
-                    f"planned (tools.plan) but no stage trains or runs it yet, not {uses[0]!r}: the world-model "
-                    "stages train the project VAE first"))
+    release = w.get("init_from", "")
+    if uses and flux and not release:
+        out.append(("wm.vae.kind", "flux", f"needs config.wm.init_from (a BAGEL release directory) for stage "
+                    f"{uses[0]!r}: the stages keep BAGEL's FLUX VAE frozen and never train one"))
+    bagel_kind = flux and w.vit.get("connector", "linear") == "mlp" and w.get("bagel_embeddings", False)
+    if release and not bagel_kind:
+        out.append(("wm.init_from", release, "a BAGEL release loads into a BAGEL-kind world model: "
+                    "config.wm.vae.kind='flux', wm.vit.connector='mlp', wm.bagel_embeddings=True "
+                    "(configs/bridge.py:bagel has them)"))
     if w.get("tokenizer", "") not in ("", "byte"):
         if not w.umm.get("vocab_size", 0):
             out.append(("wm.umm.vocab_size", 0, "must be set with config.wm.tokenizer (at least the "

@@ -26,7 +26,7 @@ from vlambpo_jax import loading
 from vlambpo_jax.data import normalization, rlds_reader
 from vlambpo_jax.data.tokenizer import load_wm_tokenizer
 from vlambpo_jax.errors import UserError
-from vlambpo_jax.models import state_probe, wm_training
+from vlambpo_jax.models import bagel_import, state_probe, wm_training
 from vlambpo_jax.models.vae import VAE, to_float, vae_loss
 from vlambpo_jax.models.world_model import WorldModel
 from vlambpo_jax.train import sharding
@@ -187,6 +187,23 @@ def open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, rew
         return batch_fn, heldout, stats
     return train_fn, heldout, stats
 
+
+
+def initial_params(ctx, wm: WorldModel, stats, batch_fn, log):
+    """The world model's starting point -> (params, interrupted). A BAGEL release (config.wm.init_from)
+    is loaded whole and keeps its FLUX VAE and latent statistics, so there is no VAE phase; otherwise
+    fresh weights, with the VAE phase trained first. Actions are scaled by the data's range either way."""
+    key = jax.random.key(int(ctx.config.seed))
+    action_range = {"action_min": jnp.asarray(stats["action"].min, jnp.float32),
+                    "action_max": jnp.asarray(stats["action"].max, jnp.float32)}
+    release = ctx.config.wm.get("init_from", "")
+    if not release:
+        return train_vae(ctx, wm, wm.init(key, action_range["action_min"], action_range["action_max"]), batch_fn,
+                         log)
+    params, fresh = bagel_import.load_world_model(release, wm, key)
+    log(f"initialised from the BAGEL release {release} (new: {', '.join(fresh) or 'nothing'}); its FLUX VAE "
+        "is kept frozen, no VAE phase")
+    return dict(params, stats=dict(params["stats"], **action_range)), False
 
 
 def train_vae(ctx, wm: WorldModel, params, batch_fn, log):

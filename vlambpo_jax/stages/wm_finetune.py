@@ -1,7 +1,8 @@
 """The `wm_finetune` stage: the world model fine-tuned on the target rollouts (the collect stage's
 RLDS output, or config.wm.finetune_data), starting from wm_pretrain's checkpoint with the ViT and the
 VAE frozen and the pretraining normalization statistics kept (they give the action bins their meaning).
-Without pretraining (config.wm.pretrain_enabled False) it trains the VAE and the dynamics from scratch.
+Without pretraining (config.wm.pretrain_enabled False) it trains the VAE and the dynamics from scratch,
+or the dynamics from a BAGEL release (config.wm.init_from).
 Same phases, checkpoints and held-out metrics as wm_pretrain (stages/wm_common.py).
 
 Other stages load the result with `loading.load_world_model(ctx.stage_output('wm_finetune') /
@@ -10,8 +11,6 @@ wm_common.CKPT_WM, config)`.
 from __future__ import annotations
 
 from pathlib import Path
-
-import jax
 
 from vlambpo_jax import loading
 from vlambpo_jax.models.world_model import WorldModel
@@ -31,8 +30,7 @@ def run(ctx) -> dict:
         frozen = ("vit",)
     else:
         batch_fn, heldout, stats = wm_common.finetune_data(ctx, None)
-        params = wm.init(jax.random.key(int(config.seed)), stats["action"].min, stats["action"].max)
-        params, interrupted = wm_common.train_vae(ctx, wm, params, batch_fn, log)
+        params, interrupted = wm_common.initial_params(ctx, wm, stats, batch_fn, log)
         if interrupted:
             return {"interrupted": True, "phase": "vae"}
         frozen = ()

@@ -2,7 +2,8 @@
 config.data's dataset, plus the training episodes of config.wm.play_data).
 
 Two phases (stages/wm_common.py): the VAE (checkpoint `vae/`): reconstruction + KL on both views'
-frames, then per-channel latent statistics; then dynamics + reward (checkpoint `world_model/`): AdamW
+frames, then per-channel latent statistics (skipped when config.wm.init_from names a BAGEL release,
+whose FLUX VAE is kept); then dynamics + reward (checkpoint `world_model/`): AdamW
 with warm-up + cosine decay, grad clip, EMA. The saved `params` item is the whole inference tree
 {'net': EMA weights, 'vae', 'stats'} with the config and normalization statistics as assets. Held-out
 transitions then give PSNR / SSIM per view (and for the copy-current-frame baseline), reward accuracy /
@@ -11,8 +12,6 @@ state probe (models/state_probe.py, saved as `state_probe.msgpack`). With config
 False the stage does nothing and wm_finetune trains from scratch (the "w/o pretraining" ablation).
 """
 from __future__ import annotations
-
-import jax
 
 from vlambpo_jax.models.world_model import WorldModel
 from vlambpo_jax.stages import wm_common
@@ -27,8 +26,7 @@ def run(ctx) -> dict:
     wm = WorldModel(config)
     batch_fn, heldout, stats = wm_common.open_data(ctx, w.pretrain_data, int(w.batch_size), int(config.seed),
                                                    extra_data=tuple(w.play_data))
-    params = wm.init(jax.random.key(int(config.seed)), stats["action"].min, stats["action"].max)
-    params, interrupted = wm_common.train_vae(ctx, wm, params, batch_fn, log)
+    params, interrupted = wm_common.initial_params(ctx, wm, stats, batch_fn, log)
     if interrupted:
         return {"interrupted": True, "phase": "vae"}
     return wm_common.train_dynamics(ctx, wm, params, batch_fn, heldout, int(w.pretrain_steps), (),
