@@ -1,10 +1,17 @@
 """Multi-view consistency probe (models/state_probe.py): hand-computed metrics, and a probe trained on
 synthetic two-view frames reads a shared state from either view (low disagreement on consistent
 pairs, high on mismatched ones)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 
 from vlambpo_jax.models import state_probe
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_metrics_by_hand():
@@ -38,7 +45,9 @@ def render(state, view):
     return img
 
 
-def test_probe_reads_a_shared_state_from_both_views(tmp_path):
+def probe_checks(tmp_path: str):
+    """The trained probe's checks (run by the test below in a subprocess)."""
+    tmp_path = Path(tmp_path)
     rng = np.random.default_rng(0)
     n = 512
     state = np.stack([rng.uniform(0, 1, n), rng.uniform(0, 1, n), np.zeros(n),
@@ -64,3 +73,13 @@ def test_probe_reads_a_shared_state_from_both_views(tmp_path):
     again = state_probe.load(tmp_path / "p.msgpack")
     np.testing.assert_allclose(state_probe.read_jit(again, test_imgs[:4]), state_probe.read_jit(probe, test_imgs[:4]),
                                atol=1e-6)
+
+
+def test_probe_reads_a_shared_state_from_both_views(tmp_path):
+    # The suite's XLA:CPU optimisation level 0 (tests/conftest.py) runs this conv-net fit 12x slower, so
+    # it runs in a subprocess at XLA's default level.
+    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
+    r = subprocess.run([sys.executable, "-c", f"from tests.test_wm_probe import probe_checks; "
+                        f"probe_checks({str(tmp_path)!r})"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900, env={**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
