@@ -34,6 +34,23 @@ def test_within_state_auc_uses_only_mixed_states():
     assert single["within_auc_s_ci95"] is None and single["within_auc_s_per_state"] == []
 
 
+def test_best_f1_threshold_by_hand():
+    label = np.array([1, 0, 1, 0, 0], bool)
+    # calling the top 1, 2, 3, 4, 5 scores successes: F1 2/3, 1/2, 4/5, 2/3, 4/7
+    t, best = wm_agreement.best_f1_threshold(np.array([.9, .8, .7, .3, .2]), label)
+    assert np.isclose(t, 0.5) and np.isclose(best, 0.8)
+    # a tie cannot be cut: top 1 (2/3) or top 3 (4/5), never top 2
+    t, best = wm_agreement.best_f1_threshold(np.array([.9, .5, .5, .1]), np.array([1, 1, 0, 0], bool))
+    assert np.isclose(t, 0.3) and np.isclose(best, 0.8)
+    t, best = wm_agreement.best_f1_threshold(np.array([.2, .1]), np.array([1, 1], bool))
+    assert t < 0.1 and best == 1.0                                      # all called successes
+    assert np.isnan(wm_agreement.best_f1_threshold(np.array([.2]), np.array([False]))[0])
+    m = wm_agreement.agreement_metrics(np.zeros(5, int), label, {"s": np.array([.9, .8, .7, .3, .2])},
+                                       threshold=0.75)
+    assert np.isclose(m["positive_rate_s"], 0.4) and np.isclose(m["f1_s"], 0.5)
+    assert np.isclose(m["best_f1_threshold_s"], 0.5) and np.isclose(m["best_f1_s"], 0.8)
+
+
 def test_bootstrap_interval_of_a_mean():
     """The percentile bootstrap of a mean narrows like 1 / sqrt(n) around it (values of std 0.5)."""
     values = np.tile([0.0, 1.0], 50)                          # mean 0.5, std 0.5, n = 100: se 0.05

@@ -8,11 +8,14 @@ the label, scored by:
   real_next     the same reward on the simulator's next views (the reward model alone)
   current       the same reward on the views before the chunk (no prediction: the state alone)
 AUC (Mann-Whitney) over all pairs, and within each state whose A chunks had mixed outcomes (only
-there can a reward rank actions). If `imagined` is no better than `current`, the model adds nothing
-about the action's effect, and a policy gradient from imagined branches is mostly noise. Action
-sensitivity, beside it: for every pair of chunks from one state, the cosine between the predicted
-and the real difference of their next views, and the ratio of the two differences' norms (0 when
-the model ignores the action, 1 when it moves as much as the simulator).
+there can a reward rank actions). MBPO's reward is binary, p(Yes) > rl.reward_threshold: for each
+score, the share of chunks it calls a success at that threshold (against the simulator's) with its F1,
+and the threshold of best F1 (WMPO's choice, on these fresh states: pass it as rl.reward_threshold).
+If `imagined` is no better than `current`, the model adds nothing about the action's effect, and a
+policy gradient from imagined branches is mostly noise. Action sensitivity, beside it: for every pair of
+chunks from one state, the cosine between the predicted and the real difference of their next views, and
+the ratio of the two differences' norms (0 when the model ignores the action, 1 when it moves as much as
+the simulator).
 
 Drift. Driven open-loop by the policy's chunks (its own predictions fed back), does the imagined
 gripper stay where the real one is? The consistency probe (models/state_probe.py) reads the
@@ -48,12 +51,37 @@ def auc(score: np.ndarray, label: np.ndarray) -> float:
     return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
 
 
-def agreement_metrics(group: np.ndarray, success: np.ndarray, scores: dict[str, np.ndarray]) -> dict:
+def f1(predicted: np.ndarray, label: np.ndarray) -> float:
+    """F1 of bool predictions against bool labels; 0 when there is no true positive."""
+    tp = float(np.sum(predicted & label))
+    return 2 * tp / (np.sum(predicted) + np.sum(label)) if tp else 0.0
+
+
+def best_f1_threshold(score: np.ndarray, label: np.ndarray) -> tuple[float, float]:
+    """The threshold t of best F1 for the prediction score > t, over the midpoints between distinct
+    scores (and just below the lowest). -> (t, F1); (NaN, 0.0) without a positive label."""
+    label = np.asarray(label, bool)
+    if not label.any():
+        return float("nan"), 0.0
+    order = np.argsort(-np.asarray(score, np.float64), kind="stable")
+    s, hit = np.asarray(score, np.float64)[order], label[order]
+    tp = np.cumsum(hit)                                     # the top i + 1 scores called successes
+    last = np.append(s[1:] < s[:-1], True)                 # cut only between distinct scores
+    f1s = np.where(last, 2 * tp / (np.arange(1, len(s) + 1) + hit.sum()), -1.0)
+    i = int(np.argmax(f1s))
+    t = (s[i] + s[i + 1]) / 2 if i + 1 < len(s) else np.nextafter(s[i], -np.inf)
+    return float(t), float(f1s[i])
+
+
+def agreement_metrics(group: np.ndarray, success: np.ndarray, scores: dict[str, np.ndarray],
+                      threshold: float = 0.5) -> dict:
     """group int[N] (the state each chunk started from), success bool[N], scores name -> f32[N].
 
     -> {success_rate, auc_<name>, mixed_states, within_auc_<name> (mean over mixed states, NaN if
     none), within_auc_<name>_ci95 (95% percentile bootstrap over the mixed states, 2,000 resamples of
-    a fixed seed; None with fewer than 2), within_auc_<name>_per_state (each mixed state's AUC)}."""
+    a fixed seed; None with fewer than 2), within_auc_<name>_per_state (each mixed state's AUC),
+    positive_rate_<name> and f1_<name> (score > threshold called a success), best_f1_threshold_<name>
+    and best_f1_<name>}."""
     success = np.asarray(success, bool)
     out = {"samples": int(len(success)), "success_rate": float(success.mean())}
     mixed = [g for g in np.unique(group) if 0 < success[group == g].sum() < (group == g).sum()]
@@ -65,6 +93,9 @@ def agreement_metrics(group: np.ndarray, success: np.ndarray, scores: dict[str, 
         out[f"within_auc_{name}"] = float(np.mean(within)) if within else float("nan")
         out[f"within_auc_{name}_ci95"] = bootstrap_ci(np.asarray(within)) if len(within) > 1 else None
         out[f"within_auc_{name}_per_state"] = [round(x, 4) for x in within]
+        out[f"positive_rate_{name}"] = float((s > threshold).mean())
+        out[f"f1_{name}"] = f1(s > threshold, success)
+        out[f"best_f1_threshold_{name}"], out[f"best_f1_{name}"] = best_f1_threshold(s, success)
     return out
 
 
@@ -81,14 +112,15 @@ def to_json(metrics: dict) -> str:
 
 
 def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable, key: jax.Array,
-            num_states: int, samples_per_state: int, num_chunks: int, return_samples: bool = False):
+            num_states: int, samples_per_state: int, num_chunks: int, return_samples: bool = False,
+            threshold: float = 0.5):
     """Plays the check from `num_states` fresh episodes for `num_chunks` chunks.
 
     sample_fn(obs, key, mode) -> actions f32[B, k, 7] (env units; obs = env observation batch with
     images and instruction_id); predict_fn(images uint8[B, V, H, W, 3], instruction_id int32[B],
     actions, key) -> next images; reward_fn(images, instruction_id) -> p_success f32[B]. Between
     chunks the states advance with one deterministic chunk, so later chunks start from states the
-    policy reaches. -> agreement_metrics plus mean squared pixel error of the prediction and of
+    policy reaches. -> agreement_metrics (at `threshold`) plus mean squared pixel error of the prediction and of
     copying the current frame, and the pair_differences summaries (pair_cosine_view<v>: mean,
     pair_norm_ratio_view<v>: median), per view; with return_samples, also the per-chunk arrays (group,
     success, the three scores, pixel errors f32[N, V]) as a second output.
@@ -122,7 +154,7 @@ def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable,
         branched, _, _ = step_chunk(branched, jnp.repeat(advance, a, axis=0))
     cat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
     out = agreement_metrics(cat["group"], cat["success"],
-                            {k: cat[k] for k in ("imagined", "real_next", "current")})
+                            {k: cat[k] for k in ("imagined", "real_next", "current")}, threshold)
     for v in range(cat["mse_copy"].shape[1]):
         out[f"mse_predicted_view{v}"] = float(cat["mse_predicted"][:, v].mean())
         out[f"mse_copy_view{v}"] = float(cat["mse_copy"][:, v].mean())
@@ -201,7 +233,7 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, key: jax.Array, 
         return predict(wm_params, images, wtok[ids], wmask[ids], actions, k)
 
     metrics = measure(env, sample_fn, predict_fn, lambda images, ids: reward(wm_params, images, wtok[ids], wmask[ids]),
-                      key, num_states, samples_per_state, num_chunks)
+                      key, num_states, samples_per_state, num_chunks, threshold=config.rl.reward_threshold)
     if probe is not None:
         metrics.update(open_loop_drift(env, sample_fn, predict_fn, lambda images: state_probe.read_jit(probe, images),
                                        jax.random.fold_in(key, 99), num_states, num_chunks))
