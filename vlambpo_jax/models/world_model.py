@@ -295,7 +295,8 @@ class WorldModel:
         self.net = WMNet(self.spec)
         s = self.spec
         self.vae = FluxVAE(s.flux) if s.flux else VAE(s.vae_widths, s.latent_channels)
-        self.vocab = at.vocabulary(load_wm_tokenizer(config.wm))
+        self.tokenizer = load_wm_tokenizer(config.wm)  # ByteTokenizer | HFTokenizer: the world model's text
+        self.vocab = at.vocabulary(self.tokenizer)
         if self.vocab.size > s.umm.vocab_size:
             raise ValueError(f"config.wm.umm.vocab_size={s.umm.vocab_size} is smaller than the world model's "
                              f"vocabulary ({self.vocab.size} ids)")

@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlambpo_jax.data.tokenizer import load_wm_tokenizer
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.models import state_probe
 
@@ -220,7 +219,7 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, key: jax.Array, 
     env = make_env(config)
     texts = list(env.instructions)
     tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
-    wtok, wmask = map(jnp.asarray, load_wm_tokenizer(config.wm).encode_batch(texts, config.wm.max_text_len))
+    wtok, wmask = map(jnp.asarray, wm.tokenizer.encode_batch(texts, config.wm.max_text_len))
     sample = {mode: jax.jit(lambda p, o, k, mode=mode: policy.sample(p, o, k, mode=mode))
               for mode in ("train", "eval")}
     predict, reward = jax.jit(wm.predict), jax.jit(wm.reward)

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from vlambpo_jax.data.tokenizer import load_wm_tokenizer
 from vlambpo_jax.envs import has_simulator
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.rl import offline, wm_agreement
@@ -135,7 +134,7 @@ def imagined_vs_real(ctx, models: tuple, num_videos: int, num_chunks: int,
     ids = np.asarray(states.obs["instruction_id"])
     texts = [env.instructions[i] for i in ids]
     tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
-    wm_tok, wm_tmask = map(jnp.asarray, load_wm_tokenizer(config.wm).encode_batch(texts, config.wm.max_text_len))
+    wm_tok, wm_tmask = map(jnp.asarray, wm.tokenizer.encode_batch(texts, config.wm.max_text_len))
     real = [np.asarray(states.obs["images"])]
     imagined = [real[0]]
     step_chunk = jax.jit(jax.vmap(env.step_chunk))
