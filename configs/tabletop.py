@@ -10,7 +10,10 @@ images is given; only stages that act in the simulator can run it (no world-mode
 from the collected roots, stepped in the simulator restored there (MBPO with a perfect world model),
 vine advantages with the critic's bootstrap, 3 critic-only refills first, no world-model stages;
 `vine,online` the same estimator as online PPO from fresh episodes (rl.world='sim', each group
-explores one chunk anywhere along its episode, 15 iterations), with no collect stage; `dagger` adds
+explores one chunk anywhere along its episode, 15 iterations), with no collect stage; `vine,vlm`
+also trains the VLM prefix with the action expert (rl.train_vlm, VLM lr 1e-5) for 74 iterations
+(`dagger,vine,vlm` is section 44's run: 79.5% from a 64.5% SFT, about 90 minutes of mbpo on 2 shared
+cores), `vine,online,vlm` the same for online PPO (2-chunk vine horizon, 30 iterations); `dagger` adds
 six DAgger rounds to SFT at chunks of 5 (sft.dagger_rounds; `dagger,vine` is docs/results.md section
 31's best image-only run: 48 minutes of sft, collect, mbpo and evaluate on 2 shared cores). The counts of
 demos, collected rollouts and evaluation episodes are totals split over the tasks.
@@ -40,7 +43,7 @@ from vlambpo_jax.models.flux_vae import FluxVAEConfig
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, smoke=False, tasks="pick", truth=False, vine=False, online=False,
-                            dagger=False)
+                            dagger=False, vlm=False)
     tasks = ("pick", "push", "place", "stack") if args.tasks == "all" else tuple(args.tasks.split("+"))
     per_task = lambda total: -(-total // len(tasks))  # noqa: E731  (a total split over the tasks)
     c = ml_collections.ConfigDict()
@@ -141,6 +144,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if args.online:
             c.stages = ("demos", "sft", "mbpo", "evaluate")
             c.rl.update(dict(world="sim", vine_window=0, iterations=15, critic_warmup_iterations=0, eval_every=5))
+        if args.vlm:  # docs/results.md sections 39, 42 and 44
+            c.rl.update(dict(train_vlm=True, vlm_lr=1e-5, iterations=74))
+            if args.online:
+                c.rl.update(dict(vine_horizon=2, minibatch_size=2560, critic_warmup_iterations=3,
+                                 iterations=30, eval_every=10))
+    elif args.vlm:
+        raise ValueError("the `vlm` config argument refines `vine`: use e.g. configs/tabletop.py:dagger,vine,vlm")
     if args.smoke:
         c.rl.update(dict(collect_episodes_per_task=2, collect_batch=8, num_branches=8, iterations=2,
                          epochs=1, minibatch_size=8, eval_episodes=2, bc_rounds=2, bc_branches=8,

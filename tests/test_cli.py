@@ -65,6 +65,16 @@ def test_shipped_configs_validate(module, arg):
     validate(module.get_config(arg))
 
 
+def test_tabletop_variants_validate():
+    for arg in ("vine", "vine,online", "dagger,vine", "dagger,vine,vlm", "dagger,vine,online,vlm"):
+        validate(tabletop.get_config(arg))
+    roots, online = tabletop.get_config("dagger,vine,vlm").rl, tabletop.get_config("dagger,vine,online,vlm").rl
+    assert roots.train_vlm and roots.vlm_lr == 1e-5 and roots.iterations == 74 and roots.world == "sim_roots"
+    assert online.train_vlm and online.iterations == 30 and online.world == "sim" and online.vine_horizon == 2
+    with pytest.raises(ValueError, match="refines `vine`"):
+        tabletop.get_config("vlm")
+
+
 def test_privileged_state_config_runs_only_simulator_stages():
     c = tabletop.get_config("truth")
     validate(c)
