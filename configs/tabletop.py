@@ -12,11 +12,11 @@ vine advantages with the critic's bootstrap, 3 critic-only refills first, no wor
 `vine,online` the same estimator as online PPO from fresh episodes (rl.world='sim', each group
 explores one chunk anywhere along its episode, 15 iterations), with no collect stage; `vine,vlm`
 also trains the VLM prefix with the action expert (rl.train_vlm, VLM lr 1e-5) for 74 iterations
-(`dagger,vine,vlm` is section 44's run: 79.5% from a 64.5% SFT, about 90 minutes of mbpo on 2 shared
-cores), `vine,online,vlm` the same for online PPO (2-chunk vine horizon, 30 iterations); `dagger` adds
-six DAgger rounds to SFT at chunks of 5 (sft.dagger_rounds; `dagger,vine` is docs/results.md section
-31's best image-only run: 48 minutes of sft, collect, mbpo and evaluate on 2 shared cores). The counts of
-demos, collected rollouts and evaluation episodes are totals split over the tasks.
+(`dagger,vine,vlm` is docs/results.md section 44's run: 79.5% from a 64.5% SFT, 80 minutes of mbpo on 2
+shared cores), `vine,online,vlm` the same for online PPO (2-chunk vine horizon, 60 iterations: 80.5%,
+2 hours); `dagger` adds six DAgger rounds to SFT at chunks of 5 (sft.dagger_rounds; `dagger,vine` is
+docs/results.md section 31's image-only run: 48 minutes of sft, collect, mbpo and evaluate on 2 shared
+cores). The counts of demos, collected rollouts and evaluation episodes are totals split over the tasks.
 Why pick alone by default: at this CPU size behaviour cloning on the four tasks stays near chance,
 while on pick alone it succeeds often enough to leave RL room to improve (docs/results.md, sections 9
 and 15).
@@ -148,7 +148,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             c.rl.update(dict(train_vlm=True, vlm_lr=1e-5, iterations=74))
             if args.online:
                 c.rl.update(dict(vine_horizon=2, minibatch_size=2560, critic_warmup_iterations=3,
-                                 iterations=30, eval_every=10))
+                                 iterations=60, eval_every=10))
     elif args.vlm:
         raise ValueError("the `vlm` config argument refines `vine`: use e.g. configs/tabletop.py:dagger,vine,vlm")
     if args.smoke:

@@ -70,7 +70,7 @@ def test_tabletop_variants_validate():
         validate(tabletop.get_config(arg))
     roots, online = tabletop.get_config("dagger,vine,vlm").rl, tabletop.get_config("dagger,vine,online,vlm").rl
     assert roots.train_vlm and roots.vlm_lr == 1e-5 and roots.iterations == 74 and roots.world == "sim_roots"
-    assert online.train_vlm and online.iterations == 30 and online.world == "sim" and online.vine_horizon == 2
+    assert online.train_vlm and online.iterations == 60 and online.world == "sim" and online.vine_horizon == 2
     with pytest.raises(ValueError, match="refines `vine`"):
         tabletop.get_config("vlm")
 
