@@ -180,7 +180,7 @@ def reward_agreement_lines(ctx, models: tuple, out: Path) -> list[str]:
             "", f"MBPO's binary reward (p(Yes) > rl.reward_threshold = {ctx.config.rl.reward_threshold}) on "
             f"the imagined views calls {m['positive_rate_imagined']:.3f} of the chunks a success (F1 "
             f"{m['f1_imagined']:.3f}); the threshold of best F1 on them is "
-            f"{m['best_f1_threshold_imagined']:.3f} (F1 {m['best_f1_imagined']:.3f}).",
+            f"{fmt(m['best_f1_threshold_imagined'])} (F1 {m['best_f1_imagined']:.3f}).",
             "", f"States whose chunks had mixed outcomes: {m['mixed_states']}. Pixel MSE of the prediction "
             "vs copying the current frame: " + ", ".join(
                 f"view {v}: {m[f'mse_predicted_view{v}']:.0f} vs {m[f'mse_copy_view{v}']:.0f}"
