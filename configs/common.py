@@ -216,6 +216,10 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
       num_branches / group_size scenes every iteration, a diagnostic) or 'sim_roots' (MBPO with a
       perfect world model: the same branches as 'model', stepped in the simulator restored to each
       root's state recorded by the collect stage).
+    reward_from: '' (the world's own reward) or the truth in place of one half of the world model,
+      a diagnostic (rl/rollout.HybridWorld; the simulator restored at the collected roots steps beside
+      the world model): 'sim' with world='model' (predicted views, the simulator's success), 'model'
+      with world='sim_roots' (real views, the world model's Yes/No read on them).
     num_branches: M branches per refill; branch_chunks: n chunks per branch (0 = full horizon;
       -1 = adaptive, rl/branch_length.py: the n <= adaptive_max_chunks (0 = the horizon; 4 for logged
       episodes, and never more than the longest held-out episode holds) minimizing the Thm 4.2 bound
@@ -252,7 +256,7 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     eval_every / eval_episodes: periodic simulator evaluation (iterations; 0 = off).
     """
     c = ml_collections.ConfigDict(dict(
-        world="model", fixed_starts=False, num_branches=256, branch_chunks=2, reward_threshold=0.5,
+        world="model", reward_from="", fixed_starts=False, num_branches=256, branch_chunks=2, reward_threshold=0.5,
         adaptive_max_chunks=0, adaptive_sequences=64, adaptive_eps_pi=0.1,
         iterations=30, epochs=4, critic_warmup_epochs=1, critic_warmup_iterations=0, target_kl=0.0,
         recompute_values=True,

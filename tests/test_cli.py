@@ -85,6 +85,21 @@ def test_privileged_state_config_runs_only_simulator_stages():
             validate(c)
 
 
+def test_reward_from_pairs_each_half_with_the_other_world():
+    c = tabletop.get_config("smoke")
+    for world, reward_from in (("model", "sim"), ("sim_roots", "model")):
+        c.rl.world, c.rl.reward_from = world, reward_from
+        validate(c)
+    for world, reward_from in (("model", "model"), ("sim_roots", "sim"), ("sim", "model")):
+        c.rl.world, c.rl.reward_from = world, reward_from
+        with pytest.raises(ConfigError, match="rl.reward_from=.*needs config.rl.world="):
+            validate(c)
+    c = bridge.get_config("smoke")
+    c.rl.reward_from = "sim"
+    with pytest.raises(ConfigError, match="rl.reward_from='sim': steps the simulator"):
+        validate(c)
+
+
 def test_chunk_longer_than_horizon_is_rejected():
     config = tabletop.get_config("smoke")
     with config.unlocked():

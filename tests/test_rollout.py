@@ -1,5 +1,6 @@
 """The chunk rollout scan with the simulator as its world equals a plain step-by-step real rollout; the
-vine rollout explores one chunk per group and shares the deterministic rest within the group."""
+vine rollout explores one chunk per group and shares the deterministic rest within the group; the
+hybrid world takes each half from its own world."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,10 +8,12 @@ import pytest
 
 from configs import tabletop
 from vlambpo_jax import loading
+from vlambpo_jax.data.tokenizer import ByteTokenizer
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.models.policy import Policy
+from vlambpo_jax.models.world_model import WorldModel
 from vlambpo_jax.rl import ppo, toy_world
-from vlambpo_jax.rl.rollout import SimWorld, has_future, rollout
+from vlambpo_jax.rl.rollout import HybridWorld, ImaginedState, ModelWorld, SimWorld, has_future, rollout
 
 
 @pytest.mark.parametrize("arg", ["smoke", pytest.param("smoke,truth", marks=pytest.mark.slow)])
@@ -151,3 +154,51 @@ def test_vine_horizon_stops_branches_after_their_explored_chunk():
         np.testing.assert_array_equal(np.asarray(traj.mask), np.arange(n)[:, None] < last[None, :])
         np.testing.assert_allclose(np.asarray(bootstrap), np.asarray(policy.value(params, world.observe(start))),
                                    atol=1e-6)
+
+
+def test_hybrid_world_takes_each_half_from_its_world():
+    """rl.reward_from: with the world model's views the success is the simulator's, with the
+    simulator's views the success is the world model's Yes/No read on them; each half equals its own
+    world stepped alone from the same state with the same actions."""
+    config = tabletop.get_config("smoke")
+    env = make_env(config)
+    tokenizer = ByteTokenizer()
+    tokens, mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
+    sim = SimWorld(env, tokens, mask)
+    wm = WorldModel(config)
+    wm_params = wm.init(jax.random.PRNGKey(3))
+    b = 2
+    sim_start = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), b))
+    ids = np.asarray(sim_start.obs["instruction_id"])
+    wm_tokens, wm_mask = tokenizer.encode_batch([env.instructions[i] for i in ids], config.wm.max_text_len)
+    imagined = ImaginedState(images=sim_start.obs["images"], tokens=jnp.asarray(tokens[ids]),
+                             token_mask=jnp.asarray(mask[ids]), wm_tokens=jnp.asarray(wm_tokens),
+                             wm_token_mask=jnp.asarray(wm_mask))
+    actions = jax.random.uniform(jax.random.PRNGKey(1), (b, config.chunk_size, 7), minval=-1.0, maxval=1.0)
+    key = jax.random.PRNGKey(2)
+    sim_next, sim_rewards, sim_success = jax.jit(sim.step)(None, sim_start, actions, key)
+    predicted = jax.jit(ModelWorld(wm).advance)(wm_params, imagined, actions, key)
+    assert not np.asarray(sim_success).any(), "random actions should not succeed"
+    reward = jax.jit(wm.reward)
+    p_real = np.asarray(reward(wm_params, sim_next.obs["images"], imagined.wm_tokens, imagined.wm_token_mask))
+    p_pred = np.asarray(reward(wm_params, predicted.images, imagined.wm_tokens, imagined.wm_token_mask))
+    j = int(np.argmax(np.abs(p_real - p_pred)))
+    assert abs(p_real[j] - p_pred[j]) > 1e-4
+
+    # threshold 0: the world model calls every chunk a success, the simulator none
+    seen_model = HybridWorld(sim, ModelWorld(wm, threshold=0.0), views="model")
+    (s, i), rewards, success = jax.jit(seen_model.step)(wm_params, (sim_start, imagined), actions, key)
+    np.testing.assert_array_equal(np.asarray(seen_model.observe((s, i))["images"]), np.asarray(predicted.images))
+    np.testing.assert_array_equal(np.asarray(rewards), np.asarray(sim_rewards))
+    np.testing.assert_array_equal(np.asarray(success), np.asarray(sim_success))
+    np.testing.assert_array_equal(np.asarray(seen_model.ended((s, i))), np.asarray(sim.ended(sim_next)))
+
+    # threshold between the two reads of branch j: it tells real views from predicted ones
+    for threshold in (0.0, float(p_real[j] + p_pred[j]) / 2):
+        seen_sim = HybridWorld(sim, ModelWorld(wm, threshold), views="sim")
+        (s, i), rewards, success = jax.jit(seen_sim.step)(wm_params, (sim_start, imagined), actions, key)
+        np.testing.assert_array_equal(np.asarray(seen_sim.observe((s, i))["images"]),
+                                      np.asarray(sim_next.obs["images"]))
+        np.testing.assert_array_equal(np.asarray(success), p_real > threshold)
+        np.testing.assert_array_equal(np.asarray(rewards[:, -1]), (p_real > threshold).astype(np.float32))
+        assert not np.asarray(rewards[:, :-1]).any()

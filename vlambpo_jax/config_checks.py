@@ -197,6 +197,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.adaptive_sequences", _int_range(1)),
     ("rl.adaptive_eps_pi", _unit_interval),
     ("rl.world", _one_of("model", "sim", "sim_roots")),
+    ("rl.reward_from", _one_of("", "sim", "model")),
     ("rl.gae_variant", _one_of("paper", "code")),
     ("rl.advantage", _one_of("gae", "group", "vine")),
     ("rl.group_size", _int_range(1)),
@@ -317,7 +318,8 @@ def _wm_size_problems(config, w) -> list[tuple[str, Any, str]]:
         out.append(("wm.vae.downsample", w.vae.downsample, f"must equal 2 ** len(config.wm.vae.widths) "
                     f"(= {down}: one stride-2 stage per width)"))
     stages = tuple(get(config, "stages")) if get(config, "stages") is not _MISSING else ()
-    uses = [s for s in stages if s in WM_STAGES or (s == "mbpo" and get(config, "rl.world") == "model")]
+    uses = [s for s in stages if s in WM_STAGES or (s == "mbpo" and "model" in (get(config, "rl.world"),
+                                                                              get(config, "rl.reward_from")))]
     release = w.get("init_from", "")
     if uses and flux and not release:
         out.append(("wm.vae.kind", "flux", f"needs config.wm.init_from (a BAGEL release directory) for stage "
@@ -384,6 +386,10 @@ def _cross_problems(config) -> list[tuple[str, Any, str]]:
         out.append(("sft.dagger_rounds", rounds, "DAgger runs the scripted expert: needs a simulator "
                     "(config.env) and config.sft.in_memory=True"))
     r = get(config, "rl")
+    hybrids = {"sim": "model", "model": "sim_roots"}   # rl.reward_from -> the rl.world it pairs with
+    if r is not _MISSING and r.get("reward_from", "") and r.world != hybrids[r.reward_from]:
+        out.append(("rl.reward_from", r.reward_from, f"takes the reward from the other world than the views: "
+                    f"needs config.rl.world={hybrids[r.reward_from]!r}"))
     if r is not _MISSING and "group_size" in r:
         if r.num_branches % r.group_size:
             out.append(("rl.num_branches", r.num_branches, f"must be a multiple of config.rl.group_size "
@@ -430,6 +436,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                   "(config.env); without one use 'logged_roots' for branch roots")
         if get(config, "rl.world") in ("sim", "sim_roots"):
             raise ConfigError("rl.world", config.rl.world, "needs a simulator (config.env); without one use 'model'")
+        if get(config, "rl.reward_from") not in (_MISSING, ""):
+            raise ConfigError("rl.reward_from", config.rl.reward_from, "steps the simulator restored at the "
+                              "roots: needs config.env (set it to '' without a simulator)")
         weight = get(config, "sft.grounding_weight")
         if weight is not _MISSING and weight > 0:
             raise ConfigError("sft.grounding_weight", weight, "grounding co-training renders simulator "

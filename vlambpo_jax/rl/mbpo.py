@@ -25,14 +25,18 @@ def repeat_groups(tree, group_size: int):
     return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), tree) if group_size > 1 else tree
 
 
+def imagined_roots(roots: dict, idx: np.ndarray) -> ImaginedState:
+    """The world model's start states at root indices idx int[B] (the collected views and tokens)."""
+    return ImaginedState(**{key: jnp.asarray(roots[key][idx]) for key in (
+        "images", "tokens", "token_mask", "wm_tokens", "wm_token_mask")})
+
+
 def branch_sampler(roots: dict, num_branches: int, seed: int, group_size: int = 1, make_state=None):
     """iteration -> start states of `num_branches` branches from roots drawn uniformly (deterministic
     per iteration), each root `group_size` times in a row. make_state(root indices int[B]) builds
     them; default: the world model's ImaginedState."""
     n = len(roots["t"])
-    if make_state is None:
-        make_state = lambda idx: ImaginedState(**{key: jnp.asarray(roots[key][idx]) for key in (  # noqa: E731
-            "images", "tokens", "token_mask", "wm_tokens", "wm_token_mask")})
+    make_state = make_state or (lambda idx: imagined_roots(roots, idx))
 
     def draw(i: int):
         return make_state(np.repeat(np.random.default_rng([seed, i]).integers(0, n, num_branches // group_size),

@@ -182,13 +182,56 @@ class ModelWorld:
         return {"images": state.images, "tokens": state.tokens, "token_mask": state.token_mask}
 
     def step(self, params, state: ImaginedState, actions, key):
-        images = self.wm.predict(params, state.images, state.wm_tokens, state.wm_token_mask, actions, key)
-        p_success = self.wm.reward(params, images, state.wm_tokens, state.wm_token_mask)
+        state = self.advance(params, state, actions, key)
+        step_rewards, success = self.outcome(params, state, actions.shape[1])
+        return state, step_rewards, success
+
+    def advance(self, params, state: ImaginedState, actions, key) -> ImaginedState:
+        """Both views predicted k steps ahead under actions f32[B, k, 7]."""
+        return state.replace(images=self.wm.predict(params, state.images, state.wm_tokens,
+                                                    state.wm_token_mask, actions, key))
+
+    def outcome(self, params, state: ImaginedState, k: int) -> tuple[jax.Array, jax.Array]:
+        """The Yes/No reward read on state's views -> (step_rewards f32[B, k], success bool[B])."""
+        p_success = self.wm.reward(params, state.images, state.wm_tokens, state.wm_token_mask)
         success = p_success > self.threshold
-        k = actions.shape[1]
-        step_rewards = jnp.zeros((images.shape[0], k), jnp.float32).at[:, -1].set(
+        step_rewards = jnp.zeros((state.images.shape[0], k), jnp.float32).at[:, -1].set(
             success.astype(jnp.float32))
-        return state.replace(images=images), step_rewards, success
+        return step_rewards, success
 
     def ended(self, state: ImaginedState):
         return jnp.zeros(state.images.shape[:1], bool)   # imagined branches have no time limit
+
+
+class HybridWorld:
+    """The truth in place of one half of the world model (rl.reward_from), from restored roots: the
+    simulator and the world model step side by side on the same actions; the policy sees one's views
+    and the reward is the other's.
+
+    views='model', reward 'sim': the world model's predicted views, the simulator's success (is the
+    dynamics' drift what breaks imagined branches?). views='sim', reward 'model': the simulator's real
+    views, the world model's Yes/No read on them (is the learned reward what breaks them?).
+    State: (env States, ImaginedState), both [B, ...]; the episode ends at the simulator's time limit.
+    """
+
+    def __init__(self, sim: SimWorld, model: ModelWorld, views: str):
+        if views not in ("model", "sim"):
+            raise ValueError(f"views must be 'model' or 'sim', got {views!r}")
+        self.sim, self.model, self.views = sim, model, views
+
+    def observe(self, state) -> dict:
+        sim_state, imagined = state
+        return self.model.observe(imagined) if self.views == "model" else self.sim.observe(sim_state)
+
+    def step(self, params, state, actions, key):
+        sim_state, imagined = state
+        sim_state, sim_rewards, sim_success = self.sim.step(None, sim_state, actions, key)
+        if self.views == "model":
+            imagined = self.model.advance(params, imagined, actions, key)
+            return (sim_state, imagined), sim_rewards, sim_success
+        imagined = imagined.replace(images=self.sim.observe(sim_state)["images"])
+        step_rewards, success = self.model.outcome(params, imagined, actions.shape[1])
+        return (sim_state, imagined), step_rewards, success
+
+    def ended(self, state):
+        return self.sim.ended(state[0])

@@ -7,7 +7,9 @@ simulator. With `rl.world = 'sim'` the same loop runs in the MJX simulator from 
 (the online-PPO baseline), and the real env steps it uses are counted. With `rl.world = 'sim_roots'`
 it is MBPO with a perfect world model: the same branches from the collected roots, stepped in the
 simulator restored to each root's recorded state (the ceiling a learned world model is measured
-against; its simulated transitions are counted as imagined ones). Branch length: config.rl.
+against; its simulated transitions are counted as imagined ones). `rl.reward_from` puts the truth in
+place of one half of the world model from the same restored roots (rl/rollout.HybridWorld): its
+predicted views with the simulator's success, or the real views with its Yes/No. Branch length: config.rl.
 branch_chunks chunks, a whole episode (0), or the adaptive choice of rl/branch_length.py (-1).
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from vlambpo_jax.errors import UserError
 from vlambpo_jax.models.policy import make_env_policy_fn
 from vlambpo_jax.rl import branch_length, mbpo, ppo
 from vlambpo_jax.rl.collect import SIM_PREFIX
-from vlambpo_jax.rl.rollout import ModelWorld, SimWorld
+from vlambpo_jax.rl.rollout import HybridWorld, ModelWorld, SimWorld
 from vlambpo_jax.stages import common
 from vlambpo_jax.train import sharding
 from vlambpo_jax.train.loop import train_loop
@@ -41,7 +43,7 @@ def run(ctx) -> dict:
     seed = int(config.seed) * 7919 + 17
     k = config.chunk_size
 
-    if rl.world == "model":
+    if rl.world == "model" and not rl.reward_from:
         wm, wm_params, _ = common.load_world_model(ctx)
         world = ModelWorld(wm, rl.reward_threshold)
         roots = dict(np.load(ctx.stage_summary(common.roots_stage(ctx))["roots"]))
@@ -52,7 +54,7 @@ def run(ctx) -> dict:
             num_chunks, extra_env_steps = choice["branch_chunks"], choice["env_steps"]
         else:
             num_chunks = common.branch_chunks(config, roots)
-    elif rl.world == "sim_roots":
+    elif rl.world in ("model", "sim_roots"):
         env = make_env(config)
         tokens, token_mask = tokenizer.encode_batch(list(env.instructions), config.data.max_text_len)
         world, wm_params = SimWorld(env, tokens, token_mask, normalize_state), None
@@ -60,10 +62,17 @@ def run(ctx) -> dict:
         roots = dict(np.load(roots_file))
         sim = {key[len(SIM_PREFIX):]: v for key, v in roots.items() if key.startswith(SIM_PREFIX)}
         if not sim:
-            raise UserError(f"rl.world='sim_roots': {roots_file} holds no simulator states (written by an "
-                            "older collect stage); run the collect stage again")
-        start_fn = mbpo.branch_sampler(roots, rl.num_branches, seed, rl.group_size,
-                                       lambda idx: env.restore({key: v[idx] for key, v in sim.items()}))
+            raise UserError(f"rl.world='sim_roots' and rl.reward_from: {roots_file} holds no simulator "
+                            "states (written by an older collect stage); run the collect stage again")
+        restore = lambda idx: env.restore({key: v[idx] for key, v in sim.items()})  # noqa: E731
+        if rl.reward_from:
+            # the truth in place of one half of the world model (rl/rollout.HybridWorld)
+            wm, wm_params, _ = common.load_world_model(ctx)
+            world = HybridWorld(world, ModelWorld(wm, rl.reward_threshold), views=rl.world.replace("sim_roots", "sim"))
+            make_state = lambda idx: (restore(idx), mbpo.imagined_roots(roots, idx))  # noqa: E731
+        else:
+            make_state = restore
+        start_fn = mbpo.branch_sampler(roots, rl.num_branches, seed, rl.group_size, make_state)
         num_chunks = common.branch_chunks(config, roots)
         env_steps_per_iteration, extra_env_steps = 0, 0
     else:
@@ -94,7 +103,7 @@ def run(ctx) -> dict:
                         eval_fn=eval_fn, eval_every=rl.eval_every,
                         log_every=1)  # an iteration is a whole buffer refill: every one is a curve point
     summary = {"checkpoint_dir": str(Path(ctx.stage_dir) / "ppo"), "iterations": result.step,
-               "world": rl.world, "branch_chunks": num_chunks,
+               "world": rl.world, "reward_from": rl.reward_from, "branch_chunks": num_chunks,
                "env_steps": env_steps_per_iteration * result.step + extra_env_steps,
                "imagined_transitions": (rl.num_branches * num_chunks * result.step
                                         if rl.world != "sim" else 0),
