@@ -62,13 +62,14 @@ def run(ctx) -> dict:
         roots = dict(np.load(roots_file))
         sim = {key[len(SIM_PREFIX):]: v for key, v in roots.items() if key.startswith(SIM_PREFIX)}
         if not sim:
-            raise UserError(f"rl.world='sim_roots' and rl.reward_from: {roots_file} holds no simulator "
-                            "states (written by an older collect stage); run the collect stage again")
+            raise UserError(f"branches from restored roots (rl.world={rl.world!r}): {roots_file} holds no "
+                            "simulator states (written by an older collect stage); run the collect stage again")
         restore = lambda idx: env.restore({key: v[idx] for key, v in sim.items()})  # noqa: E731
         if rl.reward_from:
             # the truth in place of one half of the world model (rl/rollout.HybridWorld)
             wm, wm_params, _ = common.load_world_model(ctx)
-            world = HybridWorld(world, ModelWorld(wm, rl.reward_threshold), views=rl.world.replace("sim_roots", "sim"))
+            world = HybridWorld(world, ModelWorld(wm, rl.reward_threshold),
+                                views="model" if rl.world == "model" else "sim")
             make_state = lambda idx: (restore(idx), mbpo.imagined_roots(roots, idx))  # noqa: E731
         else:
             make_state = restore
