@@ -69,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # --- wm: the UMM world model (fields documented in configs/tabletop.py:wm_config) ---
     c.wm = wm_config(args.smoke)
+    c.reward = common.reward_config(args.smoke)   # the `reward` stage's success classifier
     if not args.smoke:  # 64 px views: an 8x-down VAE and 16 px ViT patches keep 16 tokens per view
         c.wm.vae.update(dict(downsample=8, widths=(32, 64, 64)))
         c.wm.vit.patch = 16

@@ -207,6 +207,25 @@ def sft_config(data: ml_collections.ConfigDict, smoke: bool, **overrides) -> ml_
     return c
 
 
+def reward_config(smoke: bool) -> ml_collections.ConfigDict:
+    """config.reward: the separate success classifier (the `reward` stage, vlambpo_jax/stages/reward.py;
+    the model vlambpo_jax/models/success_classifier.py), which MBPO reads instead of the world model's
+    Yes/No with config.rl.reward_model='classifier'.
+
+    members: ensemble size; aggregate: how the members vote, 'min' (a success only where all agree) or
+      'mean'; widths: conv channels per stride-2 stage of each view's tower; features: per-view
+      feature size; text_dim / hidden: the instruction embedding and the head's hidden width.
+    steps / batch_size / lr: training (AdamW), per member, on batches half of success frames;
+      augment_shift: random shifts of +-this many pixels per view (data/augment.py).
+    Its threshold is the one of best F1 on the held-out episodes (saved with the weights).
+    """
+    c = ml_collections.ConfigDict(dict(members=4, aggregate="min", widths=(16, 32, 64), features=64, text_dim=32,
+                                       hidden=128, steps=1500, batch_size=128, lr=1e-3, augment_shift=2))
+    if smoke:
+        c.update(dict(members=2, widths=(8, 8), features=16, text_dim=8, hidden=16, steps=20, batch_size=16))
+    return c
+
+
 def rl_config(**overrides) -> ml_collections.ConfigDict:
     """config.rl: MBPO / online PPO (the `mbpo` stage, vlambpo_jax/stages/mbpo.py; the algorithms in
     vlambpo_jax/rl); configs add their own fields (collect, baselines).
@@ -225,7 +244,11 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
       episodes, and never more than the longest held-out episode holds) minimizing the Thm 4.2 bound
       with the world model's error measured on adaptive_sequences held-out real sequences and the
       assumed policy shift adaptive_eps_pi).
-    reward_threshold: world-model P(Yes) above which a chunk counts as success.
+    reward_model: what reads the reward on a branch's views: 'wm' (the world model's Yes/No, the paper) |
+      'classifier' (the `reward` stage's separate success classifier, config.reward, at the threshold
+      of best F1 it chose on held-out episodes; the simulator-restored world with reward_from='model'
+      then needs no world model at all).
+    reward_threshold: world-model P(Yes) above which a chunk counts as success (rl.reward_model='wm').
     iterations: buffer refills; epochs: PPO epochs per refill (each a scan over minibatches of
       minibatch_size transitions); critic_warmup_epochs: critic-only epochs after each refill;
       critic_warmup_iterations: refills at the start that train the critic alone (no actor update);
@@ -256,7 +279,8 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     eval_every / eval_episodes: periodic simulator evaluation (iterations; 0 = off).
     """
     c = ml_collections.ConfigDict(dict(
-        world="model", reward_from="", fixed_starts=False, num_branches=256, branch_chunks=2, reward_threshold=0.5,
+        world="model", reward_from="", reward_model="wm", fixed_starts=False, num_branches=256, branch_chunks=2,
+        reward_threshold=0.5,
         adaptive_max_chunks=0, adaptive_sequences=64, adaptive_eps_pi=0.1,
         iterations=30, epochs=4, critic_warmup_epochs=1, critic_warmup_iterations=0, target_kl=0.0,
         recompute_values=True,

@@ -121,6 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # --- wm: the UMM world model (documented in wm_config below) ---
     c.wm = wm_config(args.smoke)
+    c.reward = common.reward_config(args.smoke)   # the `reward` stage's success classifier
 
     # --- rl: collect, MBPO / online PPO (PPO fields: configs/common.py:rl_config) ---
     # collect_episodes_per_task / collect_mode / collect_batch: real rollouts of the SFT policy per

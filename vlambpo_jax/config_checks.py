@@ -198,6 +198,9 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.adaptive_eps_pi", _unit_interval),
     ("rl.world", _one_of("model", "sim", "sim_roots")),
     ("rl.reward_from", _one_of("", "sim", "model")),
+    ("rl.reward_model", _one_of("wm", "classifier")),
+    ("reward.members", _int_range(1)),
+    ("reward.aggregate", _one_of("min", "mean")),
     ("rl.gae_variant", _one_of("paper", "code")),
     ("rl.advantage", _one_of("gae", "group", "vine")),
     ("rl.group_size", _int_range(1)),
@@ -318,8 +321,9 @@ def _wm_size_problems(config, w) -> list[tuple[str, Any, str]]:
         out.append(("wm.vae.downsample", w.vae.downsample, f"must equal 2 ** len(config.wm.vae.widths) "
                     f"(= {down}: one stride-2 stage per width)"))
     stages = tuple(get(config, "stages")) if get(config, "stages") is not _MISSING else ()
-    uses = [s for s in stages if s in WM_STAGES or (s == "mbpo" and "model" in (get(config, "rl.world"),
-                                                                              get(config, "rl.reward_from")))]
+    reads_wm = ("model" in (get(config, "rl.world"), get(config, "rl.reward_from"))
+                and not (get(config, "rl.reward_model") == "classifier" and get(config, "rl.world") != "model"))
+    uses = [s for s in stages if s in WM_STAGES or (s == "mbpo" and reads_wm)]
     release = w.get("init_from", "")
     if uses and flux and not release:
         out.append(("wm.vae.kind", "flux", f"needs config.wm.init_from (a BAGEL release directory) for stage "

@@ -15,6 +15,7 @@ STAGES: dict[str, str] = {
     "logged_roots": "vlambpo_jax.stages.logged_roots",
     "wm_pretrain": "vlambpo_jax.stages.wm_pretrain",
     "wm_finetune": "vlambpo_jax.stages.wm_finetune",
+    "reward": "vlambpo_jax.stages.reward",
     "mbpo": "vlambpo_jax.stages.mbpo",
     "wm_bc": "vlambpo_jax.stages.wm_bc",
     "evaluate": "vlambpo_jax.stages.evaluate",

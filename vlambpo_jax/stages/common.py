@@ -10,9 +10,11 @@ import jax
 from vlambpo_jax import loading
 from vlambpo_jax.envs import horizon_chunks
 from vlambpo_jax.errors import UserError
-from vlambpo_jax.models import state_probe
+from vlambpo_jax.models import state_probe, success_classifier
 from vlambpo_jax.stages.wm_common import CKPT_WM, PROBE_FILE
 from vlambpo_jax.train import sharding
+
+CLASSIFIER_FILE = "success_classifier.msgpack"
 
 
 def write_once(name: str, write: Callable[[], object]) -> None:
@@ -35,6 +37,11 @@ def load_world_model(ctx):
     """The fine-tuned world model of the run -> (WorldModel, params, assets), under ctx.config (whose
     layout settings must match the checkpoint's)."""
     return loading.load_world_model(Path(ctx.stage_output("wm_finetune")) / CKPT_WM, ctx.config)
+
+
+def load_success_classifier(ctx):
+    """The `reward` stage's success classifier -> (SuccessClassifier, params)."""
+    return success_classifier.load(Path(ctx.stage_output("reward")) / CLASSIFIER_FILE)
 
 
 def load_state_probe(ctx) -> dict | None:

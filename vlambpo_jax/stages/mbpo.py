@@ -27,6 +27,7 @@ from vlambpo_jax.envs.evaluation import make_evaluator
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.models.policy import make_env_policy_fn
+from vlambpo_jax.models.success_classifier import ClassifiedWorldModel
 from vlambpo_jax.rl import branch_length, mbpo, ppo
 from vlambpo_jax.rl.collect import SIM_PREFIX
 from vlambpo_jax.rl.rollout import HybridWorld, ModelWorld, SimWorld
@@ -44,8 +45,8 @@ def run(ctx) -> dict:
     k = config.chunk_size
 
     if rl.world == "model" and not rl.reward_from:
-        wm, wm_params, _ = common.load_world_model(ctx)
-        world = ModelWorld(wm, rl.reward_threshold)
+        wm, wm_params, threshold = world_model_for_rl(ctx, dynamics=True)
+        world = ModelWorld(wm, threshold)
         roots = dict(np.load(ctx.stage_summary(common.roots_stage(ctx))["roots"]))
         start_fn = mbpo.branch_sampler(roots, rl.num_branches, seed, rl.group_size)
         env_steps_per_iteration, extra_env_steps = 0, 0
@@ -67,8 +68,8 @@ def run(ctx) -> dict:
         restore = lambda idx: env.restore({key: v[idx] for key, v in sim.items()})  # noqa: E731
         if rl.reward_from:
             # the truth in place of one half of the world model (rl/rollout.HybridWorld)
-            wm, wm_params, _ = common.load_world_model(ctx)
-            world = HybridWorld(world, ModelWorld(wm, rl.reward_threshold),
+            wm, wm_params, threshold = world_model_for_rl(ctx, dynamics=rl.world == "model")
+            world = HybridWorld(world, ModelWorld(wm, threshold),
                                 views="model" if rl.world == "model" else "sim")
             make_state = lambda idx: (restore(idx), mbpo.imagined_roots(roots, idx))  # noqa: E731
         else:
@@ -104,13 +105,28 @@ def run(ctx) -> dict:
                         eval_fn=eval_fn, eval_every=rl.eval_every,
                         log_every=1)  # an iteration is a whole buffer refill: every one is a curve point
     summary = {"checkpoint_dir": str(Path(ctx.stage_dir) / "ppo"), "iterations": result.step,
-               "world": rl.world, "reward_from": rl.reward_from, "branch_chunks": num_chunks,
+               "world": rl.world, "reward_from": rl.reward_from, "reward_model": rl.reward_model,
+               "branch_chunks": num_chunks,
                "env_steps": env_steps_per_iteration * result.step + extra_env_steps,
                "imagined_transitions": (rl.num_branches * num_chunks * result.step
                                         if rl.world != "sim" else 0),
                **{k: v for k, v in ctx.writer.last.items()}}
     (Path(ctx.stage_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def world_model_for_rl(ctx, dynamics: bool):
+    """The world model the branches read -> (model, params, success threshold): wm_finetune's, its
+    Yes/No replaced by the `reward` stage's classifier with rl.reward_model='classifier' (then without
+    the world model itself where only the reward is read: dynamics False)."""
+    rl = ctx.config.rl
+    if rl.reward_model != "classifier":
+        wm, wm_params, _ = common.load_world_model(ctx)
+        return wm, wm_params, float(rl.reward_threshold)
+    wm, wm_params = common.load_world_model(ctx)[:2] if dynamics else (None, None)
+    classifier, classifier_params = common.load_success_classifier(ctx)
+    return (ClassifiedWorldModel(wm, classifier), {"wm": wm_params, "classifier": classifier_params},
+            float(classifier_params["threshold"]))
 
 
 def adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params) -> dict:

@@ -99,6 +99,11 @@ class RewardExamples:
                  for i in rng.integers(0, len(self.pools[y]), n)]
         return self._batch([p for _, p in picks], [y for y, _ in picks])
 
+    def every_frame(self) -> dict:
+        """One batch of every labelled frame (Yes frames first)."""
+        picks = [(y, p) for y in (True, False) for p in self.pools[y]]
+        return self._batch([p for _, p in picks], [y for y, _ in picks])
+
     def heldout(self, n_batches: int, per_class: int) -> list[dict]:
         picks = []
         for y in (True, False):

@@ -1,0 +1,66 @@
+"""The separate success classifier (models/success_classifier.py): it learns a toy success rule that
+depends on the instruction, its ensemble votes as documented, and it saves and loads exactly."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlambpo_jax.models import success_classifier
+from vlambpo_jax.models.success_classifier import ClassifiedWorldModel, SuccessClassifier
+
+SMALL = dict(views=2, members=2, widths=(8, 16), features=16, text_dim=8, hidden=32)
+
+
+def toy_frames(n, seed):
+    """Success iff the head view shows a bright square in the corner the instruction names (token
+    7: top left, token 9: bottom right); every frame shows one square, in a random corner, so the
+    pictures alone cannot tell."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, (n, 2, 16, 16, 3)).astype(np.uint8)
+    corner = rng.integers(0, 2, n)                # where the square is
+    named = rng.integers(0, 2, n)                 # which corner the instruction names
+    for i in range(n):
+        r = 2 if corner[i] == 0 else 10
+        images[i, 0, r:r + 4, r:r + 4] = 250
+    tokens = np.stack([np.where(named == 0, 7, 9), np.full(n, 3), np.zeros(n, int)], 1).astype(np.int32)
+    mask = np.array([[True, True, False]] * n)
+    return {"images": images, "tokens": tokens, "token_mask": mask, "yes": corner == named}
+
+
+def test_learns_an_instruction_dependent_success_rule():
+    clf = SuccessClassifier(**SMALL)
+    train, held = toy_frames(512, 0), toy_frames(256, 1)
+    params = clf.init(jax.random.PRNGKey(0), (16, 16), 3)
+    before = np.mean((clf.predict_frames(params, held) > 0.5) == held["yes"])
+    params, info = clf.train(params, train, jax.random.PRNGKey(1), steps=150, batch_size=32, lr=3e-3, shift=1)
+    after = np.mean((clf.predict_frames(params, held) > 0.5) == held["yes"])
+    assert before < 0.7 and after > 0.9, (before, after, info)
+
+
+def test_ensemble_votes_and_round_trip(tmp_path):
+    frames = toy_frames(8, 2)
+    args = [jnp.asarray(frames[k]) for k in ("images", "tokens", "token_mask")]
+    for aggregate, reduce in (("min", np.min), ("mean", np.mean)):
+        clf = SuccessClassifier(**SMALL, aggregate=aggregate)
+        params = clf.init(jax.random.PRNGKey(3), (16, 16), 3)
+        members = np.asarray(jax.nn.sigmoid(clf.logits(params, *args)))
+        assert members.shape == (2, 8) and np.ptp(members, axis=0).max() > 1e-4   # members differ
+        np.testing.assert_allclose(clf.probability(params, *args), reduce(members, 0), rtol=1e-6)
+        params = dict(params, threshold=jnp.float32(0.3))
+        success_classifier.save(tmp_path / "c.msgpack", clf, params)
+        loaded, loaded_params = success_classifier.load(tmp_path / "c.msgpack")
+        assert loaded == clf and float(loaded_params["threshold"]) == pytest.approx(0.3)
+        np.testing.assert_array_equal(loaded.probability(loaded_params, *args), clf.probability(params, *args))
+    with pytest.raises(ValueError, match="aggregate"):
+        SuccessClassifier(aggregate="max")
+
+
+def test_classified_world_model_takes_only_the_reward_from_the_classifier():
+    clf = SuccessClassifier(**SMALL)
+    frames = toy_frames(4, 3)
+    args = [jnp.asarray(frames[k]) for k in ("images", "tokens", "token_mask")]
+    params = {"wm": None, "classifier": clf.init(jax.random.PRNGKey(4), (16, 16), 3)}
+    model = ClassifiedWorldModel(None, clf)
+    np.testing.assert_array_equal(model.reward(params, *args), clf.probability(params["classifier"], *args))
+    with pytest.raises(ValueError, match="cannot predict"):
+        model.predict(params, *args, jnp.zeros((4, 2, 7)), jax.random.PRNGKey(0))
