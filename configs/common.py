@@ -267,6 +267,9 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
       vine_horizon: chunks a vine branch runs from its explored chunk on, that one included, before it
       stops and the critic's value of its state closes its return (0 = to the branch's end; 2 gives
       fresh episodes' branches the roots runs' 2-chunk returns);
+      advantage_bootstrap: 'group' / 'vine' returns add the critic's value of a short branch's last state
+      (False: the branch's rewards alone, so nothing the critic reads off a predicted view can be
+      exploited; the critic's own targets keep it);
       group_size: branches per start state (num_branches must be a multiple; > 1 also logs the
       exploration metrics: mixed_groups and the within-group action spread).
     gamma, gae_lambda, gae_variant ('paper' Eq. 4 | 'code' the authors' per-chunk form),
@@ -285,7 +288,7 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
         iterations=30, epochs=4, critic_warmup_epochs=1, critic_warmup_iterations=0, target_kl=0.0,
         recompute_values=True,
         minibatch_size=128,
-        advantage="gae", group_size=1, vine_window=1, vine_horizon=0,
+        advantage="gae", advantage_bootstrap=True, group_size=1, vine_window=1, vine_horizon=0,
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
         clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,
         actor_lr=1e-5, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,

@@ -100,6 +100,23 @@ def test_reward_from_pairs_each_half_with_the_other_world():
         validate(c)
 
 
+def test_reward_model_classifier_needs_no_world_model_with_real_views():
+    c = tabletop.get_config("smoke")
+    c.stages = ("mbpo",)
+    c.wm.vae.kind = "flux"   # a world model the stages cannot train: refused wherever one is read
+    c.rl.world, c.rl.reward_from = "sim_roots", "model"
+    with pytest.raises(ConfigError, match="wm.vae.kind='flux': needs config.wm.init_from"):
+        validate(c)
+    c.rl.reward_model = "classifier"
+    validate(c)
+    c.rl.world, c.rl.reward_from = "model", ""
+    with pytest.raises(ConfigError, match="needs config.wm.init_from"):
+        validate(c)
+    c.rl.reward_model = "probe"
+    with pytest.raises(ConfigError, match="rl.reward_model='probe'"):
+        validate(c)
+
+
 def test_chunk_longer_than_horizon_is_rejected():
     config = tabletop.get_config("smoke")
     with config.unlocked():

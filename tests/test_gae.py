@@ -116,11 +116,30 @@ def test_vine_advantages_train_the_explored_chunk_of_mixed_groups():
     rewards[2, 0, 1] = rewards[1, 2, 1] = rewards[1, 3, 1] = 1.0
     mask = np.ones((3, 4), bool)
     mask[2, 2:] = False
-    c = ml_collections.ConfigDict(dict(advantage="vine", group_size=2, gamma=0.99, gae_lambda=0.95,
-                                       gae_variant="paper", normalize_advantages=True))
+    c = ml_collections.ConfigDict(dict(advantage="vine", advantage_bootstrap=True, group_size=2, gamma=0.99,
+                                       gae_lambda=0.95, gae_variant="paper", normalize_advantages=True))
     sampled = np.zeros((3, 4), bool)
     sampled[1, :2] = sampled[0, 2:] = True
     traj = _transitions(rewards, mask, sampled)
     adv, _, policy_mask = ppo.compute_targets(traj, jnp.zeros((3, 4)), jnp.zeros(4), c)
     np.testing.assert_allclose(adv, [[0, 0, 0, 0], [0.5, -0.5, 0, 0], [0, 0, 0, 0]], atol=1e-6)
     np.testing.assert_array_equal(policy_mask, [[False] * 4, [True, True, False, False], [False] * 4])
+
+
+def test_group_advantage_without_the_bootstrap_scores_rewards_alone():
+    # one chunk, 2 groups of 2 that end alive: group 0 differs only in the critic's value of the
+    # last state, group 1 by a success
+    rewards = np.zeros((1, 4, 2), np.float32)
+    rewards[0, 2, 1] = 1.0
+    traj = _transitions(rewards, np.ones((1, 4), bool))
+    bootstrap = jnp.array([0.4, 0.2, 0.3, 0.3])
+    c = ml_collections.ConfigDict(dict(advantage="group", advantage_bootstrap=True, group_size=2, gamma=0.99,
+                                       gae_lambda=0.95, gae_variant="paper", normalize_advantages=True))
+    adv, returns, policy_mask = ppo.compute_targets(traj, jnp.zeros((1, 4)), bootstrap, c)
+    np.testing.assert_allclose(adv, [[0.1, -0.1, 0.5, -0.5]], atol=1e-6)
+    np.testing.assert_array_equal(policy_mask, [[True] * 4])
+    c.advantage_bootstrap = False
+    adv_off, returns_off, policy_mask = ppo.compute_targets(traj, jnp.zeros((1, 4)), bootstrap, c)
+    np.testing.assert_allclose(adv_off, [[0.0, 0.0, 0.5, -0.5]], atol=1e-6)
+    np.testing.assert_array_equal(policy_mask, [[False, False, True, True]])
+    np.testing.assert_array_equal(returns_off, returns)   # the critic's targets keep the bootstrap

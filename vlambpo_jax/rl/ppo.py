@@ -94,13 +94,16 @@ def compute_targets(transitions: Transitions, values: jax.Array, bootstrap: jax.
     [T, B]: (advantages, returns, policy_mask). 'gae': the configured GAE variant, normalized when
     rl_config.normalize_advantages; 'group': group_relative_advantages, degenerate groups masked;
     'vine': the same on each group's one explored chunk only (rollout(vine_window=...): every other
-    chunk is the group's shared deterministic path, so the group's returns differ by that chunk alone)."""
+    chunk is the group's shared deterministic path, so the group's returns differ by that chunk alone).
+    rl_config.advantage_bootstrap False scores group / vine branches by their rewards alone (the
+    critic's returns keep the bootstrap)."""
     rewards, discount = gae.chunk_rewards_and_discount(transitions.step_rewards, rl_config.gamma,
                                                        rl_config.gae_variant)
     adv, ret = gae.chunk_gae(rewards, values, bootstrap, transitions.terminal, transitions.mask,
                              discount, rl_config.gae_lambda)
     if rl_config.advantage in ("group", "vine"):
-        adv, mixed = group_relative_advantages(transitions, int(rl_config.group_size), bootstrap)
+        adv, mixed = group_relative_advantages(transitions, int(rl_config.group_size),
+                                               bootstrap if rl_config.advantage_bootstrap else None)
         policy_mask = transitions.mask & mixed[None, :]
         if rl_config.advantage == "vine":
             adv, policy_mask = adv * transitions.sampled, policy_mask & transitions.sampled
