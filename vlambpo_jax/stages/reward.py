@@ -65,7 +65,7 @@ def run(ctx) -> dict:
           + f"; {len(heldout['yes'])} held-out ({int(heldout['yes'].sum())} Yes)")
     params, info = classifier.train(
         params, train, jax.random.fold_in(key, 1), int(r.steps), int(r.batch_size), float(r.lr),
-        int(r.augment_shift), progress=lambda i, n: print(f"[reward] {i}/{n} x 100 steps", flush=True))
+        int(r.augment_shift), progress=lambda i, n: print(f"[reward] step {i}/{n}", flush=True))
     score, yes = classifier.predict_frames(params, heldout), heldout["yes"]
     threshold, best_f1 = best_f1_threshold(score, yes)
     params = dict(params, threshold=np.float32(threshold))
