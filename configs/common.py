@@ -217,12 +217,17 @@ def reward_config(smoke: bool) -> ml_collections.ConfigDict:
       feature size; text_dim / hidden: the instruction embedding and the head's hidden width.
     steps / batch_size / lr: training (AdamW), per member, on batches half of success frames;
       augment_shift: random shifts of +-this many pixels per view (data/augment.py).
+    predicted_views: also train on the fine-tuned world model's predictions of frame t + k from frame t
+      under the episode's own chunk (Yes where the success lies within the chunk), so the classifier
+      reads the views imagined branches end on; predicted_frames: how many (near-success frames first).
     Its threshold is the one of best F1 on the held-out episodes (saved with the weights).
     """
     c = ml_collections.ConfigDict(dict(members=4, aggregate="min", widths=(16, 32, 64), features=64, text_dim=32,
-                                       hidden=128, steps=1500, batch_size=128, lr=1e-3, augment_shift=2))
+                                       hidden=128, steps=1500, batch_size=128, lr=1e-3, augment_shift=2,
+                                       predicted_views=False, predicted_frames=4096))
     if smoke:
-        c.update(dict(members=2, widths=(8, 8), features=16, text_dim=8, hidden=16, steps=20, batch_size=16))
+        c.update(dict(members=2, widths=(8, 8), features=16, text_dim=8, hidden=16, steps=20, batch_size=16,
+                      predicted_frames=64))
     return c
 
 

@@ -142,6 +142,23 @@ def split_heldout(episodes):
     return episodes[:len(episodes) - n_eval], episodes[len(episodes) - n_eval:]
 
 
+def transition_batch(samples, config, stats, tokenizer) -> dict:
+    """The world model's transitions (frame t -> t + k under the chunk at t, env-unit actions) of
+    samples [(episode, t)]: images / next_images uint8[B, V, H, W, 3], actions f32[B, k, D], tokens,
+    token_mask, episode_success, steps_to_end, and the raw proprio state of frames t and t + k."""
+    b = rlds_reader.make_batch(samples, chunk_size=int(config.chunk_size), max_text_len=int(config.wm.max_text_len),
+                               future=True, action_pad=config.data.action_pad, tokenizer=tokenizer)
+    actions = normalization.unnormalize(b["actions"], stats["action"], config.data.norm_mode)
+    k = int(config.chunk_size)
+    # raw proprio state of frames t and t + k (targets of the consistency probe, state_probe.py)
+    state = np.stack([ep["state"][t] for ep, t in samples]).astype(np.float32)
+    next_state = np.stack([ep["state"][min(t + k, ep["length"] - 1)] for ep, t in samples])
+    return {"images": b["images"], "next_images": b["next_images"], "actions": actions,
+            "tokens": b["tokens"], "token_mask": b["token_mask"],
+            "episode_success": b["episode_success"], "steps_to_end": b["steps_to_end"],
+            "state": state, "next_state": next_state.astype(np.float32)}
+
+
 def open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, reward_data=(), extra_data=()):
     """-> (train batch_fn, held-out batches list, NormStats). With config.wm.reward_batch_size > 0
     every batch also carries that many balanced reward examples (RewardExamples) drawn from the
@@ -151,22 +168,8 @@ def open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, rew
     held-out one, so held-out metrics stay comparable with and without them."""
     episodes, stats, config = load_episodes(ctx, builder_dir, stats)
     extra_episodes = [e for d in extra_data for e in load_episodes(ctx, d, stats)[0]]
-    mode = config.data.norm_mode
     tokenizer = load_wm_tokenizer(config.wm)
-
-    def make(samples):
-        b = rlds_reader.make_batch(samples, chunk_size=int(config.chunk_size),
-                                   max_text_len=int(config.wm.max_text_len), future=True,
-                                   action_pad=config.data.action_pad, tokenizer=tokenizer)
-        actions = normalization.unnormalize(b["actions"], stats["action"], mode)  # env units
-        k = int(config.chunk_size)
-        # raw proprio state of frames t and t + k (targets of the consistency probe, state_probe.py)
-        state = np.stack([ep["state"][t] for ep, t in samples]).astype(np.float32)
-        next_state = np.stack([ep["state"][min(t + k, ep["length"] - 1)] for ep, t in samples])
-        return {"images": b["images"], "next_images": b["next_images"], "actions": actions,
-                "tokens": b["tokens"], "token_mask": b["token_mask"],
-                "episode_success": b["episode_success"], "steps_to_end": b["steps_to_end"],
-                "state": state, "next_state": next_state.astype(np.float32)}
+    make = lambda samples: transition_batch(samples, config, stats, tokenizer)  # noqa: E731
 
     train_eps, eval_eps = split_heldout(episodes)
     heldout = Batches(eval_eps or train_eps, batch_size, seed + 1, make)
