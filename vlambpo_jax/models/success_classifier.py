@@ -168,6 +168,11 @@ class ClassifiedWorldModel:
     def __init__(self, world_model, classifier: SuccessClassifier):
         self.wm, self.classifier = world_model, classifier
 
+    @property
+    def tokenizer(self):
+        """The world model's tokenizer (the classifier reads the same instruction tokens)."""
+        return self.wm.tokenizer
+
     def predict(self, params, images, tokens, token_mask, actions, key):
         if self.wm is None:
             raise ValueError("no world model loaded: this reward-only model cannot predict views")

@@ -8,7 +8,7 @@ the label, scored by:
   real_next     the same reward on the simulator's next views (the reward model alone)
   current       the same reward on the views before the chunk (no prediction: the state alone)
 AUC (Mann-Whitney) over all pairs, and within each state whose A chunks had mixed outcomes (only
-there can a reward rank actions). MBPO's reward is binary, p(Yes) > rl.reward_threshold: for each
+there can a reward rank actions). MBPO's reward is binary, p(Yes) > its threshold: for each
 score, the share of chunks it calls a success at that threshold (against the simulator's) with its F1,
 and the threshold of best F1 (WMPO's choice, on these fresh states: pass it as rl.reward_threshold).
 If `imagined` is no better than `current`, the model adds nothing about the action's effect, and a
@@ -212,10 +212,11 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
     return errs
 
 
-def run_check(config, policy, params, tokenizer, wm, wm_params, key: jax.Array, num_states: int,
+def run_check(config, policy, params, tokenizer, wm, wm_params, threshold: float, key: jax.Array, num_states: int,
               samples_per_state: int, num_chunks: int, probe: dict | None = None) -> dict:
-    """`measure` with a policy (models/policy.Policy) and a world model (models/world_model); with a
-    state probe also `open_loop_drift` from as many states over as many chunks."""
+    """`measure` with a policy (models/policy.Policy) and a world model (models/world_model, or one
+    whose reward is a separate classifier) whose success is p > threshold; with a state probe also
+    `open_loop_drift` from as many states over as many chunks."""
     env = make_env(config)
     texts = list(env.instructions)
     tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
@@ -232,7 +233,7 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, key: jax.Array, 
         return predict(wm_params, images, wtok[ids], wmask[ids], actions, k)
 
     metrics = measure(env, sample_fn, predict_fn, lambda images, ids: reward(wm_params, images, wtok[ids], wmask[ids]),
-                      key, num_states, samples_per_state, num_chunks, threshold=config.rl.reward_threshold)
+                      key, num_states, samples_per_state, num_chunks, threshold=threshold)
     if probe is not None:
         metrics.update(open_loop_drift(env, sample_fn, predict_fn, lambda images: state_probe.read_jit(probe, images),
                                        jax.random.fold_in(key, 99), num_states, num_chunks))

@@ -11,6 +11,7 @@ from vlambpo_jax import loading
 from vlambpo_jax.envs import horizon_chunks
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import state_probe, success_classifier
+from vlambpo_jax.models.success_classifier import ClassifiedWorldModel
 from vlambpo_jax.stages.wm_common import CKPT_WM, PROBE_FILE
 from vlambpo_jax.train import sharding
 
@@ -63,13 +64,27 @@ def roots_stage(ctx) -> str:
                     "'logged_roots' (logged episodes) to config.stages before it")
 
 
+def rl_world_model(ctx, dynamics: bool = True):
+    """The world model imagined branches read -> (model, params, success threshold): wm_finetune's,
+    its Yes/No replaced by the `reward` stage's classifier with rl.reward_model='classifier' (then
+    without the world model itself where only the reward is read: dynamics False)."""
+    rl = ctx.config.rl
+    if rl.reward_model != "classifier":
+        wm, wm_params, _ = load_world_model(ctx)
+        return wm, wm_params, float(rl.reward_threshold)
+    wm, wm_params = load_world_model(ctx)[:2] if dynamics else (None, None)
+    classifier, classifier_params = load_success_classifier(ctx)
+    return (ClassifiedWorldModel(wm, classifier), {"wm": wm_params, "classifier": classifier_params},
+            float(classifier_params["threshold"]))
+
+
 def final_policy_and_world_model(ctx, stage: str = ""):
-    """-> (policy, params, tokenizer, world model, its params): the policy of `stage` (default MBPO's,
-    SFT's before MBPO ran) and the fine-tuned world model."""
+    """-> (policy, params, tokenizer, world model, its params, success threshold): the policy of
+    `stage` (default MBPO's, SFT's before MBPO ran) and the world model the branches read
+    (rl_world_model)."""
     name = stage or ("mbpo" if ctx.is_done("mbpo") else "sft")
     policy, params, tokenizer, _ = loading.load_policy(checkpoint_of(ctx, name), ctx.config)
-    wm, wm_params, _ = load_world_model(ctx)
-    return policy, params, tokenizer, wm, wm_params
+    return (policy, params, tokenizer, *rl_world_model(ctx))
 
 
 def episode_chunks(config, roots: dict) -> int:

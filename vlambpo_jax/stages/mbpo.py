@@ -27,7 +27,6 @@ from vlambpo_jax.envs.evaluation import make_evaluator
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.models.policy import make_env_policy_fn
-from vlambpo_jax.models.success_classifier import ClassifiedWorldModel
 from vlambpo_jax.rl import branch_length, mbpo, ppo
 from vlambpo_jax.rl.collect import SIM_PREFIX
 from vlambpo_jax.rl.rollout import HybridWorld, ModelWorld, SimWorld
@@ -45,7 +44,7 @@ def run(ctx) -> dict:
     k = config.chunk_size
 
     if rl.world == "model" and not rl.reward_from:
-        wm, wm_params, threshold = world_model_for_rl(ctx, dynamics=True)
+        wm, wm_params, threshold = common.rl_world_model(ctx, dynamics=True)
         world = ModelWorld(wm, threshold)
         roots = dict(np.load(ctx.stage_summary(common.roots_stage(ctx))["roots"]))
         start_fn = mbpo.branch_sampler(roots, rl.num_branches, seed, rl.group_size)
@@ -68,7 +67,7 @@ def run(ctx) -> dict:
         restore = lambda idx: env.restore({key: v[idx] for key, v in sim.items()})  # noqa: E731
         if rl.reward_from:
             # the truth in place of one half of the world model (rl/rollout.HybridWorld)
-            wm, wm_params, threshold = world_model_for_rl(ctx, dynamics=rl.world == "model")
+            wm, wm_params, threshold = common.rl_world_model(ctx, dynamics=rl.world == "model")
             world = HybridWorld(world, ModelWorld(wm, threshold),
                                 views="model" if rl.world == "model" else "sim")
             make_state = lambda idx: (restore(idx), mbpo.imagined_roots(roots, idx))  # noqa: E731
@@ -113,20 +112,6 @@ def run(ctx) -> dict:
                **{k: v for k, v in ctx.writer.last.items()}}
     (Path(ctx.stage_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
-
-
-def world_model_for_rl(ctx, dynamics: bool):
-    """The world model the branches read -> (model, params, success threshold): wm_finetune's, its
-    Yes/No replaced by the `reward` stage's classifier with rl.reward_model='classifier' (then without
-    the world model itself where only the reward is read: dynamics False)."""
-    rl = ctx.config.rl
-    if rl.reward_model != "classifier":
-        wm, wm_params, _ = common.load_world_model(ctx)
-        return wm, wm_params, float(rl.reward_threshold)
-    wm, wm_params = common.load_world_model(ctx)[:2] if dynamics else (None, None)
-    classifier, classifier_params = common.load_success_classifier(ctx)
-    return (ClassifiedWorldModel(wm, classifier), {"wm": wm_params, "classifier": classifier_params},
-            float(classifier_params["threshold"]))
 
 
 def adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params) -> dict:

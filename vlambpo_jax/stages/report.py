@@ -127,7 +127,7 @@ def imagined_vs_real(ctx, models: tuple, num_videos: int, num_chunks: int,
     """Plays the policy in the simulator, then the same actions in the world model; models =
     common.final_policy_and_world_model(ctx)."""
     config = ctx.config
-    policy, params, tokenizer, wm, wm_params = models
+    policy, params, tokenizer, wm, wm_params, _ = models
     env = make_env(config)
     key = jax.random.PRNGKey(config.seed + 4242)
     states = jax.jit(jax.vmap(env.reset))(jax.random.split(key, num_videos))
