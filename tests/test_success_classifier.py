@@ -5,8 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import bridge
+from tests.helpers.fakes import RecordingWriter
+from vlambpo_jax import pipeline
 from vlambpo_jax.models import success_classifier
 from vlambpo_jax.models.success_classifier import ClassifiedWorldModel, SuccessClassifier
+from vlambpo_jax.stages import reward as reward_stage
+from vlambpo_jax.train.preemption import NoPreemption
 
 SMALL = dict(views=2, members=2, widths=(8, 16), features=16, text_dim=8, hidden=32)
 
@@ -64,3 +69,26 @@ def test_classified_world_model_takes_only_the_reward_from_the_classifier():
     np.testing.assert_array_equal(model.reward(params, *args), clf.probability(params["classifier"], *args))
     with pytest.raises(ValueError, match="cannot predict"):
         model.predict(params, *args, jnp.zeros((4, 2, 7)), jax.random.PRNGKey(0))
+
+
+def test_reward_stage_labels_every_frame_by_its_outcome_and_saves_a_loadable_classifier(tmp_path):
+    """On the Bridge fixture (no simulator): every training frame is an example, Yes exactly on the
+    last frame of each successful episode; the saved classifier loads with the chosen threshold."""
+    config = bridge.get_config("smoke")
+    with config.unlocked():
+        config.log.progress = "off"
+        config.log.tensorboard = False
+    (tmp_path / "reward").mkdir()
+    ctx = pipeline.StageContext(config, tmp_path, "reward", RecordingWriter(), NoPreemption())
+    train_eps, heldout_eps, _, _ = reward_stage.load_split(ctx)
+    summary = reward_stage.run(ctx)
+    assert summary["train_frames"] == sum(ep["length"] for ep in train_eps)
+    assert summary["train_yes"] == sum(bool(ep["success"]) for ep in train_eps) > 0
+    assert summary["heldout_real"]["frames"] == sum(ep["length"] for ep in heldout_eps)
+    clf, params = success_classifier.load(summary["classifier"])
+    assert clf == reward_stage.classifier_from_config(config)
+    assert float(params["threshold"]) == pytest.approx(summary["threshold"])
+    assert 0 < summary["threshold"] < 1    # the fixture holds no held-out success: the 0.5 fallback
+    frames = reward_stage.real_frames(config, heldout_eps)
+    p = clf.predict_frames(params, frames)
+    assert p.shape == (len(frames["yes"]),) and np.all((p >= 0) & (p <= 1))

@@ -10,7 +10,8 @@ config.reward.predicted_views it also trains on the fine-tuned world model's pre
 t + k from frame t under the episode's own chunk (up to config.reward.predicted_frames of them, the
 frames near a success first), labelled Yes where the episode's success lies within that chunk: the
 views imagined branches end on. The last tenth of each dataset's episodes is held out; the threshold
-of best F1 on their frames (real and, with predicted_views, predicted) is saved with the weights.
+of best F1 on their frames (real and, with predicted_views, predicted; 0.5 without a held-out
+success) is saved with the weights.
 """
 from __future__ import annotations
 
@@ -118,6 +119,9 @@ def run(ctx) -> dict:
     scores = {name: classifier.predict_frames(params, frames) for name, frames in heldout.items()}
     all_heldout = _join(*heldout.values())
     threshold, best_f1 = best_f1_threshold(np.concatenate(list(scores.values())), all_heldout["yes"])
+    if not np.isfinite(threshold):
+        threshold = 0.5
+        print("[reward] no held-out success frame to choose the threshold on: it stays 0.5")
     params = dict(params, threshold=np.float32(threshold))
     path = ctx.stage_dir / common.CLASSIFIER_FILE
     common.write_once("reward", lambda: success_classifier.save(path, classifier, params))
