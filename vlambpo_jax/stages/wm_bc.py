@@ -94,7 +94,7 @@ def train(ctx, policy, params, assets: dict, world, world_params, roots: dict,
 def run(ctx) -> dict:
     config = ctx.config
     policy, params, _, assets = loading.load_policy(ctx.stage_summary("sft")["checkpoint_dir"], config)
-    wm, wm_params, _ = common.load_world_model(ctx)
+    wm, wm_params, threshold = common.rl_world_model(ctx)   # the world model and reward MBPO reads
     # the same roots MBPO draws from: 'collect' or 'logged_roots'
     roots = dict(np.load(ctx.stage_summary(common.roots_stage(ctx))["roots"]))
-    return train(ctx, policy, params, assets, ModelWorld(wm, config.rl.reward_threshold), wm_params, roots)
+    return train(ctx, policy, params, assets, ModelWorld(wm, threshold), wm_params, roots)
