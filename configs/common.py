@@ -274,7 +274,7 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
       fresh episodes' branches the roots runs' 2-chunk returns);
       advantage_bootstrap: 'group' / 'vine' returns add the critic's value of a short branch's last state
       (False: the branch's rewards alone, so nothing the critic reads off a predicted view can be
-      exploited; the critic's own targets keep it);
+      exploited, a diagnostic: at 1 chunk it loses most of the signal; the critic's targets keep it);
       group_size: branches per start state (num_branches must be a multiple; > 1 also logs the
       exploration metrics: mixed_groups and the within-group action spread).
     gamma, gae_lambda, gae_variant ('paper' Eq. 4 | 'code' the authors' per-chunk form),
