@@ -59,19 +59,17 @@ def real_frames(config, episodes) -> dict:
             "yes": ex["reward_yes"]}
 
 
-def predicted_frames(ctx, episodes, stats, limit: int, seed: int, batch_size: int = 128) -> dict:
-    """The world model's views of frame t + k predicted from frame t under the episode's chunk at t,
+def predicted_frames(config, wm, params, episodes, stats, limit: int, seed: int, batch_size: int = 128) -> dict:
+    """World model `wm`'s views of frame t + k predicted from frame t under the episode's chunk at t,
     for up to `limit` frames t (every t within 3 chunks of a successful episode's end first, then a
     random draw of the rest), Yes where the success is within the chunk (steps_to_end <= k)."""
-    config = ctx.config
     k = int(config.chunk_size)
-    near = [(ep, t) for ep in episodes for t in range(ep["length"] - 1)
-            if ep["success"] and ep["length"] - 1 - t <= 3 * k]
-    rest = [(ep, t) for ep in episodes for t in range(ep["length"] - 1)
-            if not (ep["success"] and ep["length"] - 1 - t <= 3 * k)]
-    rng = np.random.default_rng(seed)
-    picks = (near + [rest[i] for i in rng.permutation(len(rest))])[:limit]
-    wm, params, _ = common.load_world_model(ctx)
+    groups = {True: [], False: []}   # near a success or not
+    for ep in episodes:
+        for t in range(ep["length"] - 1):
+            groups[bool(ep["success"]) and ep["length"] - 1 - t <= 3 * k].append((ep, t))
+    rest = groups[False]
+    picks = (groups[True] + [rest[i] for i in np.random.default_rng(seed).permutation(len(rest))])[:limit]
     predict = jax.jit(wm.predict)
     tokenizer = load_wm_tokenizer(config.wm)
     out = {key: [] for key in KEYS}
@@ -103,8 +101,10 @@ def run(ctx) -> dict:
     train, heldout = real_frames(config, train_eps), {"real": real_frames(config, heldout_eps)}
     if r.predicted_views:
         limit = int(r.predicted_frames)
-        predicted = predicted_frames(ctx, train_eps, stats, limit, int(config.seed))
-        heldout["predicted"] = predicted_frames(ctx, heldout_eps, stats, max(limit // 10, 1), int(config.seed) + 1)
+        wm, wm_params, _ = common.load_world_model(ctx)
+        predicted = predicted_frames(config, wm, wm_params, train_eps, stats, limit, int(config.seed))
+        heldout["predicted"] = predicted_frames(config, wm, wm_params, heldout_eps, stats, max(limit // 10, 1),
+                                                int(config.seed) + 1)
         train = _join(train, predicted)
     if not train["yes"].any():
         raise UserError("reward stage: no successful episode in the training data, so no Yes frame to learn from")
