@@ -220,11 +220,14 @@ def reward_config(smoke: bool) -> ml_collections.ConfigDict:
     predicted_views: also train on the fine-tuned world model's predictions of frame t + k from frame t
       under the episode's own chunk (Yes where the success lies within the chunk), so the classifier
       reads the views imagined branches end on; predicted_frames: how many (near-success frames first).
+    value: also learn a value of the same shape (P(the episode succeeds from this frame), on the
+      collected rollouts and, with predicted_views, on predictions of their frames), which MBPO
+      bootstraps from with config.rl.bootstrap_model='classifier'.
     Its threshold is the one of best F1 on the held-out episodes (saved with the weights).
     """
     c = ml_collections.ConfigDict(dict(members=4, aggregate="min", widths=(16, 32, 64), features=64, text_dim=32,
                                        hidden=128, steps=1500, batch_size=128, lr=1e-3, augment_shift=2,
-                                       predicted_views=False, predicted_frames=4096))
+                                       predicted_views=False, predicted_frames=4096, value=False))
     if smoke:
         c.update(dict(members=2, widths=(8, 8), features=16, text_dim=8, hidden=16, steps=20, batch_size=16,
                       predicted_frames=64))
@@ -275,6 +278,10 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
       advantage_bootstrap: 'group' / 'vine' returns add the critic's value of a short branch's last state
       (False: the branch's rewards alone, so nothing the critic reads off a predicted view can be
       exploited, a diagnostic: at 1 chunk it loses most of the signal; the critic's targets keep it);
+      bootstrap_model: what values a short branch's last state: 'critic' (the policy's value head) |
+        'classifier' (the `reward` stage's value classifier, config.reward.value: the SFT policy's
+        value learned against what really followed, on real and predicted views, and never trained by
+        the policy it scores: the guard against a critic exploited on predicted views);
       group_size: branches per start state (num_branches must be a multiple; > 1 also logs the
       exploration metrics: mixed_groups and the within-group action spread).
     gamma, gae_lambda, gae_variant ('paper' Eq. 4 | 'code' the authors' per-chunk form),
@@ -293,7 +300,8 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
         iterations=30, epochs=4, critic_warmup_epochs=1, critic_warmup_iterations=0, target_kl=0.0,
         recompute_values=True,
         minibatch_size=128,
-        advantage="gae", advantage_bootstrap=True, group_size=1, vine_window=1, vine_horizon=0,
+        advantage="gae", advantage_bootstrap=True, bootstrap_model="critic", group_size=1, vine_window=1,
+        vine_horizon=0,
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
         clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,
         actor_lr=1e-5, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,

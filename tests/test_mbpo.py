@@ -38,7 +38,9 @@ def _roots(config, n=6):
             "wm_tokens": wtok, "wm_token_mask": wmask, "t": np.zeros(n, np.int32)}
 
 
-def _run(workdir: Path, num_steps: int, stop_after_two: bool = False):
+def _parts(bootstrap_fn=None, threshold: float = 0.3):
+    """-> (config, policy, params, optimizer, iteration) of a tiny MBPO in a random world model whose
+    chunks succeed where its P(Yes) > threshold."""
     config = tabletop.get_config("smoke")
     with config.unlocked():
         config.policy.tokenizer = "byte"
@@ -53,10 +55,15 @@ def _run(workdir: Path, num_steps: int, stop_after_two: bool = False):
     example = {k: jnp.asarray(roots[k][:1]) for k in ("images", "tokens", "token_mask")}
     params = policy.init(jax.random.PRNGKey(0), example)
     wm = WorldModel(config)
-    world = ModelWorld(wm, threshold=0.3)
+    world = ModelWorld(wm, threshold=threshold)
     optimizer = ppo.make_optimizer(config.rl, params)
     iteration = mbpo.make_iteration(policy, config.rl, world, wm.init(jax.random.PRNGKey(5)), start_fn,
-                                    num_chunks=2, seed=3, optimizer=optimizer)
+                                    num_chunks=2, seed=3, optimizer=optimizer, bootstrap_fn=bootstrap_fn)
+    return config, policy, params, optimizer, iteration
+
+
+def _run(workdir: Path, num_steps: int, stop_after_two: bool = False):
+    config, policy, params, optimizer, iteration = _parts()
     calls = [0]
 
     def step_fn(state, i):
@@ -87,3 +94,22 @@ def test_resume_mid_mbpo_is_identical(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
     # imagined branches take no real env step (4 branches x 2 chunks of the smoke config's k)
     assert all("env_steps_taken" not in r and 0 < r["imagined_steps_taken"] <= 8 * 10 for r in rows)
+
+
+def test_a_fixed_bootstrap_replaces_the_critics_value_of_the_last_state():
+    """rl.bootstrap_model='classifier': the value bootstrap_fn gives the branches' last states is the
+    one the advantages add (logged as bootstrap_mean over the branches still alive), and it steers
+    the update. No branch succeeds (threshold 1), so every one stops short and is bootstrapped."""
+    updated = {}
+    for value in (0.0, 1.0):
+        def bootstrap_fn(final, value=value):
+            return jnp.full(final.images.shape[:1], value)
+        config, _, params, optimizer, iteration = _parts(bootstrap_fn, threshold=1.0)
+        state, metrics = iteration(ppo.init_state(config.rl, optimizer, params), 0)
+        assert float(metrics["bootstrap_mean"]) == value
+        updated[value] = state.params
+    _, _, params, optimizer, iteration = _parts(threshold=1.0)
+    _, metrics = iteration(ppo.init_state(config.rl, optimizer, params), 0)
+    assert float(metrics["bootstrap_mean"]) not in (0.0, 1.0)     # the critic's own value
+    diff = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(updated[0.0]), jax.tree.leaves(updated[1.0]))]
+    assert max(diff) > 0

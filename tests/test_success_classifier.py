@@ -8,6 +8,7 @@ import pytest
 from configs import bridge
 from tests.helpers.fakes import RecordingWriter
 from vlambpo_jax import pipeline
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import success_classifier
 from vlambpo_jax.models.success_classifier import ClassifiedWorldModel, SuccessClassifier
 from vlambpo_jax.stages import reward as reward_stage
@@ -71,16 +72,24 @@ def test_classified_world_model_takes_only_the_reward_from_the_classifier():
         model.predict(params, *args, jnp.zeros((4, 2, 7)), jax.random.PRNGKey(0))
 
 
-def test_reward_stage_labels_every_frame_by_its_outcome_and_saves_a_loadable_classifier(tmp_path):
-    """On the Bridge fixture (no simulator): every training frame is an example, Yes exactly on the
-    last frame of each successful episode; the saved classifier loads with the chosen threshold."""
+def _reward_context(tmp_path, **reward):
     config = bridge.get_config("smoke")
     with config.unlocked():
         config.log.progress = "off"
         config.log.tensorboard = False
+        config.reward.update(reward)
     (tmp_path / "reward").mkdir()
-    ctx = pipeline.StageContext(config, tmp_path, "reward", RecordingWriter(), NoPreemption())
-    train_eps, heldout_eps, _, _ = reward_stage.load_split(ctx)
+    return pipeline.StageContext(config, tmp_path, "reward", RecordingWriter(), NoPreemption())
+
+
+def test_reward_stage_labels_every_frame_by_its_outcome_and_saves_a_loadable_classifier(tmp_path):
+    """On the Bridge fixture (no simulator): every training frame is an example, Yes exactly on the
+    last frame of each successful episode; the saved classifier loads with the chosen threshold."""
+    ctx = _reward_context(tmp_path)
+    config = ctx.config
+    splits, _ = reward_stage.load_split(ctx)
+    assert list(splits) == ["config.data"]            # no collected rollouts
+    train_eps, heldout_eps = splits["config.data"]
     summary = reward_stage.run(ctx)
     assert summary["train_frames"] == sum(ep["length"] for ep in train_eps)
     assert summary["train_yes"] == sum(bool(ep["success"]) for ep in train_eps) > 0
@@ -92,3 +101,23 @@ def test_reward_stage_labels_every_frame_by_its_outcome_and_saves_a_loadable_cla
     frames = reward_stage.real_frames(config, heldout_eps)
     p = clf.predict_frames(params, frames)
     assert p.shape == (len(frames["yes"]),) and np.all((p >= 0) & (p <= 1))
+
+
+def test_value_classifier_labels_every_frame_by_its_episode_outcome(tmp_path):
+    """The value (config.reward.value) learns P(the episode succeeds) from every frame of the
+    collected rollouts: Yes on all frames of a successful episode, No on all of a failed one; the
+    stage says so in one line where there are no collected rollouts."""
+    ctx = _reward_context(tmp_path, value=True)
+    with pytest.raises(UserError, match="collect stage"):
+        reward_stage.run(ctx)
+    episodes = [dict(ep) for ep in reward_stage.load_split(ctx)[0]["config.data"][0]]
+    episodes[0]["success"] = False                    # the fixture's training episodes all succeed
+    frames = reward_stage.value_frames(ctx.config, episodes)
+    expected = np.concatenate([np.full(ep["length"], bool(ep["success"])) for ep in episodes])
+    np.testing.assert_array_equal(frames["yes"], expected)
+    assert 0 < expected.sum() < len(expected)
+    summary = reward_stage.fit(ctx, "value", frames, {"real": frames}, tmp_path / "reward" / "v.msgpack", 1)
+    assert summary["train_yes"] == expected.sum() and summary["heldout_real"]["yes_rate"] == expected.mean()
+    clf, params = success_classifier.load(summary["classifier"])
+    p = clf.predict_frames(params, frames)
+    assert summary["heldout_real"]["mean_probability"] == pytest.approx(float(p.mean()), abs=1e-6)

@@ -199,6 +199,8 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.world", _one_of("model", "sim", "sim_roots")),
     ("rl.reward_from", _one_of("", "sim", "model")),
     ("rl.reward_model", _one_of("wm", "classifier")),
+    ("rl.bootstrap_model", _one_of("critic", "classifier")),
+    ("reward.value", _bool),
     ("reward.members", _int_range(1)),
     ("reward.aggregate", _one_of("min", "mean")),
     ("rl.gae_variant", _one_of("paper", "code")),

@@ -45,12 +45,14 @@ def branch_sampler(roots: dict, num_branches: int, seed: int, group_size: int = 
 
 
 def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, seed: int, optimizer,
-                   dp: sharding.DataParallel | None = None, state_shardings=None):
+                   dp: sharding.DataParallel | None = None, state_shardings=None, bootstrap_fn=None):
     """Returns iteration(state: PPOState, i) -> (state, metrics): one refill + PPO update.
 
     start_fn(i) gives the branch start states of iteration i (roots or fresh episodes). With a
     DataParallel `dp` (and the PPO state placed by it), branches are split over the mesh and the update
-    epochs keep the state's shardings.
+    epochs keep the state's shardings. bootstrap_fn(final world state) -> f32[B]: a fixed value of the
+    branches' last states in place of the critic's (rl.bootstrap_model='classifier'), in the
+    advantages and the critic's targets alike.
     """
     roll_kw = ({} if dp is None or state_shardings is None else
                dict(in_shardings=(state_shardings.params, dp.batch_sharding, sharding.replicated(dp.mesh))))
@@ -75,11 +77,13 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
             start = jax.device_put(start, dp.batch_sharding)
         traj, bootstrap, final = roll(state.params, start, roll_key)
         alive = has_future(world, traj, final)
+        fixed = None if bootstrap_fn is None else bootstrap_fn(final) * alive
         values = traj.value
         if window:
             # vine's deterministic chunks store no value; the critic's targets (GAE returns) and its
             # clipped loss need one, from the critic that sampled the branches
             values, bootstrap = values_fn(state.params, traj, world.observe(final), alive)
+        bootstrap = bootstrap if fixed is None else fixed
         buffer = buffer_fn(traj, values, bootstrap)
         # how well the critic that sampled the branches predicted their returns (on the chunks it
         # valued: vine's deterministic chunks store no value)
@@ -92,7 +96,7 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
         for e in range(rl.epochs if i >= rl.critic_warmup_iterations else 0):
             if rl.recompute_values and (e > 0 or rl.critic_warmup_epochs > 0):
                 values, boot = values_fn(state.params, traj, world.observe(final), alive)
-                buffer = buffer_fn(traj, values, boot)
+                buffer = buffer_fn(traj, values, boot if fixed is None else fixed)
             state, m = epoch(state, buffer, jax.random.fold_in(epoch_key, e))
             metrics.update(m)
             metrics["epochs_run"] = e + 1
@@ -108,6 +112,8 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
             ("imagined_steps_taken" if isinstance(world, ModelWorld) else "env_steps_taken"):
                 traj.mask.sum() * traj.actions.shape[2],
             "value_mean": jnp.mean(traj.value),
+            # the value the advantages add where a branch stops short (critic or fixed)
+            "bootstrap_mean": jnp.sum(bootstrap * alive) / jnp.maximum(jnp.sum(alive), 1),
         })
         return state, metrics
 

@@ -16,6 +16,7 @@ from vlambpo_jax.stages.wm_common import CKPT_WM, PROBE_FILE
 from vlambpo_jax.train import sharding
 
 CLASSIFIER_FILE = "success_classifier.msgpack"
+VALUE_CLASSIFIER_FILE = "value_classifier.msgpack"
 
 
 def write_once(name: str, write: Callable[[], object]) -> None:
@@ -43,6 +44,15 @@ def load_world_model(ctx):
 def load_success_classifier(ctx):
     """The `reward` stage's success classifier -> (SuccessClassifier, params)."""
     return success_classifier.load(Path(ctx.stage_output("reward")) / CLASSIFIER_FILE)
+
+
+def load_value_classifier(ctx):
+    """The `reward` stage's value classifier (config.reward.value) -> (SuccessClassifier, params)."""
+    path = Path(ctx.stage_output("reward")) / VALUE_CLASSIFIER_FILE
+    if not path.exists():
+        raise UserError(f"rl.bootstrap_model='classifier' needs the value classifier, and {path} does not "
+                        "exist: run the reward stage with --config.reward.value=True")
+    return success_classifier.load(path)
 
 
 def load_state_probe(ctx) -> dict | None:

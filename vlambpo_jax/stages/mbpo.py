@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlambpo_jax import loading
+from vlambpo_jax.data.tokenizer import load_wm_tokenizer
 from vlambpo_jax.envs import has_simulator, horizon_chunks
 from vlambpo_jax.envs.evaluation import make_evaluator
 from vlambpo_jax.envs.tabletop import make_env
@@ -95,8 +96,9 @@ def run(ctx) -> dict:
         raise ValueError(f"config.rl.num_branches={rl.num_branches} must be divisible by the number of "
                          f"devices ({dp.mesh.size}) the branches are split over")
     state, state_shardings = dp.place(ppo.init_state(rl, optimizer, params))
+    bootstrap_fn = value_bootstrap(ctx, world) if rl.bootstrap_model == "classifier" else None
     iteration = mbpo.make_iteration(policy, rl, world, wm_params, start_fn, num_chunks, seed, optimizer, dp,
-                               state_shardings)
+                                    state_shardings, bootstrap_fn)
     eval_fn = (_sim_evaluator(ctx, policy, tokenizer, normalize_state)
                if rl.eval_every and has_simulator(config) else None)
     result = train_loop(ctx, name="ppo", state=state, step_fn=iteration, batch_fn=lambda i: i,
@@ -105,6 +107,7 @@ def run(ctx) -> dict:
                         log_every=1)  # an iteration is a whole buffer refill: every one is a curve point
     summary = {"checkpoint_dir": str(Path(ctx.stage_dir) / "ppo"), "iterations": result.step,
                "world": rl.world, "reward_from": rl.reward_from, "reward_model": rl.reward_model,
+               "bootstrap_model": rl.bootstrap_model,
                "branch_chunks": num_chunks,
                "env_steps": env_steps_per_iteration * result.step + extra_env_steps,
                "imagined_transitions": (rl.num_branches * num_chunks * result.step
@@ -112,6 +115,24 @@ def run(ctx) -> dict:
                **{k: v for k, v in ctx.writer.last.items()}}
     (Path(ctx.stage_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def value_bootstrap(ctx, world):
+    """rl.bootstrap_model='classifier': final world state -> the `reward` stage's value classifier's
+    P(success from here) f32[B], read on the views the policy sees there with the world model's
+    tokens of the instruction (which the classifier learned on)."""
+    classifier, params = common.load_value_classifier(ctx)
+    config = ctx.config
+    if isinstance(world, SimWorld):
+        env = world.env
+        table = [jnp.asarray(x) for x in load_wm_tokenizer(config.wm).encode_batch(
+            list(env.instructions), int(config.wm.max_text_len))]
+        tokens_of = lambda state: (table[0][state.obs["instruction_id"]],  # noqa: E731
+                                   table[1][state.obs["instruction_id"]])
+    else:   # ModelWorld's ImaginedState, or HybridWorld's (env States, ImaginedState)
+        imagined = (lambda state: state[1]) if isinstance(world, HybridWorld) else (lambda state: state)
+        tokens_of = lambda state: (imagined(state).wm_tokens, imagined(state).wm_token_mask)  # noqa: E731
+    return jax.jit(lambda state: classifier.probability(params, world.observe(state)["images"], *tokens_of(state)))
 
 
 def adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params) -> dict:
