@@ -2,6 +2,7 @@
 scores exactly like the current frame."""
 import json
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,7 +74,11 @@ def test_copy_model_scores_like_the_current_frame():
 
     m, samples = wm_agreement.measure(env, sample_fn, lambda images, ids, actions, key: images, reward_fn,
                                       jax.random.PRNGKey(0), num_states=3, samples_per_state=2,
-                                      num_chunks=2, return_samples=True)
+                                      num_chunks=2, return_samples=True, value_fn=reward_fn, max_chunks=2)
+    np.testing.assert_array_equal(samples["value_imagined"], samples["value_current"])
+    assert m["eventual_within_auc_value_imagined"] == m["eventual_within_auc_value_current"] or \
+        m["eventual_mixed_states"] == 0
+    assert samples["eventual"].dtype == bool and "eventual_auc_value_real_next" in m
     assert m["samples"] == 12 and samples["group"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     np.testing.assert_array_equal(samples["imagined"], samples["current"])
     np.testing.assert_array_equal(samples["mse_predicted"], samples["mse_copy"])
@@ -122,3 +127,40 @@ def test_open_loop_drift_of_a_copy_model_is_copying():
         assert len(m[f"drift_imagined_view{v}"]) == 2
         assert m[f"drift_imagined_view{v}"] == m[f"drift_copy_view{v}"]
     assert m["drift_real_view1"] != m["drift_copy_view1"]   # the wrist camera moved with the gripper
+
+
+@flax.struct.dataclass
+class _CountdownState:
+    """A toy episode: it ends after `left` chunks of any action, in success iff `wins`."""
+    left: jax.Array
+    wins: jax.Array
+    obs: dict
+    done: jax.Array
+    success: jax.Array
+
+
+class _CountdownEnv:
+    def step_chunk(self, state, actions):
+        left = jnp.maximum(state.left - 1, 0)
+        done = left == 0
+        success = done & state.wins
+        return state.replace(left=left, done=done, success=success), jnp.zeros(actions.shape[:1]), \
+            jnp.full(actions.shape[:1], success)
+
+
+def test_eventual_success_plays_every_episode_to_its_end():
+    left = jnp.asarray([0, 1, 3, 5, 2])
+    wins = jnp.asarray([False, True, True, True, False])
+    state = _CountdownState(left=left, wins=wins, obs={"images": jnp.zeros((5, 1))}, done=left == 0,
+                            success=jnp.zeros(5, bool))
+    calls = []
+
+    def sample_fn(obs, key, mode):
+        calls.append(mode)
+        return jnp.zeros((obs["images"].shape[0], 2, 7))
+
+    eventual = wm_agreement.eventual_success(_CountdownEnv(), state, sample_fn, jax.random.PRNGKey(0), 10)
+    assert eventual.tolist() == [False, True, True, True, False]
+    assert calls == ["eval"] * 5            # stops once every episode is over
+    short = wm_agreement.eventual_success(_CountdownEnv(), state, sample_fn, jax.random.PRNGKey(0), 3)
+    assert short.tolist() == [False, True, True, False, False]   # the 5-chunk episode is cut short

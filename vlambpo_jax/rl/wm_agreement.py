@@ -17,6 +17,13 @@ chunks from one state, the cosine between the predicted and the real difference 
 the ratio of the two differences' norms (0 when the model ignores the action, 1 when it moves as much as
 the simulator).
 
+Value. Where a branch stops after its chunk, MBPO adds the value of the state it reaches; the
+value's ranking of chunks is what the bootstrap gives the policy. With a value (value_fn, e.g. the
+`reward` stage's value classifier), every chunk's real next state is also played on to the episode's
+end by the policy's deterministic chunks; its eventual success is the label of the value read on the
+imagined next views, the real ones and the current ones (value_imagined / value_real_next /
+value_current: the same AUCs, over states whose chunks differ in eventual outcome).
+
 Drift. Driven open-loop by the policy's chunks (its own predictions fed back), does the imagined
 gripper stay where the real one is? The consistency probe (models/state_probe.py) reads the
 end-effector xyz from each view after every chunk: its error against the simulator's true position
@@ -36,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlambpo_jax.envs import horizon_chunks
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.models import state_probe
 
@@ -110,9 +118,20 @@ def to_json(metrics: dict) -> str:
                       indent=2)
 
 
+def eventual_success(env, state, sample_fn: Callable, key: jax.Array, max_chunks: int) -> np.ndarray:
+    """Plays env states [B] on with the policy's deterministic chunks until every episode is over (at
+    most max_chunks chunks) -> bool[B]: the episode succeeded (at once or later)."""
+    step_chunk = jax.jit(jax.vmap(env.step_chunk))
+    for c in range(max_chunks):
+        if np.asarray(state.done).all():
+            break
+        state, _, _ = step_chunk(state, sample_fn(state.obs, jax.random.fold_in(key, c), "eval"))
+    return np.asarray(state.success)
+
+
 def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable, key: jax.Array,
             num_states: int, samples_per_state: int, num_chunks: int, return_samples: bool = False,
-            threshold: float = 0.5):
+            threshold: float = 0.5, value_fn: Callable | None = None, max_chunks: int = 0):
     """Plays the check from `num_states` fresh episodes for `num_chunks` chunks.
 
     sample_fn(obs, key, mode) -> actions f32[B, k, 7] (env units; obs = env observation batch with
@@ -122,7 +141,10 @@ def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable,
     policy reaches. -> agreement_metrics (at `threshold`) plus mean squared pixel error of the prediction and of
     copying the current frame, and the pair_differences summaries (pair_cosine_view<v>: mean,
     pair_norm_ratio_view<v>: median), per view; with return_samples, also the per-chunk arrays (group,
-    success, the three scores, pixel errors f32[N, V]) as a second output.
+    success, the three scores, pixel errors f32[N, V]) as a second output. value_fn(images,
+    instruction_id) -> f32[B]: also the value check (module docstring), each real next state played
+    on for at most max_chunks chunks; its agreement_metrics keys start with eventual_
+    (eventual_auc_value_imagined, ...).
     """
     a = samples_per_state
     pair_cos, pair_ratio = [], []
@@ -146,6 +168,11 @@ def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable,
                      "real_next": np.asarray(reward_fn(real, ids)),
                      "current": np.asarray(reward_fn(images, ids)),
                      "mse_predicted": np.asarray(err(predicted)), "mse_copy": np.asarray(err(images))})
+        if value_fn is not None:
+            rows[-1].update({"eventual": eventual_success(env, nxt, sample_fn, jax.random.fold_in(ckey, 3), max_chunks),
+                             "value_imagined": np.asarray(value_fn(predicted, ids)),
+                             "value_real_next": np.asarray(value_fn(real, ids)),
+                             "value_current": np.asarray(value_fn(images, ids))})
         cos, ratio = pair_differences(np.asarray(predicted), np.asarray(real), a)
         pair_cos.append(cos)
         pair_ratio.append(ratio)
@@ -154,6 +181,10 @@ def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable,
     cat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
     out = agreement_metrics(cat["group"], cat["success"],
                             {k: cat[k] for k in ("imagined", "real_next", "current")}, threshold)
+    if value_fn is not None:
+        value = agreement_metrics(cat["group"], cat["eventual"],
+                                  {k: cat[k] for k in ("value_imagined", "value_real_next", "value_current")})
+        out.update({f"eventual_{k}": v for k, v in value.items() if k != "samples"})
     for v in range(cat["mse_copy"].shape[1]):
         out[f"mse_predicted_view{v}"] = float(cat["mse_predicted"][:, v].mean())
         out[f"mse_copy_view{v}"] = float(cat["mse_copy"][:, v].mean())
@@ -213,10 +244,11 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
 
 
 def run_check(config, policy, params, tokenizer, wm, wm_params, threshold: float, key: jax.Array, num_states: int,
-              samples_per_state: int, num_chunks: int, probe: dict | None = None) -> dict:
+              samples_per_state: int, num_chunks: int, probe: dict | None = None, value=None) -> dict:
     """`measure` with a policy (models/policy.Policy) and a world model (models/world_model, or one
     whose reward is a separate classifier) whose success is p > threshold; with a state probe also
-    `open_loop_drift` from as many states over as many chunks."""
+    `open_loop_drift` from as many states over as many chunks; with value = (SuccessClassifier, params),
+    the value check too, read with the world model's tokens of the instruction."""
     env = make_env(config)
     texts = list(env.instructions)
     tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
@@ -232,8 +264,13 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, threshold: float
     def predict_fn(images, ids, actions, k):
         return predict(wm_params, images, wtok[ids], wmask[ids], actions, k)
 
+    value_fn = None
+    if value is not None:
+        value_prob = jax.jit(value[0].probability)
+        value_fn = lambda images, ids: value_prob(value[1], images, wtok[ids], wmask[ids])  # noqa: E731
     metrics = measure(env, sample_fn, predict_fn, lambda images, ids: reward(wm_params, images, wtok[ids], wmask[ids]),
-                      key, num_states, samples_per_state, num_chunks, threshold=threshold)
+                      key, num_states, samples_per_state, num_chunks, threshold=threshold, value_fn=value_fn,
+                      max_chunks=horizon_chunks(config))
     if probe is not None:
         metrics.update(open_loop_drift(env, sample_fn, predict_fn, lambda images: state_probe.read_jit(probe, images),
                                        jax.random.fold_in(key, 99), num_states, num_chunks))

@@ -50,8 +50,8 @@ def load_value_classifier(ctx):
     """The `reward` stage's value classifier (config.reward.value) -> (SuccessClassifier, params)."""
     path = Path(ctx.stage_output("reward")) / VALUE_CLASSIFIER_FILE
     if not path.exists():
-        raise UserError(f"rl.bootstrap_model='classifier' needs the value classifier, and {path} does not "
-                        "exist: run the reward stage with --config.reward.value=True")
+        raise UserError(f"no value classifier at {path} (rl.bootstrap_model='classifier' and wm_agreement --value "
+                        "read it): run the reward stage with --config.reward.value=True")
     return success_classifier.load(path)
 
 

@@ -4,9 +4,9 @@ policy and fine-tuned world model, with more samples than the report stage draws
 (vlambpo_jax/rl/wm_agreement.py explains the checks; the drift needs the wm_finetune stage's probe):
 
   python -m vlambpo_jax.tools.wm_agreement --config=configs/tabletop.py --workdir=DIR
-      [--states=64 --samples=8 --chunks=4] [--policy=STAGE] [--config.KEY=VALUE ...] [--out=FILE]
+      [--states=64 --samples=8 --chunks=4] [--policy=STAGE] [--value] [--config.KEY=VALUE ...] [--out=FILE]
 
-Prints the metrics as JSON.
+--value adds the value check (each chunk's real next state played to the episode's end). Prints the metrics as JSON.
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("chunks", 4, "chunk positions per episode", flag_values=fv)
     flags.DEFINE_string("policy", "", "the stage whose policy acts (e.g. sft, mbpo, wm_bc; default: "
                         "mbpo's, sft's before MBPO ran)", flag_values=fv)
+    flags.DEFINE_bool("value", False, "also the value check: the reward stage's value classifier "
+                      "(config.reward.value) against each chunk's eventual success", flag_values=fv)
     flags.DEFINE_string("out", "", "also write the JSON here", flag_values=fv)
 
 
@@ -36,10 +38,11 @@ def main(argv: list[str]) -> int:
     ctx = pipeline.StageContext(config, cli.workdir_path(fv.workdir), "report", None, None)
     try:
         models = common.final_policy_and_world_model(ctx, fv.policy)
+        value = common.load_value_classifier(ctx) if fv.value else None
     except UserError as e:
         cli.fail(str(e))
     metrics = wm_agreement.run_check(config, *models, jax.random.PRNGKey(int(config.seed) + 778),
-                                     fv.states, fv.samples, fv.chunks, common.load_state_probe(ctx))
+                                     fv.states, fv.samples, fv.chunks, common.load_state_probe(ctx), value)
     text = wm_agreement.to_json(metrics)
     cli.emit_json(text, fv.out)
     return 0
