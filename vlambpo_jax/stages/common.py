@@ -27,6 +27,18 @@ def write_once(name: str, write: Callable[[], object]) -> None:
     sharding.barrier(f"written_{name}")
 
 
+def policy_checkpoints(ctx, stages) -> dict[str, str]:
+    """{stage: its policy checkpoint directory} of finished policy stages (config.eval.policies); one
+    error naming every stage that has not finished, before any work is spent on the others."""
+    missing = [s for s in stages if not ctx.is_done(s)]
+    if missing:
+        finished = tuple(s for s in stages if s not in missing)
+        raise UserError(f"config.eval.policies names {missing}, not finished in {ctx.workdir}: run "
+                        f"{'it' if len(missing) == 1 else 'them'} first, or evaluate only the finished ones "
+                        f"(--config.eval.policies=\"{finished!r}\")")
+    return {s: checkpoint_of(ctx, s) for s in stages}
+
+
 def checkpoint_of(ctx, stage: str) -> str:
     """The policy checkpoint directory a finished stage (sft, mbpo, wm_bc) wrote."""
     summary = ctx.stage_summary(stage)
@@ -74,15 +86,16 @@ def roots_stage(ctx) -> str:
                     "'logged_roots' (logged episodes) to config.stages before it")
 
 
-def rl_world_model(ctx, dynamics: bool = True):
+def rl_world_model(ctx, dynamics: bool = True, loaded: tuple | None = None):
     """The world model imagined branches read -> (model, params, success threshold): wm_finetune's,
     its Yes/No replaced by the `reward` stage's classifier with rl.reward_model='classifier' (then
-    without the world model itself where only the reward is read: dynamics False)."""
+    without the world model itself where only the reward is read: dynamics False). loaded: the
+    (WorldModel, params) already loaded by the caller."""
     rl = ctx.config.rl
     if rl.reward_model != "classifier":
-        wm, wm_params, _ = load_world_model(ctx)
+        wm, wm_params = loaded or load_world_model(ctx)[:2]
         return wm, wm_params, float(rl.reward_threshold)
-    wm, wm_params = load_world_model(ctx)[:2] if dynamics else (None, None)
+    wm, wm_params = (loaded or load_world_model(ctx)[:2]) if dynamics else (None, None)
     classifier, classifier_params = load_success_classifier(ctx)
     return (ClassifiedWorldModel(wm, classifier), {"wm": wm_params, "classifier": classifier_params},
             float(classifier_params["threshold"]))

@@ -44,8 +44,8 @@ def run(ctx) -> dict:
     key = evaluation_key(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     results = {}
-    for name in config.eval.policies:
-        policy, params, tokenizer, assets = loading.load_policy(common.checkpoint_of(ctx, name), config)
+    for name, checkpoint in common.policy_checkpoints(ctx, config.eval.policies).items():
+        policy, params, tokenizer, assets = loading.load_policy(checkpoint, config)
         normalize_state = loading.policy_state_normalizer(policy, assets, config)
         fn = make_env_policy_fn(policy, tokenizer, env.instructions, config.data.max_text_len,
                                 normalize_state=normalize_state)
@@ -83,6 +83,7 @@ def paired_against_first(results: dict) -> dict:
 def run_offline(ctx) -> dict:
     """The offline evaluation of a config without a simulator (module docstring; rl/offline.py)."""
     config, ev = ctx.config, ctx.config.eval
+    checkpoints = common.policy_checkpoints(ctx, ev.policies)
     k = int(config.chunk_size)
     roots_summary = ctx.stage_summary("logged_roots")
     samples = dict(np.load(roots_summary["heldout"]))
@@ -98,7 +99,9 @@ def run_offline(ctx) -> dict:
     imagine = has_wm and int(ev.imagined_branches) > 0
     if has_wm:
         wm, wm_params, _ = common.load_world_model(ctx)
-        world = ModelWorld(wm, float(config.rl.reward_threshold))
+        # the imagined success reads the reward MBPO reads (rl.reward_model)
+        reward_wm, reward_params, threshold = common.rl_world_model(ctx, loaded=(wm, wm_params))
+        world = ModelWorld(reward_wm, threshold)
     if imagine:
         num_chunks = int(ev.imagined_chunks) or common.branch_chunks(config, held_roots)
         start = offline.draw_roots(held_roots, int(ev.imagined_branches), int(config.seed))
@@ -114,15 +117,15 @@ def run_offline(ctx) -> dict:
               f"(copy {m['copy_psnr_head']:.2f}), wrist {m['psnr_wrist']:.2f}, reward acc {m['reward_acc']:.3f}")
 
     stats = None
-    for name in ev.policies:
-        policy, params, _, assets = loading.load_policy(common.checkpoint_of(ctx, name), config)
+    for name, checkpoint in checkpoints.items():
+        policy, params, _, assets = loading.load_policy(checkpoint, config)
         stats = loading.norm_stats(assets)
         act_fn = offline.policy_act_fn(policy, params, loading.state_normalizer(assets, config))
         out = offline.action_errors(act_fn, samples, key, batch, int(config.data.gripper_dim),
                                     int(ev.action_stride))
         if imagine:
             fn = offline.make_imagined_eval(policy, world, num_chunks)
-            out.update(offline.imagined_success(fn, params, wm_params, start, jax.random.fold_in(key, 7), batch))
+            out.update(offline.imagined_success(fn, params, reward_params, start, jax.random.fold_in(key, 7), batch))
         results["policies"][name] = out
         line = (f"[evaluate] {name}: held-out action MSE {out['action_mse']:.5f}, L1 {out['action_l1']:.4f}, "
                 f"gripper agreement {out['gripper_accuracy']:.3f} ({out['samples']} steps)")
