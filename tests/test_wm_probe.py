@@ -8,8 +8,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
+from configs import bridge
+from vlambpo_jax import pipeline
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import state_probe
+from vlambpo_jax.stages import wm_common
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,3 +88,19 @@ def test_probe_reads_a_shared_state_from_both_views(tmp_path):
                         f"probe_checks({str(tmp_path)!r})"], cwd=ROOT, capture_output=True, text=True,
                        timeout=900, env={**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_a_fresh_probe_fits_every_collected_frame(tmp_path):
+    """wm_agreement --probe_steps: a probe fitted on every real frame of the collected rollouts (here
+    the Bridge fixture in their place), and one clear line where there are none."""
+    config = bridge.get_config("smoke")
+    ctx = pipeline.StageContext(config, tmp_path, "report", None, None)
+    with pytest.raises(UserError, match="no collected rollouts"):
+        wm_common.fit_probe_on_rollouts(ctx, 2)
+    with config.unlocked():
+        config.wm.finetune_data = config.data.builder_dir
+    probe, info = wm_common.fit_probe_on_rollouts(ctx, 3)
+    episodes = wm_common.load_episodes(ctx, config.data.builder_dir)[0]
+    assert info["frames"] == sum(ep["length"] for ep in episodes) and info["steps"] == 3
+    images = episodes[0]["images"][:2]
+    assert state_probe.read_jit(probe, images).shape == (2, images.shape[1], episodes[0]["state"].shape[-1])

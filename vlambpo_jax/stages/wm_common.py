@@ -136,6 +136,21 @@ def load_episodes(ctx, builder_dir: str, stats=None):
     return list(loader.episodes(all_hosts=True)), stats, config
 
 
+def fit_probe_on_rollouts(ctx, steps: int, batch_size: int = 64, lr: float = 2e-3) -> tuple[dict, dict]:
+    """A fresh consistency probe (models/state_probe.py) fitted on every real frame of the collected
+    rollouts (config.wm.finetune_data in their place when set) for `steps` steps, where the
+    wm_finetune stage's probe sees config.wm.probe.train_batches batches. -> (probe, info)."""
+    source = ctx.config.wm.finetune_data or find_rlds(Path(ctx.workdir) / "collect")
+    if not source:
+        raise UserError(f"no collected rollouts in {ctx.workdir} to fit the probe on: run the collect stage")
+    episodes = load_episodes(ctx, source)[0]
+    images = np.concatenate([ep["images"][:ep["length"]] for ep in episodes])
+    states = np.concatenate([ep["state"][:ep["length"]] for ep in episodes]).astype(np.float32)
+    probe, info = state_probe.train(images, states, jax.random.key(int(ctx.config.seed) + 23), steps=steps,
+                                    batch_size=batch_size, lr=lr)
+    return probe, dict(info, frames=int(len(images)), steps=int(steps))
+
+
 def split_heldout(episodes):
     """-> (train, held-out): the last tenth of the episodes (at least one) is held out."""
     n_eval = max(1, len(episodes) // 10) if len(episodes) > 1 else 0

@@ -4,9 +4,11 @@ policy and fine-tuned world model, with more samples than the report stage draws
 (vlambpo_jax/rl/wm_agreement.py explains the checks; the drift needs the wm_finetune stage's probe):
 
   python -m vlambpo_jax.tools.wm_agreement --config=configs/tabletop.py --workdir=DIR
-      [--states=64 --samples=8 --chunks=4] [--policy=STAGE] [--value] [--config.KEY=VALUE ...] [--out=FILE]
+      [--states=64 --samples=8 --chunks=4] [--policy=STAGE] [--value] [--probe_steps=N]
+      [--config.KEY=VALUE ...] [--out=FILE]
 
---value adds the value check (each chunk's real next state played to the episode's end). Prints the metrics as JSON.
+--value adds the value check (each chunk's real next state played to the episode's end);
+--probe_steps=N reads the drift with a fresh probe fitted on every collected real frame. Prints the metrics as JSON.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from absl import flags
 from vlambpo_jax import cli, pipeline
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.rl import wm_agreement
-from vlambpo_jax.stages import common
+from vlambpo_jax.stages import common, wm_common
 
 
 def _define(fv: flags.FlagValues) -> None:
@@ -29,6 +31,8 @@ def _define(fv: flags.FlagValues) -> None:
                         "mbpo's, sft's before MBPO ran)", flag_values=fv)
     flags.DEFINE_bool("value", False, "also the value check: the reward stage's value classifier "
                       "(config.reward.value) against each chunk's eventual success", flag_values=fv)
+    flags.DEFINE_integer("probe_steps", 0, "the drift check's probe: 0 = the wm_finetune stage's; N = a fresh "
+                         "one fitted for N steps on every real frame of the collected rollouts", flag_values=fv)
     flags.DEFINE_string("out", "", "also write the JSON here", flag_values=fv)
 
 
@@ -39,10 +43,13 @@ def main(argv: list[str]) -> int:
     try:
         models = common.final_policy_and_world_model(ctx, fv.policy)
         value = common.load_value_classifier(ctx) if fv.value else None
+        probe, probe_info = ((wm_common.fit_probe_on_rollouts(ctx, fv.probe_steps)) if fv.probe_steps
+                             else (common.load_state_probe(ctx), {"probe": "wm_finetune"}))
     except UserError as e:
         cli.fail(str(e))
     metrics = wm_agreement.run_check(config, *models, jax.random.PRNGKey(int(config.seed) + 778),
-                                     fv.states, fv.samples, fv.chunks, common.load_state_probe(ctx), value)
+                                     fv.states, fv.samples, fv.chunks, probe, value)
+    metrics["probe"] = probe_info
     text = wm_agreement.to_json(metrics)
     cli.emit_json(text, fv.out)
     return 0
