@@ -247,8 +247,9 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, threshold: float
               samples_per_state: int, num_chunks: int, probe: dict | None = None, value=None) -> dict:
     """`measure` with a policy (models/policy.Policy) and a world model (models/world_model, or one
     whose reward is a separate classifier) whose success is p > threshold; with a state probe also
-    `open_loop_drift` from as many states over as many chunks; with value = (SuccessClassifier, params),
-    the value check too, read with the world model's tokens of the instruction."""
+    `open_loop_drift` from as many states over as many chunks; with value, the value check too:
+    value 'critic' reads the policy's own value head, (SuccessClassifier, params) the classifier's
+    P(success) with the world model's tokens of the instruction."""
     env = make_env(config)
     texts = list(env.instructions)
     tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
@@ -265,7 +266,11 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, threshold: float
         return predict(wm_params, images, wtok[ids], wmask[ids], actions, k)
 
     value_fn = None
-    if value is not None:
+    if value == "critic":
+        critic = jax.jit(policy.value)
+        value_fn = lambda images, ids: critic(params, {"images": images, "tokens": tok[ids],  # noqa: E731
+                                                       "token_mask": tmask[ids]})
+    elif value is not None:
         value_prob = jax.jit(value[0].probability)
         value_fn = lambda images, ids: value_prob(value[1], images, wtok[ids], wmask[ids])  # noqa: E731
     metrics = measure(env, sample_fn, predict_fn, lambda images, ids: reward(wm_params, images, wtok[ids], wmask[ids]),

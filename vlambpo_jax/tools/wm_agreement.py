@@ -4,10 +4,11 @@ policy and fine-tuned world model, with more samples than the report stage draws
 (vlambpo_jax/rl/wm_agreement.py explains the checks; the drift needs the wm_finetune stage's probe):
 
   python -m vlambpo_jax.tools.wm_agreement --config=configs/tabletop.py --workdir=DIR
-      [--states=64 --samples=8 --chunks=4] [--policy=STAGE] [--value] [--probe_steps=N]
+      [--states=64 --samples=8 --chunks=4] [--policy=STAGE] [--value=classifier|critic] [--probe_steps=N]
       [--config.KEY=VALUE ...] [--out=FILE]
 
---value adds the value check (each chunk's real next state played to the episode's end);
+--value adds the value check (each chunk's real next state played to the episode's end), of the
+value classifier or of the acting policy's critic;
 --probe_steps=N reads the drift with a fresh probe fitted on every collected real frame. Prints the metrics as JSON.
 """
 from __future__ import annotations
@@ -29,8 +30,9 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("chunks", 4, "chunk positions per episode", flag_values=fv)
     flags.DEFINE_string("policy", "", "the stage whose policy acts (e.g. sft, mbpo, wm_bc; default: "
                         "mbpo's, sft's before MBPO ran)", flag_values=fv)
-    flags.DEFINE_bool("value", False, "also the value check: the reward stage's value classifier "
-                      "(config.reward.value) against each chunk's eventual success", flag_values=fv)
+    flags.DEFINE_enum("value", "", ["", "classifier", "critic"], "also the value check against each chunk's "
+                      "eventual success: the reward stage's value classifier (config.reward.value) or the acting "
+                      "policy's own critic", flag_values=fv)
     flags.DEFINE_integer("probe_steps", 0, "the drift check's probe: 0 = the wm_finetune stage's; N = a fresh "
                          "one fitted for N steps on every real frame of the collected rollouts", flag_values=fv)
     flags.DEFINE_string("out", "", "also write the JSON here", flag_values=fv)
@@ -42,7 +44,7 @@ def main(argv: list[str]) -> int:
     ctx = pipeline.StageContext(config, cli.workdir_path(fv.workdir), "report", None, None)
     try:
         models = common.final_policy_and_world_model(ctx, fv.policy)
-        value = common.load_value_classifier(ctx) if fv.value else None
+        value = common.load_value_classifier(ctx) if fv.value == "classifier" else (fv.value or None)
         probe, probe_info = ((wm_common.fit_probe_on_rollouts(ctx, fv.probe_steps)) if fv.probe_steps
                              else (common.load_state_probe(ctx), {"probe": "wm_finetune"}))
     except UserError as e:
