@@ -11,6 +11,9 @@ from vlambpo_jax import pipeline
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.models import success_classifier
 from vlambpo_jax.models.success_classifier import ClassifiedWorldModel, SuccessClassifier
+from vlambpo_jax.rl.rollout import HybridWorld, ImaginedState, ModelWorld
+from vlambpo_jax.stages import common
+from vlambpo_jax.stages import mbpo as mbpo_stage
 from vlambpo_jax.stages import reward as reward_stage
 from vlambpo_jax.train.preemption import NoPreemption
 
@@ -121,3 +124,24 @@ def test_value_classifier_labels_every_frame_by_its_episode_outcome(tmp_path):
     clf, params = success_classifier.load(summary["classifier"])
     p = clf.predict_frames(params, frames)
     assert summary["heldout_real"]["mean_probability"] == pytest.approx(float(p.mean()), abs=1e-6)
+
+
+def test_mbpo_bootstraps_from_the_saved_value_classifier_on_the_views_the_policy_sees(tmp_path):
+    """rl.bootstrap_model='classifier': the mbpo stage's bootstrap is the reward stage's value
+    classifier read on the branch's last views with the world model's tokens, in a world model and in
+    the hybrid world whose views are the world model's; without the file, one line says what to run."""
+    ctx = _reward_context(tmp_path)
+    pipeline.mark_done(tmp_path, "reward", {}, 1.0)
+    with pytest.raises(UserError, match="reward.value=True"):
+        mbpo_stage.value_bootstrap(ctx, ModelWorld(None))
+    clf = SuccessClassifier(**SMALL)
+    params = clf.init(jax.random.PRNGKey(3), (16, 16), 3)
+    success_classifier.save(tmp_path / "reward" / common.VALUE_CLASSIFIER_FILE, clf, params)
+    frames = toy_frames(6, 2)
+    imagined = ImaginedState(images=jnp.asarray(frames["images"]), tokens=jnp.zeros((6, 2), jnp.int32),
+                             token_mask=jnp.ones((6, 2), bool), wm_tokens=jnp.asarray(frames["tokens"]),
+                             wm_token_mask=jnp.asarray(frames["token_mask"]))
+    expected = clf.predict_frames(params, frames)
+    np.testing.assert_allclose(mbpo_stage.value_bootstrap(ctx, ModelWorld(None))(imagined), expected, atol=1e-6)
+    hybrid = HybridWorld(None, ModelWorld(None), views="model")
+    np.testing.assert_allclose(mbpo_stage.value_bootstrap(ctx, hybrid)((None, imagined)), expected, atol=1e-6)
