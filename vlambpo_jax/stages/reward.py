@@ -159,6 +159,9 @@ def fit(ctx, name: str, train: dict, heldout: dict, path: Path, salt: int) -> di
 def run(ctx) -> dict:
     config, r = ctx.config, ctx.config.reward
     splits, stats = load_split(ctx)
+    if r.value and COLLECTED not in splits:   # before minutes of training the reward classifier
+        raise UserError("reward stage: config.reward.value learns the value of the collected rollouts: "
+                        "run the collect stage first (or set config.wm.finetune_data)")
     train_eps = [ep for tr, _ in splits.values() for ep in tr]
     heldout_eps = [ep for _, ev in splits.values() for ep in ev]
     print("[reward] sources: " + ", ".join(f"{k} ({len(tr) + len(ev)} episodes)" for k, (tr, ev) in splits.items()))
@@ -175,9 +178,6 @@ def run(ctx) -> dict:
     summary = fit(ctx, "reward", train, heldout, ctx.stage_dir / common.CLASSIFIER_FILE, 0x5EED)
     summary["sources"] = {k: len(tr) + len(ev) for k, (tr, ev) in splits.items()}
     if r.value:
-        if COLLECTED not in splits:
-            raise UserError("reward stage: config.reward.value learns the value of the collected rollouts: "
-                            "run the collect stage first (or set config.wm.finetune_data)")
         col_train, col_heldout = splits[COLLECTED]
         vtrain, vheldout = value_frames(config, col_train), {"real": value_frames(config, col_heldout)}
         if r.predicted_views:
