@@ -159,8 +159,8 @@ def test_eventual_success_plays_every_episode_to_its_end():
         calls.append(mode)
         return jnp.zeros((obs["images"].shape[0], 2, 7))
 
-    eventual = wm_agreement.eventual_success(_CountdownEnv(), state, sample_fn, jax.random.PRNGKey(0), 10)
+    eventual = wm_agreement.eventual_success(_CountdownEnv().step_chunk, state, sample_fn, jax.random.PRNGKey(0), 10)
     assert eventual.tolist() == [False, True, True, True, False]
     assert calls == ["eval"] * 5            # stops once every episode is over
-    short = wm_agreement.eventual_success(_CountdownEnv(), state, sample_fn, jax.random.PRNGKey(0), 3)
+    short = wm_agreement.eventual_success(_CountdownEnv().step_chunk, state, sample_fn, jax.random.PRNGKey(0), 3)
     assert short.tolist() == [False, True, True, False, False]   # the 5-chunk episode is cut short

@@ -118,10 +118,11 @@ def to_json(metrics: dict) -> str:
                       indent=2)
 
 
-def eventual_success(env, state, sample_fn: Callable, key: jax.Array, max_chunks: int) -> np.ndarray:
+def eventual_success(step_chunk: Callable, state, sample_fn: Callable, key: jax.Array,
+                     max_chunks: int) -> np.ndarray:
     """Plays env states [B] on with the policy's deterministic chunks until every episode is over (at
-    most max_chunks chunks) -> bool[B]: the episode succeeded (at once or later)."""
-    step_chunk = jax.jit(jax.vmap(env.step_chunk))
+    most max_chunks chunks) -> bool[B]: the episode succeeded (at once or later). step_chunk(states,
+    actions) -> (states, rewards, success), batched and jitted once by the caller."""
     for c in range(max_chunks):
         if np.asarray(state.done).all():
             break
@@ -169,7 +170,8 @@ def measure(env, sample_fn: Callable, predict_fn: Callable, reward_fn: Callable,
                      "current": np.asarray(reward_fn(images, ids)),
                      "mse_predicted": np.asarray(err(predicted)), "mse_copy": np.asarray(err(images))})
         if value_fn is not None:
-            rows[-1].update({"eventual": eventual_success(env, nxt, sample_fn, jax.random.fold_in(ckey, 3), max_chunks),
+            eventual = eventual_success(step_chunk, nxt, sample_fn, jax.random.fold_in(ckey, 3), max_chunks)
+            rows[-1].update({"eventual": eventual,
                              "value_imagined": np.asarray(value_fn(predicted, ids)),
                              "value_real_next": np.asarray(value_fn(real, ids)),
                              "value_current": np.asarray(value_fn(images, ids))})

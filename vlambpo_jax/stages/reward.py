@@ -51,7 +51,7 @@ def load_split(ctx) -> tuple[dict, dict]:
     world model's pretraining data ('config.data' when it is config.data's dataset), each play
     dataset, and COLLECTED (the collect stage's rollouts, or config.wm.finetune_data) when there is one."""
     w = ctx.config.wm
-    collected = w.finetune_data or wm_common.find_rlds(Path(ctx.workdir) / "collect")
+    collected = wm_common.collected_data(ctx)
     sources = [(w.pretrain_data or "config.data", w.pretrain_data), *((p, p) for p in w.play_data)]
     sources += [(COLLECTED, collected)] if collected else []
     splits, stats = {}, None

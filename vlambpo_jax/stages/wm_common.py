@@ -123,6 +123,12 @@ def find_rlds(directory: Path) -> str:
     return str(found[0]) if found else ""
 
 
+def collected_data(ctx) -> str:
+    """The world model's target rollouts: config.wm.finetune_data, else the collect stage's RLDS
+    output in the workdir ('' when neither exists)."""
+    return ctx.config.wm.finetune_data or find_rlds(Path(ctx.workdir) / "collect")
+
+
 def load_episodes(ctx, builder_dir: str, stats=None):
     """-> (episodes of the RLDS dataset (config.data's when builder_dir is ''), NormStats, config)."""
     config = copy.deepcopy(ctx.config)
@@ -140,7 +146,7 @@ def fit_probe_on_rollouts(ctx, steps: int, batch_size: int = 64, lr: float = 2e-
     """A fresh consistency probe (models/state_probe.py) fitted on every real frame of the collected
     rollouts (config.wm.finetune_data in their place when set) for `steps` steps, where the
     wm_finetune stage's probe sees config.wm.probe.train_batches batches. -> (probe, info)."""
-    source = ctx.config.wm.finetune_data or find_rlds(Path(ctx.workdir) / "collect")
+    source = collected_data(ctx)
     if not source:
         raise UserError(f"no collected rollouts in {ctx.workdir} to fit the probe on: run the collect stage")
     episodes = load_episodes(ctx, source)[0]
@@ -352,7 +358,7 @@ def finetune_data(ctx, stats):
     others; after pretraining with the pretraining statistics and, with reward_replay, its reward
     examples (a weak policy's rollouts may hold no success; the pretraining data has Yes frames)."""
     w = ctx.config.wm
-    data = w.finetune_data or find_rlds(Path(ctx.workdir) / "collect")
+    data = collected_data(ctx)
     replay = (w.pretrain_data,) if w.pretrain_enabled and w.get("reward_replay", False) else ()
     return open_data(ctx, data, int(w.batch_size), int(ctx.config.seed) + 1, stats, reward_data=replay)
 
