@@ -224,6 +224,31 @@ def test_sweep_runs_wm_bc_on_the_base_world_model(tmp_path, monkeypatch):
         "wm_pretrain", "wm_finetune", "mbpo", "evaluate")
 
 
+def test_a_variants_own_overrides_win_over_the_sweeps(tmp_path, monkeypatch):
+    """`sweep --config.rl.branch_chunks=2 --variants=branch_4` runs n = 4 (the last flag wins in main)."""
+    base = tmp_path / "base"
+    config = tabletop.get_config("smoke")
+    for stage in sweep.shared_stages(sweep.run_order(config)):
+        (base / stage).mkdir(parents=True)
+    calls = []
+
+    def fake_run(cmd, check):
+        calls.append(cmd)
+        out = base / "variants" / "branch_4"
+        for stage in ("mbpo", "evaluate"):
+            (out / stage).mkdir(parents=True, exist_ok=True)
+            pipeline.mark_done(out, stage, {}, 0.0)
+        (out / "evaluate" / "results.json").write_text(json.dumps(
+            {"mbpo": {"success_rate": 0.5, "ci95": [0.2, 0.8], "episodes": 8}}))
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    sweep.run_variant("branch_4", "configs/tabletop.py:smoke", config, base,
+                      ["--config.rl.branch_chunks=2", "--config.rl.iterations=3"])
+    (cmd,) = calls
+    assert [a for a in cmd if a.startswith("--config.rl.branch_chunks=")][-1] == "--config.rl.branch_chunks=4"
+    assert "--config.rl.iterations=3" in cmd
+
+
 class _StopAfterFirstStep:
     """A termination signal that arrives once the first BC step has run (round 0's data is saved)."""
 

@@ -6,7 +6,8 @@
 DIR must hold a finished run of the config (the stages of config.stages before mbpo). Each variant gets
 DIR/variants/<name>/, in which the stages it shares with the base run are symlinks and the others run
 again with the variant's overrides (and the --config.KEY=VALUE overrides given here, which every
-variant gets); then its policy (MBPO's, or the baseline stage's) is evaluated. Variants:
+variant gets; where both set a key, the variant's wins); then its policy (MBPO's, or the baseline
+stage's) is evaluated. Variants:
   online_ppo   PPO in the simulator with the same number of real env steps as the collect stage used
   branch_1, branch_4, branch_full   branch length n (the base run is n = config.rl.branch_chunks)
   branch_auto  the adaptive branch length (rl/branch_length.py; its simulator steps are counted)
@@ -96,7 +97,7 @@ def run_variant(name: str, config_spec: str, config, base: Path, extra: list[str
         overrides.append(f"--config.rl.iterations={iters}")
     cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={config_spec}", f"--workdir={out}",
            "--stages=" + ",".join(stages), f"--config.eval.policies=('{policy}',)",
-           *overrides, *extra]
+           *extra, *overrides]   # the variant's own overrides win over the sweep's
     print("+ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     results = json.loads((out / "evaluate" / "results.json").read_text())[policy]
