@@ -282,6 +282,10 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
         'classifier' (the `reward` stage's value classifier, config.reward.value: the SFT policy's
         value learned against what really followed, on real and predicted views, and never trained by
         the policy it scores: the guard against a critic exploited on predicted views);
+      value_anchor: with the learned world model (rl.world='model'), pairs per iteration that tie the
+        critic's value of a predicted view to what really followed it: the world model's prediction of
+        a collected chunk boundary's next boundary under the logged chunk, valued toward the critic's
+        value of the real next frame (extra critic-only rows of the PPO buffer; 0 = off);
       group_size: branches per start state (num_branches must be a multiple; > 1 also logs the
       exploration metrics: mixed_groups and the within-group action spread).
     gamma, gae_lambda, gae_variant ('paper' Eq. 4 | 'code' the authors' per-chunk form),
@@ -300,8 +304,8 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
         iterations=30, epochs=4, critic_warmup_epochs=1, critic_warmup_iterations=0, target_kl=0.0,
         recompute_values=True,
         minibatch_size=128,
-        advantage="gae", advantage_bootstrap=True, bootstrap_model="critic", group_size=1, vine_window=1,
-        vine_horizon=0,
+        advantage="gae", advantage_bootstrap=True, bootstrap_model="critic", value_anchor=0, group_size=1,
+        vine_window=1, vine_horizon=0,
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
         clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,
         actor_lr=1e-5, critic_lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0,

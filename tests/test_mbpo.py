@@ -5,14 +5,19 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from configs import tabletop
+from configs import bridge, tabletop
+from tests.helpers.fakes import RecordingWriter
 from vlambpo_jax import loading, pipeline
 from vlambpo_jax.data.tokenizer import ByteTokenizer
+from vlambpo_jax.errors import UserError
 from vlambpo_jax.models.policy import Policy
 from vlambpo_jax.models.world_model import WorldModel
 from vlambpo_jax.rl import mbpo, ppo
 from vlambpo_jax.rl.rollout import ModelWorld
+from vlambpo_jax.stages import mbpo as mbpo_stage
+from vlambpo_jax.stages import wm_common
 from vlambpo_jax.train.loop import train_loop
 from vlambpo_jax.train.metrics import MetricWriter
 from vlambpo_jax.train.preemption import NoPreemption
@@ -113,3 +118,59 @@ def test_a_fixed_bootstrap_replaces_the_critics_value_of_the_last_state():
     assert float(metrics["bootstrap_mean"]) not in (0.0, 1.0)     # the critic's own value
     diff = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(updated[0.0]), jax.tree.leaves(updated[1.0]))]
     assert max(diff) > 0
+
+
+class _CopyModel:
+    """A world model that predicts the current views (so each anchor pair names its frames)."""
+    def predict(self, params, images, tokens, token_mask, actions, key):
+        return images
+
+
+def test_value_anchor_pairs_each_chunk_boundary_with_the_real_frame_a_chunk_later(tmp_path):
+    """rl.value_anchor's pairs on the Bridge fixture as the collected rollouts: one per chunk boundary
+    t whose next boundary t + k is not the episode's last frame, the prediction made from frame t and
+    the real frame t + k, with the policy's tokens of the instruction; without rollouts, one line."""
+    config = bridge.get_config("smoke")
+    with config.unlocked():
+        config.log.progress = "off"
+        config.chunk_size = 2      # the fixture's episodes are short
+    ctx = pipeline.StageContext(config, tmp_path, "mbpo", RecordingWriter(), NoPreemption())
+    tokenizer = loading.make_tokenizer(config.policy.tokenizer)
+    with pytest.raises(UserError, match="collect stage"):
+        mbpo_stage.value_anchor_pairs(ctx, tokenizer, _CopyModel(), None)
+    with config.unlocked():
+        config.wm.finetune_data = config.data.builder_dir
+    pairs = mbpo_stage.value_anchor_pairs(ctx, tokenizer, _CopyModel(), None, batch_size=3)
+    k = config.chunk_size
+    episodes = wm_common.load_episodes(ctx, config.data.builder_dir)[0]
+    expected = [(ep, t) for ep in episodes for t in range(ep["length"]) if t % k == 0 and t + k < ep["length"] - 1]
+    assert 0 < len(expected) == len(pairs["real"]["images"])
+    np.testing.assert_array_equal(pairs["predicted"]["images"], np.stack([ep["images"][t] for ep, t in expected]))
+    np.testing.assert_array_equal(pairs["real"]["images"], np.stack([ep["images"][t + k] for ep, t in expected]))
+    tokens, _ = tokenizer.encode_batch([str(ep["instruction"][t]) for ep, t in expected], config.data.max_text_len)
+    np.testing.assert_array_equal(pairs["real"]["tokens"], tokens)
+
+
+def test_the_value_anchor_joins_the_critics_rows_and_logs_its_gap():
+    """rl.value_anchor: anchor_gap is the critic's mean value of the predicted views minus that of the
+    real ones at the refill, on the pairs drawn for the iteration."""
+    rng = np.random.default_rng(4)
+    config, policy, params, optimizer, iteration = _parts()
+    obs = lambda: {"images": rng.integers(0, 255, (5, 2, config.image_size, config.image_size, 3), np.uint8),  # noqa: E731
+                   "tokens": np.ones((5, config.data.max_text_len), np.int32),
+                   "token_mask": np.ones((5, config.data.max_text_len), bool)}
+    anchor = {"predicted": obs(), "real": obs()}
+    idx = np.random.default_rng([3, 0, 0xA7]).integers(0, 5, 16)
+    gap = policy.value(params, jax.tree.map(lambda x: x[idx], anchor["predicted"])) - policy.value(
+        params, jax.tree.map(lambda x: x[idx], anchor["real"]))
+    fresh = lambda: ppo.init_state(config.rl, optimizer, jax.tree.map(jnp.copy, params))  # noqa: E731 (donated)
+    _, plain = iteration(fresh(), 0)
+    assert "anchor_gap" not in plain
+    with config.unlocked():
+        config.rl.value_anchor = 16
+    anchored = mbpo.make_iteration(policy, config.rl, ModelWorld(WorldModel(config), 0.3),
+                                   WorldModel(config).init(jax.random.PRNGKey(5)),
+                                   mbpo.branch_sampler(_roots(config), config.rl.num_branches, seed=3),
+                                   num_chunks=2, seed=3, optimizer=optimizer, anchor=anchor)
+    _, metrics = anchored(fresh(), 0)
+    assert float(metrics["anchor_gap"]) == pytest.approx(float(jnp.mean(gap)), abs=1e-5)

@@ -95,3 +95,32 @@ def test_vlm_trains_at_its_own_learning_rate(setup):
                               for a, b in zip(jax.tree.leaves(params[group]), jax.tree.leaves(new.params[group])))
     assert 0 < moved("vlm") <= 2.05e-6
     assert moved("action_expert") > 1e-4
+
+
+def test_value_rows_train_the_critic_alone(setup):
+    """ppo.with_value_rows (rl.value_anchor's rows): the critic's value at the rows' observations
+    follows their targets, and the actor's update is the one the original rows alone give."""
+    policy, params, traj = setup
+    c = rl_config(minibatch_size=8)           # one minibatch of the 8 original rows (+ 4 value rows)
+    opt = ppo.make_optimizer(c, params)
+    buffer = ppo.make_buffer(traj, traj.value, jnp.zeros(traj.mask.shape[1]), c)
+    rows = jax.tree.map(lambda x: x[:4], buffer.obs)
+    rng = np.random.default_rng(1)
+    rows["images"] = jnp.asarray(rng.integers(0, 255, rows["images"].shape, np.uint8))
+    v0 = policy.value(params, rows)
+    epoch, critic_epoch = (jax.jit(f) for f in ppo.make_update_fns(policy, c, opt))
+    state = ppo.init_state(c, opt, params)
+    moved = {}
+    for shift in (-1.0, 1.0):
+        s = state
+        anchored = ppo.with_value_rows(buffer, rows, v0 + shift, v0)
+        assert anchored.mask.shape == (12,) and not anchored.policy_mask[8:].any()
+        for e in range(10):
+            s, _ = critic_epoch(s, anchored, jax.random.PRNGKey(e))
+        moved[shift] = float(jnp.mean(policy.value(s.params, rows) - v0))
+    assert moved[1.0] > moved[-1.0] + 0.05, moved
+    plain, _ = epoch(state, buffer, jax.random.PRNGKey(7))
+    anchored, _ = epoch(state, ppo.with_value_rows(buffer, rows, v0 + 1.0, v0), jax.random.PRNGKey(7))
+    for a, b in zip(*(jax.tree.leaves(s.params["action_expert"]) for s in (plain, anchored))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert _changed(plain.params["value_head"], anchored.params["value_head"])

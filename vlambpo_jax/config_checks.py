@@ -200,6 +200,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.reward_from", _one_of("", "sim", "model")),
     ("rl.reward_model", _one_of("wm", "classifier")),
     ("rl.bootstrap_model", _one_of("critic", "classifier")),
+    ("rl.value_anchor", _int_range(0)),
     ("reward.value", _bool),
     ("reward.members", _int_range(1)),
     ("reward.aggregate", _one_of("min", "mean")),
@@ -452,6 +453,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     layer, depth = get(config, "sft.grounding_layer"), get(config, "policy.depth")
     if layer is not _MISSING and depth is not _MISSING and layer > depth:
         raise ConfigError("sft.grounding_layer", layer, f"must be -1 or in [0, config.policy.depth={depth}]")
+    anchor = get(config, "rl.value_anchor")
+    if anchor not in (_MISSING, 0) and (get(config, "rl.world") != "model" or get(config, "rl.reward_from")):
+        raise ConfigError("rl.value_anchor", anchor, "ties the critic to the learned world model's predicted "
+                          "views: needs rl.world='model' and rl.reward_from='' (or set it to 0)")
     if get(config, "wm.action_adaln") is True and get(config, "wm.view_decoding") == "interleaved":
         raise ConfigError("wm.action_adaln", True, "conditions every generated view on the action; IVD "
                           "generates the wrist without it: use wm.view_decoding='independent' or 'joint'")

@@ -45,14 +45,19 @@ def branch_sampler(roots: dict, num_branches: int, seed: int, group_size: int = 
 
 
 def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, seed: int, optimizer,
-                   dp: sharding.DataParallel | None = None, state_shardings=None, bootstrap_fn=None):
+                   dp: sharding.DataParallel | None = None, state_shardings=None, bootstrap_fn=None,
+                   anchor: dict | None = None):
     """Returns iteration(state: PPOState, i) -> (state, metrics): one refill + PPO update.
 
     start_fn(i) gives the branch start states of iteration i (roots or fresh episodes). With a
     DataParallel `dp` (and the PPO state placed by it), branches are split over the mesh and the update
     epochs keep the state's shardings. bootstrap_fn(final world state) -> f32[B]: a fixed value of the
     branches' last states in place of the critic's (rl.bootstrap_model='classifier'), in the
-    advantages and the critic's targets alike.
+    advantages and the critic's targets alike. anchor {'predicted': obs [N, ...], 'real': obs [N, ...]}
+    (rl.value_anchor > 0): the policy's observations of N world-model predictions and of the real
+    frames they predict; each iteration rl.value_anchor of them join the buffer as critic-only rows,
+    the predicted view valued toward the critic's value of the real one at the refill (logged as
+    anchor_gap: the critic's mean excess value on the predicted views before the update).
     """
     roll_kw = ({} if dp is None or state_shardings is None else
                dict(in_shardings=(state_shardings.params, dp.batch_sharding, sharding.replicated(dp.mesh))))
@@ -68,6 +73,8 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
     values_fn = jax.jit(lambda p, traj, final_obs, alive: ppo.recompute_values(
         policy, p, traj, final_obs, alive))
     buffer_fn = jax.jit(lambda traj, v, b: ppo.make_buffer(traj, v, b, rl))
+    value_pairs = jax.jit(lambda p, predicted, real: (policy.value(p, predicted), policy.value(p, real)))
+    use_anchor = anchor is not None and int(rl.value_anchor) > 0
 
     def iteration(state: ppo.PPOState, i: int):
         key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
@@ -84,11 +91,20 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
             # clipped loss need one, from the critic that sampled the branches
             values, bootstrap = values_fn(state.params, traj, world.observe(final), alive)
         bootstrap = bootstrap if fixed is None else fixed
-        buffer = buffer_fn(traj, values, bootstrap)
+        anchored, anchor_metrics = (lambda b: b), {}
+        if use_anchor:
+            n = len(jax.tree.leaves(anchor["real"])[0])
+            idx = np.random.default_rng([seed, i, 0xA7]).integers(0, n, int(rl.value_anchor))
+            predicted = jax.tree.map(lambda x: jnp.asarray(x[idx]), anchor["predicted"])
+            v_predicted, v_real = value_pairs(state.params, predicted, jax.tree.map(lambda x: x[idx], anchor["real"]))
+            anchored = lambda b: ppo.with_value_rows(b, predicted, v_real, v_predicted)  # noqa: E731
+            anchor_metrics = {"anchor_gap": jnp.mean(v_predicted - v_real)}
+        buffer = anchored(buffer_fn(traj, values, bootstrap))
         # how well the critic that sampled the branches predicted their returns (on the chunks it
         # valued: vine's deterministic chunks store no value)
-        metrics = {"explained_variance": ppo.explained_variance(
-            traj.value, buffer.returns.reshape(traj.value.shape), traj.mask & traj.sampled)}
+        returns = buffer.returns[:traj.value.size].reshape(traj.value.shape)   # the anchor's rows follow
+        metrics = {"explained_variance": ppo.explained_variance(traj.value, returns, traj.mask & traj.sampled),
+                   **anchor_metrics}
         for e in range(rl.critic_warmup_epochs):
             state, m = critic_epoch(state, buffer, jax.random.fold_in(warm_key, e))
             metrics["warmup_value_loss"] = m["value_loss"]
@@ -96,7 +112,7 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
         for e in range(rl.epochs if i >= rl.critic_warmup_iterations else 0):
             if rl.recompute_values and (e > 0 or rl.critic_warmup_epochs > 0):
                 values, boot = values_fn(state.params, traj, world.observe(final), alive)
-                buffer = buffer_fn(traj, values, boot if fixed is None else fixed)
+                buffer = anchored(buffer_fn(traj, values, boot if fixed is None else fixed))
             state, m = epoch(state, buffer, jax.random.fold_in(epoch_key, e))
             metrics.update(m)
             metrics["epochs_run"] = e + 1

@@ -70,6 +70,21 @@ class Buffer:
     actor_rows: jax.Array | None = None
 
 
+def with_value_rows(buffer: Buffer, obs: dict, returns: jax.Array, values: jax.Array) -> Buffer:
+    """buffer plus K rows that train the critic alone: value targets returns f32[K] at observations obs
+    [K, ...] (values f32[K]: the critic's current values there, the centre of the clipped value loss).
+    The policy loss never sees them: their policy_mask is False and the surrogate runs on actor_rows,
+    which keep to the original rows."""
+    n, k = buffer.mask.shape[0], returns.shape[0]
+    zeros = lambda x: jnp.concatenate([x, jnp.zeros((k,) + x.shape[1:], x.dtype)])  # noqa: E731
+    return Buffer(obs=jax.tree.map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)]), buffer.obs, obs),
+                  chain=jax.tree.map(zeros, buffer.chain), old_log_prob=zeros(buffer.old_log_prob),
+                  old_value=jnp.concatenate([buffer.old_value, values]), advantages=zeros(buffer.advantages),
+                  returns=jnp.concatenate([buffer.returns, returns]),
+                  mask=jnp.concatenate([buffer.mask, jnp.ones((k,), bool)]), policy_mask=zeros(buffer.policy_mask),
+                  actor_rows=jnp.arange(n) if buffer.actor_rows is None else buffer.actor_rows)
+
+
 def group_relative_advantages(transitions: Transitions, group_size: int,
                               bootstrap: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """GRPO-style advantages: branches come in consecutive groups of `group_size` from the same start

@@ -31,7 +31,7 @@ from vlambpo_jax.models.policy import make_env_policy_fn
 from vlambpo_jax.rl import branch_length, mbpo, ppo
 from vlambpo_jax.rl.collect import SIM_PREFIX
 from vlambpo_jax.rl.rollout import HybridWorld, ModelWorld, SimWorld
-from vlambpo_jax.stages import common
+from vlambpo_jax.stages import common, wm_common
 from vlambpo_jax.train import sharding
 from vlambpo_jax.train.loop import train_loop
 
@@ -44,12 +44,14 @@ def run(ctx) -> dict:
     seed = int(config.seed) * 7919 + 17
     k = config.chunk_size
 
+    anchor = None
     if rl.world == "model" and not rl.reward_from:
         wm, wm_params, threshold = common.rl_world_model(ctx, dynamics=True)
         world = ModelWorld(wm, threshold)
         roots = dict(np.load(ctx.stage_summary(common.roots_stage(ctx))["roots"]))
         start_fn = mbpo.branch_sampler(roots, rl.num_branches, seed, rl.group_size)
         env_steps_per_iteration, extra_env_steps = 0, 0
+        anchor = value_anchor_pairs(ctx, tokenizer, wm, wm_params) if rl.value_anchor else None
         if rl.branch_chunks < 0:
             choice = adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params)
             num_chunks, extra_env_steps = choice["branch_chunks"], choice["env_steps"]
@@ -98,7 +100,7 @@ def run(ctx) -> dict:
     state, state_shardings = dp.place(ppo.init_state(rl, optimizer, params))
     bootstrap_fn = value_bootstrap(ctx, world) if rl.bootstrap_model == "classifier" else None
     iteration = mbpo.make_iteration(policy, rl, world, wm_params, start_fn, num_chunks, seed, optimizer, dp,
-                                    state_shardings, bootstrap_fn)
+                                    state_shardings, bootstrap_fn, anchor)
     eval_fn = (_sim_evaluator(ctx, policy, tokenizer, normalize_state)
                if rl.eval_every and has_simulator(config) else None)
     result = train_loop(ctx, name="ppo", state=state, step_fn=iteration, batch_fn=lambda i: i,
@@ -108,6 +110,7 @@ def run(ctx) -> dict:
     summary = {"checkpoint_dir": str(Path(ctx.stage_dir) / "ppo"), "iterations": result.step,
                "world": rl.world, "reward_from": rl.reward_from, "reward_model": rl.reward_model,
                "bootstrap_model": rl.bootstrap_model,
+               "value_anchor_pairs": 0 if anchor is None else int(len(anchor["real"]["images"])),
                "branch_chunks": num_chunks,
                "env_steps": env_steps_per_iteration * result.step + extra_env_steps,
                "imagined_transitions": (rl.num_branches * num_chunks * result.step
@@ -133,6 +136,38 @@ def value_bootstrap(ctx, world):
         imagined = (lambda state: state[1]) if isinstance(world, HybridWorld) else (lambda state: state)
         tokens_of = lambda state: (imagined(state).wm_tokens, imagined(state).wm_token_mask)  # noqa: E731
     return jax.jit(lambda state: classifier.probability(params, world.observe(state)["images"], *tokens_of(state)))
+
+
+def value_anchor_pairs(ctx, tokenizer, wm, wm_params, batch_size: int = 128) -> dict:
+    """rl.value_anchor: at every chunk boundary t of the collected rollouts whose next boundary t + k
+    is not its episode's last frame, the policy's observations of the world model's prediction of
+    frame t + k under the logged chunk and of the real frame t + k.
+    -> {'predicted': obs, 'real': obs}, each {images uint8[N, V, H, W, 3], tokens, token_mask}."""
+    config = ctx.config
+    source = wm_common.collected_data(ctx)
+    if not source:
+        raise UserError(f"rl.value_anchor: no collected rollouts in {ctx.workdir} to anchor the critic on: run "
+                        "the collect stage (or set config.wm.finetune_data), or set rl.value_anchor=0")
+    episodes, stats, data_config = wm_common.load_episodes(ctx, source)
+    k = int(config.chunk_size)
+    samples = [(ep, t) for ep in episodes for t in range(0, ep["length"] - k - 1, k)]
+    if not samples:
+        raise UserError(f"rl.value_anchor: no episode of {source} runs more than one chunk of "
+                        f"{k} steps past a chunk boundary; set rl.value_anchor=0")
+    wm_tokenizer = load_wm_tokenizer(config.wm)
+    predict = jax.jit(wm.predict)
+    predicted, real = [], []
+    for i in range(0, len(samples), batch_size):
+        b = wm_common.transition_batch(samples[i:i + batch_size], data_config, stats, wm_tokenizer)
+        key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 0xA7), i)
+        predicted.append(np.asarray(predict(wm_params, b["images"], b["tokens"], b["token_mask"], b["actions"], key)))
+        real.append(b["next_images"])
+        print(f"[mbpo] value anchor: {min(i + batch_size, len(samples))}/{len(samples)} views predicted", flush=True)
+    tokens, token_mask = tokenizer.encode_batch([str(ep["instruction"][t]) for ep, t in samples],
+                                                int(config.data.max_text_len))
+    text = {"tokens": np.asarray(tokens), "token_mask": np.asarray(token_mask)}
+    return {"predicted": {"images": np.concatenate(predicted), **text},
+            "real": {"images": np.concatenate(real), **text}}
 
 
 def adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params) -> dict:
