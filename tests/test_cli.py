@@ -100,6 +100,16 @@ def test_reward_from_pairs_each_half_with_the_other_world():
         validate(c)
 
 
+def test_the_value_anchor_needs_the_learned_world_model():
+    c = tabletop.get_config("smoke")
+    c.rl.value_anchor = 8
+    validate(c)
+    for world, reward_from in (("sim_roots", ""), ("sim", ""), ("model", "sim")):
+        c.rl.world, c.rl.reward_from = world, reward_from
+        with pytest.raises(ConfigError, match="rl.value_anchor=8: ties the critic"):
+            validate(c)
+
+
 def test_reward_model_classifier_needs_no_world_model_with_real_views():
     c = tabletop.get_config("smoke")
     c.stages = ("mbpo",)
