@@ -16,7 +16,12 @@ also trains the VLM prefix with the action expert (rl.train_vlm, VLM lr 1e-5) fo
 shared cores), `vine,online,vlm` the same for online PPO (2-chunk vine horizon, 60 iterations: 80.5%,
 2 hours); `dagger` adds six DAgger rounds to SFT at chunks of 5 (sft.dagger_rounds; `dagger,vine` is
 docs/results.md section 31's image-only run: 48 minutes of sft, collect, mbpo and evaluate on 2 shared
-cores). The counts of demos, collected rollouts and evaluation episodes are totals split over the tasks.
+cores); `claims` is VLA-MBPO as issue 18's table runs it (docs/results.md sections 49 and 51): the
+DAgger SFT, the adaLN world model (900 + 600 steps), the `reward` stage's classifier on real and predicted
+views as the reward, 2-chunk vine branches for 37 iterations in the learned world model (about 95 minutes
+of stages on 2 shared cores, report aside; `python -m vlambpo_jax.tools.sweep --config=configs/tabletop.py:claims
+--workdir=DIR` then runs the table's other rows on it). The counts of demos, collected rollouts and
+evaluation episodes are totals split over the tasks.
 Why pick alone by default: at this CPU size behaviour cloning on the four tasks stays near chance,
 while on pick alone it succeeds often enough to leave RL room to improve (docs/results.md, sections 9
 and 15).
@@ -43,7 +48,9 @@ from vlambpo_jax.models.flux_vae import FluxVAEConfig
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, smoke=False, tasks="pick", truth=False, vine=False, online=False,
-                            dagger=False, vlm=False)
+                            dagger=False, vlm=False, claims=False)
+    if args.claims:   # issue 18's claims run refines the DAgger SFT and the 2-chunk vine PPO
+        args.dagger = args.vine = True
     tasks = ("pick", "push", "place", "stack") if args.tasks == "all" else tuple(args.tasks.split("+"))
     per_task = lambda total: -(-total // len(tasks))  # noqa: E731  (a total split over the tasks)
     c = ml_collections.ConfigDict()
@@ -152,6 +159,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                  iterations=60, eval_every=10))
     elif args.vlm:
         raise ValueError("the `vlm` config argument refines `vine`: use e.g. configs/tabletop.py:dagger,vine,vlm")
+    if args.claims:
+        # VLA-MBPO as issue 18's table runs it (docs/results.md sections 49 and 51): the adaLN world
+        # model, the reward stage's classifier (trained on real and predicted views) as the reward, and
+        # 2-chunk vine branches from the collected roots; tools/sweep.py runs the table's other rows.
+        if args.online or args.vlm:
+            raise ValueError("the `claims` config argument is VLA-MBPO in the learned world model: "
+                             "not with `online` or `vlm`")
+        c.stages = ("demos", "sft", "collect", "wm_pretrain", "wm_finetune", "reward", "mbpo", "evaluate",
+                    "report")
+        c.wm.action_adaln = True
+        if not args.smoke:
+            c.wm.update(dict(pretrain_steps=900, finetune_steps=600))
+        c.reward.predicted_views = True
+        c.rl.update(dict(world="model", reward_model="classifier", eval_every=0))
     if args.smoke:
         c.rl.update(dict(collect_episodes_per_task=2, collect_batch=8, num_branches=8, iterations=2,
                          epochs=1, minibatch_size=8, eval_episodes=2, bc_rounds=2, bc_branches=8,
