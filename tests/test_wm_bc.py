@@ -303,6 +303,18 @@ def test_sweep_calls_accumulate_rows(tmp_path, monkeypatch):
     assert "| online_ppo |" in (base / "sweep" / "results.md").read_text()
 
 
+def test_online_ppo_spends_at_most_the_collect_stages_real_steps(tmp_path):
+    """8,149 collected steps, 50-step episodes, groups of 8: one iteration of 160 fresh episodes (8,000
+    steps), not one of 512 (25,600); a larger budget keeps the branches and runs more iterations."""
+    rl = tabletop.get_config("dagger,vine").rl
+    for collected, expected in ((8149, ["--config.rl.num_branches=160", "--config.rl.iterations=1"]),
+                                (60000, ["--config.rl.num_branches=512", "--config.rl.iterations=2"])):
+        base, _ = _finished_base_run(tmp_path / str(collected), 1, collected)
+        flags = sweep.online_overrides(base, rl, horizon=10, chunk=5)
+        assert flags[:2] == expected and "--config.rl.vine_window=0" in flags, flags
+        assert "--config.rl.critic_warmup_iterations=0" in flags
+
+
 def test_sweep_default_variants_skip_the_base_runs_view_decoding(tmp_path, monkeypatch):
     base, row = _finished_base_run(tmp_path, 1, 1)
     ran = []

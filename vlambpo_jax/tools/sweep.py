@@ -8,7 +8,8 @@ DIR/variants/<name>/, in which the stages it shares with the base run are symlin
 again with the variant's overrides (and the --config.KEY=VALUE overrides given here, which every
 variant gets; where both set a key, the variant's wins); then its policy (MBPO's, or the baseline
 stage's) is evaluated. Variants:
-  online_ppo   PPO in the simulator with the same number of real env steps as the collect stage used
+  online_ppo   PPO in the simulator from fresh episodes, at most as many real env steps as the collect
+               stage used (online_overrides)
   branch_1, branch_4, branch_full   branch length n (the base run is n = config.rl.branch_chunks)
   branch_auto  the adaptive branch length (rl/branch_length.py; its simulator steps are counted)
   ivd, no_ivd  world model with interleaved / independent view decoding (retrains the world model);
@@ -74,11 +75,21 @@ def _summary(workdir: Path, stage: str) -> dict:
     return json.loads((workdir / stage / pipeline.DONE_FILE).read_text())["summary"]
 
 
-def online_iterations(base: Path, num_branches: int, horizon: int, chunk: int) -> int:
-    """Online-PPO iterations whose real env steps match the collect stage's (horizon: chunks per
-    episode)."""
+def online_overrides(base: Path, rl, horizon: int, chunk: int) -> list[str]:
+    """Online PPO's flags for a real budget of the collect stage's env steps, each fresh episode counted
+    at its full horizon (chunks): as many iterations of rl.num_branches episodes as fit, or where one
+    does not, one iteration of as many groups of rl.group_size episodes as fit. Vine advantages explore
+    any chunk of a fresh episode (vine_window 0, to the episode's end); no refill trains the critic alone."""
     budget = int(_summary(base, "collect")["env_steps"])
-    return max(1, budget // (num_branches * horizon * chunk))
+    per_episode, branches, group = horizon * chunk, int(rl.num_branches), int(rl.group_size)
+    if branches * per_episode > budget:
+        branches = max(group, budget // per_episode // group * group)
+    flags = [f"--config.rl.num_branches={branches}",
+             f"--config.rl.iterations={max(1, budget // (branches * per_episode))}",
+             "--config.rl.critic_warmup_iterations=0"]
+    if rl.advantage == "vine":
+        flags += ["--config.rl.vine_window=0", "--config.rl.vine_horizon=0"]
+    return flags
 
 
 def run_variant(name: str, config_spec: str, config, base: Path, extra: list[str]) -> dict:
@@ -93,8 +104,7 @@ def run_variant(name: str, config_spec: str, config, base: Path, extra: list[str
         if not link.exists():
             os.symlink(base / stage, link)
     if name == "online_ppo":
-        iters = online_iterations(base, config.rl.num_branches, horizon_chunks(config), config.chunk_size)
-        overrides.append(f"--config.rl.iterations={iters}")
+        overrides += online_overrides(base, config.rl, horizon_chunks(config), config.chunk_size)
     cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={config_spec}", f"--workdir={out}",
            "--stages=" + ",".join(stages), f"--config.eval.policies=('{policy}',)",
            *extra, *overrides]   # the variant's own overrides win over the sweep's
