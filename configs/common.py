@@ -286,6 +286,9 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
         critic's value of a predicted view to what really followed it: the world model's prediction of
         a collected chunk boundary's next boundary under the logged chunk, valued toward the critic's
         value of the real next frame (extra critic-only rows of the PPO buffer; 0 = off);
+      value_anchor_target: what the anchor values a predicted view toward: 'critic' (the critic's value
+        of the real frame) | 'return' (the discounted return that really followed the real frame, the
+        collecting policy's);
       group_size: branches per start state (num_branches must be a multiple; > 1 also logs the
       exploration metrics: mixed_groups and the within-group action spread).
     gamma, gae_lambda, gae_variant ('paper' Eq. 4 | 'code' the authors' per-chunk form),
@@ -304,7 +307,8 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
         iterations=30, epochs=4, critic_warmup_epochs=1, critic_warmup_iterations=0, target_kl=0.0,
         recompute_values=True,
         minibatch_size=128,
-        advantage="gae", advantage_bootstrap=True, bootstrap_model="critic", value_anchor=0, group_size=1,
+        advantage="gae", advantage_bootstrap=True, bootstrap_model="critic", value_anchor=0,
+        value_anchor_target="critic", group_size=1,
         vine_window=1, vine_horizon=0,
         gamma=0.99, gae_lambda=0.95, gae_variant="paper", normalize_advantages=True,
         clip=0.1, clip_negative=0.1, value_clip=0.5, huber_delta=10.0, value_coef=1.0,

@@ -149,6 +149,11 @@ def test_value_anchor_pairs_each_chunk_boundary_with_the_real_frame_a_chunk_late
     np.testing.assert_array_equal(pairs["real"]["images"], np.stack([ep["images"][t + k] for ep, t in expected]))
     tokens, _ = tokenizer.encode_batch([str(ep["instruction"][t]) for ep, t in expected], config.data.max_text_len)
     np.testing.assert_array_equal(pairs["real"]["tokens"], tokens)
+    # the return that followed frame t + k: 1 on the last of the episode's remaining steps, gamma per step
+    gamma = config.rl.gamma
+    by_hand = [bool(ep["success"]) * gamma ** (ep["length"] - 1 - (t + k) - 1) for ep, t in expected]
+    np.testing.assert_allclose(pairs["returns"], by_hand, rtol=1e-6)
+    assert any(by_hand) and set(np.round(pairs["returns"], 6)) != {1.0}
 
 
 def test_the_value_anchor_joins_the_critics_rows_and_logs_its_gap():
@@ -159,7 +164,7 @@ def test_the_value_anchor_joins_the_critics_rows_and_logs_its_gap():
     obs = lambda: {"images": rng.integers(0, 255, (5, 2, config.image_size, config.image_size, 3), np.uint8),  # noqa: E731
                    "tokens": np.ones((5, config.data.max_text_len), np.int32),
                    "token_mask": np.ones((5, config.data.max_text_len), bool)}
-    anchor = {"predicted": obs(), "real": obs()}
+    anchor = {"predicted": obs(), "real": obs(), "returns": rng.uniform(0, 1, 5).astype(np.float32)}
     idx = np.random.default_rng([3, 0, 0xA7]).integers(0, 5, 16)
     gap = policy.value(params, jax.tree.map(lambda x: x[idx], anchor["predicted"])) - policy.value(
         params, jax.tree.map(lambda x: x[idx], anchor["real"]))
@@ -174,3 +179,6 @@ def test_the_value_anchor_joins_the_critics_rows_and_logs_its_gap():
                                    num_chunks=2, seed=3, optimizer=optimizer, anchor=anchor)
     _, metrics = anchored(fresh(), 0)
     assert float(metrics["anchor_gap"]) == pytest.approx(float(jnp.mean(gap)), abs=1e-5)
+    v_predicted = policy.value(params, jax.tree.map(lambda x: x[idx], anchor["predicted"]))
+    assert float(metrics["anchor_return_gap"]) == pytest.approx(
+        float(jnp.mean(v_predicted - anchor["returns"][idx])), abs=1e-5)

@@ -201,6 +201,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.reward_model", _one_of("wm", "classifier")),
     ("rl.bootstrap_model", _one_of("critic", "classifier")),
     ("rl.value_anchor", _int_range(0)),
+    ("rl.value_anchor_target", _one_of("critic", "return")),
     ("reward.value", _bool),
     ("reward.members", _int_range(1)),
     ("reward.aggregate", _one_of("min", "mean")),

@@ -53,11 +53,13 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
     DataParallel `dp` (and the PPO state placed by it), branches are split over the mesh and the update
     epochs keep the state's shardings. bootstrap_fn(final world state) -> f32[B]: a fixed value of the
     branches' last states in place of the critic's (rl.bootstrap_model='classifier'), in the
-    advantages and the critic's targets alike. anchor {'predicted': obs [N, ...], 'real': obs [N, ...]}
-    (rl.value_anchor > 0): the policy's observations of N world-model predictions and of the real
-    frames they predict; each iteration rl.value_anchor of them join the buffer as critic-only rows,
-    the predicted view valued toward the critic's value of the real one at the refill (logged as
-    anchor_gap: the critic's mean excess value on the predicted views before the update).
+    advantages and the critic's targets alike. anchor {'predicted': obs [N, ...], 'real': obs [N, ...],
+    'returns': f32[N]} (rl.value_anchor > 0): the policy's observations of N world-model predictions and
+    of the real frames they predict, and the returns that really followed those; each iteration
+    rl.value_anchor of them join the buffer as critic-only rows, the predicted view valued toward the
+    critic's value of the real one at the refill (rl.value_anchor_target='critic') or toward the real
+    return ('return'). Logged: anchor_gap and anchor_return_gap, the critic's mean excess value on the
+    predicted views over each, before the update.
     """
     roll_kw = ({} if dp is None or state_shardings is None else
                dict(in_shardings=(state_shardings.params, dp.batch_sharding, sharding.replicated(dp.mesh))))
@@ -97,8 +99,11 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
             idx = np.random.default_rng([seed, i, 0xA7]).integers(0, n, int(rl.value_anchor))
             predicted = jax.tree.map(lambda x: jnp.asarray(x[idx]), anchor["predicted"])
             v_predicted, v_real = value_pairs(state.params, predicted, jax.tree.map(lambda x: x[idx], anchor["real"]))
-            anchored = lambda b: ppo.with_value_rows(b, predicted, v_real, v_predicted)  # noqa: E731
-            anchor_metrics = {"anchor_gap": jnp.mean(v_predicted - v_real)}
+            real_return = jnp.asarray(anchor["returns"][idx])
+            target = real_return if rl.value_anchor_target == "return" else v_real
+            anchored = lambda b: ppo.with_value_rows(b, predicted, target, v_predicted)  # noqa: E731
+            anchor_metrics = {"anchor_gap": jnp.mean(v_predicted - v_real),
+                              "anchor_return_gap": jnp.mean(v_predicted - real_return)}
         buffer = anchored(buffer_fn(traj, values, bootstrap))
         # how well the critic that sampled the branches predicted their returns (on the chunks it
         # valued: vine's deterministic chunks store no value)

@@ -141,8 +141,9 @@ def value_bootstrap(ctx, world):
 def value_anchor_pairs(ctx, tokenizer, wm, wm_params, batch_size: int = 128) -> dict:
     """rl.value_anchor: at every chunk boundary t of the collected rollouts whose next boundary t + k
     is not its episode's last frame, the policy's observations of the world model's prediction of
-    frame t + k under the logged chunk and of the real frame t + k.
-    -> {'predicted': obs, 'real': obs}, each {images uint8[N, V, H, W, 3], tokens, token_mask}."""
+    frame t + k under the logged chunk and of the real frame t + k, and the discounted return that really
+    followed frame t + k (the collecting policy's, discounted as config.rl.gae_variant discounts).
+    -> {'predicted': obs, 'real': obs, 'returns': f32[N]}, obs {images uint8[N, V, H, W, 3], tokens, token_mask}."""
     config = ctx.config
     source = wm_common.collected_data(ctx)
     if not source:
@@ -156,18 +157,28 @@ def value_anchor_pairs(ctx, tokenizer, wm, wm_params, batch_size: int = 128) -> 
                         f"{k} steps past a chunk boundary; set rl.value_anchor=0")
     wm_tokenizer = load_wm_tokenizer(config.wm)
     predict = jax.jit(wm.predict)
-    predicted, real = [], []
+    predicted, real, returns = [], [], []
     for i in range(0, len(samples), batch_size):
         b = wm_common.transition_batch(samples[i:i + batch_size], data_config, stats, wm_tokenizer)
         key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 0xA7), i)
         predicted.append(np.asarray(predict(wm_params, b["images"], b["tokens"], b["token_mask"], b["actions"], key)))
         real.append(b["next_images"])
+        returns.append(real_return(b["episode_success"], np.asarray(b["steps_to_end"]) - k, k, config.rl))
         print(f"[mbpo] value anchor: {min(i + batch_size, len(samples))}/{len(samples)} views predicted", flush=True)
     tokens, token_mask = tokenizer.encode_batch([str(ep["instruction"][t]) for ep, t in samples],
                                                 int(config.data.max_text_len))
     text = {"tokens": np.asarray(tokens), "token_mask": np.asarray(token_mask)}
     return {"predicted": {"images": np.concatenate(predicted), **text},
-            "real": {"images": np.concatenate(real), **text}}
+            "real": {"images": np.concatenate(real), **text}, "returns": np.concatenate(returns)}
+
+
+def real_return(success, frames_to_end, k: int, rl) -> np.ndarray:
+    """The discounted return from a frame frames_to_end int[N] frames before its episode's last one,
+    whose last step earns 1 where the episode succeeded: gamma per step ('paper') or per chunk of k
+    steps ('code'), as rl/gae.chunk_rewards_and_discount discounts. -> f32[N]"""
+    steps = np.maximum(np.asarray(frames_to_end) - 1, 0)   # the steps before the rewarded one
+    exponent = steps if rl.gae_variant == "paper" else steps // k
+    return (np.asarray(success, bool) * float(rl.gamma) ** exponent).astype(np.float32)
 
 
 def adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params) -> dict:
