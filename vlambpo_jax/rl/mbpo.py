@@ -77,6 +77,8 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
     buffer_fn = jax.jit(lambda traj, v, b: ppo.make_buffer(traj, v, b, rl))
     value_pairs = jax.jit(lambda p, predicted, real: (policy.value(p, predicted), policy.value(p, real)))
     use_anchor = anchor is not None and int(rl.value_anchor) > 0
+    if use_anchor:   # on the device once; each iteration gathers its rows there
+        anchor = jax.tree.map(jnp.asarray, anchor)
 
     def iteration(state: ppo.PPOState, i: int):
         key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
@@ -97,9 +99,9 @@ def make_iteration(policy, rl, world, world_params, start_fn, num_chunks: int, s
         if use_anchor:
             n = len(jax.tree.leaves(anchor["real"])[0])
             idx = np.random.default_rng([seed, i, 0xA7]).integers(0, n, int(rl.value_anchor))
-            predicted = jax.tree.map(lambda x: jnp.asarray(x[idx]), anchor["predicted"])
+            predicted = jax.tree.map(lambda x: x[idx], anchor["predicted"])
             v_predicted, v_real = value_pairs(state.params, predicted, jax.tree.map(lambda x: x[idx], anchor["real"]))
-            real_return = jnp.asarray(anchor["returns"][idx])
+            real_return = anchor["returns"][idx]
             target = real_return if rl.value_anchor_target == "return" else v_real
             anchored = lambda b: ppo.with_value_rows(b, predicted, target, v_predicted)  # noqa: E731
             anchor_metrics = {"anchor_gap": jnp.mean(v_predicted - v_real),

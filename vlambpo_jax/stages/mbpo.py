@@ -155,16 +155,12 @@ def value_anchor_pairs(ctx, tokenizer, wm, wm_params, batch_size: int = 128) -> 
     if not samples:
         raise UserError(f"rl.value_anchor: no episode of {source} runs more than one chunk of "
                         f"{k} steps past a chunk boundary; set rl.value_anchor=0")
-    wm_tokenizer = load_wm_tokenizer(config.wm)
-    predict = jax.jit(wm.predict)
     predicted, real, returns = [], [], []
-    for i in range(0, len(samples), batch_size):
-        b = wm_common.transition_batch(samples[i:i + batch_size], data_config, stats, wm_tokenizer)
-        key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 0xA7), i)
-        predicted.append(np.asarray(predict(wm_params, b["images"], b["tokens"], b["token_mask"], b["actions"], key)))
+    for b, views in wm_common.predicted_transitions(data_config, wm, wm_params, samples, stats,
+                                                    int(config.seed) + 0xA7, batch_size, "mbpo value anchor"):
+        predicted.append(views)
         real.append(b["next_images"])
         returns.append(real_return(b["episode_success"], np.asarray(b["steps_to_end"]) - k, k, config.rl))
-        print(f"[mbpo] value anchor: {min(i + batch_size, len(samples))}/{len(samples)} views predicted", flush=True)
     tokens, token_mask = tokenizer.encode_batch([str(ep["instruction"][t]) for ep, t in samples],
                                                 int(config.data.max_text_len))
     text = {"tokens": np.asarray(tokens), "token_mask": np.asarray(token_mask)}

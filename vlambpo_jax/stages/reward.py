@@ -94,18 +94,13 @@ def predicted_frames(config, wm, params, episodes, stats, limit: int, seed: int,
             groups[near].append((ep, t))
     rest = groups[False]
     picks = (groups[True] + [rest[i] for i in np.random.default_rng(seed).permutation(len(rest))])[:limit]
-    predict = jax.jit(wm.predict)
-    tokenizer = load_wm_tokenizer(config.wm)
     out = {key: [] for key in KEYS}
-    for i in range(0, len(picks), batch_size):
-        b = wm_common.transition_batch(picks[i:i + batch_size], config, stats, tokenizer)
-        key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-        out["images"].append(np.asarray(predict(params, b["images"], b["tokens"], b["token_mask"], b["actions"], key)))
+    for b, predicted in wm_common.predicted_transitions(config, wm, params, picks, stats, seed, batch_size, "reward"):
+        out["images"].append(predicted)
         out["tokens"].append(b["tokens"])
         out["token_mask"].append(b["token_mask"])
         success = np.asarray(b["episode_success"], bool)
         out["yes"].append(success & (np.asarray(b["steps_to_end"]) <= k) if label == "chunk" else success)
-        print(f"[reward] predicted {min(i + batch_size, len(picks))}/{len(picks)} views", flush=True)
     return {key: np.concatenate(v) for key, v in out.items()}
 
 

@@ -180,6 +180,19 @@ def transition_batch(samples, config, stats, tokenizer) -> dict:
             "state": state, "next_state": next_state.astype(np.float32)}
 
 
+def predicted_transitions(config, wm, params, samples, stats, seed: int, batch_size: int, name: str):
+    """Yields, per batch of batch_size samples [(episode, t)], (their transition_batch, the world
+    model's prediction of the views of frame t + k under the chunk at t, uint8[B, V, H, W, 3]), each
+    batch keyed by its offset in samples; prints progress as `[name]`."""
+    predict = jax.jit(wm.predict)
+    tokenizer = load_wm_tokenizer(config.wm)
+    for i in range(0, len(samples), batch_size):
+        b = transition_batch(samples[i:i + batch_size], config, stats, tokenizer)
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+        yield b, np.asarray(predict(params, b["images"], b["tokens"], b["token_mask"], b["actions"], key))
+        print(f"[{name}] predicted {min(i + batch_size, len(samples))}/{len(samples)} views", flush=True)
+
+
 def open_data(ctx, builder_dir: str, batch_size: int, seed: int, stats=None, reward_data=(), extra_data=()):
     """-> (train batch_fn, held-out batches list, NormStats). With config.wm.reward_batch_size > 0
     every batch also carries that many balanced reward examples (RewardExamples) drawn from the
