@@ -108,6 +108,16 @@ def test_pair_differences_by_hand():
     assert np.isnan(wm_agreement.pair_differences(pred, np.zeros_like(real), 2)[0]).all()
 
 
+def _real_frames_model(env, key, num_states):
+    """A 'world model' that steps its own copy of the simulator from open_loop_drift's initial states."""
+    state = [jax.vmap(env.reset)(jax.random.split(jax.random.fold_in(key, 0), num_states))]
+
+    def predict_fn(images, ids, actions, k):
+        state[0] = jax.vmap(env.step_chunk)(state[0], actions)[0]
+        return state[0].obs["images"]
+    return predict_fn
+
+
 def test_open_loop_drift_of_a_copy_model_is_copying():
     config = tabletop.get_config("smoke")
     env = make_env(config)
@@ -126,7 +136,16 @@ def test_open_loop_drift_of_a_copy_model_is_copying():
     for v in range(2):
         assert len(m[f"drift_imagined_view{v}"]) == 2
         assert m[f"drift_imagined_view{v}"] == m[f"drift_copy_view{v}"]
+        assert m[f"drift_imagined_vs_real_view{v}"] == m[f"drift_copy_vs_real_view{v}"]
     assert m["drift_real_view1"] != m["drift_copy_view1"]   # the wrist camera moved with the gripper
+    assert min(m["drift_copy_vs_real_view1"]) > 0
+    # a model that shows the real frames reads as the real views do: no distance to them
+    key = jax.random.PRNGKey(0)
+    real_model = wm_agreement.open_loop_drift(env, sample_fn, _real_frames_model(env, key, 2), read_fn, key,
+                                              num_states=2, num_chunks=2)
+    for v in range(2):
+        np.testing.assert_allclose(real_model[f"drift_imagined_vs_real_view{v}"], 0.0, atol=1e-6)
+        np.testing.assert_allclose(real_model[f"drift_imagined_view{v}"], real_model[f"drift_real_view{v}"], rtol=1e-6)
 
 
 @flax.struct.dataclass

@@ -224,8 +224,10 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
     probe reads the end-effector xyz from the imagined views, the real views and the first frame.
 
     sample_fn, predict_fn as in `measure`; read_fn(images uint8[B, V, H, W, 3]) -> state readings
-    f32[B, V, D] (xyz in state_probe.POS_DIMS). -> {drift_<source>_view<v>: mean xyz error (m) after
-    chunks 1..num_chunks, one list per source (imagined | real | copy) and view}."""
+    f32[B, V, D] (xyz in state_probe.POS_DIMS). -> {drift_<source>_view<v>: mean xyz error (m) against
+    the simulator's end effector after chunks 1..num_chunks, one list per source (imagined | real |
+    copy) and view; drift_<source>_vs_real_view<v> (imagined | copy): the mean distance between that
+    source's reading and the real view's, where the probe's own error on real frames cancels}."""
     states = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.fold_in(key, 0), num_states))
     step_chunk = jax.jit(jax.vmap(env.step_chunk))
     first = imagined = states.obs["images"]
@@ -238,20 +240,25 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
         imagined = predict_fn(imagined, ids, actions, jax.random.fold_in(ckey, 1))
         states, _, _ = step_chunk(states, actions)
         truth = np.asarray(states.obs["state"])[:, None, pos]                    # [B, 1, 3]
-        for source, images in (("imagined", imagined), ("real", states.obs["images"]), ("copy", first)):
-            err = np.linalg.norm(np.asarray(read_fn(images))[..., pos] - truth, axis=-1).mean(0)  # [V]
-            for v, e in enumerate(err):
-                errs.setdefault(f"drift_{source}_view{v}", []).append(float(e))
+        readings = {source: np.asarray(read_fn(images))[..., pos]               # [B, V, 3]
+                    for source, images in (("imagined", imagined), ("real", states.obs["images"]), ("copy", first))}
+        for source, reading in readings.items():
+            against = [("", truth)] + ([("_vs_real", readings["real"])] if source != "real" else [])
+            for suffix, target in against:
+                for v, e in enumerate(np.linalg.norm(reading - target, axis=-1).mean(0)):
+                    errs.setdefault(f"drift_{source}{suffix}_view{v}", []).append(float(e))
     return errs
 
 
 def run_check(config, policy, params, tokenizer, wm, wm_params, threshold: float, key: jax.Array, num_states: int,
-              samples_per_state: int, num_chunks: int, probe: dict | None = None, value=None) -> dict:
+              samples_per_state: int, num_chunks: int, probe: dict | None = None, value=None,
+              ranking: bool = True) -> dict:
     """`measure` with a policy (models/policy.Policy) and a world model (models/world_model, or one
     whose reward is a separate classifier) whose success is p > threshold; with a state probe also
     `open_loop_drift` from as many states over as many chunks; with value, the value check too:
     value 'critic' reads the policy's own value head, (SuccessClassifier, params) the classifier's
-    P(success) with the world model's tokens of the instruction."""
+    P(success) with the world model's tokens of the instruction. ranking=False skips `measure` (the
+    drift alone)."""
     env = make_env(config)
     texts = list(env.instructions)
     tok, tmask = map(jnp.asarray, tokenizer.encode_batch(texts, config.data.max_text_len))
@@ -275,9 +282,12 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, threshold: float
     elif value is not None:
         value_prob = jax.jit(value[0].probability)
         value_fn = lambda images, ids: value_prob(value[1], images, wtok[ids], wmask[ids])  # noqa: E731
-    metrics = measure(env, sample_fn, predict_fn, lambda images, ids: reward(wm_params, images, wtok[ids], wmask[ids]),
-                      key, num_states, samples_per_state, num_chunks, threshold=threshold, value_fn=value_fn,
-                      max_chunks=horizon_chunks(config))
+    metrics = {}
+    if ranking:
+        metrics = measure(env, sample_fn, predict_fn, lambda images, ids: reward(wm_params, images, wtok[ids],
+                                                                                 wmask[ids]),
+                          key, num_states, samples_per_state, num_chunks, threshold=threshold, value_fn=value_fn,
+                          max_chunks=horizon_chunks(config))
     if probe is not None:
         metrics.update(open_loop_drift(env, sample_fn, predict_fn, lambda images: state_probe.read_jit(probe, images),
                                        jax.random.fold_in(key, 99), num_states, num_chunks))

@@ -198,13 +198,15 @@ def drift_lines(m: dict, views: tuple[str, ...]) -> list[str]:
         return []
     chunks = len(m["drift_imagined_view0"])
     cm = lambda xs: " | ".join(f"{100 * x:.1f}" for x in xs)  # noqa: E731
-    return ["", "Open-loop drift: the probe's end-effector xyz error (cm) against the simulator after "
-            "each chunk, the world model driven by the policy's chunks from the first frame:", "",
+    return ["", "Open-loop drift: the probe's end-effector xyz error (cm) after each chunk, the world model "
+            "driven by the policy's chunks from the first frame, against the simulator and against the probe's "
+            "reading of the real view (where the probe's own error cancels):", "",
             "| view, read from | " + " | ".join(f"chunk {c + 1}" for c in range(chunks)) + " |",
             "|---|" + "---|" * chunks,
             *[f"| {view}, {name} | {cm(m[f'drift_{src}_view{v}'])} |" for v, view in enumerate(views)
               for name, src in (("imagined", "imagined"), ("first frame (copy)", "copy"),
-                                ("real (probe floor)", "real"))]]
+                                ("real (probe floor)", "real"), ("imagined vs real view", "imagined_vs_real"),
+                                ("copy vs real view", "copy_vs_real"))]]
 
 
 def imagined_vs_logged(ctx, num_videos: int, num_chunks: int, upscale: int = 4) -> tuple[list[str], list[str]]:

@@ -5,11 +5,13 @@ policy and fine-tuned world model, with more samples than the report stage draws
 
   python -m vlambpo_jax.tools.wm_agreement --config=configs/tabletop.py --workdir=DIR
       [--states=64 --samples=8 --chunks=4] [--policy=STAGE] [--value=classifier|critic] [--probe_steps=N]
-      [--config.KEY=VALUE ...] [--out=FILE]
+      [--drift_only] [--config.KEY=VALUE ...] [--out=FILE]
 
 --value adds the value check (each chunk's real next state played to the episode's end), of the
 value classifier or of the acting policy's critic;
---probe_steps=N reads the drift with a fresh probe fitted on every collected real frame. Prints the metrics as JSON.
+--probe_steps=N reads the drift with a fresh probe fitted on every collected real frame;
+--drift_only skips the ranking checks (the drift from --states fresh episodes over --chunks chunks).
+Prints the metrics as JSON.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ def _define(fv: flags.FlagValues) -> None:
                       "policy's own critic", flag_values=fv)
     flags.DEFINE_integer("probe_steps", 0, "the drift check's probe: 0 = the wm_finetune stage's; N = a fresh "
                          "one fitted for N steps on every real frame of the collected rollouts", flag_values=fv)
+    flags.DEFINE_bool("drift_only", False, "only the open-loop drift (needs a probe), not the reward's ranking",
+                      flag_values=fv)
     flags.DEFINE_string("out", "", "also write the JSON here", flag_values=fv)
 
 
@@ -47,10 +51,12 @@ def main(argv: list[str]) -> int:
         value = common.load_value_classifier(ctx) if fv.value == "classifier" else (fv.value or None)
         probe, probe_info = ((wm_common.fit_probe_on_rollouts(ctx, fv.probe_steps)) if fv.probe_steps
                              else (common.load_state_probe(ctx), {"probe": "wm_finetune"}))
+        if fv.drift_only and probe is None:
+            raise UserError(f"--drift_only needs a probe: {fv.workdir} has no wm_finetune probe; pass --probe_steps=N")
     except UserError as e:
         cli.fail(str(e))
     metrics = wm_agreement.run_check(config, *models, jax.random.PRNGKey(int(config.seed) + 778),
-                                     fv.states, fv.samples, fv.chunks, probe, value)
+                                     fv.states, fv.samples, fv.chunks, probe, value, ranking=not fv.drift_only)
     metrics["probe"] = probe_info
     text = wm_agreement.to_json(metrics)
     cli.emit_json(text, fv.out)
