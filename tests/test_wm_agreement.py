@@ -142,8 +142,9 @@ def test_open_loop_drift_of_a_copy_model_is_copying():
     # a model that shows the real frames reads as the real views do: no distance to them
     key = jax.random.PRNGKey(0)
     real_model = wm_agreement.open_loop_drift(env, sample_fn, _real_frames_model(env, key, 2), read_fn, key,
-                                              num_states=2, num_chunks=2)
+                                              num_states=2, num_chunks=2, exact_fn=lambda views, real: real)
     for v in range(2):
+        assert real_model[f"drift_exact_view{v}"] == real_model[f"drift_real_view{v}"]
         np.testing.assert_allclose(real_model[f"drift_imagined_vs_real_view{v}"], 0.0, atol=1e-6)
         np.testing.assert_allclose(real_model[f"drift_imagined_view{v}"], real_model[f"drift_real_view{v}"], rtol=1e-6)
 

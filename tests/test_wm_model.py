@@ -125,6 +125,24 @@ def test_predict_delta_zero_change_reproduces_the_current_frame(monkeypatch, del
         assert np.abs(out[True][1].astype(int) - tr["images"]).max() > 10
 
 
+def test_exact_latent_next_is_the_decoding_of_the_true_next_latents():
+    """With delta_pixels an unchanged frame comes back exactly; predicting latents directly, the exact
+    next latents decode to the VAE's reconstruction of the next frame."""
+    tr = transition()
+    flat = lambda x: x.reshape((4, 32, 32, 3))  # noqa: E731
+    for delta_pixels in (True, False):
+        wm = WorldModel(tiny_config(predict_delta=True, delta_pixels=delta_pixels))
+        params = wm.init(jax.random.key(0))
+        same = np.asarray(wm.exact_latent_next(params, tr["images"], tr["images"]))
+        moved = np.asarray(wm.exact_latent_next(params, tr["images"], tr["next_images"]))
+        recon = np.asarray(wm.decode_latents(params, wm.encode_latents(params, flat(tr["next_images"]))))
+        if delta_pixels:
+            np.testing.assert_array_equal(same, tr["images"])
+            assert np.abs(moved.astype(int) - tr["images"]).max() > 10
+        else:
+            np.testing.assert_array_equal(flat(moved), recon)
+
+
 @pytest.mark.parametrize("predict_delta", [True, False])
 def test_tiny_wm_overfits_one_transition(predict_delta):
     wm = WorldModel(tiny_config(view_decoding="interleaved", action_encoding="continuous",

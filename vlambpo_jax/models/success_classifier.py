@@ -178,6 +178,9 @@ class ClassifiedWorldModel:
             raise ValueError("no world model loaded: this reward-only model cannot predict views")
         return self.wm.predict(params["wm"], images, tokens, token_mask, actions, key)
 
+    def exact_latent_next(self, params, images, next_images):
+        return self.wm.exact_latent_next(params["wm"], images, next_images)
+
     def reward(self, params, images, tokens, token_mask):
         return self.classifier.probability(params["classifier"], images, tokens, token_mask)
 

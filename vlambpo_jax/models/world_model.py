@@ -355,6 +355,15 @@ class WorldModel:
         nxt, cur = jnp.split(both, 2, axis=0)
         return to_uint8(to_float(images) + nxt - cur)
 
+    def exact_latent_next(self, params, images, next_images):
+        """The views this model would show if its latent prediction were exact: next_images' VAE
+        latents decoded as `predict` decodes its own (decode_next from images). images, next_images
+        uint8[B, V, H, W, 3] -> uint8[B, V, H, W, 3]; the ceiling its VAE and decoding put on it."""
+        flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+        cur, nxt = flat(images), flat(next_images)
+        out = self.decode_next(params, self.encode_latents(params, nxt), self.encode_latents(params, cur), cur)
+        return out.reshape(images.shape)
+
     def delta_scales(self, nviews: int):
         """float32[V]: the per-view factor the latent change is divided by (1 where predict_delta is off)."""
         s = self.spec

@@ -218,7 +218,7 @@ def pair_differences(predicted: np.ndarray, real: np.ndarray, a: int) -> tuple[n
 
 
 def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Callable, key: jax.Array,
-                    num_states: int, num_chunks: int) -> dict:
+                    num_states: int, num_chunks: int, exact_fn: Callable | None = None) -> dict:
     """From `num_states` fresh episodes the policy's deterministic chunks step the simulator, and the
     world model is driven open-loop by the same chunks from the first frame. After each chunk the
     probe reads the end-effector xyz from the imagined views, the real views and the first frame.
@@ -227,10 +227,13 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
     f32[B, V, D] (xyz in state_probe.POS_DIMS). -> {drift_<source>_view<v>: mean xyz error (m) against
     the simulator's end effector after chunks 1..num_chunks, one list per source (imagined | real |
     copy) and view; drift_<source>_vs_real_view<v> (imagined | copy): the mean distance between that
-    source's reading and the real view's, where the probe's own error on real frames cancels}."""
+    source's reading and the real view's, where the probe's own error on real frames cancels}.
+    exact_fn(views, real next views) -> views, the world model's decoding of the exact next latents,
+    adds the source 'exact': a chain of such steps from the first frame, the ceiling that the model's
+    VAE and decoding put on its drift."""
     states = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.fold_in(key, 0), num_states))
     step_chunk = jax.jit(jax.vmap(env.step_chunk))
-    first = imagined = states.obs["images"]
+    first = imagined = exact = states.obs["images"]
     ids = states.obs["instruction_id"]
     pos = list(state_probe.POS_DIMS)
     errs: dict[str, list] = {}
@@ -240,8 +243,11 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
         imagined = predict_fn(imagined, ids, actions, jax.random.fold_in(ckey, 1))
         states, _, _ = step_chunk(states, actions)
         truth = np.asarray(states.obs["state"])[:, None, pos]                    # [B, 1, 3]
-        readings = {source: np.asarray(read_fn(images))[..., pos]               # [B, V, 3]
-                    for source, images in (("imagined", imagined), ("real", states.obs["images"]), ("copy", first))}
+        sources = [("imagined", imagined), ("real", states.obs["images"]), ("copy", first)]
+        if exact_fn is not None:
+            exact = exact_fn(exact, states.obs["images"])
+            sources.append(("exact", exact))
+        readings = {source: np.asarray(read_fn(images))[..., pos] for source, images in sources}   # [B, V, 3]
         for source, reading in readings.items():
             against = [("", truth)] + ([("_vs_real", readings["real"])] if source != "real" else [])
             for suffix, target in against:
@@ -289,6 +295,8 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, threshold: float
                           key, num_states, samples_per_state, num_chunks, threshold=threshold, value_fn=value_fn,
                           max_chunks=horizon_chunks(config))
     if probe is not None:
+        exact = jax.jit(wm.exact_latent_next)
         metrics.update(open_loop_drift(env, sample_fn, predict_fn, lambda images: state_probe.read_jit(probe, images),
-                                       jax.random.fold_in(key, 99), num_states, num_chunks))
+                                       jax.random.fold_in(key, 99), num_states, num_chunks,
+                                       exact_fn=lambda images, real: exact(wm_params, images, real)))
     return metrics

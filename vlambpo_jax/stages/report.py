@@ -197,6 +197,9 @@ def drift_lines(m: dict, views: tuple[str, ...]) -> list[str]:
     if "drift_imagined_view0" not in m:
         return []
     chunks = len(m["drift_imagined_view0"])
+    sources = [("imagined", "imagined"), ("first frame (copy)", "copy"), ("real (probe floor)", "real"),
+               ("exact next latents (VAE ceiling)", "exact"), ("imagined vs real view", "imagined_vs_real"),
+               ("copy vs real view", "copy_vs_real"), ("exact latents vs real view", "exact_vs_real")]
     cm = lambda xs: " | ".join(f"{100 * x:.1f}" for x in xs)  # noqa: E731
     return ["", "Open-loop drift: the probe's end-effector xyz error (cm) after each chunk, the world model "
             "driven by the policy's chunks from the first frame, against the simulator and against the probe's "
@@ -204,9 +207,7 @@ def drift_lines(m: dict, views: tuple[str, ...]) -> list[str]:
             "| view, read from | " + " | ".join(f"chunk {c + 1}" for c in range(chunks)) + " |",
             "|---|" + "---|" * chunks,
             *[f"| {view}, {name} | {cm(m[f'drift_{src}_view{v}'])} |" for v, view in enumerate(views)
-              for name, src in (("imagined", "imagined"), ("first frame (copy)", "copy"),
-                                ("real (probe floor)", "real"), ("imagined vs real view", "imagined_vs_real"),
-                                ("copy vs real view", "copy_vs_real"))]]
+              for name, src in sources if f"drift_{src}_view{v}" in m]]
 
 
 def imagined_vs_logged(ctx, num_videos: int, num_chunks: int, upscale: int = 4) -> tuple[list[str], list[str]]:
