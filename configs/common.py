@@ -282,10 +282,11 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
         'classifier' (the `reward` stage's value classifier, config.reward.value: the SFT policy's
         value learned against what really followed, on real and predicted views, and never trained by
         the policy it scores: the guard against a critic exploited on predicted views);
-      value_anchor: with the learned world model (rl.world='model'), pairs per iteration that tie the
-        critic's value of a predicted view to what really followed it: the world model's prediction of
-        a collected chunk boundary's next boundary under the logged chunk, valued toward the critic's
-        value of the real next frame (extra critic-only rows of the PPO buffer; 0 = off);
+      value_anchor: with the learned world model's views (rl.world='model', reward_from '' or 'sim'),
+        pairs per iteration that tie the critic's value of a predicted view to what really followed
+        it: the world model's prediction of a collected chunk boundary's next boundary under the logged
+        chunk, valued toward the critic's value of the real next frame (extra critic-only rows of the
+        PPO buffer; 0 = off);
       value_anchor_target: what the anchor values a predicted view toward: 'critic' (the critic's value
         of the real frame) | 'return' (the discounted return that really followed the real frame, the
         collecting policy's);

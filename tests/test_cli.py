@@ -117,7 +117,9 @@ def test_the_value_anchor_needs_the_learned_world_model():
     c = tabletop.get_config("smoke")
     c.rl.value_anchor = 8
     validate(c)
-    for world, reward_from in (("sim_roots", ""), ("sim", ""), ("model", "sim")):
+    c.rl.reward_from = "sim"   # the simulator's success on the predicted views: still the model's views
+    validate(c)
+    for world, reward_from in (("sim_roots", ""), ("sim", ""), ("sim_roots", "model")):
         c.rl.world, c.rl.reward_from = world, reward_from
         with pytest.raises(ConfigError, match="rl.value_anchor=8: ties the critic"):
             validate(c)

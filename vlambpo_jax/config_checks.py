@@ -455,9 +455,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if layer is not _MISSING and depth is not _MISSING and layer > depth:
         raise ConfigError("sft.grounding_layer", layer, f"must be -1 or in [0, config.policy.depth={depth}]")
     anchor = get(config, "rl.value_anchor")
-    if anchor not in (_MISSING, 0) and (get(config, "rl.world") != "model" or get(config, "rl.reward_from")):
+    if anchor not in (_MISSING, 0) and get(config, "rl.world") != "model":
         raise ConfigError("rl.value_anchor", anchor, "ties the critic to the learned world model's predicted "
-                          "views: needs rl.world='model' and rl.reward_from='' (or set it to 0)")
+                          "views: needs rl.world='model' (or set it to 0)")
     if get(config, "wm.action_adaln") is True and get(config, "wm.view_decoding") == "interleaved":
         raise ConfigError("wm.action_adaln", True, "conditions every generated view on the action; IVD "
                           "generates the wrist without it: use wm.view_decoding='independent' or 'joint'")
