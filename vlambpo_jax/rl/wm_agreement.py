@@ -288,12 +288,9 @@ def run_check(config, policy, params, tokenizer, wm, wm_params, threshold: float
     elif value is not None:
         value_prob = jax.jit(value[0].probability)
         value_fn = lambda images, ids: value_prob(value[1], images, wtok[ids], wmask[ids])  # noqa: E731
-    metrics = {}
-    if ranking:
-        metrics = measure(env, sample_fn, predict_fn, lambda images, ids: reward(wm_params, images, wtok[ids],
-                                                                                 wmask[ids]),
-                          key, num_states, samples_per_state, num_chunks, threshold=threshold, value_fn=value_fn,
-                          max_chunks=horizon_chunks(config))
+    reward_fn = lambda images, ids: reward(wm_params, images, wtok[ids], wmask[ids])  # noqa: E731
+    metrics = measure(env, sample_fn, predict_fn, reward_fn, key, num_states, samples_per_state, num_chunks,
+                      threshold=threshold, value_fn=value_fn, max_chunks=horizon_chunks(config)) if ranking else {}
     if probe is not None:
         exact = jax.jit(wm.exact_latent_next)
         metrics.update(open_loop_drift(env, sample_fn, predict_fn, lambda images: state_probe.read_jit(probe, images),
