@@ -17,6 +17,8 @@ stage's) is evaluated. Variants:
   no_pretrain  world model without the pretraining stage (retrains the world model)
   wm_bc        BC on world-model data: filtered behaviour cloning on the successful full-horizon branches
                imagined by the base run's world model (the `wm_bc` stage, config.rl.bc_*), no RL
+  value_anchor the base run's MBPO with its critic anchored to the real returns that followed 512
+               collected chunk boundaries per iteration (config.rl.value_anchor; needs rl.world='model')
 Results: DIR/sweep/results.json and DIR/sweep/results.md (with the base run's sft and mbpo rows), updated
 after each variant; rows of other calls on the same DIR are kept, so variants can run in separate (even
 parallel) calls.
@@ -48,6 +50,7 @@ VARIANTS = {
     "no_ivd": ("wm_pretrain", ["--config.wm.view_decoding=independent"]),
     "no_pretrain": ("wm_pretrain", ["--config.wm.pretrain_enabled=False"]),
     "wm_bc": ("wm_bc", [], "wm_bc"),
+    "value_anchor": ("mbpo", ["--config.rl.value_anchor=512", "--config.rl.value_anchor_target=return"]),
 }
 
 
