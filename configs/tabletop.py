@@ -20,7 +20,8 @@ cores); `claims` is VLA-MBPO as issue 18's table runs it (docs/results.md sectio
 DAgger SFT, the adaLN world model (900 + 600 steps), the `reward` stage's classifier on real and predicted
 views as the reward, 2-chunk vine branches for 37 iterations in the learned world model (about 95 minutes
 of stages on 2 shared cores, report aside; `python -m vlambpo_jax.tools.sweep --config=configs/tabletop.py:claims
---workdir=DIR` then runs the table's other rows on it). The counts of demos, collected rollouts and
+--workdir=DIR` then runs the table's other rows on it, `--variants=value_anchor` the same MBPO with its
+critic anchored to real returns, section 52's best VLA-MBPO). The counts of demos, collected rollouts and
 evaluation episodes are totals split over the tasks.
 Why pick alone by default: at this CPU size behaviour cloning on the four tasks stays near chance,
 while on pick alone it succeeds often enough to leave RL room to improve (docs/results.md, sections 9
