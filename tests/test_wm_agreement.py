@@ -10,6 +10,7 @@ import numpy as np
 from configs import tabletop
 from vlambpo_jax.envs.tabletop import make_env
 from vlambpo_jax.rl import wm_agreement
+from vlambpo_jax.stages import report
 
 
 def test_auc_by_hand():
@@ -147,6 +148,16 @@ def test_open_loop_drift_of_a_copy_model_is_copying():
         assert real_model[f"drift_exact_view{v}"] == real_model[f"drift_real_view{v}"]
         np.testing.assert_allclose(real_model[f"drift_imagined_vs_real_view{v}"], 0.0, atol=1e-6)
         np.testing.assert_allclose(real_model[f"drift_imagined_view{v}"], real_model[f"drift_real_view{v}"], rtol=1e-6)
+
+
+def test_the_reports_drift_table_gives_imagined_over_copying_for_both_readings():
+    m = {"drift_imagined_view0": [0.03, 0.06], "drift_copy_view0": [0.06, 0.08],
+         "drift_real_view0": [0.02, 0.02], "drift_imagined_vs_real_view0": [0.01, 0.04],
+         "drift_copy_vs_real_view0": [0.05, 0.0]}
+    lines = report.drift_lines(m, ("head",))
+    assert "| head, imagined | 3.0 | 6.0 |" in lines
+    assert lines[-1].endswith("head 0.50 / 0.75 against the simulator; head 0.20 / - against the real view.")
+    assert report.drift_lines({}, ("head",)) == []
 
 
 @flax.struct.dataclass

@@ -201,13 +201,21 @@ def drift_lines(m: dict, views: tuple[str, ...]) -> list[str]:
                ("exact next latents (VAE ceiling)", "exact"), ("imagined vs real view", "imagined_vs_real"),
                ("copy vs real view", "copy_vs_real"), ("exact latents vs real view", "exact_vs_real")]
     cm = lambda xs: " | ".join(f"{100 * x:.1f}" for x in xs)  # noqa: E731
+
+    def ratios(to: str, v: int) -> str:
+        pairs = zip(m[f"drift_imagined{to}_view{v}"], m[f"drift_copy{to}_view{v}"])
+        return " / ".join(f"{i / c:.2f}" if c > 0 else "-" for i, c in pairs)
     return ["", "Open-loop drift: the probe's end-effector xyz error (cm) after each chunk, the world model "
             "driven by the policy's chunks from the first frame, against the simulator and against the probe's "
             "reading of the real view (where the probe's own error cancels):", "",
             "| view, read from | " + " | ".join(f"chunk {c + 1}" for c in range(chunks)) + " |",
             "|---|" + "---|" * chunks,
             *[f"| {view}, {name} | {cm(m[f'drift_{src}_view{v}'])} |" for v, view in enumerate(views)
-              for name, src in sources if f"drift_{src}_view{v}" in m]]
+              for name, src in sources if f"drift_{src}_view{v}" in m],
+            "", "Imagined over copying after each chunk (issue 18's bar: at most 0.5 after chunks 1 and 2): "
+            + "; ".join(f"{view} {ratios(to, v)} against {against}" for v, view in enumerate(views)
+                        for to, against in (("", "the simulator"), ("_vs_real", "the real view"))
+                        if f"drift_imagined{to}_view{v}" in m) + "."]
 
 
 def imagined_vs_logged(ctx, num_videos: int, num_chunks: int, upscale: int = 4) -> tuple[list[str], list[str]]:
