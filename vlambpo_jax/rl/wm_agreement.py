@@ -226,8 +226,8 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
     sample_fn, predict_fn as in `measure`; read_fn(images uint8[B, V, H, W, 3]) -> state readings
     f32[B, V, D] (xyz in state_probe.POS_DIMS). -> {drift_<source>_view<v>: mean xyz error (m) against
     the simulator's end effector after chunks 1..num_chunks, one list per source (imagined | real |
-    copy) and view; drift_<source>_vs_real_view<v> (imagined | copy): the mean distance between that
-    source's reading and the real view's, where the probe's own error on real frames cancels}.
+    copy) and view; drift_<source>_vs_real_view<v> (every source but real): the mean distance between
+    that source's reading and the real view's, where the probe's own error on real frames cancels}.
     exact_fn(views, real next views) -> views, the world model's decoding of the exact next latents,
     adds the source 'exact': a chain of such steps from the first frame, the ceiling that the model's
     VAE and decoding put on its drift."""

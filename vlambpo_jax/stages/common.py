@@ -101,12 +101,15 @@ def rl_world_model(ctx, dynamics: bool = True, loaded: tuple | None = None):
             float(classifier_params["threshold"]))
 
 
-def final_policy_and_world_model(ctx, stage: str = ""):
+def final_policy_and_world_model(ctx, stage: str = "", reward: bool = True):
     """-> (policy, params, tokenizer, world model, its params, success threshold): the policy of
     `stage` (default MBPO's, SFT's before MBPO ran) and the world model the branches read
-    (rl_world_model)."""
+    (rl_world_model); reward False: wm_finetune's world model as it is, for checks that read no
+    reward (no `reward` stage needed)."""
     name = stage or ("mbpo" if ctx.is_done("mbpo") else "sft")
     policy, params, tokenizer, _ = loading.load_policy(checkpoint_of(ctx, name), ctx.config)
+    if not reward:
+        return (policy, params, tokenizer, *load_world_model(ctx)[:2], float(ctx.config.rl.reward_threshold))
     return (policy, params, tokenizer, *rl_world_model(ctx))
 
 

@@ -73,7 +73,7 @@ def run(ctx) -> dict:
             wm, wm_params, threshold = common.rl_world_model(ctx, dynamics=rl.world == "model")
             world = HybridWorld(world, ModelWorld(wm, threshold),
                                 views="model" if rl.world == "model" else "sim")
-            if rl.value_anchor and rl.world == "model":
+            if rl.value_anchor:   # config_checks: only with rl.world='model'
                 anchor = value_anchor_pairs(ctx, tokenizer, wm, wm_params)
             make_state = lambda idx: (restore(idx), mbpo.imagined_roots(roots, idx))  # noqa: E731
         else:

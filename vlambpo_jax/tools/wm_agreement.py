@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     config = cli.checked(fv.config)
     ctx = pipeline.StageContext(config, cli.workdir_path(fv.workdir), "report", None, None)
     try:
-        models = common.final_policy_and_world_model(ctx, fv.policy)
+        models = common.final_policy_and_world_model(ctx, fv.policy, reward=not fv.drift_only)
         value = common.load_value_classifier(ctx) if fv.value == "classifier" else (fv.value or None)
         probe, probe_info = ((wm_common.fit_probe_on_rollouts(ctx, fv.probe_steps)) if fv.probe_steps
                              else (common.load_state_probe(ctx), {"probe": "wm_finetune"}))
