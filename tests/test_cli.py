@@ -107,7 +107,9 @@ def test_the_claims_run_is_vla_mbpo_in_the_learned_world_model():
         assert c.sft.dagger_rounds == 6 and c.rl.world == "model" and c.rl.reward_model == "classifier"
         assert c.stages.index("wm_finetune") < c.stages.index("reward") < c.stages.index("mbpo")
         assert c.rl.branch_chunks == 2 and c.rl.advantage == "vine" and c.wm.action_adaln and c.reward.predicted_views
-    assert tabletop.get_config("claims").wm.pretrain_steps == 900
+        assert c.rl.value_anchor > 0 and c.rl.value_anchor_target == "return"
+    full = tabletop.get_config("claims")
+    assert full.wm.pretrain_steps == 900 and full.rl.value_anchor == 512
     assert tabletop.get_config("claims,smoke").wm.pretrain_steps == tabletop.get_config("smoke").wm.pretrain_steps
     with pytest.raises(ValueError, match="`claims` config argument"):
         tabletop.get_config("claims,online")

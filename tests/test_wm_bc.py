@@ -17,7 +17,6 @@ from vlambpo_jax.stages import common
 from vlambpo_jax.stages import wm_bc as wm_bc_stage
 from vlambpo_jax.stages.sft import CKPT_NAME as SFT_CKPT
 from vlambpo_jax.stages.wm_common import CKPT_WM
-from vlambpo_jax.tools import sweep
 from vlambpo_jax.train.preemption import NoPreemption
 
 
@@ -194,61 +193,6 @@ def test_stage_run_loads_sft_collect_and_world_model(tmp_path, monkeypatch):
     assert not _same(trained, params)
 
 
-def test_sweep_runs_wm_bc_on_the_base_world_model(tmp_path, monkeypatch):
-    base = tmp_path / "base"
-    config = tabletop.get_config("smoke")
-    shared = sweep.shared_stages(sweep.run_order(config))
-    assert shared == ("demos", "sft", "collect", "wm_pretrain", "wm_finetune")
-    for stage in shared:
-        (base / stage).mkdir(parents=True)
-    calls = []
-
-    def fake_run(cmd, check):
-        calls.append(cmd)
-        out = base / "variants" / "wm_bc"
-        for stage, summary in (("wm_bc", {"rounds": [{"round": 0, "imagined_success": 0.5}]}),
-                               ("evaluate", {})):
-            (out / stage).mkdir(parents=True, exist_ok=True)
-            pipeline.mark_done(out, stage, summary, 0.0)
-        (out / "evaluate" / "results.json").write_text(json.dumps(
-            {"wm_bc": {"success_rate": 0.25, "ci95": [0.1, 0.4], "episodes": 8}}))
-
-    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
-    row = sweep.run_variant("wm_bc", "configs/tabletop.py:smoke", config, base, [])
-    (cmd,) = calls
-    assert "--stages=wm_bc,evaluate" in cmd and "--config.eval.policies=('wm_bc',)" in cmd
-    for stage in shared:   # the base run's world model, roots and SFT policy are reused
-        assert (base / "variants" / "wm_bc" / stage).resolve() == (base / stage).resolve()
-    assert row["success_rate"] == 0.25 and row["env_steps"] == 0 and row["rounds"][0]["imagined_success"] == 0.5
-    assert sweep.variant_stages("no_ivd", sweep.run_order(config))[1] == (
-        "wm_pretrain", "wm_finetune", "mbpo", "evaluate")
-
-
-def test_a_variants_own_overrides_win_over_the_sweeps(tmp_path, monkeypatch):
-    """`sweep --config.rl.branch_chunks=2 --variants=branch_4` runs n = 4 (the last flag wins in main)."""
-    base = tmp_path / "base"
-    config = tabletop.get_config("smoke")
-    for stage in sweep.shared_stages(sweep.run_order(config)):
-        (base / stage).mkdir(parents=True)
-    calls = []
-
-    def fake_run(cmd, check):
-        calls.append(cmd)
-        out = base / "variants" / "branch_4"
-        for stage in ("mbpo", "evaluate"):
-            (out / stage).mkdir(parents=True, exist_ok=True)
-            pipeline.mark_done(out, stage, {}, 0.0)
-        (out / "evaluate" / "results.json").write_text(json.dumps(
-            {"mbpo": {"success_rate": 0.5, "ci95": [0.2, 0.8], "episodes": 8}}))
-
-    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
-    sweep.run_variant("branch_4", "configs/tabletop.py:smoke", config, base,
-                      ["--config.rl.branch_chunks=2", "--config.rl.iterations=3"])
-    (cmd,) = calls
-    assert [a for a in cmd if a.startswith("--config.rl.branch_chunks=")][-1] == "--config.rl.branch_chunks=4"
-    assert "--config.rl.iterations=3" in cmd
-
-
 class _StopAfterFirstStep:
     """A termination signal that arrives once the first BC step has run (round 0's data is saved)."""
 
@@ -277,50 +221,3 @@ def test_resume_between_rounds_is_identical(tmp_path):
     _, a, _, _ = loading.load_policy(full["checkpoint_dir"], c)
     _, b, _, _ = loading.load_policy(resumed["checkpoint_dir"], c)
     assert _same(a, b)
-
-
-def _finished_base_run(tmp_path, demo_steps: int, collect_steps: int):
-    """-> (workdir, result row): a base run that the sweep can read (demos, collect and evaluate done)."""
-    base = tmp_path / "base"
-    for stage in ("demos", "collect", "evaluate"):
-        (base / stage).mkdir(parents=True)
-    pipeline.mark_done(base, "demos", {"steps": demo_steps}, 0.0)
-    pipeline.mark_done(base, "collect", {"env_steps": collect_steps}, 0.0)
-    row = {"success_rate": 0.5, "ci95": [0.3, 0.7], "episodes": 10}
-    (base / "evaluate" / "results.json").write_text(json.dumps({"sft": row, "mbpo": row}))
-    return base, row
-
-
-def test_sweep_calls_accumulate_rows(tmp_path, monkeypatch):
-    """Two sweep calls on one run (e.g. in parallel) leave both variants' rows in results.json."""
-    base, row = _finished_base_run(tmp_path, 100, 50)
-    monkeypatch.setattr(sweep, "run_variant", lambda *args: {**row, "env_steps": 7})
-    for variant in ("branch_1", "online_ppo"):
-        assert sweep.main([f"--workdir={base}", "--config=configs/tabletop.py:smoke", f"--variants={variant}"]) == 0
-    rows = json.loads((base / "sweep" / "results.json").read_text())
-    assert list(rows) == ["sft", "vla_mbpo", "branch_1", "online_ppo"]
-    assert rows["branch_1"]["real_env_steps"] == 157 and rows["online_ppo"]["real_env_steps"] == 107
-    assert "| online_ppo |" in (base / "sweep" / "results.md").read_text()
-
-
-def test_online_ppo_spends_at_most_the_collect_stages_real_steps(tmp_path):
-    """8,149 collected steps, 50-step episodes, groups of 8: one iteration of 160 fresh episodes (8,000
-    steps), not one of 512 (25,600); a larger budget keeps the branches and runs more iterations."""
-    rl = tabletop.get_config("dagger,vine").rl
-    for collected, expected in ((8149, ["--config.rl.num_branches=160", "--config.rl.iterations=1"]),
-                                (60000, ["--config.rl.num_branches=512", "--config.rl.iterations=2"])):
-        base, _ = _finished_base_run(tmp_path / str(collected), 1, collected)
-        flags = sweep.online_overrides(base, rl, horizon=10, chunk=5)
-        assert flags[:2] == expected and "--config.rl.vine_window=0" in flags, flags
-        assert "--config.rl.critic_warmup_iterations=0" in flags
-
-
-def test_sweep_default_variants_skip_the_base_runs_view_decoding(tmp_path, monkeypatch):
-    base, row = _finished_base_run(tmp_path, 1, 1)
-    ran = []
-    monkeypatch.setattr(sweep, "run_variant", lambda name, *args: ran.append(name) or {**row, "env_steps": 0})
-    for decoding, skipped, kept in (("independent", "no_ivd", "ivd"), ("interleaved", "ivd", "no_ivd")):
-        ran.clear()
-        sweep.main([f"--workdir={base}", "--config=configs/tabletop.py:smoke",
-                    f"--config.wm.view_decoding={decoding}"])
-        assert kept in ran and skipped not in ran and "branch_1" in ran, ran

@@ -4,7 +4,7 @@
   wm_agreement   does the world model's reward rank action chunks as the simulator does
   grounding_eval does the SFT policy find the instructed object in new scenes (its grounding head, in cm)
   state_offset   how much position error a truth policy bears (its true positions shifted)
-  sweep          baselines and ablations of a finished run, as a results table
+  sweep          a run with its baselines and ablations (run beside it in lanes), as a results table
   compare_runs   do two finished runs give the same numbers
   ppo_toy        does PPO learn: a config's policy and PPO settings in a world with a known answer
 

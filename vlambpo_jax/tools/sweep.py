@@ -1,34 +1,42 @@
-"""Baselines and ablations of one finished VLA-MBPO run, written as JSON + a markdown table.
+"""Baselines and ablations of one VLA-MBPO run, written as JSON + a markdown table.
 
-  python -m vlambpo_jax.tools.sweep --config=configs/tabletop.py --workdir=DIR [--variants=a,b]
-      [--config.KEY=VALUE ...]
+  python -m vlambpo_jax.tools.sweep --config=configs/tabletop.py:claims --workdir=DIR [--variants=a,b]
+      [--lanes=2] [--config.KEY=VALUE ...]
 
-DIR must hold a finished run of the config (the stages of config.stages before mbpo). Each variant gets
-DIR/variants/<name>/, in which the stages it shares with the base run are symlinks and the others run
-again with the variant's overrides (and the --config.KEY=VALUE overrides given here, which every
-variant gets; where both set a key, the variant's wins); then its policy (MBPO's, or the baseline
-stage's) is evaluated. Variants:
+The base run in DIR is the config's own pipeline (`python -m vlambpo_jax.main` with the same flags);
+where it is not finished the sweep runs it first, as its first job. Each variant gets DIR/variants/<name>/,
+in which the base run's stages it shares are symlinks and the others run again with the variant's
+overrides (and the --config.KEY=VALUE overrides given here, which every variant gets; where both set a key,
+the variant's wins); then its policy (MBPO's, or the baseline stage's) is evaluated. A variant starts as
+soon as the base stages it shares are finished, so with --lanes=2 the variants that retrain the world
+model or use the simulator run beside the base run's world-model stages (two processes on the same
+cores: each job alone leaves part of them idle). With more than one lane each job writes
+DIR/sweep/logs/<name>.log. Variants (default: all but branch_auto and the ones the base run already is):
   online_ppo   PPO in the simulator from fresh episodes, at most as many real env steps as the collect
                stage used (online_overrides)
-  branch_1, branch_4, branch_full   branch length n (the base run is n = config.rl.branch_chunks)
+  perfect      MBPO with a perfect world model: the simulator restored at the collected roots
+  branch_1, branch_4, branch_full   branch length n (the base run is n = config.rl.branch_chunks), with the
+               iterations scaled to the base run's number of branch chunks
   branch_auto  the adaptive branch length (rl/branch_length.py; its simulator steps are counted)
-  ivd, no_ivd  world model with interleaved / independent view decoding (retrains the world model);
-               by default only the one the base run does not use
+  ivd, no_ivd  world model with interleaved / independent view decoding (retrains the world model; IVD
+               without the per-block action conditioning, which it does not support)
   no_pretrain  world model without the pretraining stage (retrains the world model)
   wm_bc        BC on world-model data: filtered behaviour cloning on the successful full-horizon branches
                imagined by the base run's world model (the `wm_bc` stage, config.rl.bc_*), no RL
-  value_anchor the base run's MBPO with its critic anchored to the real returns that followed 512
-               collected chunk boundaries per iteration (config.rl.value_anchor; needs rl.world='model')
+  value_anchor, no_anchor   MBPO with / without its critic anchored to the real returns that followed
+               512 collected chunk boundaries per iteration (config.rl.value_anchor; rl.world='model')
 Results: DIR/sweep/results.json and DIR/sweep/results.md (with the base run's sft and mbpo rows), updated
-after each variant; rows of other calls on the same DIR are kept, so variants can run in separate (even
-parallel) calls.
+after each variant; rows of other calls on the same DIR are kept, so variants can also run in separate
+calls. DIR/sweep/timing.json holds this call's wall time per job and in all.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from absl import flags
@@ -39,18 +47,34 @@ from vlambpo_jax.stages import STAGES
 
 # Stages that train the policy a variant evaluates; the stages before them are shared with the base run.
 POLICY_STAGES = ("mbpo", "wm_bc")
-# name -> (first stage run again, overrides[, the stage whose policy is evaluated (default 'mbpo')])
+# The base run's stages that only the learned world model's variants need.
+WORLD_MODEL_STAGES = ("wm_pretrain", "wm_finetune", "reward")
+BASE = "base"   # the job name of the base run
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    first: str                       # the first stage run again
+    overrides: tuple[str, ...] = ()
+    policy: str = "mbpo"             # the stage whose policy is evaluated
+    branch_chunks: int | None = None  # n (iterations scaled to the base run's branch chunks)
+    simulator: bool = False          # its world is the simulator: shares none of WORLD_MODEL_STAGES
+
+
+# In the default order longest first (those that retrain the world model), so lanes finish together.
 VARIANTS = {
-    "online_ppo": ("mbpo", ["--config.rl.world=sim"]),
-    "branch_1": ("mbpo", ["--config.rl.branch_chunks=1"]),
-    "branch_4": ("mbpo", ["--config.rl.branch_chunks=4"]),
-    "branch_full": ("mbpo", ["--config.rl.branch_chunks=0"]),
-    "branch_auto": ("mbpo", ["--config.rl.branch_chunks=-1"]),
-    "ivd": ("wm_pretrain", ["--config.wm.view_decoding=interleaved"]),
-    "no_ivd": ("wm_pretrain", ["--config.wm.view_decoding=independent"]),
-    "no_pretrain": ("wm_pretrain", ["--config.wm.pretrain_enabled=False"]),
-    "wm_bc": ("wm_bc", [], "wm_bc"),
-    "value_anchor": ("mbpo", ["--config.rl.value_anchor=512", "--config.rl.value_anchor_target=return"]),
+    "ivd": Variant("wm_pretrain", ("--config.wm.view_decoding=interleaved", "--config.wm.action_adaln=False")),
+    "no_ivd": Variant("wm_pretrain", ("--config.wm.view_decoding=independent",)),
+    "no_pretrain": Variant("wm_pretrain", ("--config.wm.pretrain_enabled=False",)),
+    "perfect": Variant("mbpo", ("--config.rl.world=sim_roots", "--config.rl.value_anchor=0"), simulator=True),
+    "online_ppo": Variant("mbpo", ("--config.rl.world=sim", "--config.rl.value_anchor=0"), simulator=True),
+    "branch_1": Variant("mbpo", branch_chunks=1),
+    "branch_4": Variant("mbpo", branch_chunks=4),
+    "branch_full": Variant("mbpo", branch_chunks=0),
+    "branch_auto": Variant("mbpo", branch_chunks=-1),
+    "no_anchor": Variant("mbpo", ("--config.rl.value_anchor=0",)),
+    "value_anchor": Variant("mbpo", ("--config.rl.value_anchor=512", "--config.rl.value_anchor_target=return")),
+    "wm_bc": Variant("wm_bc", policy="wm_bc"),
 }
 
 
@@ -66,12 +90,22 @@ def shared_stages(order: tuple[str, ...]) -> tuple[str, ...]:
 
 def variant_stages(name: str, order: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...], str]:
     """-> (stages linked from the base run, stages run again, the evaluated policy's stage)."""
-    first, _, *rest = VARIANTS[name]
-    policy = rest[0] if rest else "mbpo"
+    v = VARIANTS[name]
     shared = shared_stages(order)
-    cut = order.index(first) if first in order else len(shared)
-    rerun = tuple(s for s in order[cut:] if s in shared) + (policy, "evaluate")
-    return order[:cut], rerun, policy
+    cut = order.index(v.first) if v.first in order else len(shared)
+    linked = tuple(s for s in order[:cut] if not (v.simulator and s in WORLD_MODEL_STAGES))
+    rerun = tuple(s for s in order[cut:] if s in shared) + (v.policy, "evaluate")
+    return linked, rerun, v.policy
+
+
+def default_variants(config) -> list[str]:
+    """Every variant but branch_auto and those the base run already is."""
+    same = {"branch_auto", "ivd" if config.wm.view_decoding == "interleaved" else "no_ivd"}
+    if config.rl.world == "model":
+        same.add("value_anchor" if config.rl.value_anchor else "no_anchor")
+    else:   # the anchor needs the learned world model; sim_roots is the perfect model itself
+        same |= {"value_anchor", "no_anchor"} | ({"perfect"} if config.rl.world == "sim_roots" else set())
+    return [v for v in VARIANTS if v not in same]
 
 
 def _summary(workdir: Path, stage: str) -> dict:
@@ -95,10 +129,30 @@ def online_overrides(base: Path, rl, horizon: int, chunk: int) -> list[str]:
     return flags
 
 
-def run_variant(name: str, config_spec: str, config, base: Path, extra: list[str]) -> dict:
-    """Runs one variant in base/variants/<name> (python -m vlambpo_jax.main) -> its result row.
-    config: the base run's config (with the sweep's overrides `extra`)."""
-    overrides = list(VARIANTS[name][1])
+def branch_overrides(n: int, rl, horizon: int) -> list[str]:
+    """Branch length n (0 = the full horizon, -1 = adaptive) with as many iterations as give the base
+    run's branch chunks (iterations x n; rounded up), where both lengths are fixed."""
+    flags = [f"--config.rl.branch_chunks={n}"]
+    base_n = int(rl.branch_chunks)
+    if base_n > 0 and n >= 0:
+        flags.append(f"--config.rl.iterations={max(1, -(-int(rl.iterations) * base_n // (n or horizon)))}")
+    return flags
+
+
+def variant_overrides(name: str, config, base: Path) -> list[str]:
+    """The variant's flags (after the sweep's own, so they win); online_ppo reads the collect stage's
+    real budget, so call it once collect is finished."""
+    v = VARIANTS[name]
+    flags = list(v.overrides)
+    if v.branch_chunks is not None:
+        flags += branch_overrides(v.branch_chunks, config.rl, horizon_chunks(config))
+    if name == "online_ppo":
+        flags += online_overrides(base, config.rl, horizon_chunks(config), config.chunk_size)
+    return flags
+
+
+def variant_command(name: str, config_spec: str, config, base: Path, extra: list[str]) -> list[str]:
+    """Links the shared stages into base/variants/<name> -> the command that runs the rest."""
     linked, stages, policy = variant_stages(name, run_order(config))
     out = base / "variants" / name
     out.mkdir(parents=True, exist_ok=True)
@@ -106,27 +160,41 @@ def run_variant(name: str, config_spec: str, config, base: Path, extra: list[str
         link = out / stage
         if not link.exists():
             os.symlink(base / stage, link)
-    if name == "online_ppo":
-        overrides += online_overrides(base, config.rl, horizon_chunks(config), config.chunk_size)
-    cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={config_spec}", f"--workdir={out}",
-           "--stages=" + ",".join(stages), f"--config.eval.policies=('{policy}',)",
-           *extra, *overrides]   # the variant's own overrides win over the sweep's
-    print("+ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    return [sys.executable, "-m", "vlambpo_jax.main", f"--config={config_spec}", f"--workdir={out}",
+            "--stages=" + ",".join(stages), f"--config.eval.policies=('{policy}',)",
+            *extra, *variant_overrides(name, config, base)]
+
+
+def variant_row(name: str, config, base: Path) -> dict:
+    """A finished variant's result row."""
+    out = base / "variants" / name
+    policy = VARIANTS[name].policy
     results = json.loads((out / "evaluate" / "results.json").read_text())[policy]
     summary = _summary(out, policy)
-    row = {"overrides": overrides, "env_steps": summary.get("env_steps", 0), **results}
+    row = {"overrides": variant_overrides(name, config, base), "env_steps": summary.get("env_steps", 0),
+           **results}
     if "rounds" in summary:  # wm_bc: imagined success and data kept per round
         row["rounds"] = summary["rounds"]
     return row
 
 
+def needs(name: str, order: tuple[str, ...]) -> tuple[str, ...]:
+    """The base stages that must be finished before a job starts (none for the base run itself)."""
+    return () if name == BASE else variant_stages(name, order)[0]
+
+
+def next_job(pending: list[str], done: set[str], order: tuple[str, ...]) -> str | None:
+    """The first pending job (in the order given) whose base stages are all finished."""
+    return next((j for j in pending if set(needs(j, order)) <= done), None)
+
+
 def markdown(rows: dict) -> str:
-    lines = ["| method | success (95% CI) | episodes | real env steps |", "|---|---|---|---|"]
+    lines = ["| method | success (95% CI) | episodes | real env steps | wall s |", "|---|---|---|---|---|"]
     for name, r in rows.items():
         lo, hi = r["ci95"]
+        wall = f"{r['wall_seconds']:.0f}" if "wall_seconds" in r else ""
         lines.append(f"| {name} | {r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] | {r['episodes']} | "
-                     f"{r.get('real_env_steps', '')} |")
+                     f"{r.get('real_env_steps', '')} | {wall} |")
     return "\n".join(lines)
 
 
@@ -141,36 +209,96 @@ def _merge(out: Path, new_rows: dict) -> dict:
     return rows
 
 
+def _real_steps(base: Path) -> tuple[int, int]:
+    """(demo env steps, collect env steps) of the base run."""
+    return int(_summary(base, "demos").get("steps", 0)), int(_summary(base, "collect")["env_steps"])
+
+
+def _base_rows(base: Path) -> dict:
+    """The finished base run's sft and mbpo rows."""
+    results = json.loads((base / "evaluate" / "results.json").read_text())
+    demos, collect = _real_steps(base)
+    return {"sft": {**results["sft"], "real_env_steps": demos},
+            "vla_mbpo": {**results["mbpo"], "real_env_steps": demos + collect}}
+
+
 def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_list("variants", [], "subset of " + ", ".join(VARIANTS) + " (default: all of them but "
-                      "the view-decoding variant the base run already is)", flag_values=fv)
+                      "branch_auto and those the base run already is)", flag_values=fv)
+    flags.DEFINE_integer("lanes", 1, "jobs run at once (the base run and variants whose shared stages "
+                         "are finished); 2 keeps 2 cores busy", lower_bound=1, flag_values=fv)
 
 
 def main(argv: list[str]) -> int:
     fv = cli.command_flags(argv, _define)
     config = cli.checked(fv.config)
     extra = [a for a in argv if a.startswith("--config.")]   # every variant gets them
-    variants = fv.variants
-    if not variants:
-        same = "ivd" if config.wm.view_decoding == "interleaved" else "no_ivd"
-        variants = [v for v in VARIANTS if v != same]
+    variants = fv.variants or default_variants(config)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         cli.fail(f"--variants: unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    spec = cli.config_spec(argv)
     base = Path(cli.workdir_path(fv.workdir))
-    base_results = json.loads((base / "evaluate" / "results.json").read_text())
-    demos = int(_summary(base, "demos").get("steps", 0))
-    collect = int(_summary(base, "collect")["env_steps"])
+    order = run_order(config)
     out = base / "sweep"
-    out.mkdir(exist_ok=True)
-    # Rows of other sweep calls on this run are kept, so variants can run in separate (parallel) calls.
-    rows = _merge(out, {"sft": {**base_results["sft"], "real_env_steps": demos},
-                        "vla_mbpo": {**base_results["mbpo"], "real_env_steps": demos + collect}})
-    for name in variants:
-        r = run_variant(name, cli.config_spec(argv), config, base, extra)
-        r["real_env_steps"] = demos + int(r["env_steps"]) + (0 if name == "online_ppo" else collect)
-        rows = _merge(out, {name: r})
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    done = lambda: {s for s in order if pipeline.is_done(base, s)}  # noqa: E731
+    pending = ([] if set(order) <= done() else [BASE]) + list(variants)
+    running, timing, failed = {}, {}, []
+    t_start = time.time()
+
+    def start(name: str) -> None:
+        if name == BASE:
+            cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={spec}", f"--workdir={base}", *extra]
+        else:
+            cmd = variant_command(name, spec, config, base, extra)
+        log = None if fv.lanes == 1 else open(out / "logs" / f"{name}.log", "w")
+        print(f"[sweep] {name}: started" + (f" (log: {log.name})" if log else "") + "\n+ " + " ".join(cmd),
+              flush=True)
+        running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None),
+                         time.time(), log)
+
+    def finish(name: str, rc: int) -> None:
+        _, t0, log = running.pop(name)
+        if log:
+            log.close()
+        timing[name] = time.time() - t0
+        print(f"[sweep] {name}: {'finished' if rc == 0 else f'failed (exit {rc})'} in {timing[name]:.0f} s",
+              flush=True)
+        if rc != 0:
+            failed.append(name)
+        elif name == BASE:
+            _merge(out, _base_rows(base))
+        else:
+            demos, collect = _real_steps(base)
+            r = {**variant_row(name, config, base), "wall_seconds": timing[name]}
+            r["real_env_steps"] = demos + int(r["env_steps"]) + (0 if name == "online_ppo" else collect)
+            _merge(out, {name: r})
+
+    try:
+        while pending or running:
+            while len(running) < fv.lanes and (job := next_job(pending, done(), order)) is not None:
+                pending.remove(job)
+                start(job)
+            if not running:   # what is left waits on base stages that will not run now
+                failed += pending
+                print(f"[sweep] not run (the base run did not finish its stages): {', '.join(pending)}")
+                break
+            time.sleep(2.0)
+            for name, (proc, _, _) in list(running.items()):
+                if proc.poll() is not None:
+                    finish(name, proc.returncode)
+    finally:
+        for proc, _, _ in running.values():
+            proc.terminate()
+    wall = time.time() - t_start
+    (out / "timing.json").write_text(json.dumps({"lanes": fv.lanes, "wall_seconds": wall, "jobs": timing},
+                                                indent=2))
+    rows = _merge(out, _base_rows(base) if pipeline.is_done(base, "evaluate") else {})
     print(markdown(rows))
+    print(f"[sweep] {len(timing)} jobs in {wall:.0f} s on {fv.lanes} lane(s)")
+    if failed:
+        cli.fail(f"sweep: {', '.join(failed)} did not finish" + (f" (logs in {out / 'logs'})" if fv.lanes > 1 else ""))
     return 0
 
 

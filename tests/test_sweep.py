@@ -1,0 +1,160 @@
+"""tools/sweep: which stages each variant shares and reruns, its flags, and the scheduler that runs the
+base run and the variants in lanes (stand-in processes that finish one stage per poll)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from configs import tabletop
+from vlambpo_jax import cli, pipeline
+from vlambpo_jax.config_checks import validate
+from vlambpo_jax.envs import horizon_chunks
+from vlambpo_jax.tools import sweep
+
+ROW = {"success_rate": 0.5, "ci95": [0.3, 0.7], "episodes": 10}
+SUMMARIES = {"demos": {"steps": 100}, "collect": {"env_steps": 50}}
+
+
+def _flag(cmd, key):
+    """The last value a command gives --KEY (the one main keeps)."""
+    return [a.split("=", 1)[1] for a in cmd if a.startswith(f"--{key}=")][-1]
+
+
+class FakeStageProcess:
+    """Stands in for `python -m vlambpo_jax.main`: finishes one of its stages per poll (the base run's
+    stages are its config's, up to evaluate), writing DONE.json and the evaluated policies' results."""
+    log = []          # (job, base stages finished when it started)
+    running = set()
+    peak = 0
+    fail = ()         # workdir names whose process exits 1 at its first poll
+
+    def __init__(self, cmd, stdout=None, stderr=None):
+        self.workdir = Path(_flag(cmd, "workdir"))
+        self.base = self.workdir.parent.parent if self.workdir.parent.name == "variants" else self.workdir
+        stages = [a for a in cmd if a.startswith("--stages=")]
+        order = sweep.run_order(tabletop.get_config("claims,smoke"))
+        self.todo = _flag(cmd, "stages").split(",") if stages else list(order)
+        self.policies = ([_flag(cmd, "config.eval.policies").strip("(',)")] if stages else ["sft", "mbpo"])
+        self.returncode = None
+        self.name = self.workdir.name
+        FakeStageProcess.log.append((self.name, {s for s in order if pipeline.is_done(self.base, s)}))
+        FakeStageProcess.running.add(self.name)
+        FakeStageProcess.peak = max(FakeStageProcess.peak, len(FakeStageProcess.running))
+
+    def poll(self):
+        if self.returncode is None and self.name in self.fail:
+            self.returncode = 1
+        elif self.returncode is None:
+            stage = self.todo.pop(0)
+            (self.workdir / stage).mkdir(parents=True, exist_ok=True)
+            pipeline.mark_done(self.workdir, stage, SUMMARIES.get(stage, {"env_steps": 0}), 0.0)
+            if stage == "evaluate":
+                (self.workdir / stage / "results.json").write_text(json.dumps({p: ROW for p in self.policies}))
+            self.returncode = None if self.todo else 0
+        if self.returncode is not None:
+            FakeStageProcess.running.discard(self.name)
+        return self.returncode
+
+    def terminate(self):
+        pass
+
+
+@pytest.fixture
+def fake_processes(monkeypatch):
+    FakeStageProcess.log, FakeStageProcess.running, FakeStageProcess.peak, FakeStageProcess.fail = [], set(), 0, ()
+    monkeypatch.setattr(sweep.subprocess, "Popen", FakeStageProcess)
+    monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
+    return FakeStageProcess
+
+
+def _sweep(base, *flags):
+    return sweep.main([f"--workdir={base}", "--config=configs/tabletop.py:claims,smoke", *flags])
+
+
+def test_two_lanes_run_the_variants_that_need_no_world_model_beside_the_base_run(tmp_path, fake_processes):
+    base = tmp_path / "base"
+    assert _sweep(base, "--variants=branch_4,ivd,perfect,online_ppo", "--lanes=2") == 0
+    started = dict(fake_processes.log)
+    assert list(started) == ["base", "ivd", "branch_4", "perfect", "online_ppo"]
+    # ivd retrains the world model: it starts once collect is done, while the base run trains its own
+    assert started["ivd"] == {"demos", "sft", "collect"}
+    assert "reward" in started["branch_4"]          # branch_4 imagines in the base run's world model
+    assert fake_processes.peak == 2
+    for name in ("perfect", "online_ppo"):   # the simulator's variants link no world-model stage
+        linked = {p.name for p in (base / "variants" / name).iterdir() if p.is_symlink()}
+        assert linked == {"demos", "sft", "collect"}, (name, linked)
+    rows = json.loads((base / "sweep" / "results.json").read_text())
+    assert set(rows) == {"sft", "vla_mbpo", "branch_4", "ivd", "perfect", "online_ppo"}
+    assert rows["branch_4"]["real_env_steps"] == 150 and rows["online_ppo"]["real_env_steps"] == 100
+    timing = json.loads((base / "sweep" / "timing.json").read_text())
+    assert timing["lanes"] == 2 and set(timing["jobs"]) == set(started)
+    assert (base / "sweep" / "logs" / "ivd.log").exists()
+
+
+def test_one_lane_runs_the_jobs_one_after_another_and_later_calls_keep_the_rows(tmp_path, fake_processes):
+    base = tmp_path / "base"
+    assert _sweep(base, "--variants=branch_1") == 0
+    assert _sweep(base, "--variants=wm_bc") == 0     # the base run is finished now: not run again
+    assert [name for name, _ in fake_processes.log] == ["base", "branch_1", "wm_bc"]
+    assert fake_processes.peak == 1
+    rows = json.loads((base / "sweep" / "results.json").read_text())
+    assert list(rows) == ["sft", "vla_mbpo", "branch_1", "wm_bc"]
+    assert "| wm_bc |" in (base / "sweep" / "results.md").read_text()
+
+
+def test_a_failed_base_run_leaves_the_variants_that_need_it_unrun(tmp_path, fake_processes):
+    fake_processes.fail = ("base",)
+    with pytest.raises(SystemExit) as e:
+        _sweep(tmp_path / "base", "--variants=branch_4", "--lanes=2")
+    assert e.value.code == 2 and [name for name, _ in fake_processes.log] == ["base"]
+
+
+def test_every_default_variant_of_the_claims_run_passes_the_config_checks(tmp_path):
+    config = tabletop.get_config("claims")
+    names = sweep.default_variants(config)
+    assert "no_anchor" in names and "value_anchor" not in names and "ivd" in names and "perfect" in names
+    assert "branch_auto" not in names and "no_ivd" not in names
+    base = tmp_path / "base"
+    (base / "collect").mkdir(parents=True)
+    pipeline.mark_done(base, "collect", {"env_steps": 8149}, 0.0)
+    for name in names:
+        flags = sweep.variant_overrides(name, config, base)
+        fv = cli.command_flags(["--config=configs/tabletop.py:claims", *flags], workdir=False)
+        validate(fv.config)   # raises ConfigError on a refused combination
+    # a simulator-world base run is the perfect model itself and has no critic anchor to vary
+    vine = sweep.default_variants(tabletop.get_config("dagger,vine"))
+    assert {"perfect", "value_anchor", "no_anchor"}.isdisjoint(vine)
+
+
+def test_branch_variants_keep_the_base_runs_branch_chunks_and_the_variants_flags_win(tmp_path):
+    config = tabletop.get_config("claims")    # n = 2, 37 iterations
+    horizon = horizon_chunks(config)
+    iterations = {n: _flag(sweep.branch_overrides(n, config.rl, horizon), "config.rl.iterations")
+                  for n in (1, 4, 0)}
+    assert iterations == {1: "74", 4: "19", 0: str(-(-74 // horizon))}
+    assert sweep.branch_overrides(-1, config.rl, horizon) == ["--config.rl.branch_chunks=-1"]
+    base = tmp_path / "base"
+    for stage in sweep.shared_stages(sweep.run_order(config)):
+        (base / stage).mkdir(parents=True)
+    cmd = sweep.variant_command("branch_4", "configs/tabletop.py:claims", config, base,
+                                ["--config.rl.branch_chunks=1", "--config.rl.iterations=3"])
+    assert _flag(cmd, "config.rl.branch_chunks") == "4" and _flag(cmd, "stages") == "mbpo,evaluate"
+    for stage in sweep.shared_stages(sweep.run_order(config)):   # world model, reward, roots and SFT reused
+        assert (base / "variants" / "branch_4" / stage).resolve() == (base / stage).resolve()
+    assert sweep.variant_stages("no_pretrain", sweep.run_order(config))[1] == (
+        "wm_pretrain", "wm_finetune", "reward", "mbpo", "evaluate")
+    assert sweep.variant_stages("wm_bc", sweep.run_order(config))[1:] == (("wm_bc", "evaluate"), "wm_bc")
+
+
+def test_online_ppo_spends_at_most_the_collect_stages_real_steps(tmp_path):
+    """8,149 collected steps, 50-step episodes, groups of 8: one iteration of 160 fresh episodes (8,000
+    steps), not one of 512 (25,600); a larger budget keeps the branches and runs more iterations."""
+    rl = tabletop.get_config("dagger,vine").rl
+    for collected, expected in ((8149, ["--config.rl.num_branches=160", "--config.rl.iterations=1"]),
+                                (60000, ["--config.rl.num_branches=512", "--config.rl.iterations=2"])):
+        base = tmp_path / str(collected)
+        (base / "collect").mkdir(parents=True)
+        pipeline.mark_done(base, "collect", {"env_steps": collected}, 0.0)
+        flags = sweep.online_overrides(base, rl, horizon=10, chunk=5)
+        assert flags[:2] == expected and "--config.rl.vine_window=0" in flags, flags
+        assert "--config.rl.critic_warmup_iterations=0" in flags
