@@ -113,3 +113,29 @@ def test_vine_actor_rows_give_the_full_buffers_update():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params["action_expert"]),
                                                     jax.tree.leaves(subset.params["action_expert"])))
+
+
+def test_a_vine_buffer_with_fewer_explored_chunks_than_minibatches_runs_one_minibatch_per_chunk():
+    """Whole episodes with one explored chunk each (online vine) can hold fewer actor rows than
+    rl.minibatch_size makes minibatches: the epoch then runs as many minibatches as actor rows, the same
+    update as the minibatch size that gives exactly that many."""
+    config = tabletop.get_config("smoke")
+    config.rl.update(dict(num_branches=16, actor_lr=1e-3, advantage="vine", group_size=4, vine_window=0))
+    policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
+    world, d = toy_world.ToyWorld(), policy.dims
+    start = toy_world.toy_states(16, d.num_views, d.image_size, int(config.data.max_text_len), d.vocab_size)
+    params = policy.init(jax.random.PRNGKey(0), jax.tree.map(lambda x: x[:1], world.observe(start)))
+    traj, bootstrap, _ = rollout.rollout(policy, params, world, None, start, jax.random.PRNGKey(1), 3,
+                                         vine_window=3, group_size=4)
+    buffer = ppo.make_buffer(traj, traj.value, bootstrap, config.rl)
+    rows, actors = buffer.mask.shape[0], len(buffer.actor_rows)
+    assert rows // 1 > actors and rows // (rows // actors) == actors
+    results = []
+    for minibatch_size in (1, rows // actors):
+        config.rl.minibatch_size = minibatch_size
+        opt = ppo.make_optimizer(config.rl, params)
+        epoch, _ = ppo.make_update_fns(policy, config.rl, opt)
+        results.append(jax.jit(epoch)(ppo.init_state(config.rl, opt, params), buffer, jax.random.PRNGKey(2))[0])
+    assert int(results[0].step) == int(results[1].step) == actors
+    for a, b in zip(jax.tree.leaves(results[0].params), jax.tree.leaves(results[1].params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

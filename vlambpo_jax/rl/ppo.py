@@ -216,17 +216,17 @@ def make_update_fns(policy, rl_config, optimizer: optax.GradientTransformation):
 
     def run_epoch(state: PPOState, buffer: Buffer, key: jax.Array, critic_only: bool):
         """Every row once, in minibatches of about rl.minibatch_size; with actor_rows, each minibatch
-        also carries an equal share of those rows for the surrogate."""
+        also carries an equal share of those rows for the surrogate (so there are at most as many
+        minibatches as actor rows: a vine buffer of whole episodes holds one explored chunk each)."""
         actor_rows, buffer = buffer.actor_rows, buffer.replace(actor_rows=None)
         n = buffer.mask.shape[0]
         num_mb = max(1, n // c.minibatch_size)
+        if not critic_only and actor_rows is not None:
+            num_mb = max(1, min(num_mb, len(actor_rows)))
         batches = minibatches(buffer, jax.random.permutation(key, n), num_mb)
         if critic_only or actor_rows is None:
             state, metrics = jax.lax.scan(lambda s, mb: update(s, mb, critic_only), state, batches)
         else:
-            if len(actor_rows) < num_mb:
-                raise ValueError(f"{len(actor_rows)} actor rows cannot fill {num_mb} minibatches; "
-                                 "raise rl.minibatch_size")
             actor_order = jax.random.permutation(jax.random.fold_in(key, 1), actor_rows)
             actor = minibatches(buffer, actor_order, num_mb)
             state, metrics = jax.lax.scan(lambda s, mbs: update(s, mbs[0], False, mbs[1]), state, (batches, actor))
