@@ -85,13 +85,9 @@ def test_vine_buffer_values_every_chunk_the_branches_took(monkeypatch):
         np.testing.assert_allclose(values[mask[:, j], j], values[sampled[:, j], j][0], rtol=1e-4)
 
 
-def test_vine_actor_rows_give_the_full_buffers_update():
-    """Vine re-scores only each branch's explored chunk (Buffer.actor_rows). In one minibatch that must
-    be the same update as scoring every row, since the surrogate's mask is zero on the others; a wrong
-    row (another chunk of the branch, another branch) changes the advantages it pairs with the chain."""
-    config = tabletop.get_config("smoke")
-    config.rl.update(dict(num_branches=16, minibatch_size=64, actor_lr=1e-3, advantage="vine", group_size=4,
-                          vine_window=0))
+def _toy_vine_buffer(config):
+    """-> (policy, params, trajectory, PPO buffer): 16 toy branches in groups of 4, 3 chunks each, one
+    explored chunk per branch."""
     policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
     world, d = toy_world.ToyWorld(), policy.dims
     start = toy_world.toy_states(16, d.num_views, d.image_size, int(config.data.max_text_len), d.vocab_size)
@@ -99,6 +95,17 @@ def test_vine_actor_rows_give_the_full_buffers_update():
     traj, bootstrap, _ = rollout.rollout(policy, params, world, None, start, jax.random.PRNGKey(1), 3,
                                          vine_window=3, group_size=4)
     buffer = ppo.make_buffer(traj, traj.value, bootstrap, config.rl)
+    return policy, params, traj, buffer
+
+
+def test_vine_actor_rows_give_the_full_buffers_update():
+    """Vine re-scores only each branch's explored chunk (Buffer.actor_rows). In one minibatch that must
+    be the same update as scoring every row, since the surrogate's mask is zero on the others; a wrong
+    row (another chunk of the branch, another branch) changes the advantages it pairs with the chain."""
+    config = tabletop.get_config("smoke")
+    config.rl.update(dict(num_branches=16, minibatch_size=64, actor_lr=1e-3, advantage="vine", group_size=4,
+                          vine_window=0))
+    policy, params, traj, buffer = _toy_vine_buffer(config)
     explored = np.asarray(traj.sampled).reshape(-1)
     assert sorted(np.asarray(buffer.actor_rows)) == list(np.flatnonzero(explored))
     assert not np.asarray(buffer.policy_mask)[~explored].any() and np.asarray(buffer.policy_mask).any()
@@ -121,13 +128,7 @@ def test_a_vine_buffer_with_fewer_explored_chunks_than_minibatches_runs_one_mini
     update as the minibatch size that gives exactly that many."""
     config = tabletop.get_config("smoke")
     config.rl.update(dict(num_branches=16, actor_lr=1e-3, advantage="vine", group_size=4, vine_window=0))
-    policy = Policy(config, loading.make_tokenizer(config.policy.tokenizer).vocab_size)
-    world, d = toy_world.ToyWorld(), policy.dims
-    start = toy_world.toy_states(16, d.num_views, d.image_size, int(config.data.max_text_len), d.vocab_size)
-    params = policy.init(jax.random.PRNGKey(0), jax.tree.map(lambda x: x[:1], world.observe(start)))
-    traj, bootstrap, _ = rollout.rollout(policy, params, world, None, start, jax.random.PRNGKey(1), 3,
-                                         vine_window=3, group_size=4)
-    buffer = ppo.make_buffer(traj, traj.value, bootstrap, config.rl)
+    policy, params, _, buffer = _toy_vine_buffer(config)
     rows, actors = buffer.mask.shape[0], len(buffer.actor_rows)
     assert rows // 1 > actors and rows // (rows // actors) == actors
     results = []
