@@ -296,7 +296,7 @@ def main(argv: list[str]) -> int:
                                                 indent=2))
     rows = _merge(out, _base_rows(base) if pipeline.is_done(base, "evaluate") else {})
     print(markdown(rows))
-    print(f"[sweep] {len(timing)} jobs in {wall:.0f} s on {fv.lanes} lane(s)")
+    print(f"[sweep] {len(timing)} job(s) in {wall:.0f} s on {fv.lanes} lane(s)")
     if failed:
         cli.fail(f"sweep: {', '.join(failed)} did not finish" + (f" (logs in {out / 'logs'})" if fv.lanes > 1 else ""))
     return 0
