@@ -1,4 +1,5 @@
 """CLI: --help, one-line errors for bad configs before any compute, config file arguments."""
+import importlib
 import os
 import subprocess
 import sys
@@ -57,6 +58,16 @@ def test_help_documents_flags(tmp_path):
                        text=True, cwd=ROOT, timeout=120)
     for flag in ("--config", "--workdir", "--stages", "print_config", "jax_cache_dir"):
         assert flag in r.stdout
+
+
+@pytest.mark.parametrize("tool,flags_listed", [("sweep", ("--lanes", "--variants", "--workdir")),
+                                                ("wm_agreement", ("--drift_only", "--states"))])
+def test_a_tools_help_gives_its_docstring_and_flags(tool, flags_listed):
+    r = subprocess.run([sys.executable, "-m", f"vlambpo_jax.tools.{tool}", "--help"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = importlib.import_module(f"vlambpo_jax.tools.{tool}").__doc__.strip().splitlines()[0]
+    assert r.stdout.startswith(doc) and all(f in r.stdout for f in ("--config",) + flags_listed), r.stdout
 
 
 @pytest.mark.parametrize("module", [tabletop, bridge])

@@ -114,6 +114,10 @@ def command_flags(argv: list[str], define=None, *, workdir: bool = True,
         flags.DEFINE_string("workdir", None, "the run's workdir", flag_values=fv)
     if define is not None:
         define(fv)
+    if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+        # the command's own docstring (it runs as __main__) and every flag it takes
+        print(((sys.modules["__main__"].__doc__ or "").strip() + "\n\nFlags:\n" + fv.get_help()).strip())
+        sys.exit(0)
     rest = parse(fv, argv)
     if len(rest) > 1:
         fail(f"unexpected arguments: {' '.join(rest[1:])}")
