@@ -222,7 +222,9 @@ def make_update_fns(policy, rl_config, optimizer: optax.GradientTransformation):
         n = buffer.mask.shape[0]
         num_mb = max(1, n // c.minibatch_size)
         if not critic_only and actor_rows is not None:
-            num_mb = max(1, min(num_mb, len(actor_rows)))
+            if len(actor_rows) == 0:
+                raise ValueError("the buffer holds no explored chunk for the surrogate (Buffer.actor_rows)")
+            num_mb = min(num_mb, len(actor_rows))
         batches = minibatches(buffer, jax.random.permutation(key, n), num_mb)
         if critic_only or actor_rows is None:
             state, metrics = jax.lax.scan(lambda s, mb: update(s, mb, critic_only), state, batches)
