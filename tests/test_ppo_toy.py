@@ -130,7 +130,7 @@ def test_a_vine_buffer_with_fewer_explored_chunks_than_minibatches_runs_one_mini
     config.rl.update(dict(num_branches=16, actor_lr=1e-3, advantage="vine", group_size=4, vine_window=0))
     policy, params, _, buffer = _toy_vine_buffer(config)
     rows, actors = buffer.mask.shape[0], len(buffer.actor_rows)
-    assert rows // 1 > actors and rows // (rows // actors) == actors
+    assert rows > actors and rows // (rows // actors) == actors
     results = []
     for minibatch_size in (1, rows // actors):
         config.rl.minibatch_size = minibatch_size

@@ -137,7 +137,8 @@ def test_branch_variants_keep_the_base_runs_branch_chunks_and_the_variants_flags
     for stage in sweep.shared_stages(sweep.run_order(config)):
         (base / stage).mkdir(parents=True)
     cmd = sweep.variant_command("branch_4", "configs/tabletop.py:claims", config, base,
-                                ["--config.rl.branch_chunks=1", "--config.rl.iterations=3"])
+                                ["--config.rl.branch_chunks=1", "--config.rl.iterations=3"],
+                                sweep.variant_overrides("branch_4", config, base))
     assert _flag(cmd, "config.rl.branch_chunks") == "4" and _flag(cmd, "stages") == "mbpo,evaluate"
     for stage in sweep.shared_stages(sweep.run_order(config)):   # world model, reward, roots and SFT reused
         assert (base / "variants" / "branch_4" / stage).resolve() == (base / stage).resolve()

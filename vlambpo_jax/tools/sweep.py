@@ -151,8 +151,10 @@ def variant_overrides(name: str, config, base: Path) -> list[str]:
     return flags
 
 
-def variant_command(name: str, config_spec: str, config, base: Path, extra: list[str]) -> list[str]:
-    """Links the shared stages into base/variants/<name> -> the command that runs the rest."""
+def variant_command(name: str, config_spec: str, config, base: Path, extra: list[str],
+                    overrides: list[str]) -> list[str]:
+    """Links the shared stages into base/variants/<name> -> the command that runs the rest, with the
+    sweep's flags `extra` and then the variant's `overrides` (variant_overrides), which win."""
     linked, stages, policy = variant_stages(name, run_order(config))
     out = base / "variants" / name
     out.mkdir(parents=True, exist_ok=True)
@@ -162,17 +164,16 @@ def variant_command(name: str, config_spec: str, config, base: Path, extra: list
             os.symlink(base / stage, link)
     return [sys.executable, "-m", "vlambpo_jax.main", f"--config={config_spec}", f"--workdir={out}",
             "--stages=" + ",".join(stages), f"--config.eval.policies=('{policy}',)",
-            *extra, *variant_overrides(name, config, base)]
+            *extra, *overrides]
 
 
-def variant_row(name: str, config, base: Path) -> dict:
+def variant_row(name: str, base: Path, overrides: list[str]) -> dict:
     """A finished variant's result row."""
     out = base / "variants" / name
     policy = VARIANTS[name].policy
     results = json.loads((out / "evaluate" / "results.json").read_text())[policy]
     summary = _summary(out, policy)
-    row = {"overrides": variant_overrides(name, config, base), "env_steps": summary.get("env_steps", 0),
-           **results}
+    row = {"overrides": overrides, "env_steps": summary.get("env_steps", 0), **results}
     if "rounds" in summary:  # wm_bc: imagined success and data kept per round
         row["rounds"] = summary["rounds"]
     return row
@@ -244,14 +245,15 @@ def main(argv: list[str]) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     done = lambda: {s for s in order if pipeline.is_done(base, s)}  # noqa: E731
     pending = ([] if set(order) <= done() else [BASE]) + list(variants)
-    running, timing, failed = {}, {}, []
+    running, timing, failed, overrides = {}, {}, [], {}
     t_start = time.time()
 
     def start(name: str) -> None:
         if name == BASE:
             cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={spec}", f"--workdir={base}", *extra]
         else:
-            cmd = variant_command(name, spec, config, base, extra)
+            overrides[name] = variant_overrides(name, config, base)
+            cmd = variant_command(name, spec, config, base, extra, overrides[name])
         log = None if fv.lanes == 1 else open(out / "logs" / f"{name}.log", "w")
         print(f"[sweep] {name}: started" + (f" (log: {log.name})" if log else "") + "\n+ " + " ".join(cmd),
               flush=True)
@@ -271,7 +273,7 @@ def main(argv: list[str]) -> int:
             _merge(out, _base_rows(base))
         else:
             demos, collect = _real_steps(base)
-            r = {**variant_row(name, config, base), "wall_seconds": timing[name]}
+            r = {**variant_row(name, base, overrides[name]), "wall_seconds": timing[name]}
             r["real_env_steps"] = demos + int(r["env_steps"]) + (0 if name == "online_ppo" else collect)
             _merge(out, {name: r})
 
