@@ -57,13 +57,15 @@ def ar_dataset(tmp_path_factory):
 
 
 @pytest.mark.parametrize("file_format", ["array_record", "tfrecord"])
-def test_round_trip_is_bit_identical(tmp_path, file_format, ar_dataset):
+def test_round_trip_is_bit_identical(tmp_path, file_format, ar_dataset, capsys):
     if file_format == "array_record":
         path, eps = ar_dataset
     else:
         eps = _episodes(3, seed=1)
         path = write_rlds(tmp_path, iter(eps), dataset_name="toy", image_keys=KEYS, image_shape=(8, 8, 3),
                           file_format=file_format)
+        out = capsys.readouterr().out
+        assert "Download" not in out and f"RLDS dataset toy written to {path}" in out, out
     assert (path / "dataset_info.json").exists() and path.parts[-2:] == ("toy", "1.0.0")
     reader = EpisodeReader(open_builder(path), "train", STD)
     got = list(reader)

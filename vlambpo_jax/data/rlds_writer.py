@@ -193,6 +193,14 @@ class _EpisodeWriter(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, **kwargs):  # required abstract method; _split_generators is used
         raise NotImplementedError
 
+    # TFDS announces a download ("Downloading and preparing dataset ...") for every builder; nothing is
+    # downloaded here, so say what happened instead.
+    def _log_download_bytes(self):
+        pass
+
+    def _log_download_done(self):
+        print(f"RLDS dataset {self.name} written to {self.data_dir}")
+
 
 def _encode_episode(features: tfds.features.FeaturesDict, ep: Mapping, dataset: str, index: int) -> dict:
     if not isinstance(ep, Mapping):

@@ -13,7 +13,8 @@ model or use the simulator run beside the base run's world-model stages (two pro
 cores: each job alone leaves part of them idle). With more than one lane each job writes
 DIR/sweep/logs/<name>.log. Variants (default: all but branch_auto and the ones the base run already is):
   online_ppo   PPO in the simulator from fresh episodes, at most as many real env steps as the collect
-               stage used (online_overrides)
+               stage used, or one group of rl.group_size episodes where that is more (online_overrides;
+               the row's real env steps are the ones it used)
   perfect      MBPO with a perfect world model: the simulator restored at the collected roots
   branch_1, branch_4, branch_full   branch length n (the base run is n = config.rl.branch_chunks), with the
                iterations scaled to the base run's number of branch chunks
