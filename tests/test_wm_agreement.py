@@ -138,6 +138,7 @@ def test_open_loop_drift_of_a_copy_model_is_copying():
         assert len(m[f"drift_imagined_view{v}"]) == 2
         assert m[f"drift_imagined_view{v}"] == m[f"drift_copy_view{v}"]
         assert m[f"drift_imagined_vs_real_view{v}"] == m[f"drift_copy_vs_real_view{v}"]
+        assert m[f"motion_gain_imagined_view{v}"] == [0.0, 0.0]    # a copy does not move
     assert m["drift_real_view1"] != m["drift_copy_view1"]   # the wrist camera moved with the gripper
     assert min(m["drift_copy_vs_real_view1"]) > 0
     # a model that shows the real frames reads as the real views do: no distance to them
@@ -148,6 +149,7 @@ def test_open_loop_drift_of_a_copy_model_is_copying():
         assert real_model[f"drift_exact_view{v}"] == real_model[f"drift_real_view{v}"]
         np.testing.assert_allclose(real_model[f"drift_imagined_vs_real_view{v}"], 0.0, atol=1e-6)
         np.testing.assert_allclose(real_model[f"drift_imagined_view{v}"], real_model[f"drift_real_view{v}"], rtol=1e-6)
+        np.testing.assert_allclose(real_model[f"motion_gain_imagined_view{v}"], 1.0, rtol=1e-5)
 
 
 def test_the_reports_drift_table_gives_imagined_over_copying_for_both_readings():
@@ -157,6 +159,8 @@ def test_the_reports_drift_table_gives_imagined_over_copying_for_both_readings()
     lines = report.drift_lines(m, ("head",))
     assert "| head, imagined | 3.0 | 6.0 |" in lines
     assert lines[-1].endswith("head 0.50 / 0.75 against the simulator; head 0.20 / - against the real view.")
+    gain = report.drift_lines(dict(m, motion_gain_imagined_view0=[0.456, 0.5]), ("head",))
+    assert gain[:-2] == lines and gain[-1].endswith("head 0.46 / 0.50.")
     assert report.drift_lines({}, ("head",)) == []
 
 

@@ -227,7 +227,10 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
     f32[B, V, D] (xyz in state_probe.POS_DIMS). -> {drift_<source>_view<v>: mean xyz error (m) against
     the simulator's end effector after chunks 1..num_chunks, one list per source (imagined | real |
     copy) and view; drift_<source>_vs_real_view<v> (every source but real): the mean distance between
-    that source's reading and the real view's, where the probe's own error on real frames cancels}.
+    that source's reading and the real view's, where the probe's own error on real frames cancels;
+    motion_gain_<source>_view<v> (imagined, exact): how far the source's reading moved from the first
+    frame's along the real view's move, sum(d_source . d_real) / sum(|d_real|^2) over the states (1 = as
+    far as the real view, 0 = not at all, as copying)}.
     exact_fn(views, real next views) -> views, the world model's decoding of the exact next latents,
     adds the source 'exact': a chain of such steps from the first frame, the ceiling that the model's
     VAE and decoding put on its drift."""
@@ -253,6 +256,12 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
             for suffix, target in against:
                 for v, e in enumerate(np.linalg.norm(reading - target, axis=-1).mean(0)):
                     errs.setdefault(f"drift_{source}{suffix}_view{v}", []).append(float(e))
+        moved = readings["real"] - readings["copy"]                                    # [B, V, 3]
+        for source in ("imagined", "exact"):
+            if source in readings:
+                along = ((readings[source] - readings["copy"]) * moved).sum((0, 2))
+                for v, g in enumerate(along / np.maximum((moved ** 2).sum((0, 2)), 1e-12)):
+                    errs.setdefault(f"motion_gain_{source}_view{v}", []).append(float(g))
     return errs
 
 

@@ -215,7 +215,11 @@ def drift_lines(m: dict, views: tuple[str, ...]) -> list[str]:
             "", "Imagined over copying after each chunk (issue 18's bar: at most 0.5 after chunks 1 and 2): "
             + "; ".join(f"{view} {ratios(to, v)} against {against}" for v, view in enumerate(views)
                         for to, against in (("", "the simulator"), ("_vs_real", "the real view"))
-                        if f"drift_imagined{to}_view{v}" in m) + "."]
+                        if f"drift_imagined{to}_view{v}" in m) + ".",
+            *(["", "Motion gain after each chunk (how far the imagined reading moved from the first frame's along "
+               "the real view's move; 1 = as far, 0 = copying): " + "; ".join(
+                   f"{view} " + " / ".join(f"{g:.2f}" for g in m[f"motion_gain_imagined_view{v}"])
+                   for v, view in enumerate(views)) + "."] if "motion_gain_imagined_view0" in m else [])]
 
 
 def imagined_vs_logged(ctx, num_videos: int, num_chunks: int, upscale: int = 4) -> tuple[list[str], list[str]]:
