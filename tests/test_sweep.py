@@ -159,3 +159,18 @@ def test_online_ppo_spends_at_most_the_collect_stages_real_steps(tmp_path):
         flags = sweep.online_overrides(base, rl, horizon=10, chunk=5)
         assert flags[:2] == expected and "--config.rl.vine_window=0" in flags, flags
         assert "--config.rl.critic_warmup_iterations=0" in flags
+
+
+def test_the_table_pairs_each_row_with_sft_and_the_base_run_on_the_same_episodes():
+    def row(successes):
+        return dict(ROW, successes=successes)
+    # against sft: 3 episodes only the variant solves, 1 only sft -> two-sided exact p = 2 * 5/16
+    rows = {"sft": row([1, 0, 0, 0, 1, 1]), "vla_mbpo": row([1, 1, 1, 1, 0, 1]), "perfect": row([0, 1, 1, 1, 0, 1]),
+            "old": dict(ROW)}
+    lines = sweep.markdown(rows).splitlines()
+    assert lines[0].split(" | ")[4:6] == ["vs sft", "vs vla_mbpo"]
+    cells = {ln.split(" | ")[0][2:]: ln.split(" | ")[4:6] for ln in lines[2:]}
+    assert cells["sft"] == ["", "1 / 3, p = 0.62"]
+    assert cells["vla_mbpo"] == ["3 / 1, p = 0.62", ""]
+    assert cells["perfect"] == ["3 / 2, p = 1", "0 / 1, p = 1"]
+    assert cells["old"] == ["", ""]            # a row without per-episode outcomes is not paired

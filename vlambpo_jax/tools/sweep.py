@@ -26,7 +26,8 @@ DIR/sweep/logs/<name>.log. Variants (default: all but branch_auto and the ones t
                imagined by the base run's world model (the `wm_bc` stage, config.rl.bc_*), no RL
   value_anchor, no_anchor   MBPO with / without its critic anchored to the real returns that followed
                512 collected chunk boundaries per iteration (config.rl.value_anchor; rl.world='model')
-Results: DIR/sweep/results.json and DIR/sweep/results.md (with the base run's sft and mbpo rows), updated
+Results: DIR/sweep/results.json and DIR/sweep/results.md (with the base run's sft and mbpo rows; each
+row paired with both on the same evaluation episodes: only it / only the other, McNemar p), updated
 after each variant; rows of other calls on the same DIR are kept, so variants can also run in separate
 calls. DIR/sweep/timing.json holds this call's wall time per job and in all.
 """
@@ -40,10 +41,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from absl import flags
 
 from vlambpo_jax import cli, pipeline
-from vlambpo_jax.envs import horizon_chunks
+from vlambpo_jax.envs import evaluation, horizon_chunks
 from vlambpo_jax.stages import STAGES
 
 # Stages that train the policy a variant evaluates; the stages before them are shared with the base run.
@@ -51,6 +53,7 @@ POLICY_STAGES = ("mbpo", "wm_bc")
 # The base run's stages that only the learned world model's variants need.
 WORLD_MODEL_STAGES = ("wm_pretrain", "wm_finetune", "reward")
 BASE = "base"   # the job name of the base run
+SFT_ROW, BASE_ROW = "sft", "vla_mbpo"   # the base run's rows in the table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,13 +193,27 @@ def next_job(pending: list[str], done: set[str], order: tuple[str, ...]) -> str 
     return next((j for j in pending if set(needs(j, order)) <= done), None)
 
 
+def paired(row: dict, ref: dict | None) -> str:
+    """'only row / only ref, p = P' (McNemar exact) over the same evaluation episodes (every run of a
+    config evaluates the same initial states), '' where either has no per-episode outcomes."""
+    a, b = row.get("successes"), (ref or {}).get("successes")
+    if ref is None or row is ref or not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b):
+        return ""
+    p = evaluation.paired_comparison(np.asarray(b, bool), np.asarray(a, bool))
+    return f"{p['only_other']} / {p['only_base']}, p = {p['p_value']:.2g}"
+
+
 def markdown(rows: dict) -> str:
-    lines = ["| method | success (95% CI) | episodes | real env steps | wall s |", "|---|---|---|---|---|"]
+    """The table: each row's success, interval, real env steps and wall time, paired with SFT and with
+    the base run's MBPO row (only this row / only that one, McNemar p)."""
+    lines = [f"| method | success (95% CI) | episodes | real env steps | vs {SFT_ROW} | vs {BASE_ROW} | wall s |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         lo, hi = r["ci95"]
         wall = f"{r['wall_seconds']:.0f}" if "wall_seconds" in r else ""
         lines.append(f"| {name} | {r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] | {r['episodes']} | "
-                     f"{r.get('real_env_steps', '')} | {wall} |")
+                     f"{r.get('real_env_steps', '')} | {paired(r, rows.get(SFT_ROW))} | "
+                     f"{paired(r, rows.get(BASE_ROW))} | {wall} |")
     return "\n".join(lines)
 
 
@@ -220,8 +237,8 @@ def _base_rows(base: Path) -> dict:
     """The finished base run's sft and mbpo rows."""
     results = json.loads((base / "evaluate" / "results.json").read_text())
     demos, collect = _real_steps(base)
-    return {"sft": {**results["sft"], "real_env_steps": demos},
-            "vla_mbpo": {**results["mbpo"], "real_env_steps": demos + collect}}
+    return {SFT_ROW: {**results["sft"], "real_env_steps": demos},
+            BASE_ROW: {**results["mbpo"], "real_env_steps": demos + collect}}
 
 
 def _define(fv: flags.FlagValues) -> None:
