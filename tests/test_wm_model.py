@@ -12,7 +12,7 @@ from vlambpo_jax.models import action_tokens as at
 from vlambpo_jax.models import flow_sampling as fs
 from vlambpo_jax.models.umm import MoTBackbone, UMMConfig
 from vlambpo_jax.models.vae import VAE, to_float
-from vlambpo_jax.models.world_model import WorldModel, shift_timesteps
+from vlambpo_jax.models.world_model import WorldModel, motion_weighted_mean, shift_timesteps
 
 
 def tiny_config(**wm):
@@ -94,6 +94,22 @@ def test_euler_sample_with_the_exact_velocity_lands_on_the_target():
     ts = shift_timesteps(jnp.linspace(1.0, 0.0, 5), 2.0)
     out = fs.euler_sample(lambda x, t: (x - x0) / t, noise, ts)
     np.testing.assert_allclose(np.asarray(out), np.asarray(x0), atol=1e-5)
+
+
+def test_motion_weight_puts_the_flow_loss_where_the_latents_change():
+    err = jnp.asarray([[1.0, 3.0]])
+    change = jnp.asarray([[[0.0, 0.0], [1.0, 1.0]]])       # token 1 moves: c = (0, 1), mean 0.5
+    assert float(motion_weighted_mean(err, change, 0.0)) == 2.0
+    # weights 1 + 1 * (0, 1) / 0.5 = (1, 3): (1 * 1 + 3 * 3) / 4
+    np.testing.assert_allclose(float(motion_weighted_mean(err, change, 1.0)), 2.5, rtol=1e-6)
+    tr = transition()
+    out = {}
+    for weight in (0.0, 2.0):
+        wm = WorldModel(tiny_config(predict_delta=True, delta_scale=(0.4, 1.0), motion_weight=weight))
+        params = wm.init(jax.random.key(0))
+        out[weight] = jax.jit(lambda p, wm=wm: wm.loss(p, tr, jax.random.key(3), train=False)[1])(params)
+    assert out[0.0]["mse_head"] == out[2.0]["mse_head"]     # the per-view metric stays the plain mean
+    assert out[0.0]["image_mse"] != out[2.0]["image_mse"]
 
 
 @pytest.mark.parametrize("delta_pixels", [True, False])

@@ -212,6 +212,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.vine_horizon", _int_range(0)),
     ("rl.fixed_starts", _bool),
     ("wm.action_adaln", _bool),
+    ("wm.motion_weight", _nonnegative_number),
     ("demos.expert_labels", _bool),
     ("rl.critic_warmup_iterations", _int_range(0)),
     ("rl.target_kl", _nonnegative_number),

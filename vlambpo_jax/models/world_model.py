@@ -84,6 +84,7 @@ class WMSpec:
     predict_delta: bool = False
     delta_scale: tuple = (1.0, 1.0)
     delta_pixels: bool = False
+    motion_weight: float = 0.0
     sample_temperature: float = 1.0
     reward_views: tuple = (0,)
     reward_on_predictions: float = 0.0
@@ -170,7 +171,7 @@ def spec_from_config(config) -> WMSpec:
         # absent in configs saved before residual prediction existed: those models predict the next
         # latent itself
         predict_delta=bool(w.get("predict_delta", False)), delta_scale=delta_scale,
-        delta_pixels=bool(w.get("delta_pixels", False)),
+        delta_pixels=bool(w.get("delta_pixels", False)), motion_weight=float(w.get("motion_weight", 0.0)),
         sample_temperature=float(w.get("sample_temperature", 1.0)), reward_views=reward_views,
         reward_on_predictions=float(w.get("reward_on_predictions", 0.0)),
         reward_labels=str(w.get("reward_labels", "paper")),
@@ -200,6 +201,17 @@ def timestep_embedding(t, dim: int = 256, scale: float = 1000.0):
     freqs = jnp.exp(-np.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
     args = (scale * t.astype(jnp.float32))[:, None] * freqs[None]
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def motion_weighted_mean(err, change, weight: float):
+    """The flow loss per latent token err f32[B, n] averaged with token weights 1 + weight * c / mean(c),
+    c = the token's mean square latent change f32[B, n, pd] (no gradient; the mean over the batch):
+    weight 0 is the plain mean; larger puts the loss where the view moves (wm.motion_weight)."""
+    if weight == 0:
+        return jnp.mean(err)
+    c = jax.lax.stop_gradient(jnp.mean(change ** 2, axis=-1))
+    w = 1.0 + weight * c / jnp.maximum(jnp.mean(c), 1e-12)
+    return jnp.sum(w * err) / jnp.sum(w)
 
 
 def shift_timesteps(t, shift: float):
@@ -662,9 +674,9 @@ class WorldModel:
         for i in range(v):
             seg = [sg.name for sg in layout.segments if sg.source == ("noisy", i)][0]
             pred = self.net.apply(net, h[:, slice(*layout.offsets()[seg])], method=WMNet.velocity)
-            m = jnp.mean((pred - (eps[:, i] - x0[:, i])) ** 2)
-            metrics[f"mse_{names.get(i, i)}"] = m
-            mse = mse + m / v
+            err = jnp.mean((pred - (eps[:, i] - x0[:, i])) ** 2, axis=-1)          # [B, n]
+            metrics[f"mse_{names.get(i, i)}"] = jnp.mean(err)
+            mse = mse + motion_weighted_mean(err, z1[:, i] - current[:, i], s.motion_weight) / v
             if s.reward_on_predictions > 0:  # the flow's own estimate of x0
                 x0_hat.append(xt[:, i] - t[:, i, None, None] * pred)
         ce, rmetrics = self._reward_ce(params, self.reward_examples(batch, s.reward_labels))
