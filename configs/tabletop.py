@@ -303,7 +303,8 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       delta_scale[view] (head, wrist: about the std of the change on the demos, so the target has
       ~unit scale), and the sampler adds the current latent back: "nothing moves" is the zero target.
     delta_pixels: with predict_delta, decode as current frame + D(next latent) - D(current latent), so
-      unchanged regions keep the real pixels instead of their VAE reconstruction.
+      unchanged regions keep the real pixels instead of their VAE reconstruction. Decoding only: a
+      trained model loads under either value.
     motion_weight: >= 0; the flow loss of each latent token weighted by 1 + motion_weight x its squared
       latent change over the batch's mean (0 = the plain mean; larger puts the loss where the view moves).
     pretrain_enabled: run wm_pretrain on broad data (False = the "w/o pretraining" ablation).

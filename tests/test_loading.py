@@ -60,6 +60,9 @@ def test_world_model_loads_under_its_own_layout_only(interleaved_model):
     other.wm.timestep_shift = other.wm.timestep_shift + 1.0
     with pytest.raises(loading.LayoutMismatch, match="wm.timestep_shift"):
         loading.load_world_model(interleaved_model, other)
+    other = tabletop.get_config("smoke")          # decoding alone may differ from training
+    other.wm.update(view_decoding="interleaved", delta_pixels=not trained.wm.delta_pixels)
+    assert loading.load_world_model(interleaved_model, other)[0].spec.delta_pixels is not trained.wm.delta_pixels
 
 
 def test_mbpo_stage_refuses_another_layout_in_one_line(interleaved_model, tmp_path):

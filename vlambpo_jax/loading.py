@@ -32,9 +32,10 @@ from vlambpo_jax.train import checkpoints
 
 # World-model settings that change the token sequence or the decoding but no parameter shape: a
 # checkpoint loaded under other values would run as another model without an error.
+# wm.delta_pixels is not among them: it only chooses how predicted latents become pixels, so any model
+# decodes either way (its reward stage's classifier read the views decoded as it was trained).
 LAYOUT_KEYS = ("view_decoding", "ivd_vit_copy", "ivd_wrist_sees_head", "action_encoding", "predict_delta",
-               "delta_pixels", "delta_scale", "timestep_shift", "reward_views", "action_adaln",
-               "bagel_embeddings")
+               "delta_scale", "timestep_shift", "reward_views", "action_adaln", "bagel_embeddings")
 
 
 class LayoutMismatch(UserError):
