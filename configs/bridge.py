@@ -7,8 +7,8 @@ shrinks every size; `pi05` gives the policy the released pi0.5 checkpoints' size
 (--config.policy.tokenizer=DIR); a GPU/TPU configuration (README, "Starting from pi0.5"); `bagel` gives
 the world model BAGEL-7B-MoT's sizes and the paper's sampling (14B parameters, the FLUX VAE, 224 px
 views): for the memory plan (`python -m vlambpo_jax.tools.plan --config=configs/bridge.py:bagel`) and
-models/bagel_import.load_world_model; no stage runs a world model of that kind yet (README, "Starting
-from BAGEL"), so it runs the data stage only.
+models/bagel_import.load_world_model. It runs the data stage only by default; with --config.wm.init_from
+(a release directory) the world-model stages load the release (README, "Starting from BAGEL").
 Point at the real release with --config.data.builder_dir=/path/bridge_dataset/1.0.0.
 
 The whole loop runs from logged episodes, as for a real robot whose rollouts were recorded:
