@@ -134,12 +134,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --- rl: collect, MBPO / online PPO (PPO fields: configs/common.py:rl_config) ---
     # collect_episodes_per_task / collect_mode / collect_batch: real rollouts of the SFT policy per
     #   task ('train' = Flow-SDE sampling, 'eval' = deterministic), envs stepped at once.
+    # collect_noise_level / collect_stochastic_step: the Flow-SDE settings collect samples with, in place
+    #   of config.policy's (which PPO explores with): `vine` and `claims` raise the policy's noise for PPO,
+    #   and their results up to docs/results.md section 53 were measured on rollouts collected at these
+    #   (section 54: at the policy's 'all' / 0.6 the collected success falls from 52% to 27%).
     # bc_*: the `wm_bc` baseline (stages/wm_bc.py, rl/wm_bc.py; filtered BC on imagined successes):
     #   bc_rounds rounds of bc_branches full-horizon world-model branches (from episode starts when
     #   bc_initial_roots, else from any root), then bc_steps flow-matching steps at lr bc_lr on batches
     #   of bc_batch_size (observation, chunk) pairs of the successful branches of every round so far.
     c.rl = common.rl_config(
-        collect_episodes_per_task=per_task(200), collect_mode="train", collect_batch=100, iterations=20,
+        collect_episodes_per_task=per_task(200), collect_mode="train", collect_batch=100,
+        collect_noise_level=0.5, collect_stochastic_step="per_call", iterations=20,
         bc_rounds=3, bc_branches=128, bc_steps=200, bc_lr=1e-4, bc_batch_size=32, bc_initial_roots=True)
     if args.truth:  # the world model predicts images, not the privileged state: online PPO only
         c.stages = ("demos", "sft", "mbpo", "evaluate")

@@ -126,6 +126,18 @@ def test_the_claims_run_is_vla_mbpo_in_the_learned_world_model():
         tabletop.get_config("claims,online")
 
 
+def test_collect_samples_as_deployed_while_ppo_explores_with_the_policys_noise():
+    from vlambpo_jax.models.policy import Policy
+    from vlambpo_jax.stages import collect
+    c = tabletop.get_config("claims,smoke")
+    assert (c.policy.stochastic_step, c.policy.noise_level) == ("all", 0.6)      # PPO's exploration
+    sampled = collect.sampling_config(c)
+    assert (sampled.policy.stochastic_step, sampled.policy.noise_level) == ("per_call", 0.5)
+    assert c.policy.stochastic_step == "all"                                      # the run's config untouched
+    policy = Policy(sampled, vocab_size=300)
+    assert policy.noise_level == 0.5 and not policy.all_steps
+
+
 def test_the_value_anchor_needs_the_learned_world_model():
     c = tabletop.get_config("smoke")
     c.rl.value_anchor = 8

@@ -217,6 +217,8 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.critic_warmup_iterations", _int_range(0)),
     ("rl.target_kl", _nonnegative_number),
     ("rl.collect_mode", _one_of("train", "eval")),
+    ("rl.collect_noise_level", _positive_float),
+    ("rl.collect_stochastic_step", _one_of("per_call", "per_sample", "all")),
     ("rl.num_branches", _int_range(1)),
     ("rl.minibatch_size", _int_range(1)),
     ("rl.iterations", _int_range(0)),

@@ -22,9 +22,19 @@ from vlambpo_jax.stages import common
 DATASET = "tabletop_rollouts"
 
 
+def sampling_config(config):
+    """config with the collect stage's Flow-SDE settings (rl.collect_noise_level, rl.collect_stochastic_step)
+    as the policy's: the SFT policy collects as deployed, whatever exploration PPO later uses."""
+    out = config.copy_and_resolve_references()
+    out.policy.noise_level = float(config.rl.collect_noise_level)
+    out.policy.stochastic_step = str(config.rl.collect_stochastic_step)
+    return out
+
+
 def run(ctx) -> dict:
     config = ctx.config
-    policy, params, tokenizer, assets = loading.load_policy(ctx.stage_summary("sft")["checkpoint_dir"], config)
+    policy, params, tokenizer, assets = loading.load_policy(ctx.stage_summary("sft")["checkpoint_dir"],
+                                                            sampling_config(config))
     env = make_env(config)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xC011EC7)
     episodes, sim_states = collect.collect(env, policy, params, tokenizer, key, config.rl.collect_episodes_per_task,
