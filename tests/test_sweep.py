@@ -27,9 +27,12 @@ class FakeStageProcess:
     running = set()
     peak = 0
     fail = ()         # workdir names whose process exits 1 at its first poll
+    interrupt = ()    # workdir names whose start stops the sweep (as Ctrl-C would)
 
     def __init__(self, cmd, stdout=None, stderr=None):
         self.workdir = Path(_flag(cmd, "workdir"))
+        if self.workdir.name in self.interrupt:
+            raise KeyboardInterrupt
         self.base = self.workdir.parent.parent if self.workdir.parent.name == "variants" else self.workdir
         stages = [a for a in cmd if a.startswith("--stages=")]
         order = sweep.run_order(tabletop.get_config("claims,smoke"))
@@ -61,7 +64,8 @@ class FakeStageProcess:
 
 @pytest.fixture
 def fake_processes(monkeypatch):
-    FakeStageProcess.log, FakeStageProcess.running, FakeStageProcess.peak, FakeStageProcess.fail = [], set(), 0, ()
+    FakeStageProcess.log, FakeStageProcess.running, FakeStageProcess.peak = [], set(), 0
+    FakeStageProcess.fail, FakeStageProcess.interrupt = (), ()
     monkeypatch.setattr(sweep.subprocess, "Popen", FakeStageProcess)
     monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
     return FakeStageProcess
@@ -107,6 +111,14 @@ def test_a_failed_base_run_leaves_the_variants_that_need_it_unrun(tmp_path, fake
     with pytest.raises(SystemExit) as e:
         _sweep(tmp_path / "base", "--variants=branch_4", "--lanes=2")
     assert e.value.code == 2 and [name for name, _ in fake_processes.log] == ["base"]
+
+
+def test_a_sweep_stopped_midway_keeps_the_times_of_the_jobs_it_finished(tmp_path, fake_processes):
+    fake_processes.interrupt = ("wm_bc",)
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(tmp_path / "base", "--variants=branch_4,wm_bc", "--lanes=1")
+    timing = json.loads((tmp_path / "base" / "sweep" / "timing.json").read_text())
+    assert set(timing["jobs"]) == {"base", "branch_4"} and timing["lanes"] == 1
 
 
 def test_every_default_variant_of_the_claims_run_passes_the_config_checks(tmp_path):

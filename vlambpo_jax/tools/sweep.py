@@ -29,7 +29,7 @@ DIR/sweep/logs/<name>.log. Variants (default: all but branch_auto and the ones t
 Results: DIR/sweep/results.json and DIR/sweep/results.md (with the base run's sft and mbpo rows; each
 row paired with both on the same evaluation episodes: only it / only the other, McNemar p), updated
 after each variant; rows of other calls on the same DIR are kept, so variants can also run in separate
-calls. DIR/sweep/timing.json holds this call's wall time per job and in all.
+calls. DIR/sweep/timing.json holds this call's wall time per job and in all, rewritten after each job.
 """
 from __future__ import annotations
 
@@ -278,11 +278,18 @@ def main(argv: list[str]) -> int:
         running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None),
                          time.time(), log)
 
+    def write_timing() -> float:
+        wall = time.time() - t_start
+        (out / "timing.json").write_text(json.dumps({"lanes": fv.lanes, "wall_seconds": wall, "jobs": timing},
+                                                    indent=2))
+        return wall
+
     def finish(name: str, rc: int) -> None:
         _, t0, log = running.pop(name)
         if log:
             log.close()
         timing[name] = time.time() - t0
+        write_timing()   # after every job, so a sweep stopped midway keeps the times it measured
         print(f"[sweep] {name}: {'finished' if rc == 0 else f'failed (exit {rc})'} in {timing[name]:.0f} s",
               flush=True)
         if rc != 0:
@@ -311,9 +318,7 @@ def main(argv: list[str]) -> int:
     finally:
         for proc, _, _ in running.values():
             proc.terminate()
-    wall = time.time() - t_start
-    (out / "timing.json").write_text(json.dumps({"lanes": fv.lanes, "wall_seconds": wall, "jobs": timing},
-                                                indent=2))
+    wall = write_timing()
     rows = _merge(out, _base_rows(base) if pipeline.is_done(base, "evaluate") else {})
     print(markdown(rows))
     print(f"[sweep] {len(timing)} job(s) in {wall:.0f} s on {fv.lanes} lane(s)")
