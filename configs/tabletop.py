@@ -21,7 +21,7 @@ DAgger SFT, the adaLN world model (900 + 600 steps), the `reward` stage's classi
 views as the reward, 2-chunk vine branches for 37 iterations in the learned world model with the critic
 anchored to real returns (rl.value_anchor, section 52; about 95 minutes of stages on 2 shared cores, report
 aside). `python -m vlambpo_jax.tools.sweep --config=configs/tabletop.py:claims --workdir=DIR --lanes=2` runs
-this base run and the table's other rows (`no_anchor` is the paper's critic). The counts of demos,
+this base run and the table's other rows (`--variants=no_anchor` adds the paper's critic). The counts of demos,
 collected rollouts and evaluation episodes are totals split over the tasks.
 Why pick alone by default: at this CPU size behaviour cloning on the four tasks stays near chance,
 while on pick alone it succeeds often enough to leave RL room to improve (docs/results.md, sections 9

@@ -21,25 +21,26 @@ def _flag(cmd, key):
 
 
 class FakeStageProcess:
-    """Stands in for `python -m vlambpo_jax.main`: finishes one of its stages per poll (the base run's
-    stages are its config's, up to evaluate), writing DONE.json and the evaluated policies' results."""
+    """Stands in for `python -m vlambpo_jax.main --stages=...`: finishes one of its stages per poll, writing
+    DONE.json and the evaluated policies' results (the base run's: sft and mbpo). Named like the sweep's
+    jobs: the variant's workdir, base:<first stage> for the base run's."""
     log = []          # (job, base stages finished when it started)
     running = set()
     peak = 0
-    fail = ()         # workdir names whose process exits 1 at its first poll
+    fail = ()         # job names whose process exits 1 at its first poll
     interrupt = ()    # workdir names whose start stops the sweep (as Ctrl-C would)
 
     def __init__(self, cmd, stdout=None, stderr=None):
         self.workdir = Path(_flag(cmd, "workdir"))
         if self.workdir.name in self.interrupt:
             raise KeyboardInterrupt
-        self.base = self.workdir.parent.parent if self.workdir.parent.name == "variants" else self.workdir
-        stages = [a for a in cmd if a.startswith("--stages=")]
-        order = sweep.run_order(tabletop.get_config("claims,smoke"))
-        self.todo = _flag(cmd, "stages").split(",") if stages else list(order)
-        self.policies = ([_flag(cmd, "config.eval.policies").strip("(',)")] if stages else ["sft", "mbpo"])
+        variant = self.workdir.parent.name == "variants"
+        self.base = self.workdir.parent.parent if variant else self.workdir
+        order = tabletop.get_config("claims,smoke").stages
+        self.todo = _flag(cmd, "stages").split(",")
+        self.policies = [_flag(cmd, "config.eval.policies").strip("(',)")] if variant else ["sft", "mbpo"]
         self.returncode = None
-        self.name = self.workdir.name
+        self.name = self.workdir.name if variant else f"base:{self.todo[0]}"
         FakeStageProcess.log.append((self.name, {s for s in order if pipeline.is_done(self.base, s)}))
         FakeStageProcess.running.add(self.name)
         FakeStageProcess.peak = max(FakeStageProcess.peak, len(FakeStageProcess.running))
@@ -79,9 +80,13 @@ def test_two_lanes_run_the_variants_that_need_no_world_model_beside_the_base_run
     base = tmp_path / "base"
     assert _sweep(base, "--variants=branch_4,ivd,perfect,online_ppo", "--lanes=2") == 0
     started = dict(fake_processes.log)
-    assert list(started) == ["base", "ivd", "branch_4", "perfect", "online_ppo"]
+    assert list(started) == ["base:demos", "base:wm_pretrain", "base:wm_finetune", "ivd", "branch_4", "perfect",
+                             "online_ppo"]
+    # pretraining reads only the demos: it starts beside SFT
+    assert started["base:wm_pretrain"] == {"demos"}
+    assert started["base:wm_finetune"] == {"demos", "sft", "collect", "wm_pretrain"}
     # ivd retrains the world model: it starts once collect is done, while the base run trains its own
-    assert started["ivd"] == {"demos", "sft", "collect"}
+    assert started["ivd"] >= {"demos", "sft", "collect"} and "wm_finetune" not in started["ivd"]
     assert "reward" in started["branch_4"]          # branch_4 imagines in the base run's world model
     assert fake_processes.peak == 2
     for name in ("perfect", "online_ppo"):   # the simulator's variants link no world-model stage
@@ -99,7 +104,8 @@ def test_one_lane_runs_the_jobs_one_after_another_and_later_calls_keep_the_rows(
     base = tmp_path / "base"
     assert _sweep(base, "--variants=branch_1") == 0
     assert _sweep(base, "--variants=wm_bc") == 0     # the base run is finished now: not run again
-    assert [name for name, _ in fake_processes.log] == ["base", "branch_1", "wm_bc"]
+    assert [name for name, _ in fake_processes.log] == ["base:demos", "base:wm_pretrain", "base:wm_finetune",
+                                                        "branch_1", "wm_bc"]
     assert fake_processes.peak == 1
     rows = json.loads((base / "sweep" / "results.json").read_text())
     assert list(rows) == ["sft", "vla_mbpo", "branch_1", "wm_bc"]
@@ -107,10 +113,10 @@ def test_one_lane_runs_the_jobs_one_after_another_and_later_calls_keep_the_rows(
 
 
 def test_a_failed_base_run_leaves_the_variants_that_need_it_unrun(tmp_path, fake_processes):
-    fake_processes.fail = ("base",)
+    fake_processes.fail = ("base:demos",)
     with pytest.raises(SystemExit) as e:
         _sweep(tmp_path / "base", "--variants=branch_4", "--lanes=2")
-    assert e.value.code == 2 and [name for name, _ in fake_processes.log] == ["base"]
+    assert e.value.code == 2 and [name for name, _ in fake_processes.log] == ["base:demos"]
 
 
 def test_a_sweep_stopped_midway_keeps_the_times_of_the_jobs_it_finished(tmp_path, fake_processes):
@@ -118,14 +124,15 @@ def test_a_sweep_stopped_midway_keeps_the_times_of_the_jobs_it_finished(tmp_path
     with pytest.raises(KeyboardInterrupt):
         _sweep(tmp_path / "base", "--variants=branch_4,wm_bc", "--lanes=1")
     timing = json.loads((tmp_path / "base" / "sweep" / "timing.json").read_text())
-    assert set(timing["jobs"]) == {"base", "branch_4"} and timing["lanes"] == 1
+    assert set(timing["jobs"]) == {"base:demos", "base:wm_pretrain", "base:wm_finetune", "branch_4"}
+    assert timing["lanes"] == 1
 
 
 def test_every_default_variant_of_the_claims_run_passes_the_config_checks(tmp_path):
     config = tabletop.get_config("claims")
     names = sweep.default_variants(config)
-    assert "no_anchor" in names and "value_anchor" not in names and "ivd" in names and "perfect" in names
-    assert "branch_auto" not in names and "no_ivd" not in names
+    assert "ivd" in names and "perfect" in names and "wm_bc" in names
+    assert {"branch_auto", "no_ivd", "no_anchor", "value_anchor"}.isdisjoint(names)
     base = tmp_path / "base"
     (base / "collect").mkdir(parents=True)
     pipeline.mark_done(base, "collect", {"env_steps": 8149}, 0.0)
@@ -186,3 +193,15 @@ def test_the_table_pairs_each_row_with_sft_and_the_base_run_on_the_same_episodes
     assert cells["vla_mbpo"] == ["3 / 1, p = 0.62", ""]
     assert cells["perfect"] == ["3 / 2, p = 1", "0 / 1, p = 1"]
     assert cells["old"] == ["", ""]            # a row without per-episode outcomes is not paired
+
+
+def test_an_unfinished_base_run_becomes_jobs_of_its_unfinished_stages():
+    stages = tabletop.get_config("claims").stages
+    fresh = sweep.base_jobs(stages, set())
+    assert fresh == {"base:demos": (("demos", "sft", "collect"), ()),
+                     "base:wm_pretrain": (("wm_pretrain",), ("demos",)),
+                     "base:wm_finetune": (("wm_finetune", "reward", "mbpo", "evaluate", "report"),
+                                          ("demos", "sft", "collect", "wm_pretrain"))}
+    resumed = sweep.base_jobs(stages, {"demos", "sft", "wm_pretrain", "wm_finetune"})
+    assert resumed == {"base:collect": (("collect",), ("demos", "sft")),
+                       "base:reward": (("reward", "mbpo", "evaluate", "report"), stages[:stages.index("reward")])}

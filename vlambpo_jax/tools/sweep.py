@@ -3,15 +3,17 @@
   python -m vlambpo_jax.tools.sweep --config=configs/tabletop.py:claims --workdir=DIR [--variants=a,b]
       [--lanes=2] [--config.KEY=VALUE ...]
 
-The base run in DIR is the config's own pipeline (`python -m vlambpo_jax.main` with the same flags);
-where it is not finished the sweep runs it first, as its first job. Each variant gets DIR/variants/<name>/,
-in which the base run's stages it shares are symlinks and the others run again with the variant's
-overrides (and the --config.KEY=VALUE overrides given here, which every variant gets; where both set a key,
-the variant's wins); then its policy (MBPO's, or the baseline stage's) is evaluated. A variant starts as
-soon as the base stages it shares are finished, so with --lanes=2 the variants that retrain the world
-model or use the simulator run beside the base run's world-model stages (two processes on the same
+The base run in DIR is the config's own pipeline (`python -m vlambpo_jax.main` with the same flags); where it
+is not finished the sweep runs its unfinished stages first, as jobs of consecutive stages, save that
+world-model pretraining (which reads the demos only) is a job of its own that starts beside SFT. Each variant
+gets DIR/variants/<name>/, in which the base run's stages it shares are symlinks and the others run again with
+the variant's overrides (and the --config.KEY=VALUE overrides given here, which every variant gets; where both
+set a key, the variant's wins); then its policy (MBPO's, or the baseline stage's) is evaluated. A variant
+starts as soon as the base stages it shares are finished, so with --lanes=2 the variants that retrain the
+world model or use the simulator run beside the base run's world-model stages (two processes on the same
 cores: each job alone leaves part of them idle). With more than one lane each job writes
-DIR/sweep/logs/<name>.log. Variants (default: all but branch_auto and the ones the base run already is):
+DIR/sweep/logs/<name>.log (the base run's jobs are base:<first stage>). Variants (default: all but
+branch_auto, the critic's anchor pair and the ones the base run already is):
   online_ppo   PPO in the simulator from fresh episodes, at most as many real env steps as the collect
                stage used, or one group of rl.group_size episodes where that is more (online_overrides;
                the row's real env steps are the ones it used)
@@ -52,7 +54,10 @@ from vlambpo_jax.stages import STAGES
 POLICY_STAGES = ("mbpo", "wm_bc")
 # The base run's stages that only the learned world model's variants need.
 WORLD_MODEL_STAGES = ("wm_pretrain", "wm_finetune", "reward")
-BASE = "base"   # the job name of the base run
+BASE = "base"   # the base run's jobs are named base:<first stage>
+# Base stages that need only the stages named here, so they run beside the ones between (a stage not
+# named needs every stage before it): pretraining reads the demos, not the SFT policy or its rollouts.
+EARLY_STAGES = {"wm_pretrain": ("demos",)}
 SFT_ROW, BASE_ROW = "sft", "vla_mbpo"   # the base run's rows in the table
 
 
@@ -103,13 +108,33 @@ def variant_stages(name: str, order: tuple[str, ...]) -> tuple[tuple[str, ...], 
 
 
 def default_variants(config) -> list[str]:
-    """Every variant but branch_auto and those the base run already is."""
-    same = {"branch_auto", "ivd" if config.wm.view_decoding == "interleaved" else "no_ivd"}
-    if config.rl.world == "model":
-        same.add("value_anchor" if config.rl.value_anchor else "no_anchor")
-    else:   # the anchor needs the learned world model; sim_roots is the perfect model itself
-        same |= {"value_anchor", "no_anchor"} | ({"perfect"} if config.rl.world == "sim_roots" else set())
+    """Every variant but branch_auto, value_anchor / no_anchor (the critic's anchor is beyond the paper's
+    table: docs/results.md section 52 measured it) and those the base run already is."""
+    same = {"branch_auto", "value_anchor", "no_anchor", "ivd" if config.wm.view_decoding == "interleaved"
+            else "no_ivd"} | ({"perfect"} if config.rl.world == "sim_roots" else set())
     return [v for v in VARIANTS if v not in same]
+
+
+def base_jobs(stages: tuple[str, ...], done: set[str]) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The base run's unfinished stages as jobs -> {name: (its stages, the stages it needs finished)}: each
+    of EARLY_STAGES alone, the others in runs of consecutive stages (one process each), each run needing
+    every stage before it."""
+    jobs, run = {}, []
+
+    def close():
+        if run:
+            jobs[f"{BASE}:{run[0]}"] = (tuple(run), stages[:stages.index(run[0])])
+            run.clear()
+
+    for stage in stages:
+        if stage in EARLY_STAGES:
+            close()
+            if stage not in done:
+                jobs[f"{BASE}:{stage}"] = ((stage,), EARLY_STAGES[stage])
+        elif stage not in done:
+            run.append(stage)
+    close()
+    return jobs
 
 
 def _summary(workdir: Path, stage: str) -> dict:
@@ -183,14 +208,9 @@ def variant_row(name: str, base: Path, overrides: list[str]) -> dict:
     return row
 
 
-def needs(name: str, order: tuple[str, ...]) -> tuple[str, ...]:
-    """The base stages that must be finished before a job starts (none for the base run itself)."""
-    return () if name == BASE else variant_stages(name, order)[0]
-
-
-def next_job(pending: list[str], done: set[str], order: tuple[str, ...]) -> str | None:
-    """The first pending job (in the order given) whose base stages are all finished."""
-    return next((j for j in pending if set(needs(j, order)) <= done), None)
+def next_job(pending: list[str], done: set[str], needs: dict[str, tuple[str, ...]]) -> str | None:
+    """The first pending job (in the order given) whose needed base stages are all finished."""
+    return next((j for j in pending if set(needs[j]) <= done), None)
 
 
 def paired(row: dict, ref: dict | None) -> str:
@@ -261,14 +281,17 @@ def main(argv: list[str]) -> int:
     order = run_order(config)
     out = base / "sweep"
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    done = lambda: {s for s in order if pipeline.is_done(base, s)}  # noqa: E731
-    pending = ([] if set(order) <= done() else [BASE]) + list(variants)
+    done = lambda: {s for s in config.stages if pipeline.is_done(base, s)}  # noqa: E731
+    jobs = {} if set(order) <= done() else base_jobs(tuple(config.stages), done())
+    needs = {**{j: n for j, (_, n) in jobs.items()}, **{v: variant_stages(v, order)[0] for v in variants}}
+    pending = list(jobs) + list(variants)
     running, timing, failed, overrides = {}, {}, [], {}
     t_start = time.time()
 
     def start(name: str) -> None:
-        if name == BASE:
-            cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={spec}", f"--workdir={base}", *extra]
+        if name in jobs:
+            cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={spec}", f"--workdir={base}",
+                   "--stages=" + ",".join(jobs[name][0]), *extra]
         else:
             overrides[name] = variant_overrides(name, config, base)
             cmd = variant_command(name, spec, config, base, extra, overrides[name])
@@ -294,8 +317,9 @@ def main(argv: list[str]) -> int:
               flush=True)
         if rc != 0:
             failed.append(name)
-        elif name == BASE:
-            _merge(out, _base_rows(base))
+        elif name in jobs:
+            if "evaluate" in jobs[name][0]:
+                _merge(out, _base_rows(base))
         else:
             demos, collect = _real_steps(base)
             r = {**variant_row(name, base, overrides[name]), "wall_seconds": timing[name]}
@@ -304,7 +328,7 @@ def main(argv: list[str]) -> int:
 
     try:
         while pending or running:
-            while len(running) < fv.lanes and (job := next_job(pending, done(), order)) is not None:
+            while len(running) < fv.lanes and (job := next_job(pending, done(), needs)) is not None:
                 pending.remove(job)
                 start(job)
             if not running:   # what is left waits on base stages that will not run now
