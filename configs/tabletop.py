@@ -310,8 +310,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     delta_pixels: with predict_delta, decode as current frame + D(next latent) - D(current latent), so
       unchanged regions keep the real pixels instead of their VAE reconstruction. Decoding only: a
       trained model loads under either value.
-    motion_weight: >= 0; the flow loss of each latent token weighted by 1 + motion_weight x its squared
-      latent change over the batch's mean (0 = the plain mean; larger puts the loss where the view moves).
+    motion_weight: (head, wrist), each >= 0; the flow loss of each latent token of that view weighted by
+      1 + the weight x its squared latent change over the batch's mean (0 = the plain mean; larger puts
+      the loss where the view moves).
     pretrain_enabled: run wm_pretrain on broad data (False = the "w/o pretraining" ablation).
     pretrain_data / finetune_data: TFDS builder dirs of each stage's RLDS data; '' = config.data's
       dataset (fine-tuning first looks for the collect stage's RLDS output under <workdir>/collect).
@@ -354,8 +355,8 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         dropout=dict(text=0.0, vit=0.0, vae=0.0),
         loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True,
         reward_views="wrist", reward_on_predictions=0.0, reward_labels="paper",
-        eval_reward_frames=512, predict_delta=True, delta_scale=(0.4, 1.0), delta_pixels=True, motion_weight=0.0,
-        sample_temperature=0.0,
+        eval_reward_frames=512, predict_delta=True, delta_scale=(0.4, 1.0), delta_pixels=True,
+        motion_weight=(0.0, 0.0), sample_temperature=0.0,
         pretrain_enabled=True, pretrain_data="", finetune_data="", play_data=(), pretrain_steps=450, finetune_steps=300,
         batch_size=32,
         lr=3e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=50, ema=0.999,

@@ -25,6 +25,7 @@ def _main(*args, workdir):
     ("--config.chunk_size=0", "config.chunk_size=0: must be an integer >= 1"),
     ("--config.log.progress=fancy", "config.log.progress='fancy': must be one of"),
     ("--config.stages=('sft','demos')", "config.stages="),
+    ("--config.wm.motion_weight=(1.0,-1.0)", "config.wm.motion_weight=(1.0, -1.0): must be (head, wrist)"),
 ])
 def test_bad_config_one_line_before_compute(tmp_path, override, expected):
     workdir = tmp_path / "wd"

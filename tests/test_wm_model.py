@@ -3,6 +3,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -12,7 +13,7 @@ from vlambpo_jax.models import action_tokens as at
 from vlambpo_jax.models import flow_sampling as fs
 from vlambpo_jax.models.umm import MoTBackbone, UMMConfig
 from vlambpo_jax.models.vae import VAE, to_float
-from vlambpo_jax.models.world_model import WorldModel, motion_weighted_mean, shift_timesteps
+from vlambpo_jax.models.world_model import WorldModel, motion_weighted_mean, shift_timesteps, spec_from_config
 
 
 def tiny_config(**wm):
@@ -104,12 +105,18 @@ def test_motion_weight_puts_the_flow_loss_where_the_latents_change():
     np.testing.assert_allclose(float(motion_weighted_mean(err, change, 1.0)), 2.5, rtol=1e-6)
     tr = transition()
     out = {}
-    for weight in (0.0, 2.0):
+    for weight in ((0.0, 0.0), (2.0, 0.0), (0.0, 2.0), (2.0, 2.0)):
         wm = WorldModel(tiny_config(predict_delta=True, delta_scale=(0.4, 1.0), motion_weight=weight))
         params = wm.init(jax.random.key(0))
         out[weight] = jax.jit(lambda p, wm=wm: wm.loss(p, tr, jax.random.key(3), train=False)[1])(params)
-    assert out[0.0]["mse_head"] == out[2.0]["mse_head"]     # the per-view metric stays the plain mean
-    assert out[0.0]["image_mse"] != out[2.0]["image_mse"]
+    mse = {w: float(m["image_mse"]) for w, m in out.items()}
+    assert out[(0.0, 0.0)]["mse_head"] == out[(2.0, 2.0)]["mse_head"]   # the per-view metric: the plain mean
+    assert len(set(mse.values())) == 4
+    # each view's weight changes its own term of the loss only
+    np.testing.assert_allclose(mse[(2.0, 0.0)] + mse[(0.0, 2.0)], mse[(0.0, 0.0)] + mse[(2.0, 2.0)], rtol=1e-5)
+    saved = tiny_config().to_dict()   # a config saved when the weight was one number for every view
+    saved["wm"]["motion_weight"] = 2.0
+    assert spec_from_config(ml_collections.ConfigDict(saved)).motion_weight == (2.0, 2.0)
 
 
 @pytest.mark.parametrize("delta_pixels", [True, False])

@@ -84,7 +84,7 @@ class WMSpec:
     predict_delta: bool = False
     delta_scale: tuple = (1.0, 1.0)
     delta_pixels: bool = False
-    motion_weight: float = 0.0
+    motion_weight: tuple = (0.0, 0.0)   # per view (head, wrist)
     sample_temperature: float = 1.0
     reward_views: tuple = (0,)
     reward_on_predictions: float = 0.0
@@ -142,6 +142,9 @@ def spec_from_config(config) -> WMSpec:
     renorm = w.get("cfg_renorm_type", "none")
     reward_views = REWARD_VIEWS[w.get("reward_views", "head")]
     delta_scale = tuple(float(x) for x in w.get("delta_scale", (1.0, 1.0)))
+    motion_weight = w.get("motion_weight", 0.0)   # one number for every view in configs saved before 2026-12-07
+    motion_weight = ((float(motion_weight),) * 2 if isinstance(motion_weight, (int, float))
+                     else tuple(float(x) for x in motion_weight))
     u = w.umm
     flux = None
     if w.vae.get("kind", "project") == "flux":
@@ -171,7 +174,7 @@ def spec_from_config(config) -> WMSpec:
         # absent in configs saved before residual prediction existed: those models predict the next
         # latent itself
         predict_delta=bool(w.get("predict_delta", False)), delta_scale=delta_scale,
-        delta_pixels=bool(w.get("delta_pixels", False)), motion_weight=float(w.get("motion_weight", 0.0)),
+        delta_pixels=bool(w.get("delta_pixels", False)), motion_weight=motion_weight,
         sample_temperature=float(w.get("sample_temperature", 1.0)), reward_views=reward_views,
         reward_on_predictions=float(w.get("reward_on_predictions", 0.0)),
         reward_labels=str(w.get("reward_labels", "paper")),
@@ -676,7 +679,7 @@ class WorldModel:
             pred = self.net.apply(net, h[:, slice(*layout.offsets()[seg])], method=WMNet.velocity)
             err = jnp.mean((pred - (eps[:, i] - x0[:, i])) ** 2, axis=-1)          # [B, n]
             metrics[f"mse_{names.get(i, i)}"] = jnp.mean(err)
-            mse = mse + motion_weighted_mean(err, z1[:, i] - current[:, i], s.motion_weight) / v
+            mse = mse + motion_weighted_mean(err, z1[:, i] - current[:, i], s.motion_weight[i]) / v
             if s.reward_on_predictions > 0:  # the flow's own estimate of x0
                 x0_hat.append(xt[:, i] - t[:, i, None, None] * pred)
         ce, rmetrics = self._reward_ce(params, self.reward_examples(batch, s.reward_labels))
