@@ -18,6 +18,7 @@ from vlambpo_jax.rl import mbpo, ppo
 from vlambpo_jax.rl.rollout import ModelWorld
 from vlambpo_jax.stages import mbpo as mbpo_stage
 from vlambpo_jax.stages import wm_common
+from vlambpo_jax.stages.evaluate import evaluation_key
 from vlambpo_jax.train.loop import train_loop
 from vlambpo_jax.train.metrics import MetricWriter
 from vlambpo_jax.train.preemption import NoPreemption
@@ -182,3 +183,11 @@ def test_the_value_anchor_joins_the_critics_rows_and_logs_its_gap():
     v_predicted = policy.value(params, jax.tree.map(lambda x: x[idx], anchor["predicted"]))
     assert float(metrics["anchor_return_gap"]) == pytest.approx(
         float(jnp.mean(v_predicted - anchor["returns"][idx])), abs=1e-5)
+
+
+def test_the_periodic_check_draws_its_episodes_from_the_seed_and_not_the_final_tables():
+    data = lambda k: tuple(np.asarray(jax.random.key_data(k)).ravel())  # noqa: E731
+    keys = {(seed, step): data(mbpo_stage.periodic_eval_key(seed, step)) for seed in (0, 1) for step in (0, 12, 24)}
+    assert len(set(keys.values())) == len(keys)
+    config = tabletop.get_config("smoke")
+    assert data(evaluation_key(config)) not in keys.values()

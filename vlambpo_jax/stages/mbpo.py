@@ -214,6 +214,12 @@ def adaptive_branch_chunks(ctx, policy, params, tokenizer, wm, wm_params) -> dic
     return choice
 
 
+def periodic_eval_key(seed: int, step: int) -> jax.Array:
+    """The episodes of the periodic check at iteration `step`: from the config's seed, and never the
+    evaluate stage's (so the curve is not measured on the final table's initial states)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0x5E1F), step)
+
+
 def _sim_evaluator(ctx, policy, tokenizer, normalize_state):
     """Periodic success-rate check in the simulator with deterministic sampling."""
     config = ctx.config
@@ -224,6 +230,6 @@ def _sim_evaluator(ctx, policy, tokenizer, normalize_state):
     evaluator = make_evaluator(env, policy_fn, config.rl.eval_episodes)  # compiled once, reused
 
     def eval_fn(state, step):
-        out = evaluator(state.params, jax.random.PRNGKey(step))
+        out = evaluator(state.params, periodic_eval_key(int(config.seed), step))
         return {"eval/success": out["success_rate"]}
     return eval_fn
