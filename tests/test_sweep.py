@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import tabletop
+from configs import bridge, tabletop
 from vlambpo_jax import cli, pipeline
 from vlambpo_jax.config_checks import validate
 from vlambpo_jax.envs import horizon_chunks
@@ -23,7 +23,7 @@ def _flag(cmd, key):
 class FakeStageProcess:
     """Stands in for `python -m vlambpo_jax.main --stages=...`: finishes one of its stages per poll, writing
     DONE.json and the evaluated policies' results (the base run's: sft and mbpo). Named like the sweep's
-    jobs: the variant's workdir, base:<first stage> for the base run's."""
+    jobs: the run (the variant's workdir, or base) where it evaluates, else <run>:<first stage>."""
     log = []          # (job, base stages finished when it started)
     running = set()
     peak = 0
@@ -40,7 +40,8 @@ class FakeStageProcess:
         self.todo = _flag(cmd, "stages").split(",")
         self.policies = [_flag(cmd, "config.eval.policies").strip("(',)")] if variant else ["sft", "mbpo"]
         self.returncode = None
-        self.name = self.workdir.name if variant else f"base:{self.todo[0]}"
+        run = self.workdir.name if variant else "base"
+        self.name = run if "evaluate" in self.todo else f"{run}:{self.todo[0]}"
         FakeStageProcess.log.append((self.name, {s for s in order if pipeline.is_done(self.base, s)}))
         FakeStageProcess.running.add(self.name)
         FakeStageProcess.peak = max(FakeStageProcess.peak, len(FakeStageProcess.running))
@@ -80,13 +81,16 @@ def test_two_lanes_run_the_variants_that_need_no_world_model_beside_the_base_run
     base = tmp_path / "base"
     assert _sweep(base, "--variants=branch_4,ivd,perfect,online_ppo", "--lanes=2") == 0
     started = dict(fake_processes.log)
-    assert list(started) == ["base:demos", "base:wm_pretrain", "base:wm_finetune", "ivd", "branch_4", "perfect",
-                             "online_ppo"]
-    # pretraining reads only the demos: it starts beside SFT
-    assert started["base:wm_pretrain"] == {"demos"}
-    assert started["base:wm_finetune"] == {"demos", "sft", "collect", "wm_pretrain"}
-    # ivd retrains the world model: it starts once collect is done, while the base run trains its own
-    assert started["ivd"] >= {"demos", "sft", "collect"} and "wm_finetune" not in started["ivd"]
+    assert set(started) == {"base:demos", "base:wm_pretrain", "base", "ivd:wm_pretrain", "ivd", "branch_4",
+                            "perfect", "online_ppo"}
+    order = list(started)
+    assert order[:3] == ["base:demos", "base:wm_pretrain", "ivd:wm_pretrain"]
+    # pretraining reads only the demos: the base run's starts beside SFT, the ivd variant's in the lane
+    # it leaves, before collect is done
+    assert started["base:wm_pretrain"] == {"demos"} and "collect" not in started["ivd:wm_pretrain"]
+    assert started["base"] == {"demos", "sft", "collect", "wm_pretrain"}
+    # ivd's world model trains beside the base run's
+    assert order.index("ivd") < order.index("branch_4") and "wm_finetune" not in started["ivd"]
     assert "reward" in started["branch_4"]          # branch_4 imagines in the base run's world model
     assert fake_processes.peak == 2
     for name in ("perfect", "online_ppo"):   # the simulator's variants link no world-model stage
@@ -97,15 +101,15 @@ def test_two_lanes_run_the_variants_that_need_no_world_model_beside_the_base_run
     assert rows["branch_4"]["real_env_steps"] == 150 and rows["online_ppo"]["real_env_steps"] == 100
     timing = json.loads((base / "sweep" / "timing.json").read_text())
     assert timing["lanes"] == 2 and set(timing["jobs"]) == set(started)
-    assert (base / "sweep" / "logs" / "ivd.log").exists()
+    assert rows["ivd"]["wall_seconds"] == timing["jobs"]["ivd"] + timing["jobs"]["ivd:wm_pretrain"]
+    assert (base / "sweep" / "logs" / "ivd.log").exists() and (base / "sweep" / "logs" / "ivd:wm_pretrain.log").exists()
 
 
 def test_one_lane_runs_the_jobs_one_after_another_and_later_calls_keep_the_rows(tmp_path, fake_processes):
     base = tmp_path / "base"
     assert _sweep(base, "--variants=branch_1") == 0
     assert _sweep(base, "--variants=wm_bc") == 0     # the base run is finished now: not run again
-    assert [name for name, _ in fake_processes.log] == ["base:demos", "base:wm_pretrain", "base:wm_finetune",
-                                                        "branch_1", "wm_bc"]
+    assert [name for name, _ in fake_processes.log] == ["base:demos", "base:wm_pretrain", "base", "branch_1", "wm_bc"]
     assert fake_processes.peak == 1
     rows = json.loads((base / "sweep" / "results.json").read_text())
     assert list(rows) == ["sft", "vla_mbpo", "branch_1", "wm_bc"]
@@ -124,7 +128,7 @@ def test_a_sweep_stopped_midway_keeps_the_times_of_the_jobs_it_finished(tmp_path
     with pytest.raises(KeyboardInterrupt):
         _sweep(tmp_path / "base", "--variants=branch_4,wm_bc", "--lanes=1")
     timing = json.loads((tmp_path / "base" / "sweep" / "timing.json").read_text())
-    assert set(timing["jobs"]) == {"base:demos", "base:wm_pretrain", "base:wm_finetune", "branch_4"}
+    assert set(timing["jobs"]) == {"base:demos", "base:wm_pretrain", "base", "branch_4"}
     assert timing["lanes"] == 1
 
 
@@ -195,13 +199,21 @@ def test_the_table_pairs_each_row_with_sft_and_the_base_run_on_the_same_episodes
     assert cells["old"] == ["", ""]            # a row without per-episode outcomes is not paired
 
 
-def test_an_unfinished_base_run_becomes_jobs_of_its_unfinished_stages():
+def test_a_runs_stages_become_jobs_with_pretraining_apart():
+    Job = sweep.Job
     stages = tabletop.get_config("claims").stages
-    fresh = sweep.base_jobs(stages, set())
-    assert fresh == {"base:demos": (("demos", "sft", "collect"), ()),
-                     "base:wm_pretrain": (("wm_pretrain",), ("demos",)),
-                     "base:wm_finetune": (("wm_finetune", "reward", "mbpo", "evaluate", "report"),
-                                          ("demos", "sft", "collect", "wm_pretrain"))}
-    resumed = sweep.base_jobs(stages, {"demos", "sft", "wm_pretrain", "wm_finetune"})
-    assert resumed == {"base:collect": (("collect",), ("demos", "sft")),
-                       "base:reward": (("reward", "mbpo", "evaluate", "report"), stages[:stages.index("reward")])}
+    assert sweep.stage_jobs("base", stages, stages) == {
+        "base:demos": Job("base", ("demos", "sft", "collect"), ()),
+        "base:wm_pretrain": Job("base", ("wm_pretrain",), ("demos",)),
+        "base": Job("base", ("wm_finetune", "reward", "mbpo", "evaluate", "report"),
+                    ("demos", "sft", "collect", "wm_pretrain"))}
+    todo = ("collect", "reward", "mbpo", "evaluate", "report")     # a base run stopped during collect
+    assert sweep.stage_jobs("base", stages, todo) == {
+        "base:collect": Job("base", ("collect",), ("demos", "sft")),
+        "base": Job("base", ("reward", "mbpo", "evaluate", "report"), stages[:stages.index("reward")])}
+    linked, rerun, _ = sweep.variant_stages("ivd", sweep.run_order(tabletop.get_config("claims")))
+    assert sweep.stage_jobs("ivd", linked + rerun, rerun) == {
+        "ivd:wm_pretrain": Job("ivd", ("wm_pretrain",), ("demos",)),
+        "ivd": Job("ivd", ("wm_finetune", "reward", "mbpo", "evaluate"), ("demos", "sft", "collect", "wm_pretrain"))}
+    bridge_stages = bridge.get_config().stages   # the Bridge pipeline has no demos: pretraining needs its data
+    assert sweep.stage_jobs("base", bridge_stages, bridge_stages)["base:wm_pretrain"].needs == ("data",)

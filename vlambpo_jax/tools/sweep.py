@@ -4,16 +4,17 @@
       [--lanes=2] [--config.KEY=VALUE ...]
 
 The base run in DIR is the config's own pipeline (`python -m vlambpo_jax.main` with the same flags); where it
-is not finished the sweep runs its unfinished stages first, as jobs of consecutive stages, save that
-world-model pretraining (which reads the demos only) is a job of its own that starts beside SFT. Each variant
-gets DIR/variants/<name>/, in which the base run's stages it shares are symlinks and the others run again with
-the variant's overrides (and the --config.KEY=VALUE overrides given here, which every variant gets; where both
-set a key, the variant's wins); then its policy (MBPO's, or the baseline stage's) is evaluated. A variant
-starts as soon as the base stages it shares are finished, so with --lanes=2 the variants that retrain the
-world model or use the simulator run beside the base run's world-model stages (two processes on the same
-cores: each job alone leaves part of them idle). With more than one lane each job writes
-DIR/sweep/logs/<name>.log (the base run's jobs are base:<first stage>). Variants (default: all but
-branch_auto, the critic's anchor pair and the ones the base run already is):
+is not finished the sweep runs its unfinished stages first. Each variant gets DIR/variants/<name>/, in which
+the base run's stages it shares are symlinks and the others run again with the variant's overrides (and the
+--config.KEY=VALUE overrides given here, which every variant gets; where both set a key, the variant's wins);
+then its policy (MBPO's, or the baseline stage's) is evaluated. Each run's stages are jobs (stage_jobs):
+world-model pretraining, which reads the demos only, alone, the others in runs of consecutive stages; a job
+starts as soon as the stages it needs are finished, the base run's first. So with --lanes=2 pretraining runs
+beside SFT, and the variants that retrain the world model or use the simulator run beside the base run's
+world-model stages (two processes on the same cores: each job alone leaves part of them idle). With more than
+one lane each job writes DIR/sweep/logs/<job>.log (the job that evaluates a run is named after it, the others
+<run>:<first stage>). Variants (default: all but branch_auto, the critic's anchor pair and the ones the base
+run already is):
   online_ppo   PPO in the simulator from fresh episodes, at most as many real env steps as the collect
                stage used, or one group of rl.group_size episodes where that is more (online_overrides;
                the row's real env steps are the ones it used)
@@ -54,10 +55,10 @@ from vlambpo_jax.stages import STAGES
 POLICY_STAGES = ("mbpo", "wm_bc")
 # The base run's stages that only the learned world model's variants need.
 WORLD_MODEL_STAGES = ("wm_pretrain", "wm_finetune", "reward")
-BASE = "base"   # the base run's jobs are named base:<first stage>
-# Base stages that need only the stages named here, so they run beside the ones between (a stage not
-# named needs every stage before it): pretraining reads the demos, not the SFT policy or its rollouts.
-EARLY_STAGES = {"wm_pretrain": ("demos",)}
+BASE = "base"   # the base run's name among the runs (its jobs: base, base:<first stage>)
+# Stages that need only those named here (where the run has them), so they run beside the ones between (a
+# stage not named needs every stage before it): pretraining reads the dataset, not the SFT policy or its rollouts.
+EARLY_STAGES = {"wm_pretrain": ("demos", "data")}
 SFT_ROW, BASE_ROW = "sft", "vla_mbpo"   # the base run's rows in the table
 
 
@@ -115,24 +116,35 @@ def default_variants(config) -> list[str]:
     return [v for v in VARIANTS if v not in same]
 
 
-def base_jobs(stages: tuple[str, ...], done: set[str]) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    """The base run's unfinished stages as jobs -> {name: (its stages, the stages it needs finished)}: each
-    of EARLY_STAGES alone, the others in runs of consecutive stages (one process each), each run needing
-    every stage before it."""
-    jobs, run = {}, []
+@dataclasses.dataclass(frozen=True)
+class Job:
+    run: str                    # BASE or a variant's name: the workdir it runs in
+    stages: tuple[str, ...]     # run in order by one process
+    needs: tuple[str, ...]      # stages of that workdir to be finished first (a variant's linked ones: the base run's)
 
-    def close():
-        if run:
-            jobs[f"{BASE}:{run[0]}"] = (tuple(run), stages[:stages.index(run[0])])
-            run.clear()
 
-    for stage in stages:
+def stage_jobs(run: str, order: tuple[str, ...], todo: tuple[str, ...]) -> dict[str, Job]:
+    """A run's stages `todo` (some of its pipeline `order`; the others finished, or linked from the base
+    run) as jobs: each of EARLY_STAGES alone, needing only the stages named there, the others in runs of
+    consecutive stages (one process each), each needing every stage of `order` before it. The job that
+    holds evaluate is named after the run, the others <run>:<first stage>."""
+    jobs, chunk = {}, []
+
+    def add(stages: tuple[str, ...], needs: tuple[str, ...]) -> None:
+        jobs[run if "evaluate" in stages else f"{run}:{stages[0]}"] = Job(run, stages, needs)
+
+    def close() -> None:
+        if chunk:
+            add(tuple(chunk), order[:order.index(chunk[0])])
+            chunk.clear()
+
+    for stage in order:
         if stage in EARLY_STAGES:
             close()
-            if stage not in done:
-                jobs[f"{BASE}:{stage}"] = ((stage,), EARLY_STAGES[stage])
-        elif stage not in done:
-            run.append(stage)
+            if stage in todo:
+                add((stage,), tuple(s for s in EARLY_STAGES[stage] if s in order))
+        elif stage in todo:
+            chunk.append(stage)
     close()
     return jobs
 
@@ -180,19 +192,27 @@ def variant_overrides(name: str, config, base: Path) -> list[str]:
     return flags
 
 
-def variant_command(name: str, config_spec: str, config, base: Path, extra: list[str],
-                    overrides: list[str]) -> list[str]:
-    """Links the shared stages into base/variants/<name> -> the command that runs the rest, with the
-    sweep's flags `extra` and then the variant's `overrides` (variant_overrides), which win."""
-    linked, stages, policy = variant_stages(name, run_order(config))
+def link_variant(name: str, config, base: Path) -> Path:
+    """Links the stages a variant shares into base/variants/<name> (before the base run has made them:
+    the links then say whether they are finished) -> that workdir."""
     out = base / "variants" / name
     out.mkdir(parents=True, exist_ok=True)
-    for stage in linked:
+    for stage in variant_stages(name, run_order(config))[0]:
         link = out / stage
-        if not link.exists():
+        if not link.is_symlink():
             os.symlink(base / stage, link)
+    return out
+
+
+def variant_command(name: str, config_spec: str, config, base: Path, extra: list[str],
+                    overrides: list[str], stages: tuple[str, ...] | None = None) -> list[str]:
+    """Links the shared stages (link_variant) -> the command that runs `stages` (default: all that are
+    not shared), with the sweep's flags `extra` and then the variant's `overrides` (variant_overrides),
+    which win."""
+    _, rerun, policy = variant_stages(name, run_order(config))
+    out = link_variant(name, config, base)
     return [sys.executable, "-m", "vlambpo_jax.main", f"--config={config_spec}", f"--workdir={out}",
-            "--stages=" + ",".join(stages), f"--config.eval.policies=('{policy}',)",
+            "--stages=" + ",".join(stages or rerun), f"--config.eval.policies=('{policy}',)",
             *extra, *overrides]
 
 
@@ -208,9 +228,9 @@ def variant_row(name: str, base: Path, overrides: list[str]) -> dict:
     return row
 
 
-def next_job(pending: list[str], done: set[str], needs: dict[str, tuple[str, ...]]) -> str | None:
-    """The first pending job (in the order given) whose needed base stages are all finished."""
-    return next((j for j in pending if set(needs[j]) <= done), None)
+def next_job(pending: list[str], ready) -> str | None:
+    """The first pending job (in the order given) that is ready (ready(name) -> bool)."""
+    return next((j for j in pending if ready(j)), None)
 
 
 def paired(row: dict, ref: dict | None) -> str:
@@ -281,20 +301,31 @@ def main(argv: list[str]) -> int:
     order = run_order(config)
     out = base / "sweep"
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    done = lambda: {s for s in config.stages if pipeline.is_done(base, s)}  # noqa: E731
-    jobs = {} if set(order) <= done() else base_jobs(tuple(config.stages), done())
-    needs = {**{j: n for j, (_, n) in jobs.items()}, **{v: variant_stages(v, order)[0] for v in variants}}
-    pending = list(jobs) + list(variants)
+    stages = tuple(config.stages)
+    done = {s for s in stages if pipeline.is_done(base, s)}
+    jobs = {} if set(order) <= done else stage_jobs(BASE, stages, tuple(s for s in stages if s not in done))
+    workdirs = {BASE: base}
+    for v in variants:   # a variant's stages that are finished already are skipped by main
+        linked, rerun, _ = variant_stages(v, order)
+        jobs.update(stage_jobs(v, linked + rerun, rerun))
+        workdirs[v] = link_variant(v, config, base)
+    pending = list(jobs)
     running, timing, failed, overrides = {}, {}, [], {}
     t_start = time.time()
 
+    def ready(name: str) -> bool:
+        job = jobs[name]
+        return all(pipeline.is_done(workdirs[job.run], s) for s in job.needs)
+
     def start(name: str) -> None:
-        if name in jobs:
+        job = jobs[name]
+        if job.run == BASE:
             cmd = [sys.executable, "-m", "vlambpo_jax.main", f"--config={spec}", f"--workdir={base}",
-                   "--stages=" + ",".join(jobs[name][0]), *extra]
+                   "--stages=" + ",".join(job.stages), *extra]
         else:
-            overrides[name] = variant_overrides(name, config, base)
-            cmd = variant_command(name, spec, config, base, extra, overrides[name])
+            if job.run not in overrides:   # online_ppo's reads the collect stage's real steps
+                overrides[job.run] = variant_overrides(job.run, config, base)
+            cmd = variant_command(job.run, spec, config, base, extra, overrides[job.run], job.stages)
         log = None if fv.lanes == 1 else open(out / "logs" / f"{name}.log", "w")
         print(f"[sweep] {name}: started" + (f" (log: {log.name})" if log else "") + "\n+ " + " ".join(cmd),
               flush=True)
@@ -317,18 +348,20 @@ def main(argv: list[str]) -> int:
               flush=True)
         if rc != 0:
             failed.append(name)
-        elif name in jobs:
-            if "evaluate" in jobs[name][0]:
-                _merge(out, _base_rows(base))
+        elif "evaluate" not in jobs[name].stages:   # a run's rows come with its evaluation
+            return
+        elif jobs[name].run == BASE:
+            _merge(out, _base_rows(base))
         else:
             demos, collect = _real_steps(base)
-            r = {**variant_row(name, base, overrides[name]), "wall_seconds": timing[name]}
+            wall = sum(t for j, t in timing.items() if jobs[j].run == name)
+            r = {**variant_row(name, base, overrides[name]), "wall_seconds": wall}
             r["real_env_steps"] = demos + int(r["env_steps"]) + (0 if name == "online_ppo" else collect)
             _merge(out, {name: r})
 
     try:
         while pending or running:
-            while len(running) < fv.lanes and (job := next_job(pending, done(), needs)) is not None:
+            while len(running) < fv.lanes and (job := next_job(pending, ready)) is not None:
                 pending.remove(job)
                 start(job)
             if not running:   # what is left waits on base stages that will not run now
