@@ -283,7 +283,7 @@ def _base_rows(base: Path) -> dict:
 
 def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_list("variants", [], "subset of " + ", ".join(VARIANTS) + " (default: all of them but "
-                      "branch_auto and those the base run already is)", flag_values=fv)
+                      "branch_auto, value_anchor / no_anchor and those the base run already is)", flag_values=fv)
     flags.DEFINE_integer("lanes", 1, "jobs run at once (the base run and variants whose shared stages "
                          "are finished); 2 keeps 2 cores busy", lower_bound=1, flag_values=fv)
 
