@@ -217,3 +217,15 @@ def test_a_runs_stages_become_jobs_with_pretraining_apart():
         "ivd": Job("ivd", ("wm_finetune", "reward", "mbpo", "evaluate"), ("demos", "sft", "collect", "wm_pretrain"))}
     bridge_stages = bridge.get_config().stages   # the Bridge pipeline has no demos: pretraining needs its data
     assert sweep.stage_jobs("base", bridge_stages, bridge_stages)["base:wm_pretrain"].needs == ("data",)
+
+
+def test_a_dry_run_prints_the_jobs_and_runs_nothing(tmp_path, fake_processes, capsys):
+    base = tmp_path / "base"
+    assert _sweep(base, "--variants=ivd,perfect", "--dry_run") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["base:demos: demos,sft,collect", "base:wm_pretrain: wm_pretrain (after demos)",
+                     "base: wm_finetune,reward,mbpo,evaluate,report (after demos,sft,collect,wm_pretrain)",
+                     "ivd:wm_pretrain: wm_pretrain (after demos)",
+                     "ivd: wm_finetune,reward,mbpo,evaluate (after demos,sft,collect,wm_pretrain)",
+                     "perfect: mbpo,evaluate (after demos,sft,collect)"]
+    assert fake_processes.log == [] and not base.exists()

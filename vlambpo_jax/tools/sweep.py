@@ -286,6 +286,8 @@ def _define(fv: flags.FlagValues) -> None:
                       "branch_auto, value_anchor / no_anchor and those the base run already is)", flag_values=fv)
     flags.DEFINE_integer("lanes", 1, "jobs run at once (the base run and variants whose shared stages "
                          "are finished); 2 keeps 2 cores busy", lower_bound=1, flag_values=fv)
+    flags.DEFINE_bool("dry_run", False, "print the jobs (each one's stages and the stages it waits for) and "
+                      "stop, running nothing", flag_values=fv)
 
 
 def main(argv: list[str]) -> int:
@@ -299,16 +301,19 @@ def main(argv: list[str]) -> int:
     spec = cli.config_spec(argv)
     base = Path(cli.workdir_path(fv.workdir))
     order = run_order(config)
-    out = base / "sweep"
-    (out / "logs").mkdir(parents=True, exist_ok=True)
     stages = tuple(config.stages)
     done = {s for s in stages if pipeline.is_done(base, s)}
     jobs = {} if set(order) <= done else stage_jobs(BASE, stages, tuple(s for s in stages if s not in done))
-    workdirs = {BASE: base}
     for v in variants:   # a variant's stages that are finished already are skipped by main
         linked, rerun, _ = variant_stages(v, order)
         jobs.update(stage_jobs(v, linked + rerun, rerun))
-        workdirs[v] = link_variant(v, config, base)
+    if fv.dry_run:
+        for name, job in jobs.items():
+            print(f"{name}: {','.join(job.stages)}" + (f" (after {','.join(job.needs)})" if job.needs else ""))
+        return 0
+    workdirs = {BASE: base, **{v: link_variant(v, config, base) for v in variants}}
+    out = base / "sweep"
+    (out / "logs").mkdir(parents=True, exist_ok=True)
     pending = list(jobs)
     running, timing, failed, overrides = {}, {}, [], {}
     t_start = time.time()
