@@ -61,7 +61,7 @@ def test_help_documents_flags(tmp_path):
         assert flag in r.stdout
 
 
-@pytest.mark.parametrize("tool,flags_listed", [("sweep", ("--lanes", "--variants", "--workdir", "--dry_run")),
+@pytest.mark.parametrize("tool,flags_listed", [("sweep", ("--lanes", "--variants", "--workdir", "dry_run")),
                                                 ("wm_agreement", ("--drift_only", "--states"))])
 def test_a_tools_help_gives_its_docstring_and_flags(tool, flags_listed):
     r = subprocess.run([sys.executable, "-m", f"vlambpo_jax.tools.{tool}", "--help"], capture_output=True,
