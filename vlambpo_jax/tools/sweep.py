@@ -369,9 +369,9 @@ def main(argv: list[str]) -> int:
             while len(running) < fv.lanes and (job := next_job(pending, ready)) is not None:
                 pending.remove(job)
                 start(job)
-            if not running:   # what is left waits on base stages that will not run now
+            if not running:   # what is left waits on stages that will not run now
                 failed += pending
-                print(f"[sweep] not run (the base run did not finish its stages): {', '.join(pending)}")
+                print(f"[sweep] not run (stages they wait for did not finish): {', '.join(pending)}")
                 break
             time.sleep(2.0)
             for name, (proc, _, _) in list(running.items()):
