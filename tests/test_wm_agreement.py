@@ -139,6 +139,7 @@ def test_open_loop_drift_of_a_copy_model_is_copying():
         assert m[f"drift_imagined_view{v}"] == m[f"drift_copy_view{v}"]
         assert m[f"drift_imagined_vs_real_view{v}"] == m[f"drift_copy_vs_real_view{v}"]
         assert m[f"motion_gain_imagined_view{v}"] == [0.0, 0.0]    # a copy does not move
+        assert m[f"drift_ratio_ci_view{v}"][1] == [1.0, 1.0]       # exactly copying, whatever the resample
     assert m["drift_real_view1"] != m["drift_copy_view1"]   # the wrist camera moved with the gripper
     assert min(m["drift_copy_vs_real_view1"]) > 0
     # a model that shows the real frames reads as the real views do: no distance to them
@@ -150,6 +151,17 @@ def test_open_loop_drift_of_a_copy_model_is_copying():
         np.testing.assert_allclose(real_model[f"drift_imagined_vs_real_view{v}"], 0.0, atol=1e-6)
         np.testing.assert_allclose(real_model[f"drift_imagined_view{v}"], real_model[f"drift_real_view{v}"], rtol=1e-6)
         np.testing.assert_allclose(real_model[f"motion_gain_imagined_view{v}"], 1.0, rtol=1e-5)
+        np.testing.assert_allclose(real_model[f"drift_ratio_ci_view{v}"], 0.0, atol=1e-4)
+
+
+def test_bootstrap_ratio_ci_covers_the_ratio_and_narrows_with_more_pairs():
+    rng = np.random.default_rng(1)
+    den = rng.uniform(4, 6, 400)
+    num = 0.5 * den + rng.normal(0, 0.5, 400)        # imagined at half of copying, with noise
+    few, many = wm_agreement.bootstrap_ratio_ci(num[:25], den[:25]), wm_agreement.bootstrap_ratio_ci(num, den)
+    ratio = num.sum() / den.sum()
+    assert many[0] < ratio < many[1] and few[0] < 0.5 < few[1]
+    assert many[1] - many[0] < few[1] - few[0] < 0.2
 
 
 def test_the_reports_drift_table_gives_imagined_over_copying_for_both_readings():
@@ -159,6 +171,8 @@ def test_the_reports_drift_table_gives_imagined_over_copying_for_both_readings()
     lines = report.drift_lines(m, ("head",))
     assert "| head, imagined | 3.0 | 6.0 |" in lines
     assert lines[-1].endswith("head 0.50 / 0.75 against the simulator; head 0.20 / - against the real view.")
+    with_ci = report.drift_lines(dict(m, drift_ratio_ci_view0=[[0.1, 0.3], [0.6, 0.9]]), ("head",))
+    assert with_ci[-1].endswith("head 0.20 [0.10, 0.30] / - [0.60, 0.90] against the real view.")
     gain = report.drift_lines(dict(m, motion_gain_imagined_view0=[0.456, 0.5]), ("head",))
     assert gain[:-2] == lines and gain[-1].endswith("head 0.46 / 0.50.")
     assert report.drift_lines({}, ("head",)) == []

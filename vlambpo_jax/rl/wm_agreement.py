@@ -112,6 +112,13 @@ def bootstrap_ci(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> li
     return [float(x) for x in np.percentile(values[idx].mean(axis=1), [2.5, 97.5])]
 
 
+def bootstrap_ratio_ci(num: np.ndarray, den: np.ndarray, resamples: int = 2000, seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of sum(num) / sum(den) over paired values f[n] (resampling the pairs)."""
+    idx = np.random.default_rng(seed).integers(0, len(num), (resamples, len(num)))
+    ratios = num[idx].sum(axis=1) / np.maximum(den[idx].sum(axis=1), 1e-12)
+    return [float(x) for x in np.percentile(ratios, [2.5, 97.5])]
+
+
 def to_json(metrics: dict) -> str:
     """The metrics as strict JSON: an undefined AUC (NaN: one class only) becomes null."""
     return json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()},
@@ -230,7 +237,8 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
     that source's reading and the real view's, where the probe's own error on real frames cancels;
     motion_gain_<source>_view<v> (imagined, exact): how far the source's reading moved from the first
     frame's along the real view's move, sum(d_source . d_real) / sum(|d_real|^2) over the states (1 = as
-    far as the real view, 0 = not at all, as copying)}.
+    far as the real view, 0 = not at all, as copying); drift_ratio_ci_view<v>: per chunk, the 95% bootstrap
+    interval over the states of drift_imagined_vs_real / drift_copy_vs_real (issue 18's bar)}.
     exact_fn(views, real next views) -> views, the world model's decoding of the exact next latents,
     adds the source 'exact': a chain of such steps from the first frame, the ceiling that the model's
     VAE and decoding put on its drift."""
@@ -251,11 +259,18 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
             exact = exact_fn(exact, states.obs["images"])
             sources.append(("exact", exact))
         readings = {source: np.asarray(read_fn(images))[..., pos] for source, images in sources}   # [B, V, 3]
+        per_state_vs_real = {}
         for source, reading in readings.items():
             against = [("", truth)] + ([("_vs_real", readings["real"])] if source != "real" else [])
             for suffix, target in against:
-                for v, e in enumerate(np.linalg.norm(reading - target, axis=-1).mean(0)):
+                per_state = np.linalg.norm(reading - target, axis=-1)                   # [B, V]
+                for v, e in enumerate(per_state.mean(0)):
                     errs.setdefault(f"drift_{source}{suffix}_view{v}", []).append(float(e))
+                if suffix and source in ("imagined", "copy"):
+                    per_state_vs_real[source] = per_state
+        for v in range(per_state_vs_real["copy"].shape[1]):
+            errs.setdefault(f"drift_ratio_ci_view{v}", []).append(
+                bootstrap_ratio_ci(per_state_vs_real["imagined"][:, v], per_state_vs_real["copy"][:, v]))
         moved = readings["real"] - readings["copy"]                                    # [B, V, 3]
         for source in ("imagined", "exact"):
             if source in readings:

@@ -204,7 +204,9 @@ def drift_lines(m: dict, views: tuple[str, ...]) -> list[str]:
 
     def ratios(to: str, v: int) -> str:
         pairs = zip(m[f"drift_imagined{to}_view{v}"], m[f"drift_copy{to}_view{v}"])
-        return " / ".join(f"{i / c:.2f}" if c > 0 else "-" for i, c in pairs)
+        cis = m.get(f"drift_ratio_ci_view{v}") if to else None
+        return " / ".join((f"{i / c:.2f}" if c > 0 else "-") + (f" [{cis[k][0]:.2f}, {cis[k][1]:.2f}]" if cis else "")
+                          for k, (i, c) in enumerate(pairs))
     return ["", "Open-loop drift: the probe's end-effector xyz error (cm) after each chunk, the world model "
             "driven by the policy's chunks from the first frame, against the simulator and against the probe's "
             "reading of the real view (where the probe's own error cancels):", "",
@@ -212,7 +214,8 @@ def drift_lines(m: dict, views: tuple[str, ...]) -> list[str]:
             "|---|" + "---|" * chunks,
             *[f"| {view}, {name} | {cm(m[f'drift_{src}_view{v}'])} |" for v, view in enumerate(views)
               for name, src in sources if f"drift_{src}_view{v}" in m],
-            "", "Imagined over copying after each chunk (issue 18's bar: at most 0.5 after chunks 1 and 2): "
+            "", "Imagined over copying after each chunk (issue 18's bar: at most 0.5 after chunks 1 and 2; "
+            "against the real view with its 95% bootstrap interval over the states): "
             + "; ".join(f"{view} {ratios(to, v)} against {against}" for v, view in enumerate(views)
                         for to, against in (("", "the simulator"), ("_vs_real", "the real view"))
                         if f"drift_imagined{to}_view{v}" in m) + ".",
