@@ -140,6 +140,9 @@ def test_open_loop_drift_of_a_copy_model_is_copying():
         assert m[f"drift_imagined_vs_real_view{v}"] == m[f"drift_copy_vs_real_view{v}"]
         assert m[f"motion_gain_imagined_view{v}"] == [0.0, 0.0]    # a copy does not move
         assert m[f"drift_ratio_ci_view{v}"][1] == [1.0, 1.0]       # exactly copying, whatever the resample
+        # a copy misses by the whole real move, all of it along the move
+        np.testing.assert_allclose(m[f"drift_along_vs_real_view{v}"], m[f"drift_copy_vs_real_view{v}"], rtol=1e-5)
+        np.testing.assert_allclose(m[f"drift_across_vs_real_view{v}"], 0.0, atol=1e-6)
     assert m["drift_real_view1"] != m["drift_copy_view1"]   # the wrist camera moved with the gripper
     assert min(m["drift_copy_vs_real_view1"]) > 0
     # a model that shows the real frames reads as the real views do: no distance to them
@@ -152,6 +155,7 @@ def test_open_loop_drift_of_a_copy_model_is_copying():
         np.testing.assert_allclose(real_model[f"drift_imagined_view{v}"], real_model[f"drift_real_view{v}"], rtol=1e-6)
         np.testing.assert_allclose(real_model[f"motion_gain_imagined_view{v}"], 1.0, rtol=1e-5)
         np.testing.assert_allclose(real_model[f"drift_ratio_ci_view{v}"], 0.0, atol=1e-4)
+        np.testing.assert_allclose(real_model[f"drift_across_vs_real_view{v}"], 0.0, atol=1e-6)
 
 
 def test_bootstrap_ratio_ci_covers_the_ratio_and_narrows_with_more_pairs():

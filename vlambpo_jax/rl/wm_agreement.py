@@ -238,7 +238,9 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
     motion_gain_<source>_view<v> (imagined, exact): how far the source's reading moved from the first
     frame's along the real view's move, sum(d_source . d_real) / sum(|d_real|^2) over the states (1 = as
     far as the real view, 0 = not at all, as copying); drift_ratio_ci_view<v>: per chunk, the 95% bootstrap
-    interval over the states of drift_imagined_vs_real / drift_copy_vs_real (issue 18's bar)}.
+    interval over the states of drift_imagined_vs_real / drift_copy_vs_real (issue 18's bar);
+    drift_along_vs_real_view<v> / drift_across_vs_real_view<v>: the mean size of the imagined reading's
+    error against the real view's along the real move (short of or past it) and across it}.
     exact_fn(views, real next views) -> views, the world model's decoding of the exact next latents,
     adds the source 'exact': a chain of such steps from the first frame, the ceiling that the model's
     VAE and decoding put on its drift."""
@@ -277,6 +279,14 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
                 along = ((readings[source] - readings["copy"]) * moved).sum((0, 2))
                 for v, g in enumerate(along / np.maximum((moved ** 2).sum((0, 2)), 1e-12)):
                     errs.setdefault(f"motion_gain_{source}_view{v}", []).append(float(g))
+        # the imagined reading's error against the real view's, split along / across the real move
+        unit = moved / np.maximum(np.linalg.norm(moved, axis=-1, keepdims=True), 1e-9)
+        miss = readings["imagined"] - readings["real"]
+        along_miss = (miss * unit).sum(-1)                                             # [B, V]
+        across_miss = np.linalg.norm(miss - along_miss[..., None] * unit, axis=-1)
+        for v in range(miss.shape[1]):
+            errs.setdefault(f"drift_along_vs_real_view{v}", []).append(float(np.abs(along_miss[:, v]).mean()))
+            errs.setdefault(f"drift_across_vs_real_view{v}", []).append(float(across_miss[:, v].mean()))
     return errs
 
 
