@@ -261,30 +261,27 @@ def open_loop_drift(env, sample_fn: Callable, predict_fn: Callable, read_fn: Cal
             exact = exact_fn(exact, states.obs["images"])
             sources.append(("exact", exact))
         readings = {source: np.asarray(read_fn(images))[..., pos] for source, images in sources}   # [B, V, 3]
-        per_state_vs_real = {}
         for source, reading in readings.items():
             against = [("", truth)] + ([("_vs_real", readings["real"])] if source != "real" else [])
             for suffix, target in against:
-                per_state = np.linalg.norm(reading - target, axis=-1)                   # [B, V]
-                for v, e in enumerate(per_state.mean(0)):
+                for v, e in enumerate(np.linalg.norm(reading - target, axis=-1).mean(0)):
                     errs.setdefault(f"drift_{source}{suffix}_view{v}", []).append(float(e))
-                if suffix and source in ("imagined", "copy"):
-                    per_state_vs_real[source] = per_state
-        for v in range(per_state_vs_real["copy"].shape[1]):
-            errs.setdefault(f"drift_ratio_ci_view{v}", []).append(
-                bootstrap_ratio_ci(per_state_vs_real["imagined"][:, v], per_state_vs_real["copy"][:, v]))
         moved = readings["real"] - readings["copy"]                                    # [B, V, 3]
         for source in ("imagined", "exact"):
             if source in readings:
                 along = ((readings[source] - readings["copy"]) * moved).sum((0, 2))
                 for v, g in enumerate(along / np.maximum((moved ** 2).sum((0, 2)), 1e-12)):
                     errs.setdefault(f"motion_gain_{source}_view{v}", []).append(float(g))
-        # the imagined reading's error against the real view's, split along / across the real move
-        unit = moved / np.maximum(np.linalg.norm(moved, axis=-1, keepdims=True), 1e-9)
-        miss = readings["imagined"] - readings["real"]
+        # the imagined reading's miss of the real view's: over copying's (whose miss is the real move) with
+        # a bootstrap interval, and split along / across the real move
+        miss = readings["imagined"] - readings["real"]                                  # [B, V, 3]
+        move = np.linalg.norm(moved, axis=-1)                                          # [B, V]
+        unit = moved / np.maximum(move[..., None], 1e-9)
         along_miss = (miss * unit).sum(-1)                                             # [B, V]
         across_miss = np.linalg.norm(miss - along_miss[..., None] * unit, axis=-1)
         for v in range(miss.shape[1]):
+            errs.setdefault(f"drift_ratio_ci_view{v}", []).append(
+                bootstrap_ratio_ci(np.linalg.norm(miss[:, v], axis=-1), move[:, v]))
             errs.setdefault(f"drift_along_vs_real_view{v}", []).append(float(np.abs(along_miss[:, v]).mean()))
             errs.setdefault(f"drift_across_vs_real_view{v}", []).append(float(across_miss[:, v].mean()))
     return errs
