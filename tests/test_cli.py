@@ -3,6 +3,7 @@ import importlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,31 @@ def test_importing_the_simulator_prints_nothing():
     r = subprocess.run([sys.executable, "-c", "import vlambpo_jax.envs.tabletop"], capture_output=True,
                        text=True, cwd=ROOT, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert r.returncode == 0 and "warp" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+_WRITABLE_LOOP = """
+import pathlib, sys, time
+from vlambpo_jax import main
+workdir, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+(go.parent / ('ready' + sys.argv[3])).write_text('')
+while not go.exists():
+    time.sleep(0.01)
+end = time.time() + 1.5
+while time.time() < end:
+    main._check_writable(workdir)
+"""
+
+
+def test_two_local_runs_check_one_workdir_at_once(tmp_path):
+    """Stages run in parallel lanes start as two processes of index 0 on one workdir: their write
+    checks must not remove each other's probe file."""
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITABLE_LOOP, str(tmp_path / "wd"), str(go), str(i)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"}) for i in range(2)]
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)) and time.time() < deadline:
+        time.sleep(0.05)
+    go.write_text("")
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-500:] for _, err in outs]

@@ -85,6 +85,18 @@ def _exit_with_error(message: str, status: int) -> NoReturn:
     os._exit(status)
 
 
+def _check_writable(workdir) -> None:
+    """Creates workdir and writes and removes a file in it, or fails with one line. The file is named per
+    OS process: two local runs on one workdir (stages in parallel lanes) both have process index 0."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write_probe{jax.process_index()}_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        cli.fail(f"cannot write the workdir {workdir}: {e.strerror or e}")
+
+
 def _run(config, workdir, guard) -> dict:
     """pipeline.run_stages; any failure ends the process with one `error:` line."""
     try:
@@ -127,13 +139,7 @@ def main(argv: list[str]) -> None:
     except RuntimeError as e:
         cli.fail(str(e))
     workdir = cli.workdir_path(FLAGS.workdir)
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f".write_probe{jax.process_index()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        cli.fail(f"cannot write the workdir {workdir}: {e.strerror or e}")
+    _check_writable(workdir)
     local_cache = os.path.join(os.path.expanduser("~"), ".cache", "vlambpo_jax", "jax_cache")
     _setup_jax(FLAGS.jax_cache_dir or (local_cache if "://" in str(workdir) else str(workdir / "jax_cache")))
     if jax.process_index() == 0:
