@@ -40,6 +40,7 @@ main() {  # main WORKDIR FLAGS...: one vlambpo_jax.main command under the step t
 base=$WORKDIR/base
 main "$base" --stages=demos,sft,collect > "$OUT/base.log" 2>&1 || { tail -5 "$OUT/base.log"; exit 1; }
 status=0
+: > "$OUT/summary.jsonl"
 for model in $MODELS; do
   depth=${model%%:*}; steps=${model##*:}; name=${depth}_${steps}
   wd=$WORKDIR/$name
