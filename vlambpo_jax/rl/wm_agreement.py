@@ -108,8 +108,8 @@ def agreement_metrics(group: np.ndarray, success: np.ndarray, scores: dict[str, 
 
 def bootstrap_ci(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> list[float]:
     """95% percentile bootstrap interval of the mean of values f[n] (resampling the n values)."""
-    idx = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
-    return [float(x) for x in np.percentile(values[idx].mean(axis=1), [2.5, 97.5])]
+    values = np.asarray(values, np.float64)
+    return bootstrap_ratio_ci(values, np.ones_like(values), resamples, seed)
 
 
 def bootstrap_ratio_ci(num: np.ndarray, den: np.ndarray, resamples: int = 2000, seed: int = 0) -> list[float]:
