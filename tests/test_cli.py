@@ -297,3 +297,17 @@ def test_two_local_runs_check_one_workdir_at_once(tmp_path):
     go.write_text("")
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-500:] for _, err in outs]
+
+
+def test_config_json_is_replaced_whole(tmp_path):
+    """A second run on the workdir (a parallel lane) moves a new config.json into place: a reader of the
+    old file keeps reading the whole old text, never a truncated or half-written one."""
+    from vlambpo_jax import main
+    first, second = tabletop.get_config("smoke"), tabletop.get_config("smoke")
+    second.seed = 7
+    main._note_config(tmp_path, first)
+    with (tmp_path / "config.json").open() as reader:
+        main._note_config(tmp_path, second)
+        assert reader.read() == first.to_json_best_effort(indent=2, sort_keys=True)
+    assert (tmp_path / "config.json").read_text() == second.to_json_best_effort(indent=2, sort_keys=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]

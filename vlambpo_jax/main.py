@@ -23,6 +23,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from vlambpo_jax import cli, pipeline
+from vlambpo_jax.atomic_file import write_text_atomic
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.train import sharding
 from vlambpo_jax.train.metrics import MetricWriter
@@ -55,7 +56,7 @@ def _note_config(workdir, config) -> None:
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         print(f"warning: config differs from the previous run in {workdir} (top-level keys "
               f"{', '.join(changed)}); finished stages keep their old results", file=sys.stderr)
-    path.write_text(text)
+    write_text_atomic(path, text)  # two runs sharing a workdir (parallel lanes) each read a whole file
 
 
 # Errors of the machine the user can fix: a full disk, a read-only or foreign workdir.

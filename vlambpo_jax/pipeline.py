@@ -19,6 +19,7 @@ import jax
 import ml_collections
 from etils import epath
 
+from vlambpo_jax.atomic_file import write_text_atomic
 from vlambpo_jax.errors import UserError
 from vlambpo_jax.stages import STAGES
 from vlambpo_jax.train import sharding
@@ -77,11 +78,9 @@ def is_done(workdir: epath.Path, stage: str) -> bool:
 
 
 def mark_done(workdir: epath.Path, stage: str, summary: dict, seconds: float) -> None:
-    path = workdir / stage / DONE_FILE
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(json.dumps({"stage": stage, "seconds": seconds, "summary": summary,
-                               "workdir": str(workdir)}, indent=2, default=str))
-    tmp.rename(path)  # a crash never leaves a half-written marker
+    # atomic: a crash never leaves a half-written marker
+    write_text_atomic(workdir / stage / DONE_FILE, json.dumps(
+        {"stage": stage, "seconds": seconds, "summary": summary, "workdir": str(workdir)}, indent=2, default=str))
 
 
 def run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, make_writer, preemption,

@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+
+from vlambpo_jax.atomic_file import write_text_atomic
 
 MODES = ("zscore", "percentile", "quantile")
 _EPS = 1e-8
@@ -74,9 +75,7 @@ class NormStats:
     def save(self, path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)  # atomic: readers never see a half-written file
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
         return path
 
     @classmethod
