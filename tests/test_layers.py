@@ -1,10 +1,10 @@
 """The package's layering, read from every module's imports with `ast`.
 
-Layers, lowest first: the error base class (errors); train/ and data/; envs/; models/; rl/ and the
-artifact loader; stages/; the pipeline runner and config checks; the entry points (main, cli, serve,
-tools). A module may import its own layer or a lower one, at module level only (optional heavy
-dependencies, which are not project modules, may be imported inside functions), and the module graph
-has no cycle.
+Layers, lowest first: the error base class (errors) and the atomic file writer (atomic_file); train/
+and data/; envs/; models/; rl/ and the artifact loader; stages/; the pipeline runner and config
+checks; the entry points (main, cli, serve, tools). A module may import its own layer or a lower one,
+at module level only (optional heavy dependencies, which are not project modules, may be imported
+inside functions), and the module graph has no cycle.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "vlambpo_jax"
 
 # top-level name under vlambpo_jax -> layer (lower numbers are lower layers)
 LAYERS = {
-    "errors": -1,
+    "errors": -1, "atomic_file": -1,
     "train": 0, "data": 0,
     "envs": 1,
     "models": 2,
