@@ -13,6 +13,8 @@
 # OUT receives device.txt, base.log, one <depth>_<steps>.log and drift_<depth>_<steps>.json per model,
 # and summary.jsonl: per model, the head and wrist views' imagined-over-copying ratio after 1 and 2
 # chunks (issue 18's bar: at most 0.5) with the bootstrap interval, and the stage seconds.
+# The finer VAE of docs/results.md section 58 (floor 0.14 of copying, against 0.44):
+#   EXTRA="--config.wm.vae.widths=(32,) --config.wm.vae.downsample=2 --config.wm.latent_patch=2 --config.wm.vae.steps=2000"
 set -uo pipefail
 OUT=${OUT:?set OUT to a folder for the results}
 MODELS=${MODELS:-"3:3600 6:3600 12:3600"}
