@@ -255,6 +255,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
     sample_temperature: std of the sampler's starting noise, >= 0 (1 = the flow's own distribution, as
       the paper; 0 = one deterministic path from the mean, the default: at 1 the change the small model
       cannot resolve shows up as noise).
+    zero_noise_fraction: in [0, 1]; that fraction of the flow's training examples (per view) posed as
+      the temperature-0 sampler's first step sees them, t = 1 with no noise (input 0, target -x0): a
+      regression of the next latent on the context, trained where the deterministic sampler reads it.
     timestep_shift: s in t' = s t / (1 + (s - 1) t), for training and sampling (paper 4.0 at 256 px;
       tiny 8x8 latents need less of the schedule spent near pure noise).
     cfg_text_scale / cfg_image_scale / cfg_interval: 3-branch classifier-free guidance, applied for
@@ -356,7 +359,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True,
         reward_views="wrist", reward_on_predictions=0.0, reward_labels="paper",
         eval_reward_frames=512, predict_delta=True, delta_scale=(0.4, 1.0), delta_pixels=True,
-        motion_weight=(0.0, 0.0), sample_temperature=0.0,
+        motion_weight=(0.0, 0.0), sample_temperature=0.0, zero_noise_fraction=0.0,
         pretrain_enabled=True, pretrain_data="", finetune_data="", play_data=(), pretrain_steps=450, finetune_steps=300,
         batch_size=32,
         lr=3e-3, weight_decay=1e-4, b1=0.9, b2=0.95, grad_clip=1.0, warmup_steps=50, ema=0.999,

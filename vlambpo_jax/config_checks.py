@@ -212,6 +212,7 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("rl.vine_horizon", _int_range(0)),
     ("rl.fixed_starts", _bool),
     ("wm.action_adaln", _bool),
+    ("wm.zero_noise_fraction", _unit_interval),
     ("wm.motion_weight", lambda v: None if isinstance(v, (tuple, list)) and len(v) == 2
      and not any(_nonnegative_number(x) for x in v) else "must be (head, wrist): two numbers >= 0"),
     ("demos.expert_labels", _bool),

@@ -86,6 +86,7 @@ class WMSpec:
     delta_pixels: bool = False
     motion_weight: tuple = (0.0, 0.0)   # per view (head, wrist)
     sample_temperature: float = 1.0
+    zero_noise_fraction: float = 0.0
     reward_views: tuple = (0,)
     reward_on_predictions: float = 0.0
     reward_labels: str = "paper"
@@ -176,6 +177,7 @@ def spec_from_config(config) -> WMSpec:
         predict_delta=bool(w.get("predict_delta", False)), delta_scale=delta_scale,
         delta_pixels=bool(w.get("delta_pixels", False)), motion_weight=motion_weight,
         sample_temperature=float(w.get("sample_temperature", 1.0)), reward_views=reward_views,
+        zero_noise_fraction=float(w.get("zero_noise_fraction", 0.0)),
         reward_on_predictions=float(w.get("reward_on_predictions", 0.0)),
         reward_labels=str(w.get("reward_labels", "paper")),
         bagel_embeddings=bool(w.get("bagel_embeddings", False)), flux=flux,
@@ -648,6 +650,12 @@ class WorldModel:
         x0 = (z1 - current) / self.delta_scales(v)[None, :, None, None] if s.predict_delta else z1
         t = shift_timesteps(jax.nn.sigmoid(jax.random.normal(k_t, (b, v))), s.timestep_shift)
         eps = jax.random.normal(k_n, x0.shape)
+        if s.zero_noise_fraction > 0:
+            # some examples as a temperature-0 sampler's first step sees them: t = 1, input 0, so the
+            # velocity there is a regression of -x0 on the context (docs/results.md section 59)
+            zero = jax.random.bernoulli(jax.random.fold_in(k_t, 1), s.zero_noise_fraction, (b, v))
+            t = jnp.where(zero, 1.0, t)
+            eps = jnp.where(zero[..., None, None], 0.0, eps)
         xt = (1.0 - t[..., None, None]) * x0 + t[..., None, None] * eps
         net = params["net"]
         for i in range(v):
