@@ -650,9 +650,10 @@ class WorldModel:
         x0 = (z1 - current) / self.delta_scales(v)[None, :, None, None] if s.predict_delta else z1
         t = shift_timesteps(jax.nn.sigmoid(jax.random.normal(k_t, (b, v))), s.timestep_shift)
         eps = jax.random.normal(k_n, x0.shape)
-        if s.zero_noise_fraction > 0:
+        if train and s.zero_noise_fraction > 0:
             # some examples as a temperature-0 sampler's first step sees them: t = 1, input 0, so the
-            # velocity there is a regression of -x0 on the context (docs/results.md section 59)
+            # velocity there is a regression of -x0 on the context (docs/results.md section 59); the
+            # held-out flow loss (train=False) stays the flow's own, comparable across fractions
             zero = jax.random.bernoulli(jax.random.fold_in(k_t, 1), s.zero_noise_fraction, (b, v))
             t = jnp.where(zero, 1.0, t)
             eps = jnp.where(zero[..., None, None], 0.0, eps)
