@@ -15,7 +15,8 @@
 # chunks (issue 18's bar: at most 0.5) with the bootstrap interval, and the stage seconds.
 # The finer VAE of docs/results.md section 58 (floor 0.14 of copying, against 0.44):
 #   EXTRA="--config.wm.vae.widths=(32,) --config.wm.vae.downsample=2 --config.wm.latent_patch=2 --config.wm.vae.steps=2000"
-# The one-step deterministic prediction, trained directly (section 59: the best one-chunk drift on CPU):
+# The one-step deterministic prediction, trained directly (section 59: the best one-chunk drift on CPU,
+# where only fine-tuning used it; here pretraining does too):
 #   EXTRA="--config.wm.zero_noise_fraction=1.0 --config.wm.num_sample_steps=1"
 set -uo pipefail
 OUT=${OUT:?set OUT to a folder for the results}
