@@ -27,6 +27,7 @@ def _main(*args, workdir):
     ("--config.log.progress=fancy", "config.log.progress='fancy': must be one of"),
     ("--config.stages=('sft','demos')", "config.stages="),
     ("--config.wm.motion_weight=(1.0,-1.0)", "config.wm.motion_weight=(1.0, -1.0): must be (head, wrist)"),
+    ("--config.wm.zero_noise_fraction=1.5", "config.wm.zero_noise_fraction=1.5: must be a number in [0, 1]"),
 ])
 def test_bad_config_one_line_before_compute(tmp_path, override, expected):
     workdir = tmp_path / "wd"
