@@ -1,4 +1,5 @@
 """tools/compare_runs: two runs' numbers compared leaf by leaf, wall-clock times left out."""
+import importlib.metadata
 import json
 
 from vlambpo_jax import pipeline
@@ -28,3 +29,17 @@ def test_same_numbers_pass_and_any_difference_is_named(tmp_path):
     assert compare_runs.compare(a, c, 0.0, 0.1) == ([], [])   # within tolerance
     del c["sft/summary/steps"]
     assert compare_runs.compare(a, c, 0.0, 0.1) == ([], ["sft/summary/steps"])
+
+
+def test_finished_stages_record_their_package_versions_and_differences_are_noted(tmp_path, monkeypatch):
+    _run(tmp_path / "a", 0.5, 1.0, 0.25)
+    done = json.loads((tmp_path / "a" / "sft" / "DONE.json").read_text())
+    assert done["packages"]["jax"] == importlib.metadata.version("jax")
+    assert set(done["packages"]) == {"python", *pipeline.NUMERIC_PACKAGES}
+    real = pipeline.installed_versions()
+    monkeypatch.setattr(pipeline, "installed_versions", lambda: dict(real, jax="0.0.1"))
+    _run(tmp_path / "b", 0.5, 1.0, 0.25)
+    assert compare_runs.run_packages(tmp_path / "b")["sft/jax"] == "0.0.1"
+    differs = {k for k, v in compare_runs.run_packages(tmp_path / "a").items()
+               if v != compare_runs.run_packages(tmp_path / "b")[k]}
+    assert differs == {"sft/jax", "evaluate/jax"}

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import json
+import platform
 import time
 from typing import Any, Callable
 
@@ -77,10 +79,28 @@ def is_done(workdir: epath.Path, stage: str) -> bool:
     return (workdir / stage / DONE_FILE).exists()
 
 
+# The packages whose versions can change a stage's numbers, recorded with each finished stage: the same
+# code and config gave two different SFT policies in two installs (docs/results.md section 59).
+NUMERIC_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "mujoco", "mujoco-mjx",
+                    "tensorflow", "tensorflow-datasets", "transformers")
+
+
+def installed_versions() -> dict[str, str]:
+    """{'python': ..., package: version} for NUMERIC_PACKAGES ('absent' where not installed)."""
+    out = {"python": platform.python_version()}
+    for name in NUMERIC_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
 def mark_done(workdir: epath.Path, stage: str, summary: dict, seconds: float) -> None:
     # atomic: a crash never leaves a half-written marker
     write_text_atomic(workdir / stage / DONE_FILE, json.dumps(
-        {"stage": stage, "seconds": seconds, "summary": summary, "workdir": str(workdir)}, indent=2, default=str))
+        {"stage": stage, "seconds": seconds, "summary": summary, "workdir": str(workdir),
+         "packages": installed_versions()}, indent=2, default=str))
 
 
 def run_stages(config: ml_collections.ConfigDict, workdir: epath.Path, make_writer, preemption,

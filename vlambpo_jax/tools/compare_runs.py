@@ -6,7 +6,8 @@ Reads each stage's summary (<stage>/DONE.json) and every other JSON file in the 
 (results, summaries, rounds, wm_agreement, ...), and compares the numbers leaf by leaf, leaving out
 wall-clock times. Prints the leaves that differ (or exist in one run only) and a JSON line
 {"compared", "differ", "missing"}; exits 1 when anything differs. Use it to check that a change which
-should not change behaviour did not.
+should not change behaviour did not. Package versions that differ between the runs' stages (DONE.json
+'packages', written since 2026-12-07) are printed as notes: a new install can change the numbers.
 """
 from __future__ import annotations
 
@@ -63,6 +64,18 @@ def run_numbers(workdir: Path) -> dict[str, float]:
     return out
 
 
+def run_packages(workdir: Path) -> dict[str, str]:
+    """{'stage/package': version} from each finished stage's DONE.json (stages written before the
+    versions were recorded have none)."""
+    out = {}
+    for stage in STAGES:
+        done = workdir / stage / DONE_FILE
+        if done.exists():
+            for name, version in json.loads(done.read_text()).get("packages", {}).items():
+                out[f"{stage}/{name}"] = version
+    return out
+
+
 def compare(a: dict[str, float], b: dict[str, float], rtol: float, atol: float) -> tuple[list, list]:
     """-> (keys whose values differ, keys in one run only)."""
     differ = []
@@ -81,6 +94,10 @@ def main(argv) -> None:
         print(f"differs: {key}: {a[key]!r} vs {b[key]!r}")
     for key in missing:
         print(f"only in {'a' if key in a else 'b'}: {key}")
+    pa, pb = run_packages(Path(FLAGS.a)), run_packages(Path(FLAGS.b))
+    for key in sorted(set(pa) & set(pb)):
+        if pa[key] != pb[key]:
+            print(f"note: installed package differs: {key}: {pa[key]} vs {pb[key]}")
     print(json.dumps({"compared": len(set(a) & set(b)), "differ": len(differ), "missing": len(missing)}))
     sys.exit(1 if differ or missing else 0)
 
