@@ -39,7 +39,8 @@ def test_finished_stages_record_their_package_versions_and_differences_are_noted
     real = pipeline.installed_versions()
     monkeypatch.setattr(pipeline, "installed_versions", lambda: dict(real, jax="0.0.1"))
     _run(tmp_path / "b", 0.5, 1.0, 0.25)
-    assert compare_runs.run_packages(tmp_path / "b")["sft/jax"] == "0.0.1"
-    differs = {k for k, v in compare_runs.run_packages(tmp_path / "a").items()
-               if v != compare_runs.run_packages(tmp_path / "b")[k]}
-    assert differs == {"sft/jax", "evaluate/jax"}
+    a, b = compare_runs.run_packages(tmp_path / "a"), compare_runs.run_packages(tmp_path / "b")
+    jax_version = importlib.metadata.version("jax")
+    assert compare_runs.package_differences(a, b) == [f"evaluate/jax: {jax_version} vs 0.0.1",
+                                                      f"sft/jax: {jax_version} vs 0.0.1"]
+    assert compare_runs.package_differences(a, a) == []

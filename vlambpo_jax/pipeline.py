@@ -80,7 +80,8 @@ def is_done(workdir: epath.Path, stage: str) -> bool:
 
 
 # The packages whose versions can change a stage's numbers, recorded with each finished stage: the same
-# code and config gave two different SFT policies in two installs (docs/results.md section 59).
+# code, config and seed gave two different SFT policies in two sessions, and the install was the one
+# difference left unchecked (docs/results.md section 59).
 NUMERIC_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "mujoco", "mujoco-mjx",
                     "tensorflow", "tensorflow-datasets", "transformers")
 

@@ -76,6 +76,11 @@ def run_packages(workdir: Path) -> dict[str, str]:
     return out
 
 
+def package_differences(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """'stage/package: version_a vs version_b' for the packages both runs recorded at different versions."""
+    return [f"{key}: {a[key]} vs {b[key]}" for key in sorted(set(a) & set(b)) if a[key] != b[key]]
+
+
 def compare(a: dict[str, float], b: dict[str, float], rtol: float, atol: float) -> tuple[list, list]:
     """-> (keys whose values differ, keys in one run only)."""
     differ = []
@@ -94,10 +99,8 @@ def main(argv) -> None:
         print(f"differs: {key}: {a[key]!r} vs {b[key]!r}")
     for key in missing:
         print(f"only in {'a' if key in a else 'b'}: {key}")
-    pa, pb = run_packages(Path(FLAGS.a)), run_packages(Path(FLAGS.b))
-    for key in sorted(set(pa) & set(pb)):
-        if pa[key] != pb[key]:
-            print(f"note: installed package differs: {key}: {pa[key]} vs {pb[key]}")
+    for line in package_differences(run_packages(Path(FLAGS.a)), run_packages(Path(FLAGS.b))):
+        print(f"note: installed package differs: {line}")
     print(json.dumps({"compared": len(set(a) & set(b)), "differ": len(differ), "missing": len(missing)}))
     sys.exit(1 if differ or missing else 0)
 
