@@ -83,7 +83,7 @@ def is_done(workdir: epath.Path, stage: str) -> bool:
 # code, config and seed gave two different SFT policies in two sessions, and the install was the one
 # difference left unchecked (docs/results.md section 59).
 NUMERIC_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "mujoco", "mujoco-mjx",
-                    "tensorflow", "tensorflow-datasets", "transformers")
+                    "tensorflow", "tensorflow-cpu", "tensorflow-datasets", "transformers")
 
 
 def installed_versions() -> dict[str, str]:
