@@ -303,6 +303,9 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
       (stages/wm_common.RewardExamples); 0 = the current head frames of the dynamics batch (few are Yes).
     reward_replay: wm_finetune also draws reward examples (and held-out ones) from the pretraining data
       (the target rollouts of a weak policy may hold no success at all).
+    dynamics_replay: every episode of the pretraining data (and play_data) also joins wm_finetune's
+      training split for the dynamics, beside the collected rollouts: more transitions at no extra real
+      budget; the held-out split stays the rollouts'.
     reward_on_predictions: weight (relative to loss_text) of a second Yes/No loss on the next views as
       the flow estimates them in the same training step (x_t - t v, decoded like a sample, labelled
       as frame t + k): the reward then also learns to read predicted, blurrier views (0 = off).
@@ -357,6 +360,7 @@ def wm_config(smoke: bool = False) -> ml_collections.ConfigDict:
         action_encoding="continuous", action_adaln=False, bagel_embeddings=False,
         dropout=dict(text=0.0, vit=0.0, vae=0.0),
         loss_image=1.0, loss_text=0.1, reward_balance=True, reward_batch_size=32, reward_replay=True,
+        dynamics_replay=False,
         reward_views="wrist", reward_on_predictions=0.0, reward_labels="paper",
         eval_reward_frames=512, predict_delta=True, delta_scale=(0.4, 1.0), delta_pixels=True,
         motion_weight=(0.0, 0.0), sample_temperature=0.0, zero_noise_fraction=0.0,

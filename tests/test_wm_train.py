@@ -118,6 +118,29 @@ def test_play_data_joins_the_training_split_only(dataset, tmp_path, tmp_path_fac
     assert seen(play_fn) and not seen(base_fn)
 
 
+def test_dynamics_replay_adds_the_pretraining_episodes_to_finetuning_training_split_only(dataset, tmp_path,
+                                                                                          tmp_path_factory):
+    rng = np.random.default_rng(2)
+    rollouts = write_rlds(tmp_path_factory.mktemp("rollouts"), iter([
+        synthetic_episode(rng, 14, image_shape=(32, 32, 3), instruction="push the blue block", success=i == 0)
+        for i in range(6)]), dataset_name="rollouts", image_shape=(32, 32, 3))
+    c = tabletop.get_config("smoke")
+    c.data.builder_dir = str(dataset)        # the pretraining data
+    c.wm.finetune_data = str(rollouts)
+    c.wm.reward_batch_size = 0
+    c.wm.batch_size = 4
+    ctx = pipeline.StageContext(c, tmp_path, "wm_finetune", RecordingWriter(), NoPreemption())
+    base_fn, base_heldout, stats = wm_common.finetune_data(ctx, None)
+    c.wm.dynamics_replay = True
+    replay_fn, replay_heldout, _ = wm_common.finetune_data(ctx, stats)
+    for a, b in zip(base_heldout, replay_heldout, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    pick = ByteTokenizer().encode_batch(["pick up the red cube"], c.wm.max_text_len)[0][0]
+    seen = lambda fn: any((row == pick).all() for step in range(20) for row in fn(step)["tokens"])  # noqa: E731
+    assert seen(replay_fn) and not seen(base_fn)
+
+
 def test_balanced_accuracy_by_hand():
     assert wm_training.balanced_accuracy(tp=0, fp=0, fn=0, tn=10) == 1.0       # only No samples, all right
     assert wm_training.balanced_accuracy(tp=0, fp=0, fn=2, tn=8) == 0.5        # 'No' everywhere: 0.8 accuracy

@@ -5,7 +5,8 @@ then dynamics + reward), plus re-evaluating a finished stage's checkpoint (tools
 Data: config.data's RLDS dataset (the demos stage output by default), overridden per stage by
 config.wm.pretrain_data / finetune_data (a TFDS builder dir; '' = config.data's, and for fine-tuning
 the collect stage's RLDS output under <workdir>/collect when it exists); config.wm.play_data adds the
-episodes of more datasets to pretraining's training split. The reward's Yes/No examples
+episodes of more datasets to pretraining's training split, and config.wm.dynamics_replay adds those and
+the pretraining data's to fine-tuning's. The reward's Yes/No examples
 (config.wm.reward_batch_size per step, half Yes) are drawn from whole training episodes
 (RewardExamples), in wm_finetune also from the pretraining data (config.wm.reward_replay); held-out
 reward metrics use the labelled frames of the held-out episodes of the same datasets.
@@ -369,11 +370,15 @@ def checkpoint_assets(config, stats):
 def finetune_data(ctx, stats):
     """wm_finetune's data (open_data): the collected rollouts unless config.wm.finetune_data names
     others; after pretraining with the pretraining statistics and, with reward_replay, its reward
-    examples (a weak policy's rollouts may hold no success; the pretraining data has Yes frames)."""
+    examples (a weak policy's rollouts may hold no success; the pretraining data has Yes frames).
+    With dynamics_replay every episode of the pretraining data and play_data joins the training split
+    (more transitions at no extra real budget; the held-out split stays the rollouts')."""
     w = ctx.config.wm
     data = collected_data(ctx)
     replay = (w.pretrain_data,) if w.pretrain_enabled and w.get("reward_replay", False) else ()
-    return open_data(ctx, data, int(w.batch_size), int(ctx.config.seed) + 1, stats, reward_data=replay)
+    dynamics = (w.pretrain_data, *w.play_data) if w.get("dynamics_replay", False) else ()
+    return open_data(ctx, data, int(w.batch_size), int(ctx.config.seed) + 1, stats, reward_data=replay,
+                     extra_data=dynamics)
 
 
 def evaluate_checkpoint(ctx, stage: str) -> dict:
