@@ -99,46 +99,48 @@ def test_pretrain_finetune_load_predict(dataset, tmp_path, capsys):
     assert c_same["flow_mse_head_other_action"] == c_same["flow_mse_head"] > 0
 
 
+def _push_episodes(tmp_path_factory, name, seed):
+    """Six 14-step episodes of another instruction ("push the blue block"), the first successful."""
+    rng = np.random.default_rng(seed)
+    return write_rlds(tmp_path_factory.mktemp(name), iter([
+        synthetic_episode(rng, 14, image_shape=(32, 32, 3), instruction="push the blue block", success=i == 0)
+        for i in range(6)]), dataset_name=name, image_shape=(32, 32, 3))
+
+
+def _check_joins_training_only(base, joined, instruction, max_text_len):
+    """Held-out batches identical; `instruction` in the joined training batches only."""
+    (base_fn, base_heldout), (joined_fn, joined_heldout) = base, joined
+    for a, b in zip(base_heldout, joined_heldout, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    row = ByteTokenizer().encode_batch([instruction], max_text_len)[0][0]
+    seen = lambda fn: any((r == row).all() for step in range(20) for r in fn(step)["tokens"])  # noqa: E731
+    assert seen(joined_fn) and not seen(base_fn)
+
+
 def test_play_data_joins_the_training_split_only(dataset, tmp_path, tmp_path_factory):
-    rng = np.random.default_rng(1)
-    play = write_rlds(tmp_path_factory.mktemp("play"), iter([
-        synthetic_episode(rng, 14, image_shape=(32, 32, 3), instruction="push the blue block", success=False)
-        for _ in range(6)]), dataset_name="play", image_shape=(32, 32, 3))
+    play = _push_episodes(tmp_path_factory, "play", 1)
     c = tabletop.get_config("smoke")
     c.data.builder_dir = str(dataset)
     c.wm.reward_batch_size = 0
     ctx = pipeline.StageContext(c, tmp_path, "wm_pretrain", RecordingWriter(), NoPreemption())
-    base_fn, base_heldout, _ = wm_common.open_data(ctx, "", 4, 0)
-    play_fn, play_heldout, _ = wm_common.open_data(ctx, "", 4, 0, extra_data=(str(play),))
-    for a, b in zip(base_heldout, play_heldout, strict=True):
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key])
-    push = ByteTokenizer().encode_batch(["push the blue block"], c.wm.max_text_len)[0][0]
-    seen = lambda fn: any((row == push).all() for step in range(20) for row in fn(step)["tokens"])  # noqa: E731
-    assert seen(play_fn) and not seen(base_fn)
+    base = wm_common.open_data(ctx, "", 4, 0)[:2]
+    joined = wm_common.open_data(ctx, "", 4, 0, extra_data=(str(play),))[:2]
+    _check_joins_training_only(base, joined, "push the blue block", c.wm.max_text_len)
 
 
 def test_dynamics_replay_adds_the_pretraining_episodes_to_finetuning_training_split_only(dataset, tmp_path,
                                                                                           tmp_path_factory):
-    rng = np.random.default_rng(2)
-    rollouts = write_rlds(tmp_path_factory.mktemp("rollouts"), iter([
-        synthetic_episode(rng, 14, image_shape=(32, 32, 3), instruction="push the blue block", success=i == 0)
-        for i in range(6)]), dataset_name="rollouts", image_shape=(32, 32, 3))
     c = tabletop.get_config("smoke")
-    c.data.builder_dir = str(dataset)        # the pretraining data
-    c.wm.finetune_data = str(rollouts)
+    c.data.builder_dir = str(dataset)        # the pretraining data ("pick up the red cube")
+    c.wm.finetune_data = str(_push_episodes(tmp_path_factory, "rollouts", 2))
     c.wm.reward_batch_size = 0
     c.wm.batch_size = 4
     ctx = pipeline.StageContext(c, tmp_path, "wm_finetune", RecordingWriter(), NoPreemption())
     base_fn, base_heldout, stats = wm_common.finetune_data(ctx, None)
     c.wm.dynamics_replay = True
-    replay_fn, replay_heldout, _ = wm_common.finetune_data(ctx, stats)
-    for a, b in zip(base_heldout, replay_heldout, strict=True):
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key])
-    pick = ByteTokenizer().encode_batch(["pick up the red cube"], c.wm.max_text_len)[0][0]
-    seen = lambda fn: any((row == pick).all() for step in range(20) for row in fn(step)["tokens"])  # noqa: E731
-    assert seen(replay_fn) and not seen(base_fn)
+    joined = wm_common.finetune_data(ctx, stats)[:2]
+    _check_joins_training_only((base_fn, base_heldout), joined, "pick up the red cube", c.wm.max_text_len)
 
 
 def test_balanced_accuracy_by_hand():
