@@ -141,6 +141,9 @@ def test_dynamics_replay_adds_the_pretraining_episodes_to_finetuning_training_sp
     c.wm.dynamics_replay = True
     joined = wm_common.finetune_data(ctx, stats)[:2]
     _check_joins_training_only((base_fn, base_heldout), joined, "pick up the red cube", c.wm.max_text_len)
+    # no collected rollouts: fine-tuning reads the pretraining data itself, and the replay adds nothing
+    c.wm.finetune_data = ""
+    assert len(wm_common.finetune_data(ctx, stats)[0].pairs) == len(wm_common.open_data(ctx, "", 4, 0, stats)[0].pairs)
 
 
 def test_balanced_accuracy_by_hand():

@@ -376,7 +376,8 @@ def finetune_data(ctx, stats):
     w = ctx.config.wm
     data = collected_data(ctx)
     replay = (w.pretrain_data,) if w.pretrain_enabled and w.get("reward_replay", False) else ()
-    dynamics = (w.pretrain_data, *w.play_data) if w.get("dynamics_replay", False) else ()
+    # without collected rollouts the fine-tuning data is the pretraining data already: not twice
+    dynamics = tuple(d for d in (w.pretrain_data, *w.play_data) if d != data) if w.get("dynamics_replay") else ()
     return open_data(ctx, data, int(w.batch_size), int(ctx.config.seed) + 1, stats, reward_data=replay,
                      extra_data=dynamics)
 
