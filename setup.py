@@ -38,8 +38,8 @@ EXTRAS["test"] = EXTRAS["bridge"] + [
     "pytest>=9.2.0",
     "pytest-xdist>=3.8.0",
     "scipy>=1.13",
-    # Reference implementation for the Qwen2 port's parity test. Pinned exactly: 2.13.0 is the CPU
-    # build this project's machines carry; an open range would pull a multi-GB CUDA build from PyPI.
+    # Reference implementation for the Qwen2 port's parity test. Pinned exactly to the CPU build this
+    # project's machines carry as a local wheel; from plain PyPI it is the CUDA build (README, Install).
     "torch==2.13.0",
     # Reference for the FLUX VAE's parity test (AutoencoderKL and its converter of FLUX's tensor names).
     "diffusers>=0.42.1",

@@ -99,7 +99,8 @@ def mesh_config() -> ml_collections.ConfigDict:
 def distributed_config() -> ml_collections.ConfigDict:
     """config.distributed: multi-host start-up through jax.distributed.
 
-    enabled: 'auto' (on multi-host TPU VMs or when JAX_COORDINATOR_ADDRESS is set), 'yes', 'no'.
+    enabled: 'auto' (when JAX_COORDINATOR_ADDRESS, or GKE's TPU_WORKER_HOSTNAMES, is set), 'yes', 'no'.
+      A Cloud TPU VM pod slice sets neither: `launch/tpu_pod.py run` passes 'yes'.
     coordinator: 'host:port' of process 0 (default from JAX_COORDINATOR_ADDRESS).
     num_processes, process_id: 0 / -1 = from the environment (JAX_NUM_PROCESSES, JAX_PROCESS_ID)
       or detected by JAX on TPU.

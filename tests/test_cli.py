@@ -28,6 +28,7 @@ def _main(*args, workdir):
     ("--config.stages=('sft','demos')", "config.stages="),
     ("--config.wm.motion_weight=(1.0,-1.0)", "config.wm.motion_weight=(1.0, -1.0): must be (head, wrist)"),
     ("--config.wm.zero_noise_fraction=1.5", "config.wm.zero_noise_fraction=1.5: must be a number in [0, 1]"),
+    ("--config.data.stats_cache_dir=gs://b/stats", "config.data.stats_cache_dir='gs://b/stats': must be a local"),
 ])
 def test_bad_config_one_line_before_compute(tmp_path, override, expected):
     workdir = tmp_path / "wd"
@@ -55,6 +56,13 @@ def test_print_config_needs_no_workdir_and_a_run_needs_one():
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "--workdir" in lines[0], r.stderr
 
+
+
+def test_a_bucket_url_as_workdir_is_refused_in_one_line():
+    r = _main("--config=configs/tabletop.py:smoke", workdir="gs://bucket/run1")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "--workdir=gs://bucket/run1" in lines[0] and "mount the bucket" in lines[0]
 
 def test_help_documents_flags(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vlambpo_jax.main", "--help"], capture_output=True,

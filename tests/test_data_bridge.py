@@ -72,6 +72,33 @@ def test_fixture_standardization():
     assert all(not e["image_mask"][1] for e in EpisodeReader(open_builder(FIXTURE), "val", std3))
 
 
+
+def test_a_bucket_url_reaches_tfds_whole(monkeypatch):
+    """config.data.builder_dir=gs://...: the URL is checked and opened as a URL (pathlib would turn it
+    into the local path gs:/...). The bucket is the fixture behind epath's test backend, which etils
+    picks only when it believes TensorFlow is absent."""
+    from etils.epath import gpath, testing
+
+    url = "gs://bucket/bridge_dataset/1.0.0"
+    opened = []
+
+    def local(original, path, *args, **kwargs):
+        return original(str(path).replace(url, FIXTURE), *args, **kwargs)
+
+    def builder_from_directory(path):
+        opened.append(path)
+        return real_builder(path.replace(url, FIXTURE))
+
+    real_builder = tfds.builder_from_directory
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    monkeypatch.setattr(tfds, "builder_from_directory", builder_from_directory)
+    with testing.mock_epath(exists=local):
+        builder = open_builder(url)
+    assert opened == [url]
+    std = StandardizeConfig.from_config(_config(FIXTURE))
+    assert [e["length"] for e in EpisodeReader(builder, "train", std)] == [8, 7, 8, 6]
+
+
 def _check_batches(loader, n=2):
     it = loader.batches(future=True)
     for _ in range(n):

@@ -229,3 +229,15 @@ def test_a_dry_run_prints_the_jobs_and_runs_nothing(tmp_path, fake_processes, ca
                      "ivd: wm_finetune,reward,mbpo,evaluate (after demos,sft,collect,wm_pretrain)",
                      "perfect: mbpo,evaluate (after demos,sft,collect)"]
     assert fake_processes.log == [] and not base.exists()
+
+
+def test_a_base_run_stopped_before_its_report_gets_the_report_and_nothing_else(tmp_path, fake_processes, capsys):
+    base = tmp_path / "base"
+    for stage in tabletop.get_config("claims,smoke").stages:
+        if stage != "report":
+            (base / stage).mkdir(parents=True)
+            pipeline.mark_done(base, stage, SUMMARIES.get(stage, {}), 0.0)
+    assert _sweep(base, "--variants=perfect", "--dry_run") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "base:report: report (after demos,sft,collect,wm_pretrain,wm_finetune,reward,mbpo,evaluate)",
+        "perfect: mbpo,evaluate (after demos,sft,collect)"]

@@ -95,8 +95,14 @@ def emit_json(text: str, out: str = "") -> None:
 
 
 def workdir_path(path: str) -> epath.Path:
-    """A local path made absolute, or a remote one (gs://...) as is."""
-    return epath.Path(path) if "://" in path else epath.Path(os.path.abspath(path))
+    """The workdir made absolute. A URL (gs://...) fails with one line: stages write their outputs
+    (numpy arrays, images, RLDS datasets, tokenizers) through local file APIs, so a bucket is used
+    mounted (gcsfuse), as `launch/tpu_pod.py setup --bucket` does on every worker."""
+    if "://" in path:
+        fail(f"--workdir={path}: a URL cannot be the workdir (the stages write through local file APIs); "
+             "mount the bucket (gcsfuse --implicit-dirs BUCKET /mnt/gcs/BUCKET; `launch/tpu_pod.py setup "
+             "--bucket=BUCKET` does it on every worker) and pass the mounted path")
+    return epath.Path(os.path.abspath(path))
 
 
 def command_flags(argv: list[str], define=None, *, workdir: bool = True,

@@ -146,6 +146,8 @@ RULES: list[tuple[str, Callable[[Any], str | None]]] = [
     ("log.progress", _one_of("auto", "bar", "lines", "off")),
     ("data.norm_mode", _one_of(*normalization.MODES)),
     ("data.batch_size", _int_range(1)),
+    ("data.stats_cache_dir", lambda v: None if "://" not in str(v) else
+     "must be a local directory (the statistics are written through local file APIs; mount a bucket)"),
     ("data.max_text_len", _int_range(3, 4096)),
     ("policy.num_denoise_steps", _int_range(1, 100)),
     ("policy.noise_level", _positive_float),

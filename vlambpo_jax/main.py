@@ -141,8 +141,7 @@ def main(argv: list[str]) -> None:
         cli.fail(str(e))
     workdir = cli.workdir_path(FLAGS.workdir)
     _check_writable(workdir)
-    local_cache = os.path.join(os.path.expanduser("~"), ".cache", "vlambpo_jax", "jax_cache")
-    _setup_jax(FLAGS.jax_cache_dir or (local_cache if "://" in str(workdir) else str(workdir / "jax_cache")))
+    _setup_jax(FLAGS.jax_cache_dir or str(workdir / "jax_cache"))
     if jax.process_index() == 0:
         _note_config(workdir, config)
 

@@ -35,12 +35,12 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from vlambpo_jax.data import normalization
 from vlambpo_jax.data.errors import DataError, import_tensorflow, where
@@ -68,7 +68,7 @@ def open_builder(builder_dir: str | os.PathLike = "", *, name: str = "", data_di
         if not (name and data_dir):
             raise DataError("no dataset given: set config.data.builder_dir, or config.data.name and "
                             "config.data.data_dir")
-        base = Path(data_dir) / name
+        base = epath.Path(data_dir) / name
         if not version:
             versions = sorted((p.name for p in base.glob("*") if (p / "dataset_info.json").exists()),
                               key=lambda v: tuple(int(x) for x in v.split(".") if x.isdigit()))
@@ -76,7 +76,7 @@ def open_builder(builder_dir: str | os.PathLike = "", *, name: str = "", data_di
                 raise DataError(f"dataset '{name}': no prepared version under {base}")
             version = versions[-1]
         builder_dir = base / version
-    path = Path(builder_dir)
+    path = epath.Path(builder_dir)   # local or a URL (gs://...): TFDS reads both
     if not (path / "dataset_info.json").exists():
         raise DataError(f"no RLDS/TFDS dataset at {path} (expected dataset_info.json and features.json "
                         "there; point config.data.builder_dir at the directory .../<name>/<version>)")
@@ -91,7 +91,7 @@ def resolve_builder_dir(config, workdir: str | os.PathLike | None = None) -> str
         return str(d.builder_dir)
     if workdir is None:
         raise DataError("config.data.builder_dir is empty and no workdir was given to find the demos")
-    demos = Path(workdir) / "demos"
+    demos = epath.Path(workdir) / "demos"
     found = sorted(p.parent for p in demos.rglob("dataset_info.json")) if demos.exists() else []
     if not found:
         raise DataError(f"config.data.builder_dir is empty, which means 'the demos stage output', but no "
@@ -563,7 +563,7 @@ class RLDSLoader:
     def fingerprint(self) -> str:
         """Hash of the dataset files (names, sizes), split and every setting the statistics depend on."""
         d = self.config.data
-        files = sorted((p.name, p.stat().st_size) for p in Path(self.builder_dir).iterdir() if p.is_file())
+        files = sorted((p.name, p.stat().length) for p in epath.Path(self.builder_dir).iterdir() if p.is_file())
         return normalization.fingerprint(
             {"dataset": self.name, "version": str(self.builder.info.version), "split": self.split,
              "files": files, "standardize": self.std.to_dict(), "skip_bad": bool(d.skip_bad_episodes),

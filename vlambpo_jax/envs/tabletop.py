@@ -76,11 +76,6 @@ def quat_from_rpy(rpy):
                       cr * sp * cy + sr * cp * sy, cr * cp * sy - sr * sp * cy], -1)
 
 
-def yaw_from_quat(q):
-    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return jnp.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-
-
 def _local_axes(q):
     w, x, y, z = q[0], q[1], q[2], q[3]
     ax = jnp.array([1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)])   # local x

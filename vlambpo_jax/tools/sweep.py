@@ -304,7 +304,7 @@ def main(argv: list[str]) -> int:
     order = run_order(config)
     stages = tuple(config.stages)
     done = {s for s in stages if pipeline.is_done(base, s)}
-    jobs = {} if set(order) <= done else stage_jobs(BASE, stages, tuple(s for s in stages if s not in done))
+    jobs = {} if set(stages) <= done else stage_jobs(BASE, stages, tuple(s for s in stages if s not in done))
     for v in variants:   # a variant's stages that are finished already are skipped by main
         linked, rerun, _ = variant_stages(v, order)
         jobs.update(stage_jobs(v, linked + rerun, rerun))

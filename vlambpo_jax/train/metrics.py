@@ -21,31 +21,19 @@ def _scalar(v) -> float:
 
 
 class MetricWriter:
-    """Writes `<stage_dir>/metrics.jsonl` and TensorBoard events in `<stage_dir>/tb`.
-
-    On a remote stage_dir (gs://...), which cannot be appended to, the JSONL file is rewritten whole
-    at most every 30 s and on close, and TensorBoard events are not written.
-    """
+    """Writes `<stage_dir>/metrics.jsonl` and TensorBoard events in `<stage_dir>/tb` (a local directory)."""
 
     def __init__(self, stage_dir, stage: str, log_config=None, run_config=None):
         self.stage = stage
         self.enabled = jax.process_index() == 0
         self.last: dict[str, float] = {}
         self._tb = self._wandb = self._jsonl = None
-        self._remote_lines: list[str] = []
-        self._remote_flushed = 0.0
         if not self.enabled:
             return
         stage_dir = epath.Path(stage_dir)
         stage_dir.mkdir(parents=True, exist_ok=True)
-        self._remote = "://" in str(stage_dir)
-        self._jsonl_path = stage_dir / "metrics.jsonl"
-        if self._remote:
-            if self._jsonl_path.exists():
-                self._remote_lines = self._jsonl_path.read_text().splitlines(keepends=True)
-        else:
-            self._jsonl = open(self._jsonl_path, "a")
-        if (log_config is None or log_config.tensorboard) and not self._remote:
+        self._jsonl = open(stage_dir / "metrics.jsonl", "a")
+        if log_config is None or log_config.tensorboard:
             self._tb = tensorboardX.SummaryWriter(str(stage_dir / "tb"))
         if log_config is not None and log_config.wandb:
             try:
@@ -64,13 +52,8 @@ class MetricWriter:
         values = {k: _scalar(v) for k, v in metrics.items()}
         self.last.update(values)
         line = json.dumps({"step": int(step), "time": time.time(), **values}) + "\n"
-        if self._remote:
-            self._remote_lines.append(line)
-            if time.time() - self._remote_flushed > 30:
-                self._flush_remote()
-        else:
-            self._jsonl.write(line)
-            self._jsonl.flush()
+        self._jsonl.write(line)
+        self._jsonl.flush()
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(f"{self.stage}/{k}", v, int(step))
@@ -87,13 +70,7 @@ class MetricWriter:
             import wandb  # noqa: PLC0415  (optional; present when self._wandb is)
             self._wandb.log({f"{self.stage}/{name}": wandb.Image(np.asarray(image))}, step=int(step))
 
-    def _flush_remote(self) -> None:
-        self._jsonl_path.write_text("".join(self._remote_lines))
-        self._remote_flushed = time.time()
-
     def close(self) -> None:
-        if self.enabled and self._remote and self._remote_lines:
-            self._flush_remote()
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None

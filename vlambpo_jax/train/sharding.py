@@ -101,9 +101,10 @@ def shard_batch(local_batch: Any, mesh: Mesh) -> Any:
 
 def maybe_initialize_distributed(enabled: str = "auto", coordinator: str = "",
                                  num_processes: int = 0, process_id: int = -1) -> bool:
-    """Starts jax.distributed when asked (or automatically on a multi-host TPU VM).
+    """Starts jax.distributed when asked, or when the environment names the processes.
 
-    enabled: 'auto' (TPU pod slices and JAX_COORDINATOR_ADDRESS in the environment), 'yes', 'no'.
+    enabled: 'auto' (JAX_COORDINATOR_ADDRESS, or GKE's TPU_WORKER_HOSTNAMES, in the environment), 'yes'
+      (JAX finds the rest itself on a Cloud TPU VM, from its metadata), 'no'.
     Returns whether the runtime is multi-process.
     """
     if enabled == "no":
