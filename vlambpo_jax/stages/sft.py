@@ -265,7 +265,7 @@ def run(ctx) -> dict:
         params = jax.tree.map(jnp.asarray, pi05_import.load_pi05(sft.init_from, params))
         print(f"[{ctx.stage}] initialised from the pi0.5 checkpoint {sft.init_from} (value head: fresh)")
     elif sft.init_from:
-        params, _ = checkpoints.load_params(Path(sft.init_from), params)
+        params, _ = checkpoints.load_params(sft.init_from, params)   # a string: gs:// stays a URL
         print(f"[{ctx.stage}] initialised from {sft.init_from}")
     counts = {g: policy_lib.count_params(p) for g, p in params.items()}
     print(f"[{ctx.stage}] params: " + ", ".join(f"{g} {n / 1e6:.2f}M" for g, n in counts.items()))
