@@ -35,6 +35,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -91,7 +92,7 @@ def resolve_builder_dir(config, workdir: str | os.PathLike | None = None) -> str
         return str(d.builder_dir)
     if workdir is None:
         raise DataError("config.data.builder_dir is empty and no workdir was given to find the demos")
-    demos = epath.Path(workdir) / "demos"
+    demos = Path(workdir) / "demos"   # local: the workdir is never a URL
     found = sorted(p.parent for p in demos.rglob("dataset_info.json")) if demos.exists() else []
     if not found:
         raise DataError(f"config.data.builder_dir is empty, which means 'the demos stage output', but no "
