@@ -85,11 +85,11 @@ def _mount_bucket(bucket: str) -> str:
 
 
 def plan_run(args) -> list[list[str]]:
-    main = ["-m", "vlambpo_jax.main", f"--config={args.config}", f"--workdir={args.workdir}",
-            "--config.distributed.enabled=yes", *args.main_args]
+    flags = ["--config.distributed.enabled=yes", *args.main_args]   # the user's flags win
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in
                    [("TF_CPP_MIN_LOG_LEVEL", "2"), *(e.split("=", 1) for e in args.env)])
-    main = f"{REMOTE_PYTHON} {shlex.join(main)}"
+    main = f"{REMOTE_PYTHON} -m vlambpo_jax.main " + shlex.join(
+        [f"--config={args.config}", f"--workdir={args.workdir}", *flags])
     remote = (f"cd {REMOTE_DIR} && {env} nohup {main} > {REMOTE_LOG} 2>&1 &"
               if not args.foreground else f"cd {REMOTE_DIR} && {env} {main}")
     return [_ssh_all(args, remote)]
